@@ -50,6 +50,7 @@ VOCAB = (
     + ["xxunk"]
 )
 VOCAB_SIZE = len(VOCAB)  # 299
+TOKEN_TO_ID = {token: index for index, token in enumerate(VOCAB)}
 
 STEPS_PER_BEAT = 4  # grid steps per quarter note (16th notes)
 STEPS_PER_BAR = 16  # 4/4 at 16th notes
@@ -231,6 +232,30 @@ def ids_to_notes(ids, strict: bool = False) -> Notes:
     return Notes(onset[keep], pitch[keep], duration[keep])
 
 
+def overlap_layers(notes: Notes, max_layers: int = 16) -> np.ndarray:
+    """Layer (track) index per note such that no two notes of one pitch overlap within a layer.
+
+    A MIDI track cannot hold two sounding notes of the same pitch unambiguously (a reader pairs note-offs with
+    note-ons in its own order), yet merged voices do this (an alto joining the soprano's held note). Such notes
+    move to extra layers so the written file reads back to exactly the same notes."""
+    layer = np.zeros(len(notes), np.int64)
+    remaining = np.arange(len(notes))
+    for index in range(max_layers - 1):
+        if not len(remaining):
+            break
+        onset, pitch = notes.onset[remaining], notes.pitch[remaining]
+        order = np.lexsort((onset, pitch))  # group by pitch, in time order
+        onset, pitch, end = onset[order], pitch[order], onset[order] + notes.duration[remaining][order]
+        # Running max of note ends within each pitch group: offset groups so one cummax serves all of them.
+        group_offset = pitch * (int(end.max()) + 1)
+        ended_before = np.maximum.accumulate(end + group_offset) - group_offset  # [k] includes the note itself
+        previous_end = np.r_[0, ended_before[:-1]]
+        overlaps = np.r_[False, pitch[1:] == pitch[:-1]] & (onset < previous_end)
+        remaining = remaining[order][overlaps]
+        layer[remaining] = index + 1
+    return layer
+
+
 def notes_to_score(
     notes: Notes,
     steps_per_beat: int = STEPS_PER_BEAT,
@@ -238,7 +263,8 @@ def notes_to_score(
     velocity: int = DEFAULT_VELOCITY,
     tempo_qpm: float = DEFAULT_TEMPO_QPM,
 ) -> symusic.Score:
-    """A one-track piano score (4/4, fixed tempo and velocity: the encoding keeps neither)."""
+    """A piano score (4/4, fixed tempo and velocity: the encoding keeps neither). Notes overlapping a note of
+    the same pitch go to extra piano tracks (see ``overlap_layers``); ``encode_midi`` merges them back."""
     ticks_per_step = ticks_per_quarter // steps_per_beat
     # MIDI ticks are int32: absurdly long random sequences lose what lies past ~a million bars.
     fits = (notes.onset + notes.duration) * ticks_per_step <= np.iinfo(np.int32).max
@@ -246,14 +272,17 @@ def notes_to_score(
     score = symusic.Score(ticks_per_quarter)
     score.tempos.append(symusic.Tempo(0, tempo_qpm))
     score.time_signatures.append(symusic.TimeSignature(0, 4, 4))
-    track = symusic.Track("Piano", 0, False)
-    track.notes = symusic.Note.from_numpy(
-        (notes.onset * ticks_per_step).astype(np.int32),
-        (notes.duration * ticks_per_step).astype(np.int32),
-        notes.pitch.astype(np.int8),
-        np.full(len(notes), velocity, dtype=np.int8),
-    )
-    score.tracks.append(track)
+    layers = overlap_layers(notes)
+    for layer in range(int(layers.max(initial=0)) + 1):
+        chosen = layers == layer
+        track = symusic.Track("Piano" if layer == 0 else f"Piano (overlap {layer})", 0, False)
+        track.notes = symusic.Note.from_numpy(
+            (notes.onset[chosen] * ticks_per_step).astype(np.int32),
+            (notes.duration[chosen] * ticks_per_step).astype(np.int32),
+            notes.pitch[chosen].astype(np.int8),
+            np.full(int(chosen.sum()), velocity, dtype=np.int8),
+        )
+        score.tracks.append(track)
     return score
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import symusic
 from transformers import PreTrainedTokenizer
 
-from . import encoding
+from .encoding import STEPS_PER_BEAT, TOKEN_TO_ID, beat_positions, decode_ids, encode_midi
 
 VOCAB_FILES_NAMES = {"vocab_file": "vocab.json"}
 
@@ -28,12 +28,12 @@ class MidiTokenizerMixin:
     def encode_midi(self, source, add_eos: bool = False) -> list[int]:
         """Token ids of a MIDI file path, MIDI bytes or ``symusic.Score``, starting ``xxbos xxpad``.
         Unreadable input or a piece without notes raises ``encoding.MidiReadError`` (a ValueError)."""
-        return encoding.encode_midi(source, steps_per_beat=self.steps_per_beat, add_eos=add_eos).tolist()
+        return encode_midi(source, steps_per_beat=self.steps_per_beat, add_eos=add_eos).tolist()
 
     def decode_midi(self, ids, strict: bool = False) -> symusic.Score:
         """A ``symusic.Score`` from any ids (list, numpy array or tensor); invalid tokens are skipped, or with
         ``strict=True`` the first one raises ``encoding.InvalidTokenError`` naming its position."""
-        return encoding.decode_ids(_as_array(ids), strict=strict, steps_per_beat=self.steps_per_beat)
+        return decode_ids(_as_array(ids), strict=strict, steps_per_beat=self.steps_per_beat)
 
     def save_midi(self, ids, path: str | os.PathLike, strict: bool = False) -> Path:
         """Decode ``ids`` and write a ``.mid`` file; returns its path."""
@@ -44,7 +44,7 @@ class MidiTokenizerMixin:
 
     def beat_positions(self, ids) -> list[int]:
         """Grid step of each token since the last ``xxbos`` (the rule the model's position embedding uses)."""
-        return encoding.beat_positions(_as_array(ids)).tolist()
+        return beat_positions(_as_array(ids)).tolist()
 
 
 def _as_array(ids) -> np.ndarray:
@@ -54,7 +54,7 @@ def _as_array(ids) -> np.ndarray:
 
 
 class MusicXLTokenizer(MidiTokenizerMixin, PreTrainedTokenizer):
-    """Word-level tokenizer over the fixed musicautobot vocabulary (ids in ``encoding.VOCAB``).
+    """Word-level tokenizer over the fixed musicautobot vocabulary (the ids of ``encoding.VOCAB``).
 
     Args:
         vocab_file: ``vocab.json`` (token -> id); it must match ``encoding.VOCAB``, whose ids the MIDI
@@ -68,7 +68,7 @@ class MusicXLTokenizer(MidiTokenizerMixin, PreTrainedTokenizer):
     def __init__(
         self,
         vocab_file: str | None = None,
-        steps_per_beat: int = encoding.STEPS_PER_BEAT,
+        steps_per_beat: int = STEPS_PER_BEAT,
         bos_token: str = "xxbos",
         eos_token: str = "xxeos",
         pad_token: str = "xxpad",
@@ -116,7 +116,7 @@ def save_vocab_json(save_directory: str, filename_prefix: str | None = None) -> 
     name = (filename_prefix + "-" if filename_prefix else "") + VOCAB_FILES_NAMES["vocab_file"]
     path = os.path.join(save_directory, name)
     with open(path, "w", encoding="utf-8") as file:
-        json.dump({token: index for index, token in enumerate(encoding.VOCAB)}, file, indent=1)
+        json.dump(TOKEN_TO_ID, file, indent=1)
         file.write("\n")
     return path
 
@@ -124,11 +124,10 @@ def save_vocab_json(save_directory: str, filename_prefix: str | None = None) -> 
 def load_vocab(vocab_file: str | None) -> dict[str, int]:
     """The token -> id map, checked against the encoder's fixed layout (a different file would silently
     shift every id the MIDI encoder writes)."""
-    builtin = {token: index for index, token in enumerate(encoding.VOCAB)}
     if vocab_file is None:
-        return builtin
+        return dict(TOKEN_TO_ID)
     with open(vocab_file, encoding="utf-8") as file:
         vocab = json.load(file)
-    if vocab != builtin:
+    if vocab != TOKEN_TO_ID:
         raise ValueError(f"{vocab_file} does not match the vocabulary of hf_music_xl.encoding (ids 0..298)")
     return vocab

@@ -7,15 +7,15 @@ from tokenizers import Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
-from . import encoding
-from .tokenization_music_xl import MidiTokenizerMixin, MusicXLTokenizer, save_vocab_json
+from .encoding import STEPS_PER_BEAT, TOKEN_TO_ID
+from .tokenization_music_xl import MidiTokenizerMixin, MusicXLTokenizer, load_vocab, save_vocab_json
 
 
 class MusicXLTokenizerFast(MidiTokenizerMixin, PreTrainedTokenizerFast):
     """``MusicXLTokenizer`` backed by the Rust ``tokenizers`` library (saved as ``tokenizer.json``).
 
     Args:
-        vocab: token -> id map (passed by ``from_pretrained`` from ``tokenizer.json``); must match
+        vocab: token -> id map, or a ``vocab.json`` path (``from_pretrained`` passes one); must match
             ``encoding.VOCAB``. Defaults to the built-in vocabulary.
         steps_per_beat: grid steps per quarter note for ``encode_midi``/``decode_midi`` (4 = 16th notes).
     """
@@ -26,20 +26,21 @@ class MusicXLTokenizerFast(MidiTokenizerMixin, PreTrainedTokenizerFast):
 
     def __init__(
         self,
-        vocab: dict[str, int] | None = None,
+        vocab: dict[str, int] | str | None = None,
         vocab_file: str | None = None,
-        steps_per_beat: int = encoding.STEPS_PER_BEAT,
+        steps_per_beat: int = STEPS_PER_BEAT,
         bos_token: str = "xxbos",
         eos_token: str = "xxeos",
         pad_token: str = "xxpad",
         unk_token: str = "xxunk",
         **kwargs,
     ):
-        builtin = {token: index for index, token in enumerate(encoding.VOCAB)}
-        if vocab is not None and dict(vocab) != builtin:
+        # from_pretrained passes the vocabulary of tokenizer.json as a dict, or the path of a slow vocab.json.
+        if isinstance(vocab, dict) and vocab != TOKEN_TO_ID:
             raise ValueError("the vocabulary does not match hf_music_xl.encoding (ids 0..298)")
+        load_vocab(vocab if isinstance(vocab, str) else vocab_file)  # checks a vocab.json
         kwargs.pop("tokenizer_file", None)  # always rebuilt from the fixed vocabulary: nothing to drift
-        self._tokenizer = Tokenizer(WordLevel(builtin, unk_token=str(unk_token)))
+        self._tokenizer = Tokenizer(WordLevel(TOKEN_TO_ID, unk_token=str(unk_token)))
         self._tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
         self._tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins tokens with spaces
         self.steps_per_beat = steps_per_beat

@@ -1,0 +1,33 @@
+"""Shared fixtures: real music from the installed music21 package, written to MIDI with symusic.
+
+Nothing here is committed: the chorales are read from music21 at test time into temporary directories.
+"""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest
+
+from hf_music_xl import music21_source
+
+N_CHORALES = 12
+
+
+@pytest.fixture(scope="session")
+def chorale_scores():
+    """(name, symusic.Score) for the first few Bach chorales of music21's corpus."""
+    paths = music21_source.bach_chorale_paths()[:N_CHORALES]
+    return [(path.stem, music21_source.read_music21(path)) for path in paths]
+
+
+@pytest.fixture(scope="session")
+def chorale_midi_files(chorale_scores, tmp_path_factory):
+    """The same chorales as real .mid files on disk."""
+    folder = tmp_path_factory.mktemp("chorale_midi")
+    files = []
+    for name, score in chorale_scores:
+        path = folder / f"{name}.mid"
+        score.dump_midi(str(path))
+        files.append(path)
+    return files

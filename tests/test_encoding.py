@@ -1,0 +1,216 @@
+"""MIDI <-> ids: the reference layout, its fixed defects, exact round trips on real chorales, total decoding."""
+
+import numpy as np
+import pytest
+import symusic
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hf_music_xl import encoding as E
+
+
+def text(ids):
+    return " ".join(E.VOCAB[i] for i in ids)
+
+
+def score_of(notes, tracks=1, drum=False, tpq=480):
+    """A score from (onset_quarters, pitch, duration_quarters) triples, spread over `tracks` tracks."""
+    score = symusic.Score(tpq)
+    for index in range(tracks):
+        track = symusic.Track(f"t{index}", 0, drum)
+        for onset, pitch, duration in notes[index::tracks]:
+            track.notes.append(symusic.Note(round(onset * tpq), round(duration * tpq), pitch, 90))
+        score.tracks.append(track)
+    return score
+
+
+def notes_as_set(notes: E.Notes):
+    return set(zip(notes.onset.tolist(), notes.pitch.tolist(), notes.duration.tolist()))
+
+
+def test_ids_match_the_reference_layout():
+    assert [E.VOCAB[i] for i in (0, 1, 2, 8, 9, 136, 137, 297, 298)] == [
+        "xxbos", "xxpad", "xxeos", "xxsep", "n0", "n127", "d0", "d160", "xxunk"
+    ]
+    assert E.VOCAB_SIZE == 299 and len(set(E.VOCAB)) == 299
+
+
+def test_reference_example():
+    # musicautobot's own example: a chord (highest first), then one note a quarter later.
+    ids = E.encode_midi(score_of([(0, 60, 1), (0, 52, 2), (0, 45, 2), (1, 62, 1)], tracks=2))
+    assert text(ids) == "xxbos xxpad n60 d4 n52 d8 n45 d8 xxsep d4 n62 d4"
+
+
+def test_long_rests_split_and_leading_rest_kept():
+    # 100 quarters = 400 steps of rest after the first note; the piece starts after a 2-bar (32 step) rest.
+    ids = E.encode_midi(score_of([(8, 60, 1), (108, 62, 1)]))
+    assert text(ids) == "xxbos xxpad xxsep d32 n60 d4 xxsep d160 xxsep d160 xxsep d80 n62 d4"
+    assert ids.max() < E.VOCAB_SIZE
+    assert E.ids_to_notes(ids).onset.tolist() == [32, 432]
+
+
+def test_durations_clamp_round_and_never_vanish():
+    # 50 quarters clamps to d160; a 64th note rounds up to one step; a 32nd note (half a step) rounds half up.
+    ids = E.encode_midi(score_of([(0, 60, 50), (1, 61, 1 / 16), (2, 62, 1 / 8), (3.125, 63, 1)]))
+    assert text(ids) == "xxbos xxpad n60 d160 xxsep d4 n61 d1 xxsep d4 n62 d1 xxsep d5 n63 d4"
+
+
+def test_full_pitch_range_and_duplicates_collapse_to_longest():
+    ids = E.encode_midi(score_of([(0, 0, 1), (0, 127, 1), (1, 64, 1), (1, 64, 3)], tracks=2))
+    assert text(ids) == "xxbos xxpad n127 d4 n0 d4 xxsep d4 n64 d12"
+
+
+def test_drum_tracks_dropped_and_tracks_merged():
+    score = score_of([(0, 60, 1), (1, 64, 1)], tracks=2)
+    score.tracks.append(score_of([(0, 36, 1)], drum=True).tracks[0])
+    assert text(E.encode_midi(score)) == "xxbos xxpad n60 d4 xxsep d4 n64 d4"
+
+
+def test_eos_and_inputs_in_all_forms(tmp_path):
+    score = score_of([(0, 60, 1)])
+    path = tmp_path / "one.mid"
+    score.dump_midi(str(path))
+    expected = [E.BOS_ID, E.PAD_ID, E.NOTE_OFFSET + 60, E.DURATION_OFFSET + 4, E.EOS_ID]
+    for source in (path, str(path), path.read_bytes(), score, score.to("quarter")):
+        assert E.encode_midi(source, add_eos=True).tolist() == expected
+
+
+def test_bad_input_raises_one_error_type_naming_the_file(tmp_path):
+    empty, garbage, silent = tmp_path / "empty.mid", tmp_path / "garbage.mid", tmp_path / "silent.mid"
+    empty.write_bytes(b"")
+    garbage.write_bytes(b"this is not a MIDI file at all")
+    symusic.Score(480).dump_midi(str(silent))
+    for path, problem in ((empty, "empty"), (garbage, "not a readable MIDI"), (silent, "no notes")):
+        with pytest.raises(E.MidiReadError, match=problem) as error:
+            E.encode_midi(path)
+        assert str(path) in str(error.value) and isinstance(error.value, ValueError)
+    assert E.encode_midi(silent, allow_empty=True).tolist() == [E.BOS_ID, E.PAD_ID]
+
+
+def reference_notes(path, ticks_per_step=120):
+    """The notes of a MIDI file the slow, obvious way: every non-drum note, one per (onset, pitch), longest."""
+    longest = {}
+    for track in symusic.Score(str(path)).tracks:
+        for note in track.notes:
+            assert note.time % ticks_per_step == 0 and note.duration % ticks_per_step == 0, "not on the grid"
+            key = (note.time // ticks_per_step, note.pitch)
+            longest[key] = max(longest.get(key, 0), note.duration // ticks_per_step)
+    return {(onset, pitch, duration) for (onset, pitch), duration in longest.items()}
+
+
+def test_round_trip_is_exact_on_real_chorales(chorale_midi_files, tmp_path):
+    total_notes = 0
+    for path in chorale_midi_files:
+        ids = E.encode_midi(path)
+        expected = reference_notes(path)
+        assert notes_as_set(E.ids_to_notes(ids, strict=True)) == expected
+        # ... and through a MIDI file written by the decoder, read back by symusic.
+        written = tmp_path / path.name
+        E.decode_ids(ids).dump_midi(str(written))
+        assert notes_as_set(E.score_to_notes(symusic.Score(str(written)))) == expected
+        assert E.encode_midi(written).tolist() == ids.tolist()
+        total_notes += len(expected)
+    assert total_notes > 2000
+
+
+def test_decode_is_total_on_hostile_sequences():
+    rng = np.random.default_rng(0)
+    hostile = [
+        [], [E.SEP_ID], [E.DURATION_OFFSET + 4], [9, 9, 9], [E.SEP_ID, E.SEP_ID, E.DURATION_OFFSET + 2],
+        [E.DURATION_OFFSET + 4, 70, E.DURATION_OFFSET + 4, E.UNK_ID, -5, 10_000, 70],
+        [0, 1, 69, E.DURATION_OFFSET] + [E.SEP_ID, E.DURATION_OFFSET + 160] * 200_000 + [69, 141],
+    ] + [rng.integers(-3, E.VOCAB_SIZE + 3, size).tolist() for size in (1, 2, 7, 1001, 20_000)]
+    for ids in hostile:
+        notes = E.ids_to_notes(ids)
+        assert ((notes.pitch >= 0) & (notes.pitch < 128)).all() and (notes.duration >= 1).all()
+        score = E.decode_ids(ids)
+        assert sum(len(track.notes) for track in score.tracks) <= len(notes)
+
+
+def test_lenient_decode_keeps_only_complete_pairs():
+    ids = [0, 1, E.DURATION_OFFSET + 4, 69, 70, E.DURATION_OFFSET + 2, E.SEP_ID, E.SEP_ID, E.DURATION_OFFSET + 3,
+           4, 71, E.DURATION_OFFSET + 1]
+    assert notes_as_set(E.ids_to_notes(ids)) == {(0, 61, 2), (3, 62, 1)}
+
+
+def test_strict_decode_names_the_first_invalid_position():
+    assert E.first_invalid_position(E.encode_midi(score_of([(0, 60, 1), (2, 62, 1)]), add_eos=True)) is None
+    cases = {
+        (0, 1, E.DURATION_OFFSET + 4): 2,  # a duration first
+        (0, 1, 69, E.SEP_ID, E.DURATION_OFFSET + 4): 2,  # a note without its duration
+        (0, 1, 69, E.DURATION_OFFSET + 4, E.SEP_ID): 4,  # a trailing xxsep
+        (0, 1, 4, 69, E.DURATION_OFFSET + 4): 2,  # an unused special
+        (0, 1, 69, E.DURATION_OFFSET + 4, 999): 4,  # an id outside the vocabulary
+    }
+    for ids, position in cases.items():
+        assert E.first_invalid_position(ids) == position
+        with pytest.raises(E.InvalidTokenError, match=f"position {position}"):
+            E.decode_ids(ids, strict=True)
+
+
+def test_beat_positions_follow_the_reference_rule():
+    ids = [0, 1, E.SEP_ID, E.DURATION_OFFSET + 2, 80, E.DURATION_OFFSET + 2, E.SEP_ID, E.DURATION_OFFSET + 2,
+           80, E.DURATION_OFFSET + 2, 0, 1, 80, E.DURATION_OFFSET + 2, E.SEP_ID, E.DURATION_OFFSET + 16, 80]
+    # xxsep(0) d2(0) n71(2) d2(2) xxsep(2) d2(2) n71(4) d2(4), then a new piece restarts at 0.
+    assert E.beat_positions(ids).tolist() == [0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 0, 0, 0, 0, 0, 0, 16]
+    bar, step = E.bar_and_step([0, 15, 16, 37])
+    assert bar.tolist() == [0, 0, 1, 2] and step.tolist() == [0, 15, 0, 5]
+
+
+def test_beat_positions_match_decoded_onsets_on_real_music(chorale_midi_files):
+    ids = E.encode_midi(chorale_midi_files[0])
+    positions = E.beat_positions(ids)
+    note_index = np.flatnonzero((ids >= E.NOTE_OFFSET) & (ids < E.DURATION_OFFSET))
+    assert positions[note_index].tolist() == E.ids_to_notes(ids).onset.tolist()
+    assert (np.diff(positions) >= 0).all()
+
+
+def test_transposition_stays_in_range():
+    ids = E.encode_midi(score_of([(0, 3, 1), (1, 120, 1)]))
+    assert E.transposition_range(ids) == (-3, 7)
+    up = E.transpose_ids(ids, 7)
+    assert text(up) == "xxbos xxpad n10 d4 xxsep d4 n127 d4"
+    assert E.transpose_ids(ids, -3)[2] == E.NOTE_OFFSET
+    for shift in (8, -4):
+        with pytest.raises(ValueError, match="allowed -3..7"):
+            E.transpose_ids(ids, shift)
+    assert (E.transpose_ids(ids, 0) == ids).all()
+
+
+# Property-based checks: generated grid music round-trips; arbitrary ids decode; positions never decrease.
+grid_notes = st.lists(
+    st.tuples(st.integers(0, 2_000), st.integers(0, 127), st.integers(1, E.MAX_DURATION)), min_size=1, max_size=60
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(grid_notes)
+def test_round_trip_property(triples):
+    longest = {}
+    for onset, pitch, duration in triples:
+        longest[(onset, pitch)] = max(longest.get((onset, pitch), 0), duration)
+    onset, pitch, duration = (np.array(column) for column in zip(*[(o, p, d) for (o, p), d in longest.items()]))
+    order = np.lexsort((-pitch, onset))
+    notes = E.Notes(onset[order], pitch[order], duration[order])
+    ids = E.notes_to_ids(notes)
+    assert ids.max() < E.VOCAB_SIZE and E.first_invalid_position(ids) is None
+    assert notes_as_set(E.ids_to_notes(ids)) == notes_as_set(notes)
+    assert notes_as_set(E.score_to_notes(E.decode_ids(ids))) == notes_as_set(notes)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(-10, 400), max_size=300))
+def test_decode_total_and_positions_monotone_property(ids):
+    E.decode_ids(ids)
+    positions = E.beat_positions(ids)
+    since_bos = np.r_[True, np.array(ids[1:], dtype=np.int64) != E.BOS_ID] if ids else np.ones(0, bool)
+    assert (np.diff(positions)[since_bos[1:]] >= 0).all()
+
+
+def test_overlapping_unisons_survive_a_midi_file(tmp_path):
+    # Soprano holds G4 for 4 bars; the alto strikes G4 twice meanwhile. One MIDI track would pair them wrongly.
+    ids = E.encode_midi(score_of([(0, 67, 16), (2, 67, 1), (3, 67, 2)], tracks=3))
+    path = tmp_path / "unison.mid"
+    E.decode_ids(ids).dump_midi(str(path))
+    assert E.encode_midi(path).tolist() == ids.tolist()
+    assert notes_as_set(E.ids_to_notes(ids)) == {(0, 67, 64), (8, 67, 4), (12, 67, 8)}
