@@ -1,0 +1,402 @@
+"""Build a corpus of encoded pieces as a ``datasets.DatasetDict`` (train/validation), cached on disk.
+
+One row per piece::
+
+    input_ids  list[int16]  xxbos xxpad n.. d.. xxsep d.. ... xxeos   (xxeos ends every piece so the model
+                            learns to stop)
+    source     str          where the piece came from (a file, "file.abc#X:12", "music21:bach/bwv269.mxl")
+    name       str          a short human name ("bwv269", a file stem, an ABC title)
+    n_notes    int32        number of notes (n-tokens); NLL per note divides by it
+
+Sources (``build_corpus(source)`` and ``hf-music-xl build-corpus SOURCE``):
+
+- ``bach-chorales``: the SATB Bach chorales bundled with the installed music21 package, parsed with
+  ``forceSource=True`` and read straight from the parsed parts (see ``music21_source``);
+- ``music21:FOLDER``: MIDI/ABC files in a folder of music21's corpus, e.g. ``music21:oneills1850``;
+- a directory (searched recursively), a glob, or one file: ``.mid``/``.midi`` read with symusic, ``.abc`` split
+  into tunes on ``X:`` lines (symusic reads only the first tune of a file).
+
+A file that cannot be read is recorded in ``report.json`` and skipped; the build never stops for it. Files
+with the same content, and pieces with the same tokens, are kept once. The split is a hash of a stable key
+per piece (the BWV number for chorales, the content otherwise), so a piece stays on its side of the split
+when the corpus grows.
+
+Built once per cache key (source, file fingerprint, encoder version, quantization, limit, split fraction) in
+``$HF_MUSIC_XL_CACHE`` or ``~/.cache/hf_music_xl/corpora``. Nothing read from music21's corpus may be
+committed to this repository: the cache lives outside it.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset, DatasetDict, Features, Sequence, Value, load_from_disk
+from tqdm.auto import tqdm
+
+from . import encoding
+
+logger = logging.getLogger(__name__)
+
+# Bump whenever the ids produced for the same input change (encoding or corpus rules): it is in the cache key.
+ENCODER_VERSION = "1"
+DEFAULT_SOURCE = "bach-chorales"
+MIDI_SUFFIXES = (".mid", ".midi")
+ABC_SUFFIXES = (".abc",)
+FEATURES = Features(
+    {
+        "input_ids": Sequence(Value("int16")),  # ids < 299: int16 halves the cache
+        "source": Value("string"),
+        "name": Value("string"),
+        "n_notes": Value("int32"),
+    }
+)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing to read: a chorale, a MIDI file or an ABC file (which may hold many tunes)."""
+
+    kind: str  # "music21" | "midi" | "abc"
+    path: str
+    label: str  # how the report and the `source` column name it
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("HF_MUSIC_XL_CACHE", Path.home() / ".cache" / "hf_music_xl")) / "corpora"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sources -> items
+
+
+def _music21_root() -> Path:
+    from .music21_source import _music21
+
+    return Path(_music21().common.getCorpusFilePath())
+
+
+def list_items(source: str) -> list[Item]:
+    """The items of a source, in a stable order. Raises ValueError if the source names nothing readable."""
+    if source == "bach-chorales":
+        from .music21_source import bach_chorale_paths
+
+        root = _music21_root()
+        return [Item("music21", str(p), f"music21:{p.relative_to(root).as_posix()}") for p in bach_chorale_paths()]
+    if source.startswith("music21:"):
+        folder = _music21_root() / source.removeprefix("music21:")
+        if not folder.is_dir():
+            raise ValueError(f"{source!r}: no folder {folder.name!r} in music21's corpus at {folder.parent}")
+        return _file_items(sorted(folder.rglob("*")), root=folder.parent, prefix="music21:", source=source)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _file_items(sorted(path.rglob("*")), root=path, prefix="", source=source)
+    if path.is_file():
+        return _file_items([path], root=path.parent, prefix="", source=source)
+    matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(source), recursive=True))
+    if matches:
+        return _file_items(matches, root=Path(os.path.commonpath([p.parent for p in matches])), prefix="", source=source)
+    raise ValueError(
+        f"unknown corpus source {source!r}: give 'bach-chorales', 'music21:FOLDER', a directory, a glob or a file"
+    )
+
+
+def _file_items(paths: list[Path], root: Path, prefix: str, source: str) -> list[Item]:
+    items = []
+    for path in paths:
+        suffix = path.suffix.lower()
+        kind = "midi" if suffix in MIDI_SUFFIXES else "abc" if suffix in ABC_SUFFIXES else None
+        if kind and path.is_file():
+            items.append(Item(kind, str(path), prefix + path.relative_to(root).as_posix()))
+    if not items:
+        raise ValueError(f"{source!r}: no {'/'.join(MIDI_SUFFIXES + ABC_SUFFIXES)} files found")
+    return items
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading one item (runs in worker processes)
+
+
+def split_abc_tunes(text: str) -> list[tuple[str, str]]:
+    """(tune label, tune text with the file header) for each ``X:`` tune of an ABC file."""
+    starts = [m.start() for m in re.finditer(r"^X:", text, flags=re.MULTILINE)]
+    if not starts:
+        return []
+    header = text[: starts[0]]
+    bounds = starts + [len(text)]
+    tunes = []
+    for begin, end in zip(bounds[:-1], bounds[1:]):
+        body = text[begin:end]
+        number = body.splitlines()[0][2:].strip()
+        title = re.search(r"^T:\s*(.*)$", body, flags=re.MULTILINE)
+        label = f"X:{number}" + (f" {title.group(1).strip()}" if title else "")
+        tunes.append((label, header + body))
+    return tunes
+
+
+def _piece(ids: np.ndarray, source: str, name: str, content_key: str, split_key: str) -> dict:
+    n_notes = int(((ids >= encoding.NOTE_OFFSET) & (ids < encoding.NOTE_OFFSET + encoding.NUM_PITCHES)).sum())
+    return {
+        "input_ids": ids.astype(np.int16),
+        "source": source,
+        "name": name,
+        "n_notes": n_notes,
+        "content_key": content_key,  # for deduplication, not stored
+        "split_key": split_key,  # for the split, not stored
+    }
+
+
+def _encode(score_or_bytes, steps_per_beat: int) -> np.ndarray:
+    return encoding.encode_midi(score_or_bytes, steps_per_beat=steps_per_beat, add_bos=True, add_eos=True)
+
+
+def read_item(item: Item, steps_per_beat: int) -> tuple[list[dict], list[dict]]:
+    """(pieces, skips) of one item; never raises for a bad input, it reports it as a skip."""
+    pieces, skips = [], []
+    try:
+        if item.kind == "music21":
+            from .music21_source import bwv_number, read_music21
+
+            ids = _encode(read_music21(item.path), steps_per_beat)
+            key = _sha1(Path(item.path).read_bytes())
+            pieces.append(_piece(ids, item.label, Path(item.path).stem, key, f"bwv{bwv_number(item.path)}"))
+        elif item.kind == "midi":
+            data = Path(item.path).read_bytes()
+            key = _sha1(data)
+            pieces.append(_piece(_encode(data, steps_per_beat), item.label, Path(item.path).stem, key, key))
+        else:
+            text = Path(item.path).read_text(encoding="utf-8", errors="replace")
+            tunes = split_abc_tunes(text)
+            if not tunes:
+                skips.append({"source": item.label, "reason": "no 'X:' tune in the ABC file"})
+            for label, tune in tunes:
+                source = f"{item.label}#{label.split()[0]}"
+                key = _sha1(re.sub(r"^X:.*$", "", tune, count=1, flags=re.MULTILINE).encode())  # number aside
+                try:
+                    import symusic
+
+                    ids = _encode(symusic.Score.from_abc(tune), steps_per_beat)
+                    pieces.append(_piece(ids, source, f"{Path(item.path).stem} {label}", key, key))
+                except Exception as error:  # abc2midi fails on some tunes: skip that tune only
+                    skips.append({"source": source, "reason": _reason(error)})
+    except Exception as error:  # any failure of one file is recorded; the build goes on
+        skips.append({"source": item.label, "reason": _reason(error)})
+    return pieces, skips
+
+
+def _reason(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}".strip()[:500]
+
+
+def _sha1(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+def _read_star(args):
+    return read_item(*args)
+
+
+def _pool_context():
+    # fork starts workers instantly with music21 already imported; elsewhere use the platform default.
+    return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+
+
+def read_all(items: list[Item], steps_per_beat: int, num_proc: int) -> tuple[list[dict], list[dict]]:
+    """Read items in parallel (order preserved) with a progress bar."""
+    jobs = [(item, steps_per_beat) for item in items]
+    progress = dict(total=len(jobs), desc="reading pieces", unit="file")
+    if num_proc > 1 and len(jobs) > 1:
+        with _pool_context().Pool(min(num_proc, len(jobs))) as pool:
+            results = list(tqdm(pool.imap(_read_star, jobs, chunksize=4), **progress))
+    else:
+        results = [read_item(*job) for job in tqdm(jobs, **progress)]
+    pieces = [piece for found, _ in results for piece in found]
+    skips = [skip for _, skipped in results for skip in skipped]
+    return pieces, skips
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Deduplication and split
+
+
+def deduplicate(pieces: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Keep the first of pieces with the same file content or the same tokens."""
+    seen: dict[str, str] = {}
+    kept, duplicates = [], []
+    for piece in pieces:
+        keys = (piece["content_key"], _sha1(piece["input_ids"].tobytes()))
+        first = next((seen[key] for key in keys if key in seen), None)
+        if first is not None:
+            duplicates.append({"source": piece["source"], "same_as": first})
+            continue
+        seen.update({key: piece["source"] for key in keys})
+        kept.append(piece)
+    return kept, duplicates
+
+
+def split_score(split_key: str) -> float:
+    """A number in [0, 1) fixed by the key: the piece goes to validation if it is below the fraction."""
+    return int(_sha1(split_key.encode())[:8], 16) / 2**32
+
+
+def assign_splits(pieces: list[dict], validation_fraction: float) -> list[bool]:
+    """True for validation pieces. If the hash picks none from a small corpus (>= 2 pieces), the piece with the
+    smallest score goes to validation, so that tests and tiny corpora still have one."""
+    scores = [split_score(piece["split_key"]) for piece in pieces]
+    is_validation = [score < validation_fraction for score in scores]
+    if validation_fraction > 0 and not any(is_validation) and len(pieces) >= 2:
+        is_validation[int(np.argmin(scores))] = True
+    return is_validation
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building, caching, loading
+
+
+def cache_key(source: str, items: list[Item], steps_per_beat: int, limit: int | None, validation_fraction: float) -> str:
+    """Everything that changes the built corpus: the source and its files, the encoder, the quantization."""
+    if source == "bach-chorales" or source.startswith("music21:"):
+        from .music21_source import _music21
+
+        files = _music21().__version__  # the bundled files change only with music21's version
+    else:
+        files = [(item.path, os.stat(item.path).st_size, os.stat(item.path).st_mtime_ns) for item in items]
+    described = dict(
+        source=source,
+        files=files,
+        encoder_version=ENCODER_VERSION,
+        steps_per_beat=steps_per_beat,
+        limit=limit,
+        validation_fraction=validation_fraction,
+    )
+    return _sha1(json.dumps(described, sort_keys=True).encode())[:16]
+
+
+def _slug(source: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", source).strip("-")[-40:] or "corpus"
+
+
+def build_corpus(
+    source: str = DEFAULT_SOURCE,
+    output: str | os.PathLike | None = None,
+    steps_per_beat: int = encoding.STEPS_PER_BEAT,
+    validation_fraction: float = 0.1,
+    limit: int | None = None,
+    num_proc: int = 2,
+    cache_dir: str | os.PathLike | None = None,
+    rebuild: bool = False,
+) -> DatasetDict:
+    """Build (or load from the cache) the corpus of ``source`` and return it memory-mapped from disk.
+
+    Args:
+        source: ``bach-chorales``, ``music21:FOLDER``, a directory, a glob or a file (see the module docstring).
+        output: also save the DatasetDict and ``report.json`` to this directory.
+        steps_per_beat: grid steps per quarter note (4 = 16th notes).
+        validation_fraction: share of pieces (by hash of a stable key) in the validation split.
+        limit: read only the first ``limit`` items (quick tests).
+        num_proc: worker processes for reading.
+        cache_dir: where built corpora are cached (default ``$HF_MUSIC_XL_CACHE/corpora`` or
+            ``~/.cache/hf_music_xl/corpora``).
+        rebuild: ignore a cached build.
+    """
+    items = list_items(source)[:limit]
+    key = cache_key(source, items, steps_per_beat, limit, validation_fraction)
+    cached = Path(cache_dir or default_cache_dir()) / f"{_slug(source)}-{key}"
+    if rebuild or not (cached / "dataset_dict.json").exists():
+        _build_into(cached, source, items, key, steps_per_beat, validation_fraction, num_proc)
+    else:
+        logger.info("corpus %s: using the cached build in %s", source, cached)
+    if output is not None:
+        _copy_corpus(cached, Path(output))
+    return load_from_disk(str(cached))
+
+
+def _build_into(target: Path, source, items, key, steps_per_beat, validation_fraction, num_proc) -> None:
+    started = time.perf_counter()
+    pieces, skips = read_all(items, steps_per_beat, num_proc)
+    pieces, duplicates = deduplicate(pieces)
+    if not pieces:
+        raise ValueError(f"{source!r}: no piece could be read ({len(skips)} skipped, see the reasons: {skips[:3]})")
+    is_validation = assign_splits(pieces, validation_fraction)
+    splits = {
+        "train": [p for p, v in zip(pieces, is_validation) if not v],
+        "validation": [p for p, v in zip(pieces, is_validation) if v],
+    }
+    corpus = DatasetDict({name: _to_dataset(rows) for name, rows in splits.items()})
+    report = {
+        "source": source,
+        "cache_key": key,
+        "encoder_version": ENCODER_VERSION,
+        "steps_per_beat": steps_per_beat,
+        "pieces_end_with_xxeos": True,
+        "split_rule": f"sha1(key) < {validation_fraction} -> validation; key = BWV number for chorales, "
+        "content hash otherwise",
+        "items_read": len(items),
+        "pieces_kept": len(pieces),
+        "skipped": skips,
+        "duplicates": duplicates,
+        "splits": {name: _split_stats(rows) for name, rows in splits.items()},
+        "build_seconds": round(time.perf_counter() - started, 2),
+    }
+    # Write to a temporary sibling and rename, so an interrupted build never leaves a half cache behind.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.parent / f".{target.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    corpus.save_to_disk(str(partial))
+    (partial / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+    logger.info(
+        "corpus %s: %d pieces (%d skipped, %d duplicates) in %.1f s -> %s",
+        source, len(pieces), len(skips), len(duplicates), report["build_seconds"], target,
+    )
+
+
+def _to_dataset(rows: list[dict]) -> Dataset:
+    columns = {name: [row[name] for row in rows] for name in FEATURES}
+    return Dataset.from_dict(columns, features=FEATURES)
+
+
+def _split_stats(rows: list[dict]) -> dict:
+    return {
+        "pieces": len(rows),
+        "tokens": int(sum(len(row["input_ids"]) for row in rows)),
+        "notes": int(sum(row["n_notes"] for row in rows)),
+    }
+
+
+def _copy_corpus(cached: Path, output: Path) -> None:
+    if output.resolve() == cached.resolve():
+        return
+    if output.exists() and any(output.iterdir()) and not (output / "dataset_dict.json").exists():
+        raise ValueError(f"{output} exists and is not a corpus directory: refusing to overwrite it")
+    shutil.rmtree(output, ignore_errors=True)
+    shutil.copytree(cached, output)
+
+
+def load_corpus(corpus: str | os.PathLike = DEFAULT_SOURCE, **build_kwargs) -> DatasetDict:
+    """A corpus saved by ``build_corpus`` (a directory with ``dataset_dict.json``), or built from a source."""
+    path = Path(corpus).expanduser()
+    if (path / "dataset_dict.json").exists():
+        return load_from_disk(str(path))
+    return build_corpus(str(corpus), **build_kwargs)
+
+
+def read_report(corpus: DatasetDict) -> dict:
+    """The ``report.json`` saved next to a corpus loaded from disk ({} if there is none)."""
+    for split in corpus.values():
+        for cache_file in split.cache_files:
+            report = Path(cache_file["filename"]).parent.parent / "report.json"
+            if report.exists():
+                return json.loads(report.read_text())
+    return {}
