@@ -1,0 +1,129 @@
+"""Hugging Face generation helpers for the musicautobot vocabulary: a grammar LogitsProcessor and a StoppingCriteria
+by number of bars. Pass them to `generate(logits_processor=[...], stopping_criteria=[...])`."""
+
+import torch
+from transformers import LogitsProcessor, StoppingCriteria
+
+from .configuration_music_xl import MusicXLConfig
+from .modeling_music_xl import compute_beat_positions
+
+PITCH_CLASSES = {"C": 0, "C#": 1, "Db": 1, "D": 2, "D#": 3, "Eb": 3, "E": 4, "F": 5, "F#": 6, "Gb": 6, "G": 7,
+                 "G#": 8, "Ab": 8, "A": 9, "A#": 10, "Bb": 10, "B": 11}  # fmt: skip
+SCALE_STEPS = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}  # minor: natural minor
+
+
+def scale_pitch_classes(scale):
+    """Pitch classes (0-11) of "C major", "F# minor", ... or of an iterable of pitch classes (returned as a set)."""
+    if not isinstance(scale, str):
+        return {int(p) % 12 for p in scale}
+    tonic, _, mode = scale.strip().partition(" ")
+    if tonic not in PITCH_CLASSES or mode not in SCALE_STEPS:
+        raise ValueError(f"scale must look like 'C major' or 'F# minor', got {scale!r}")
+    return {(PITCH_CLASSES[tonic] + step) % 12 for step in SCALE_STEPS[mode]}
+
+
+class MusicGrammarProcessor(LogitsProcessor):
+    """Only grammatical next tokens, with separate note and duration temperatures.
+
+    Grammar (the tokenizer's): `xxbos xxpad`, then pairs; after a note or `xxsep` only a duration (after `xxsep`
+    not d0: a wait of zero is no wait); after a duration a note, `xxsep` or, if `allow_end`, `xxeos`; after the
+    `xxpad` that follows `xxbos` a note or `xxsep`; after `xxeos` only `xxbos`, after `xxbos` only `xxpad`. The unused specials
+    (xxs2scls, xxmask, xxcseq, xxmseq, xxnscls, xxunk) are never produced. After any other token (e.g. a prompt
+    ending in an unused special) the next token is a note or `xxsep`.
+
+    Args:
+        config: a `MusicXLConfig` (for the vocabulary ids); the default vocabulary if None.
+        note_temperature, duration_temperature: logits of note / duration tokens are divided by these. User
+            processors run before generate's own temperature, so leave `temperature` at 1.0 when using these.
+        pitch_range: (lowest, highest) MIDI pitch allowed, inclusive.
+        scale: "C major", "A minor", ... or an iterable of allowed pitch classes (0 = C).
+        allow_end: allow `xxeos` after a duration.
+    """
+
+    def __init__(
+        self,
+        config=None,
+        note_temperature=1.0,
+        duration_temperature=1.0,
+        pitch_range=None,
+        scale=None,
+        allow_end=True,
+    ):
+        config = config if config is not None else MusicXLConfig()
+        if note_temperature <= 0 or duration_temperature <= 0:
+            raise ValueError("temperatures must be positive")
+        vocab = config.vocab_size
+        notes = torch.zeros(vocab, dtype=torch.bool)
+        notes[config.note_offset : config.note_offset + 128] = True
+        if pitch_range is not None:
+            low, high = pitch_range
+            pitches = torch.arange(vocab) - config.note_offset
+            notes &= (pitches >= low) & (pitches <= high)
+        if scale is not None:
+            allowed = torch.tensor(sorted(scale_pitch_classes(scale)))
+            notes &= torch.isin((torch.arange(vocab) - config.note_offset) % 12, allowed)
+        if not notes.any():
+            raise ValueError("pitch_range and scale leave no note")
+        durations = torch.zeros(vocab, dtype=torch.bool)
+        durations[config.duration_offset : config.duration_offset + config.num_durations] = True
+        waits = durations.clone()
+        waits[config.duration_offset] = False  # no d0 after xxsep
+
+        def only(*ids):
+            row = torch.zeros(vocab, dtype=torch.bool)
+            row[list(ids)] = True
+            return row
+
+        after_duration = notes | only(config.sep_token_id)
+        if allow_end:
+            after_duration |= only(config.eos_token_id)
+        # allowed[previous token] -> (V,) bool: a transition table, so one gather per step
+        allowed = (notes | only(config.sep_token_id)).expand(vocab, vocab).clone()
+        allowed[config.note_offset : config.note_offset + 128] = durations
+        allowed[config.sep_token_id] = waits
+        allowed[config.duration_offset : config.duration_offset + config.num_durations] = after_duration
+        allowed[config.pad_token_id] = notes | only(config.sep_token_id)
+        allowed[config.bos_token_id] = only(config.pad_token_id)
+        allowed[config.eos_token_id] = only(config.bos_token_id)
+        self.allowed = allowed  # (V, V)
+        inverse_temperature = torch.ones(vocab)
+        inverse_temperature[notes] = 1.0 / note_temperature
+        inverse_temperature[durations] = 1.0 / duration_temperature
+        self.inverse_temperature = inverse_temperature  # (V,)
+
+    def __call__(self, input_ids, scores):
+        # input_ids: (B, L); scores: (B, V) -> (B, V)
+        if self.allowed.device != scores.device:
+            self.allowed = self.allowed.to(scores.device)
+            self.inverse_temperature = self.inverse_temperature.to(scores.device)
+        allowed = self.allowed[input_ids[:, -1]]  # (B, V)
+        scores = scores * self.inverse_temperature.to(scores.dtype)
+        return scores.masked_fill(~allowed, float("-inf"))
+
+
+class MaxBarsCriteria(StoppingCriteria):
+    """Stop a sequence once time has advanced `num_bars` bars past `start_bar` (bars of `config.steps_per_bar` grid
+    steps, time by the tokenizer's position rule since the last xxbos). Generation stops right after the wait
+    that crosses the boundary, so every note starts inside the bars asked for.
+
+    Args:
+        num_bars: bars to generate.
+        config: a `MusicXLConfig` (ids and steps_per_bar); the default vocabulary if None.
+        prompt_length: count bars from the end of the prompt (its first this many tokens) instead of from 0.
+    """
+
+    def __init__(self, num_bars, config=None, prompt_length=None):
+        self.num_bars = num_bars
+        self.config = config if config is not None else MusicXLConfig()
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids, scores, **kwargs):
+        steps = self.num_bars * self.config.steps_per_bar
+        _, now = compute_beat_positions(input_ids, self.config)  # (B,) time after the last token
+        if self.prompt_length:
+            _, prompt_end = compute_beat_positions(input_ids[:, : self.prompt_length], self.config)
+            steps = steps + prompt_end
+        return now >= steps  # (B,) bool
+
+
+__all__ = ["MaxBarsCriteria", "MusicGrammarProcessor", "scale_pitch_classes"]
