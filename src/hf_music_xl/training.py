@@ -1,0 +1,387 @@
+"""Train MusicXL with the Hugging Face Trainer.
+
+    hf-music-xl train --corpus bach-chorales --preset tiny --output-dir runs/tiny
+    torchrun --standalone --nproc_per_node 2 scripts/train.py --preset tiny ...      # DDP (gloo on CPU)
+    accelerate launch --multi_gpu --num_processes 2 scripts/train.py --preset tiny ...
+
+What the Trainer is given, and why:
+
+- examples: random augmented windows of ``n_segments * segment_len`` tokens drawn on the fly
+  (``data.TrainTransform`` through ``with_transform``, hence ``remove_unused_columns=False``); the model runs a
+  window in segments carrying its memory. Evaluation uses fixed windows (``data.eval_windows``).
+- schedule: torch ``OneCycleLR`` (warm up to ``learning_rate``, then cosine down), created in
+  ``MusicXLTrainer.create_scheduler`` from the exact number of optimizer steps the Trainer computed. This is
+  the Trainer's documented hook for a custom scheduler; unlike ``optimizers=(opt, sched)`` it needs no step
+  count worked out by hand, and it is restored from a checkpoint on resume like any scheduler.
+- gradient clipping at ``max_grad_norm``; precision ``auto`` picks bf16/fp16 on CUDA and fp32 on CPU and
+  ``fp16`` on CPU is refused (the Trainer would silently train in fp32).
+- evaluation and a checkpoint every epoch; metrics: loss, perplexity, token accuracy, NLL per token and per
+  note (total NLL / number of note tokens, comparable across tokenizations).
+- ``--resume`` continues from the last checkpoint in the output directory.
+- ``--max-minutes`` fits the number of steps to a wall-clock budget (measured speed, so the one-cycle
+  schedule still completes) and stops at the budget as a safety net.
+- at the end, ``OUTPUT_DIR/final`` holds model, tokenizer and generation config (with the code, for
+  ``trust_remote_code``), ready for ``from_pretrained`` and ``generate``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import statistics
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import GenerationConfig, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from . import encoding
+from .configuration_music_xl import MusicXLConfig
+from .corpus import DEFAULT_SOURCE, load_corpus
+from .data import IGNORE_INDEX, TrainTransform, collate, eval_dataset
+from .modeling_music_xl import MusicXLForCausalLM
+from .tokenization_music_xl_fast import MusicXLTokenizerFast
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSettings:
+    """Everything a training run needs; each field is also a ``hf-music-xl train`` flag (``--n-segments``)."""
+
+    corpus: str = field(default=DEFAULT_SOURCE, metadata={"help": "a corpus source (see build-corpus) or a built corpus directory"})
+    output_dir: str = field(default="runs/music-xl", metadata={"help": "checkpoints, logs and final/"})
+    preset: str = field(default="tiny", metadata={"help": "model size: tiny, small or base"})
+    model_overrides: str = field(default="", metadata={"help": "config fields, e.g. 'mask_p=0,dropout=0.2'"})
+    n_segments: int = field(default=4, metadata={"help": "segments of segment_len tokens per training window"})
+    epochs: float = field(default=10.0, metadata={"help": "training epochs (ignored with --max-steps or --max-minutes)"})
+    max_steps: int = field(default=-1, metadata={"help": "optimizer steps; -1: from --epochs"})
+    max_minutes: float = field(default=0.0, metadata={"help": "wall-clock budget for training; 0: none"})
+    batch_size: int = field(default=16, metadata={"help": "windows per device per step"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    learning_rate: float = field(default=2e-3, metadata={"help": "peak learning rate of the one-cycle schedule"})
+    warmup_fraction: float = field(default=0.25, metadata={"help": "share of steps rising to the peak"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    augment: bool = field(default=True, metadata={"help": "random transposition of each drawn piece"})
+    transpose_p: float = field(default=0.5, metadata={"help": "probability of transposing a drawn piece"})
+    plain_final_fraction: float = field(default=0.0, metadata={"help": "share of the last steps without transposition"})
+    precision: str = field(default="auto", metadata={"help": "auto, fp32, bf16 or fp16 (CUDA only)"})
+    seed: int = field(default=42, metadata={"help": "random seed"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --output-dir"})
+    logging_steps: int = field(default=10, metadata={"help": "log the training loss every this many steps"})
+    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept"})
+    corpus_limit: int = field(default=0, metadata={"help": "read only this many files when building; 0: all"})
+    num_proc: int = field(default=2, metadata={"help": "processes reading files when building the corpus"})
+
+
+@dataclass
+class TrainResult:
+    final_dir: Path
+    metrics: dict  # validation metrics of the final model
+    train_seconds: float
+    model: MusicXLForCausalLM  # the trained model, unwrapped
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def token_scores(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B, L-1, 2): NLL and argmax correctness of each next-token prediction; keeps eval memory small."""
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    logits, targets = logits[:, :-1].float(), labels[:, 1:]
+    nll = F.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")
+    correct = (logits.argmax(-1) == targets).float()
+    return torch.stack([nll, correct], dim=-1)
+
+
+def compute_metrics(eval_prediction) -> dict[str, float]:
+    """Perplexity, token accuracy, NLL per token and per note over all labelled validation tokens."""
+    scores, labels = eval_prediction.predictions, eval_prediction.label_ids
+    targets = labels[:, 1:]
+    counted = targets != IGNORE_INDEX
+    is_note = counted & (targets >= encoding.NOTE_OFFSET) & (targets < encoding.NOTE_OFFSET + encoding.NUM_PITCHES)
+    total_nll = float(scores[..., 0][counted].sum())
+    tokens, notes = int(counted.sum()), int(is_note.sum())
+    return {
+        "nll_per_token": total_nll / max(tokens, 1),
+        "perplexity": math.exp(total_nll / max(tokens, 1)),
+        "token_accuracy": float(scores[..., 1][counted].sum()) / max(tokens, 1),
+        "nll_per_note": total_nll / notes if notes else float("nan"),
+        "tokens": tokens,
+        "notes": notes,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Trainer pieces
+
+
+class MusicXLTrainer(Trainer):
+    """The Trainer with a one-cycle learning-rate schedule (see the module docstring)."""
+
+    def __init__(self, *args, warmup_fraction: float = 0.25, **kwargs):
+        self.warmup_fraction = warmup_fraction
+        super().__init__(*args, **kwargs)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None and num_training_steps < 4:  # too short for a cycle: constant rate
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, lambda step: 1.0)
+        elif self.lr_scheduler is None:
+            self.lr_scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer or self.optimizer,
+                max_lr=self.args.learning_rate,
+                total_steps=num_training_steps,
+                pct_start=max(self.warmup_fraction, 2 / num_training_steps),  # at least 1 step up (torch needs it)
+                anneal_strategy="cos",
+                div_factor=25.0,  # start at peak / 25
+                final_div_factor=1e3,  # end at start / 1000
+            )
+        return self.lr_scheduler
+
+
+class WallClockBudget(TrainerCallback):
+    """Stop (saving a checkpoint) once training has run for ``seconds``; single process only, since ranks
+    deciding on their own could stop on different steps and hang DDP."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.started = seconds, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.perf_counter() - self.started > self.seconds:
+            logger.warning("wall-clock budget of %.1f min reached at step %d: stopping", self.seconds / 60, state.global_step)
+            control.should_training_stop = True
+            control.should_save = True
+
+
+class PlainFinalSteps(TrainerCallback):
+    """Turn transposition off for the last ``fraction`` of the steps (the reference's last epochs)."""
+
+    def __init__(self, transform: TrainTransform, fraction: float):
+        self.transform, self.fraction, self.initial = transform, fraction, transform.augment
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.transform.augment = self.initial and state.global_step < (1 - self.fraction) * state.max_steps
+
+
+def resolve_precision(precision: str) -> dict[str, bool]:
+    """TrainingArguments precision flags for what the hardware really supports."""
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"unknown precision {precision!r}; choose auto, fp32, bf16 or fp16")
+    if precision == "fp16" and not cuda:
+        raise ValueError(
+            "fp16 needs a CUDA GPU: on CPU the Trainer accepts fp16=True and silently trains in fp32. "
+            "Use --precision fp32 (or bf16, which autocasts on CPU)."
+        )
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ValueError("this GPU does not support bf16; use --precision fp16 or fp32")
+    if precision == "bf16" and not cuda:
+        warnings.warn("bf16 on CPU autocasts matmuls; without AMX/AVX512-BF16 it is slower than fp32", stacklevel=2)
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def parse_overrides(text: str) -> dict:
+    """'mask_p=0,dropout=0.2' -> {'mask_p': 0, 'dropout': 0.2} (values read as JSON, else kept as text)."""
+    overrides = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"model override {item!r} is not key=value")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def generation_config_for(config: MusicXLConfig) -> GenerationConfig:
+    """Sampling defaults for music: sampling (greedy decoding loops), top-k/top-p, the vocabulary's ids."""
+    return GenerationConfig(
+        do_sample=True,
+        top_k=40,
+        top_p=0.95,
+        temperature=1.0,
+        max_new_tokens=512,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+    )
+
+
+def training_arguments(settings: TrainSettings, max_steps: int) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=settings.output_dir,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        num_train_epochs=settings.epochs,
+        max_steps=max_steps,
+        learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay,
+        max_grad_norm=settings.max_grad_norm,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=settings.save_total_limit,
+        logging_steps=settings.logging_steps,
+        remove_unused_columns=False,  # the transform needs the raw columns
+        use_cpu=not torch.cuda.is_available(),  # also what makes torchrun on CPU real DDP (gloo)
+        seed=settings.seed,
+        report_to="none",
+        **resolve_precision(settings.precision),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fitting the steps to a time budget
+
+
+def seconds_per_step(model, train_set, batch_size: int, grad_accum: int, repeats: int = 3) -> float:
+    """Measured seconds of one optimizer step (forward, backward, AdamW) on a copy of the model."""
+    probe = copy.deepcopy(model).train()
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-5)
+    batch = collate([train_set[i % len(train_set)] for i in range(batch_size)])
+    timings = []
+    for _ in range(repeats + 1):  # the first step warms up
+        started = time.perf_counter()
+        probe(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings[1:]) * grad_accum
+
+
+def steps_for_budget(seconds: float, step_seconds: float, steps_per_epoch: int, eval_seconds: float) -> int:
+    """Optimizer steps that fit ``seconds`` including one evaluation and checkpoint per epoch, with 10% slack."""
+    per_step = step_seconds + eval_seconds / steps_per_epoch
+    return max(1, int(0.9 * seconds / per_step))
+
+
+def fit_steps_to_budget(settings, model, train_set, n_eval_windows: int, args: TrainingArguments) -> int:
+    step_seconds = seconds_per_step(model, train_set, settings.batch_size, settings.grad_accum)
+    world = args.world_size
+    steps_per_epoch = max(1, math.ceil(len(train_set) / (settings.batch_size * world * settings.grad_accum)))
+    eval_seconds = math.ceil(n_eval_windows / (settings.batch_size * world)) * step_seconds / settings.grad_accum / 3 + 1.0
+    steps = steps_for_budget(settings.max_minutes * 60, step_seconds, steps_per_epoch, eval_seconds)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        agreed = torch.tensor([steps])
+        torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)  # every rank the same count
+        steps = int(agreed.item())
+    logger.info("%.2f s per step measured: %d steps (%.1f epochs) fit %.1f min", step_seconds, steps, steps / steps_per_epoch, settings.max_minutes)
+    return steps
+
+
+def checkpoint_max_steps(checkpoint: str) -> int:
+    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["max_steps"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The run
+
+
+def train(settings: TrainSettings) -> TrainResult:
+    """Build or load the corpus, train, evaluate and save ``OUTPUT_DIR/final``."""
+    started = time.perf_counter()
+    args = training_arguments(settings, settings.max_steps)
+    with args.main_process_first(desc="corpus", local=False):  # rank 0 builds the cache, the others load it
+        corpus = load_corpus(settings.corpus, limit=settings.corpus_limit or None, num_proc=settings.num_proc)
+    if len(corpus["validation"]) == 0:
+        raise ValueError(f"corpus {settings.corpus!r} has no validation pieces")
+
+    set_seed(settings.seed)  # the same initial weights on every rank
+    config = MusicXLConfig.from_preset(settings.preset, **parse_overrides(settings.model_overrides))
+    model = MusicXLForCausalLM(config)
+    model.generation_config = generation_config_for(config)
+    tokenizer = MusicXLTokenizerFast()
+
+    window_len = settings.n_segments * config.segment_len
+    transform = TrainTransform(window_len, augment=settings.augment, transpose_p=settings.transpose_p)
+    train_set = corpus["train"].with_transform(transform)
+    eval_set = eval_dataset(corpus["validation"], window_len)
+
+    checkpoint = get_last_checkpoint(settings.output_dir) if settings.resume and os.path.isdir(settings.output_dir) else None
+    if settings.resume and checkpoint is None:
+        logger.warning("--resume: no checkpoint in %s, starting from scratch", settings.output_dir)
+    callbacks = []
+    if checkpoint is not None:
+        # A one-cycle schedule cannot be stretched: a resumed run keeps the step count it was started with.
+        steps = checkpoint_max_steps(checkpoint)
+        if settings.max_steps > 0 and settings.max_steps != steps:
+            logger.warning("--resume: keeping the checkpoint's %d steps (one-cycle schedule), not %d", steps, settings.max_steps)
+        args = training_arguments(settings, steps)
+    elif settings.max_minutes > 0:
+        args = training_arguments(settings, fit_steps_to_budget(settings, model, train_set, len(eval_set), args))
+    if settings.max_minutes > 0 and args.world_size == 1:
+        callbacks.append(WallClockBudget(settings.max_minutes * 60))
+    if settings.plain_final_fraction > 0:
+        callbacks.append(PlainFinalSteps(transform, settings.plain_final_fraction))
+
+    trainer = MusicXLTrainer(
+        model=model,
+        args=args,
+        data_collator=collate,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=token_scores,
+        callbacks=callbacks,
+        warmup_fraction=settings.warmup_fraction,
+    )
+    train_started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    train_seconds = time.perf_counter() - train_started
+    metrics = final_metrics(trainer)
+    final_dir = Path(settings.output_dir) / "final"
+    if trainer.is_world_process_zero():
+        save_final(trainer.model, tokenizer, final_dir, metrics, settings)
+    trainer.accelerator.wait_for_everyone()
+    logger.info("training done in %.1f s (%.1f s in total)", train_seconds, time.perf_counter() - started)
+    return TrainResult(final_dir, metrics, train_seconds, trainer.accelerator.unwrap_model(trainer.model))
+
+
+def final_metrics(trainer: Trainer) -> dict:
+    """Validation metrics of the final weights: the last epoch's evaluation if it ran at the last step."""
+    history = trainer.state.log_history
+    last_eval = next((entry for entry in reversed(history) if "eval_loss" in entry), None)
+    if last_eval is not None and last_eval.get("step") == trainer.state.global_step:
+        return last_eval
+    return trainer.evaluate()
+
+
+def save_final(model, tokenizer, final_dir: Path, metrics: dict, settings: TrainSettings) -> None:
+    """Model, tokenizer, generation config and their code in one directory for ``from_pretrained``."""
+    model = getattr(model, "module", model)  # unwrap DDP if needed
+    type(model.config).register_for_auto_class()
+    type(model).register_for_auto_class("AutoModelForCausalLM")
+    tokenizer.register_for_auto_class("AutoTokenizer")
+    model.save_pretrained(final_dir)
+    tokenizer.save_pretrained(final_dir)
+    summary = {"settings": asdict(settings), "eval": metrics}
+    (final_dir / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def weights_digest(model) -> str:
+    """A hash of all parameters (compares DDP replicas)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(getattr(model, "module", model).state_dict().items()):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(tensor.detach().cpu().float().numpy()).tobytes())
+    return digest.hexdigest()
