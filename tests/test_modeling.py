@@ -1,0 +1,392 @@
+"""MusicXL model: shapes, loss, positions, masks, relative attention, memory recurrence, saving and remote code."""
+
+import math
+import os
+import subprocess
+import sys
+import sysconfig
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from hf_music_xl import MusicXLConfig, MusicXLForCausalLM, MusicXLModel
+from hf_music_xl.modeling_music_xl import (
+    MusicXLCache,
+    SegmentMemory,
+    attention_block_mask,
+    compute_beat_positions,
+    relative_shift,
+    sinusoid_encodings,
+)
+
+BOS, PAD, EOS, SEP = 0, 1, 2, 8
+
+
+def note(pitch):
+    return 9 + pitch
+
+
+def dur(steps):
+    return 137 + steps
+
+
+def tiny_model(**overrides):
+    torch.manual_seed(0)
+    config = MusicXLConfig.from_preset("tiny", **{"dropout": 0.0, **overrides})
+    return MusicXLForCausalLM(config).eval()
+
+
+def random_ids(batch, length, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(9, 298, (batch, length), generator=generator)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Config and presets
+
+
+def test_presets_sizes_and_aliases():
+    expected = {"tiny": (0.8e6, 1.3e6), "small": (8e6, 12e6), "base": (50e6, 60e6)}
+    for name, (low, high) in expected.items():
+        config = MusicXLConfig.from_preset(name)
+        with torch.device("meta"):
+            count = sum(p.numel() for p in MusicXLForCausalLM(config).parameters())
+        assert low < count < high, (name, count)
+    base = MusicXLConfig.from_preset("base", mem_len=256)
+    assert (base.n_layer, base.d_model, base.n_head, base.d_inner, base.mem_len) == (16, 512, 8, 2048, 256)
+    assert (base.num_hidden_layers, base.hidden_size, base.num_attention_heads) == (16, 512, 8)
+    assert base.vocab_size == 299 and base.tie_word_embeddings and base.mask_p == 0.2
+    with pytest.raises(ValueError):
+        MusicXLConfig.from_preset("huge")
+
+
+def test_tied_embeddings():
+    model = tiny_model()
+    assert model.lm_head.weight.data_ptr() == model.transformer.embed_tokens.weight.data_ptr()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Beat positions
+
+
+def test_positions_hand_example():
+    config = MusicXLConfig()
+    ids = torch.tensor([[SEP, dur(2), note(71), dur(2), SEP, dur(2), note(71)]])
+    positions, next_position = compute_beat_positions(ids, config)
+    assert positions.tolist() == [[0, 0, 2, 2, 2, 2, 4]]
+    assert next_position.tolist() == [4]
+    # the xxbos resets to 0 at itself; a note duration is not a wait
+    ids = torch.tensor([[BOS, PAD, note(60), dur(4), SEP, dur(4), note(62), dur(8), SEP, dur(3), BOS, PAD, note(60)]])
+    positions, next_position = compute_beat_positions(ids, config)
+    assert positions.tolist() == [[0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 0, 0, 0]]
+    assert next_position.tolist() == [0]
+
+
+def test_positions_continue_across_any_split():
+    config = MusicXLConfig()
+    generator = torch.Generator().manual_seed(0)
+    # a grammar-free mix with many separators, durations and a few xxbos
+    pool = torch.tensor([BOS, SEP, SEP, SEP, note(60), note(64), dur(0), dur(1), dur(3), dur(16), dur(160)])
+    ids = pool[torch.randint(len(pool), (3, 60), generator=generator)]
+    whole, whole_next = compute_beat_positions(ids, config)
+    for split in range(1, 60):
+        first, start = compute_beat_positions(ids[:, :split], config)
+        second, end = compute_beat_positions(ids[:, split:], config, start, ids[:, split - 1])
+        assert torch.equal(torch.cat([first, second], dim=1), whole)
+        assert torch.equal(end, whole_next)
+
+
+def test_positions_match_the_tokenizer():
+    encoding = pytest.importorskip("hf_music_xl.encoding")
+    config = MusicXLConfig()
+    generator = torch.Generator().manual_seed(1)
+    pool = torch.tensor([BOS, PAD, SEP, SEP, note(60), note(67), dur(0), dur(2), dur(5), dur(32)])
+    ids = pool[torch.randint(len(pool), (8, 80), generator=generator)]
+    positions, _ = compute_beat_positions(ids, config)
+    for row, expected in zip(ids, positions):
+        assert encoding.beat_positions(row.numpy()).tolist() == expected.tolist()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Masks and relative attention
+
+
+def test_causal_and_window_masks():
+    causal = attention_block_mask(4, 2, 0, "cpu")
+    assert causal.int().tolist() == [
+        [0, 0, 0, 1, 1, 1],
+        [0, 0, 0, 0, 1, 1],
+        [0, 0, 0, 0, 0, 1],
+        [0, 0, 0, 0, 0, 0],
+    ]
+    # window 2: queries see the memory and earlier blocks, not their own block; the first position stays visible
+    window = attention_block_mask(5, 1, 2, "cpu")
+    assert window.int().tolist() == [
+        [0, 0, 1, 1, 1, 1],
+        [0, 0, 1, 1, 1, 1],
+        [0, 0, 0, 1, 1, 1],
+        [0, 0, 0, 1, 1, 1],
+        [0, 0, 0, 0, 0, 1],
+    ]
+    # window 1: everything strictly before, not itself
+    assert attention_block_mask(3, 0, 1, "cpu").int().tolist() == [[0, 1, 1], [0, 1, 1], [0, 0, 1]]
+
+
+def test_relative_shift_reindexes_by_key():
+    batch, heads, queries, memory = 2, 3, 5, 4
+    keys = memory + queries
+    scores = torch.randn(batch, heads, queries, keys)
+    shifted = relative_shift(scores)
+    for i in range(queries):
+        for j in range(memory + i + 1):  # past and present keys; the rest is masked
+            distance = memory + i - j
+            assert torch.equal(shifted[:, :, i, j], scores[:, :, i, keys - 1 - distance])
+
+
+def test_attention_matches_the_relative_position_formula():
+    """score(i, j) = (q_i + u).k_j + (q_i + v).W_r sin(i - j), computed here naively by (i, j) loops."""
+    model = tiny_model(n_layer=1)
+    base = model.transformer
+    attention = base.layers[0].attention
+    torch.nn.init.normal_(base.content_bias, std=0.5)
+    torch.nn.init.normal_(base.position_bias, std=0.5)
+    heads, d_head, d_model = attention.n_head, attention.d_head, model.config.d_model
+    memory_len, length = 3, 4
+    x = torch.randn(2, length, d_model)
+    memory_states = torch.randn(2, memory_len, d_model)
+    for window in (0, 2):
+        blocked = attention_block_mask(length, memory_len, window, "cpu")
+        with torch.no_grad():
+            memory = base.layers[0].attention.project_memory(memory_states)
+            keys = memory_len + length
+            table = attention.project_positions(sinusoid_encodings(keys, d_model, "cpu", torch.float32))
+            got = attention(x, table, base.content_bias, base.position_bias, blocked, SegmentMemory([memory]))
+
+            q, k, v = attention.qkv_proj(torch.cat([memory_states, x], dim=1)).chunk(3, dim=-1)
+            split = lambda t: t.view(2, -1, heads, d_head).transpose(1, 2)  # noqa: E731
+            q, k, v = split(q)[:, :, memory_len:], split(k), split(v)
+            scores = torch.empty(2, heads, length, keys)
+            for i in range(length):
+                for j in range(keys):
+                    distance = memory_len + i - j
+                    angles = distance * (1.0 / 10000 ** (torch.arange(0, d_model, 2) / d_model))
+                    r = attention.position_proj(torch.cat([angles.sin(), angles.cos()])).view(heads, d_head)
+                    content = ((q[:, :, i] + base.content_bias) * k[:, :, j]).sum(-1)
+                    position = ((q[:, :, i] + base.position_bias) * r).sum(-1)
+                    scores[:, :, i, j] = (content + position) / math.sqrt(d_head)
+            scores = scores.masked_fill(blocked, float("-inf"))
+            expected = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, length, heads * d_head)
+            expected = attention.out_proj(expected)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Forward and loss
+
+
+def test_forward_shapes_and_loss():
+    model = tiny_model()
+    ids = random_ids(2, 40)
+    out = model(ids, labels=ids)
+    assert out.logits.shape == (2, 40, 299)
+    assert out.past_key_values is None  # no cache unless asked
+    expected = F.cross_entropy(out.logits[:, :-1].reshape(-1, 299), ids[:, 1:].reshape(-1))
+    torch.testing.assert_close(out.loss, expected)
+    assert abs(out.loss.item() - math.log(299)) < 1.0  # near uniform at init
+    assert model(ids, logits_to_keep=1).logits.shape == (2, 1, 299)
+    hidden = MusicXLModel(model.config)(ids).last_hidden_state
+    assert hidden.shape == (2, 40, model.config.d_model)
+
+
+def test_loss_ignores_minus_100_and_uses_num_items_in_batch():
+    model = tiny_model()
+    ids = random_ids(2, 30)
+    labels = ids.clone()
+    labels[0, 5:12] = -100
+    labels[1, 20:] = -100
+    out = model(ids, labels=labels)
+    targets = labels[:, 1:].reshape(-1)
+    logits = out.logits[:, :-1].reshape(-1, 299)
+    keep = targets != -100
+    torch.testing.assert_close(out.loss, F.cross_entropy(logits[keep], targets[keep]))
+    # the Trainer passes the valid-label count of the whole accumulated batch: the loss becomes sum / count
+    summed = F.cross_entropy(logits[keep], targets[keep], reduction="sum")
+    torch.testing.assert_close(model(ids, labels=labels, num_items_in_batch=torch.tensor(100)).loss, summed / 100)
+
+
+def test_micro_batches_with_num_items_add_up_to_the_full_batch_gradient():
+    """Gradient accumulation: micro-batches normalised by the total count give the full-batch mean gradient."""
+    model = tiny_model(mask_p=0.0)
+    model.train()
+    ids = random_ids(4, 24)
+    labels = ids.clone()
+    labels[0, 3:] = -100  # very uneven valid counts per micro-batch
+    model.zero_grad()
+    model(ids, labels=labels).loss.backward()
+    full = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    total = (labels[:, 1:] != -100).sum()
+    for part in (slice(0, 1), slice(1, 4)):
+        model(ids[part], labels=labels[part], num_items_in_batch=total).loss.backward()
+    for whole, accumulated in zip(full, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(accumulated, whole, atol=1e-6, rtol=1e-4)
+
+
+def test_segmented_loss_equals_the_per_segment_computation():
+    """A long input runs in segments with memory; feeding the segments by hand with the cache gives the same
+    logits, and the loss over the concatenated logits is the one loss."""
+    model = tiny_model(segment_len=8, mem_len=12)
+    ids = random_ids(2, 30)
+    labels = ids.clone()
+    labels[:, :3] = -100
+    with torch.no_grad():
+        out = model(ids, labels=labels)
+        cache, pieces = None, []
+        for segment in ids.split(8, dim=1):
+            step = model(segment, past_key_values=cache, use_cache=True)
+            cache, pieces = step.past_key_values, pieces + [step.logits]
+    by_hand = torch.cat(pieces, dim=1)
+    torch.testing.assert_close(out.logits, by_hand, atol=1e-5, rtol=1e-4)
+    keep = labels[:, 1:] != -100
+    expected = F.cross_entropy(by_hand[:, :-1][keep], labels[:, 1:][keep])
+    torch.testing.assert_close(out.loss, expected, atol=1e-5, rtol=1e-5)
+    assert cache.get_seq_length() == 30 and cache.memory_length() == 12
+
+
+def test_memory_carries_context_and_token_by_token_equals_the_segmented_forward():
+    model = tiny_model(segment_len=8, mem_len=8)
+    ids = random_ids(2, 24)
+    with torch.no_grad():
+        whole = model(ids).logits
+        alone = model(ids[:, 8:16]).logits  # the second segment without its memory
+        cache, steps = None, []
+        for t in range(24):
+            step = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            cache, steps = step.past_key_values, steps + [step.logits]
+    assert not torch.allclose(whole[:, 8:16], alone, atol=1e-3)  # the memory is used
+    # token by token every layer sees the last mem_len tokens and itself, the segmented forward its segment so far
+    # plus a memory that jumps a segment at a time: the same contexts through the first token of segment 2
+    stepped = torch.cat(steps, dim=1)
+    torch.testing.assert_close(stepped[:, :9], whole[:, :9], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(stepped[:, 16:], whole[:, 16:], atol=1e-3)
+
+
+def test_window_mask_in_training_only():
+    ids = random_ids(2, 20)
+    windowed = tiny_model(mask_p=1.0, mask_steps=3)
+    plain = tiny_model(mask_p=0.0)
+    with torch.no_grad():
+        evaluated = windowed(ids).logits
+        torch.testing.assert_close(evaluated, plain(ids).logits)  # eval ignores the window mask
+        windowed.train()
+        plain.train()  # dropout is 0, so train mode differs only by the mask
+        torch.testing.assert_close(plain(ids).logits, evaluated)
+        trained = windowed(ids, labels=ids)
+    assert not torch.allclose(trained.logits, evaluated, atol=1e-4)
+    assert torch.isfinite(trained.loss)  # the first position stays visible: no empty rows, no NaN
+    sizes = [windowed.transformer.sample_window() for _ in range(200)]
+    assert set(sizes) <= {1, 2, 3} and len(set(sizes)) == 3
+    half = tiny_model(mask_p=0.5, mask_steps=2).train()
+    sizes = [half.transformer.sample_window() for _ in range(400)]
+    assert 140 < sizes.count(0) < 260
+    switched_off = tiny_model(mask_p=0.0).train()
+    assert {switched_off.transformer.sample_window() for _ in range(50)} == {0}
+
+
+def test_encode_position_switch():
+    ids = torch.tensor([[BOS, PAD, note(60), dur(4), SEP, dur(4), note(62), dur(4)]])
+    with_positions, without = tiny_model(), tiny_model(encode_position=False)
+    assert not hasattr(without.transformer, "embed_bar")
+    with torch.no_grad():
+        positions = compute_beat_positions(ids, with_positions.config)[0]
+        explicit = with_positions(ids, beat_positions=positions + 16).logits  # one bar later
+        assert not torch.allclose(explicit, with_positions(ids).logits)
+        torch.testing.assert_close(without(ids, beat_positions=positions + 16).logits, without(ids).logits)
+
+
+def test_training_backward_reaches_every_parameter():
+    model = tiny_model(segment_len=8, mem_len=8, mask_p=1.0, dropout=0.1).train()
+    ids = random_ids(2, 24)
+    model(ids, labels=ids).loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+def test_cache_is_inference_only():
+    model = tiny_model()
+    with pytest.raises(RuntimeError, match="inference"):
+        model(random_ids(1, 4), use_cache=True)
+    with pytest.raises(TypeError):
+        model(random_ids(1, 4), past_key_values=(torch.zeros(1),))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Saving and loading
+
+
+def test_save_and_load_round_trip_safetensors_only(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert "model.safetensors" in files and not any(name.endswith((".bin", ".pt")) for name in files)
+    assert {"configuration_music_xl.py", "modeling_music_xl.py"} <= set(files)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert config.auto_map["AutoModelForCausalLM"] == "modeling_music_xl.MusicXLForCausalLM"
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)  # registered: no remote code needed
+    assert type(loaded) is MusicXLForCausalLM
+    assert loaded.lm_head.weight.data_ptr() == loaded.transformer.embed_tokens.weight.data_ptr()
+    ids = random_ids(2, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+    prompt = torch.tensor([[BOS, PAD, note(60), dur(4)]])
+    assert torch.equal(loaded.generate(prompt, max_new_tokens=16), model.generate(prompt, max_new_tokens=16))
+
+
+def test_trust_remote_code_in_a_fresh_interpreter_without_the_package(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "model")
+    prompt = [[BOS, PAD, note(60), dur(4)]]
+    expected = model.generate(torch.tensor(prompt), max_new_tokens=16).tolist()
+    # -I -S: no PYTHONPATH, no user site and no .pth files, so the editable install of hf_music_xl is invisible;
+    # the venv's site-packages is added as a plain path for torch and transformers
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.append({sysconfig.get_paths()["purelib"]!r})
+        try:
+            import hf_music_xl
+        except ImportError:
+            print("no hf_music_xl")
+        import torch
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True)
+        print(type(model).__module__)
+        print(model.generate(torch.tensor({prompt}), max_new_tokens=16).tolist())
+        """
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "no hf_music_xl"
+    assert lines[1].startswith("transformers_modules.")
+    assert lines[2] == str(expected)
+
+
+def test_cache_reorder_selects_rows():
+    cache = MusicXLCache(mem_len=4)
+    key = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 2, 2, 5).contiguous()
+    with torch.no_grad():
+        cache.make_room(2)
+        cache.update(key, key + 10, 0)
+        cache.advance(2)
+    cache.next_position, cache.last_token = torch.tensor([5, 6, 7]), torch.tensor([9, 10, 11])
+    cache.reorder_cache(torch.tensor([2, 2, 0]))
+    assert cache.key_buffers[0][:, 0, 0, 0].tolist() == [2.0, 2.0, 0.0]
+    assert cache.value_buffers[0][:, 0, 0, 0].tolist() == [12.0, 12.0, 10.0]
+    assert cache.next_position.tolist() == [7, 7, 5] and cache.last_token.tolist() == [11, 11, 9]
