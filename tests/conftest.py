@@ -31,3 +31,19 @@ def chorale_midi_files(chorale_scores, tmp_path_factory):
         score.dump_midi(str(path))
         files.append(path)
     return files
+
+
+@pytest.fixture(scope="session")
+def chorale_corpus(tmp_path_factory):
+    """A real corpus of the first 12 chorales, built once per session into a temporary cache (Arrow on disk)."""
+    from hf_music_xl.corpus import build_corpus
+
+    return build_corpus("bach-chorales", limit=N_CHORALES, cache_dir=tmp_path_factory.mktemp("corpora"), num_proc=2)
+
+
+@pytest.fixture(scope="session")
+def chorale_corpus_dir(chorale_corpus):
+    """The directory of `chorale_corpus` (what `--corpus` accepts)."""
+    from pathlib import Path
+
+    return Path(chorale_corpus["train"].cache_files[0]["filename"]).parent.parent

@@ -113,7 +113,7 @@ def run_demo(args) -> None:
     run_demo(dataclass_from_args(DemoSettings, args))
 
 
-SUBCOMMANDS = [add_build_corpus, add_train]
+SUBCOMMANDS = [add_build_corpus, add_train, add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -367,9 +367,7 @@ def final_metrics(trainer: Trainer) -> dict:
 def save_final(model, tokenizer, final_dir: Path, metrics: dict, settings: TrainSettings) -> None:
     """Model, tokenizer, generation config and their code in one directory for ``from_pretrained``."""
     model = getattr(model, "module", model)  # unwrap DDP if needed
-    type(model.config).register_for_auto_class()
-    type(model).register_for_auto_class("AutoModelForCausalLM")
-    tokenizer.register_for_auto_class("AutoTokenizer")
+    tokenizer.register_for_auto_class("AutoTokenizer")  # the model classes register in hf_music_xl/__init__
     model.save_pretrained(final_dir)
     tokenizer.save_pretrained(final_dir)
     summary = {"settings": asdict(settings), "eval": metrics}

@@ -1,0 +1,135 @@
+"""Corpus building: real chorales from music21, real MIDI/ABC files, real Arrow caches."""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hf_music_xl import corpus as corpus_module
+from hf_music_xl import encoding
+from hf_music_xl.cli import main as cli_main
+from hf_music_xl.corpus import build_corpus, load_corpus, read_report, split_abc_tunes, split_score
+
+TWO_TUNES = """%abc-2.1
+M:4/4
+L:1/8
+
+X:1
+T:Up and down
+K:C
+CDEF GABc|cBAG FEDC|]
+
+X:2
+T:Fifths
+K:G
+G2d2 G2d2|B4 G4|]
+"""
+
+
+def test_chorale_corpus_rows(chorale_corpus):
+    assert set(chorale_corpus) == {"train", "validation"}
+    assert len(chorale_corpus["train"]) + len(chorale_corpus["validation"]) == 12
+    assert len(chorale_corpus["validation"]) >= 1
+    for row in chorale_corpus["train"]:
+        ids = np.asarray(row["input_ids"])
+        assert ids[0] == encoding.BOS_ID and ids[1] == encoding.PAD_ID and ids[-1] == encoding.EOS_ID
+        assert encoding.first_invalid_position(ids) is None
+        assert row["n_notes"] == int(((ids >= 9) & (ids < 137)).sum()) > 50
+        assert row["source"].startswith("music21:bach/") and row["name"].startswith("bwv")
+
+
+def test_chorale_split_is_by_bwv_number(chorale_corpus):
+    report = read_report(chorale_corpus)
+    assert report["source"] == "bach-chorales" and report["skipped"] == []
+    # the split key of a chorale is its BWV number ("bwv153.1"), which is also its name
+    assert all(split_score(name) >= 0.1 for name in chorale_corpus["train"]["name"])
+    # 12 chorales may hash none below 0.1: then the lowest-scoring one is moved to validation
+    lowest = min(chorale_corpus["train"]["name"] + chorale_corpus["validation"]["name"], key=split_score)
+    assert lowest in chorale_corpus["validation"]["name"]
+    assert report["splits"]["validation"]["pieces"] == len(chorale_corpus["validation"])
+
+
+def test_second_build_is_cached(chorale_corpus_dir):
+    started = time.perf_counter()
+    again = build_corpus("bach-chorales", limit=12, cache_dir=chorale_corpus_dir.parent)
+    assert time.perf_counter() - started < 5
+    assert Path(again["train"].cache_files[0]["filename"]).parent.parent == chorale_corpus_dir
+
+
+def test_cache_key_covers_encoder_and_quantization(monkeypatch):
+    items = corpus_module.list_items("bach-chorales")[:3]
+    key = corpus_module.cache_key("bach-chorales", items, 4, 3, 0.1)
+    assert key != corpus_module.cache_key("bach-chorales", items, 8, 3, 0.1)
+    monkeypatch.setattr(corpus_module, "ENCODER_VERSION", "test")
+    assert key != corpus_module.cache_key("bach-chorales", items, 4, 3, 0.1)
+
+
+def test_midi_directory_skips_bad_files_and_duplicates(chorale_midi_files, tmp_path):
+    folder = tmp_path / "midi"
+    (folder / "nested").mkdir(parents=True)
+    for path in chorale_midi_files[:4]:
+        shutil.copy(path, folder / path.name)
+    shutil.copy(chorale_midi_files[0], folder / "nested" / "copy.midi")  # same content, other name
+    (folder / "broken.mid").write_bytes(b"MThd this is not midi")
+    (folder / "empty.mid").write_bytes(b"")
+    (folder / "notes.txt").write_text("ignored: not a music file")
+
+    built = build_corpus(str(folder), output=tmp_path / "out", cache_dir=tmp_path / "cache", num_proc=2)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert (tmp_path / "out" / "dataset_dict.json").exists()
+    assert sorted(skip["source"] for skip in report["skipped"]) == ["broken.mid", "empty.mid"]
+    assert [dup["source"] for dup in report["duplicates"]] == ["nested/copy.midi"]
+    rows = [row for split in built.values() for row in split]
+    assert len(rows) == 4
+    first = next(row for row in rows if row["source"] == chorale_midi_files[0].name)
+    expected = encoding.encode_midi(chorale_midi_files[0], add_eos=True)
+    np.testing.assert_array_equal(first["input_ids"], expected)
+
+
+def test_glob_source(chorale_midi_files, tmp_path):
+    pattern = str(chorale_midi_files[0].parent / "bwv1*.mid")
+    built = build_corpus(pattern, cache_dir=tmp_path, num_proc=1)
+    names = sorted(name for split in built.values() for name in split["name"])
+    assert names == sorted(p.stem for p in chorale_midi_files if p.name.startswith("bwv1"))
+
+
+def test_abc_file_is_split_into_tunes(tmp_path):
+    assert [label for label, _ in split_abc_tunes(TWO_TUNES)] == ["X:1 Up and down", "X:2 Fifths"]
+    (tmp_path / "tunes.abc").write_text(TWO_TUNES + "\nX:3\nT:Silence\nK:C\nz8|]\n")
+    built = build_corpus(str(tmp_path / "tunes.abc"), cache_dir=tmp_path / "cache", num_proc=1)
+    report = read_report(built)
+    rows = {row["source"]: row for split in built.values() for row in split}
+    assert set(rows) == {"tunes.abc#X:1", "tunes.abc#X:2"}
+    assert rows["tunes.abc#X:1"]["n_notes"] == 16
+    assert [skip["source"] for skip in report["skipped"]] == ["tunes.abc#X:3"]  # no notes: skipped, not fatal
+
+
+def test_bad_sources_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown corpus source"):
+        build_corpus(str(tmp_path / "nowhere"), cache_dir=tmp_path)
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "a.txt").write_text("x")
+    with pytest.raises(ValueError, match="no .mid"):
+        build_corpus(str(tmp_path / "text"), cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="music21"):
+        build_corpus("music21:no-such-folder", cache_dir=tmp_path)
+
+
+def test_output_refuses_to_overwrite_other_things(chorale_corpus_dir, tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not a corpus directory"):
+        build_corpus("bach-chorales", limit=12, cache_dir=chorale_corpus_dir.parent, output=tmp_path)
+    assert (tmp_path / "precious.txt").exists()
+
+
+def test_cli_build_corpus(chorale_corpus_dir, tmp_path, capsys):
+    cli_main(["build-corpus", "bach-chorales", "--limit", "12", "--cache-dir", str(chorale_corpus_dir.parent),
+              "--output", str(tmp_path / "chorales")])
+    printed = capsys.readouterr().out
+    assert "train:" in printed and str(tmp_path / "chorales") in printed
+    assert len(load_corpus(tmp_path / "chorales")["train"]) + len(load_corpus(tmp_path / "chorales")["validation"]) == 12
+    with pytest.raises(SystemExit, match="unknown corpus source"):
+        cli_main(["build-corpus", str(tmp_path / "missing"), "--cache-dir", str(tmp_path)])
