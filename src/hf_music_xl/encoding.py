@@ -111,28 +111,37 @@ def load_score(source: MidiSource) -> symusic.Score:
 
 
 def quantize(ticks: np.ndarray, ticks_per_quarter: int, steps_per_beat: int) -> np.ndarray:
-    """Ticks to grid steps, rounding half up (the reference's banker's rounding made 32nd notes vanish)."""
-    return np.floor(ticks.astype(np.float64) * steps_per_beat / ticks_per_quarter + 0.5).astype(np.int64)
+    """Ticks to grid steps, rounding half up in integers (the reference's banker's rounding made 32nd notes
+    vanish)."""
+    return (ticks.astype(np.int64) * (2 * steps_per_beat) + ticks_per_quarter) // (2 * ticks_per_quarter)
 
 
 def score_to_notes(score: symusic.Score, steps_per_beat: int = STEPS_PER_BEAT) -> Notes:
-    """All non-drum notes of a tick-based score on the grid, merged, deduplicated and sorted."""
-    tracks = [track.notes.numpy() for track in score.tracks if not track.is_drum and len(track.notes)]
-    if not tracks:
-        return Notes(*(np.zeros(0, np.int64) for _ in range(3)))
-    time = np.concatenate([t["time"] for t in tracks])
-    length = np.concatenate([t["duration"] for t in tracks])
-    pitch = np.concatenate([t["pitch"] for t in tracks]).astype(np.int64)
-    tpq = score.ticks_per_quarter
-    onset = quantize(time, tpq, steps_per_beat)
-    duration = np.clip(quantize(length, tpq, steps_per_beat), 1, MAX_DURATION)  # never zero length
+    """All non-drum notes of a tick-based score on the grid, merged, deduplicated and sorted.
 
-    # Sort by onset, then pitch high to low, then the longest first so that deduplication keeps it.
-    order = np.lexsort((-duration, -pitch, onset))
-    onset, pitch, duration = onset[order], pitch[order], duration[order]
-    first_of_kind = np.ones(len(onset), dtype=bool)
-    first_of_kind[1:] = (onset[1:] != onset[:-1]) | (pitch[1:] != pitch[:-1])
-    return Notes(onset[first_of_kind], pitch[first_of_kind], duration[first_of_kind])
+    This runs once per file, so it keeps the count of numpy calls low: the tracks are merged inside symusic
+    and read out as arrays once, and a single sort of a packed key does the ordering."""
+    tracks = [track.notes for track in score.tracks if not track.is_drum]
+    merged = tracks[0].copy() if len(tracks) > 1 else tracks[0] if tracks else symusic.Track().notes
+    for notes in tracks[1:]:
+        merged.extend(notes)
+    if not len(merged):
+        return Notes(*(np.zeros(0, np.int64) for _ in range(3)))
+    arrays = merged.numpy()
+    tpq = score.ticks_per_quarter
+    onset = np.maximum(quantize(arrays["time"], tpq, steps_per_beat), 0)
+    duration = quantize(arrays["duration"], tpq, steps_per_beat)
+    duration = np.minimum(np.maximum(duration, 1), MAX_DURATION)  # never zero length; clamped to d160
+    pitch = arrays["pitch"].astype(np.int64)
+
+    # Order by onset, then pitch high to low, then the longest note first, by sorting one packed key:
+    # bits 16.. onset, 8..15 (127 - pitch), 0..7 (255 - duration). Unpacking the sorted key gives the columns.
+    key = np.sort((onset << 16) - (pitch << 8) - duration + (127 << 8 | 255))
+    first_of_kind = np.empty(len(key), dtype=bool)  # deduplicate (onset, pitch), keeping the longest
+    first_of_kind[0] = True
+    np.not_equal(key[1:] >> 8, key[:-1] >> 8, out=first_of_kind[1:])
+    key = key[first_of_kind]
+    return Notes(onset=key >> 16, pitch=127 - ((key >> 8) & 255), duration=255 - (key & 255))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -141,35 +150,28 @@ def score_to_notes(score: symusic.Score, steps_per_beat: int = STEPS_PER_BEAT) -
 
 def notes_to_ids(notes: Notes, add_bos: bool = True, add_eos: bool = False) -> np.ndarray:
     """Encode a note table; rests longer than MAX_DURATION become several ``xxsep d..`` pairs."""
-    onset, n = notes.onset, len(notes)
-    group_start = np.flatnonzero(np.r_[True, onset[1:] != onset[:-1]]) if n else np.zeros(0, np.int64)
-    group_onset = onset[group_start]
-    wait = np.diff(group_onset, prepend=0)  # [groups]; only the first group can wait 0 (onset 0)
-    sep_count = -(-wait // MAX_DURATION)  # [groups]; ceil: pairs of xxsep needed before each group
-    notes_in_group = np.diff(np.r_[group_start, n])
+    wait = notes.onset.copy()  # [n] steps since the previous note (0 within a chord)
+    wait[1:] -= notes.onset[:-1]
+    seps = -(-wait // MAX_DURATION)  # [n] xxsep pairs written before each note (ceil; usually 0 or 1)
+    note_slot = np.arange(len(notes)) + np.cumsum(seps)  # [n] pair index of each note
+    n_pairs = len(notes) + int(seps.sum())
 
-    # Pair slots: each group writes its xxsep pairs, then its notes.
-    group_first_slot = np.cumsum(np.r_[0, (sep_count + notes_in_group)[:-1]]) if n else group_start
-    pair_first = np.empty(int(sep_count.sum()) + n, np.int64)
-    pair_second = np.empty_like(pair_first)
+    start = 2 if add_bos else 0
+    ids = np.empty(start + 2 * n_pairs + add_eos, np.int64)
+    ids[:start] = BOS_ID, PAD_ID
+    ids[start + 2 * n_pairs :] = EOS_ID
+    pairs = ids[start : start + 2 * n_pairs].reshape(n_pairs, 2)  # a view: writing pairs writes ids
 
-    sep_group = np.repeat(np.arange(len(wait)), sep_count)  # [seps] group of each xxsep pair
-    sep_rank = np.arange(len(sep_group)) - np.repeat(np.cumsum(sep_count) - sep_count, sep_count)
-    is_last_sep = sep_rank == sep_count[sep_group] - 1
-    sep_wait = np.where(is_last_sep, wait[sep_group] - MAX_DURATION * sep_rank, MAX_DURATION)
-    sep_slot = group_first_slot[sep_group] + sep_rank
-    pair_first[sep_slot] = SEP_ID
-    pair_second[sep_slot] = DURATION_OFFSET + sep_wait
-
-    note_group = np.repeat(np.arange(len(group_start)), notes_in_group)  # [n]
-    note_slot = group_first_slot[note_group] + sep_count[note_group] + np.arange(n) - group_start[note_group]
-    pair_first[note_slot] = NOTE_OFFSET + notes.pitch
-    pair_second[note_slot] = DURATION_OFFSET + notes.duration
-
-    body = np.stack([pair_first, pair_second], axis=1).reshape(-1)
-    prefix = [BOS_ID, PAD_ID] if add_bos else []
-    suffix = [EOS_ID] if add_eos else []
-    return np.concatenate([np.array(prefix, np.int64), body, np.array(suffix, np.int64)])
+    # Every slot that is not a note is an xxsep; a long rest is d160 pairs with the remainder last, in the
+    # slot just before its note. Writing the remainder before every note is harmless where a note has no
+    # xxsep: that slot belongs to the previous note (or, for the first, wraps to the last, always a note),
+    # and the note pairs written next overwrite it.
+    pairs[:, 0] = SEP_ID
+    pairs[:, 1] = DURATION_OFFSET + MAX_DURATION
+    pairs[note_slot - 1, 1] = DURATION_OFFSET + wait - MAX_DURATION * (seps - 1)
+    pairs[note_slot, 0] = NOTE_OFFSET + notes.pitch
+    pairs[note_slot, 1] = DURATION_OFFSET + notes.duration
+    return ids
 
 
 def encode_midi(
