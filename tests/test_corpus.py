@@ -47,7 +47,7 @@ def test_chorale_split_is_by_bwv_number(chorale_corpus):
     # the split key of a chorale is its BWV number ("bwv153.1"), which is also its name
     assert all(split_score(name) >= 0.1 for name in chorale_corpus["train"]["name"])
     # 12 chorales may hash none below 0.1: then the lowest-scoring one is moved to validation
-    lowest = min(chorale_corpus["train"]["name"] + chorale_corpus["validation"]["name"], key=split_score)
+    lowest = min([*chorale_corpus["train"]["name"], *chorale_corpus["validation"]["name"]], key=split_score)
     assert lowest in chorale_corpus["validation"]["name"]
     assert report["splits"]["validation"]["pieces"] == len(chorale_corpus["validation"])
 
