@@ -376,7 +376,7 @@ class MusicXLModel(MusicXLPreTrainedModel):
             x = layer(x, table, self.content_bias, self.position_bias, blocked, memory)
         return x, layer_inputs
 
-    def forward(self, input_ids, beat_positions=None, past_key_values=None, use_cache=None, **kwargs):
+    def forward(self, input_ids, beat_positions=None, past_key_values=None, use_cache=None, attention_mask=None, **kwargs):
         r"""
         input_ids (`torch.LongTensor` of shape `(batch, length)`): any length; runs in segments of
             `config.segment_len`, each attending to the memory of the previous `config.mem_len` tokens.
@@ -385,8 +385,9 @@ class MusicXLModel(MusicXLPreTrainedModel):
         past_key_values (`MusicXLCache`, *optional*): memory from a previous call (generation, inference only).
         use_cache (`bool`, *optional*, defaults to False): continue `past_key_values`, or a new `MusicXLCache`,
             and return it. generate() passes it explicitly (from `config.use_cache`).
-        Other keyword arguments (`attention_mask`, ...) are accepted for generate() and ignored: xxpad is a real
-        token of this vocabulary (pieces start `xxbos xxpad`), so every token is attended to.
+        attention_mask: ignored, as are other keyword arguments generate() passes: xxpad is a real token of this
+            vocabulary (pieces start `xxbos xxpad`), so every token is attended to; batch prompts of equal length.
+            (Declared because generate() reads the signature: with it, resuming from a cache feeds only new tokens.)
         """
         config = self.config
         cache = past_key_values if use_cache or past_key_values is not None else None
@@ -458,6 +459,7 @@ class MusicXLForCausalLM(MusicXLPreTrainedModel, GenerationMixin):
         beat_positions=None,
         past_key_values=None,
         use_cache=None,
+        attention_mask=None,
         labels=None,
         logits_to_keep=0,
         **kwargs,
