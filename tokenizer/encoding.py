@@ -58,6 +58,12 @@ TICKS_PER_QUARTER = 480  # resolution of the MIDI we write
 DEFAULT_VELOCITY = 80
 DEFAULT_TEMPO_QPM = 120.0
 
+# Limits on input, so that a hostile or broken file fails clearly instead of exhausting memory. Real pieces
+# are far below them (a Bach chorale: 5 KB, 250 notes, 700 tokens). Each is a keyword of encode_midi.
+MAX_FILE_BYTES = 64 * 2**20
+MAX_NOTES = 1_000_000
+MAX_TOKENS = 8_000_000  # also bounds the rests written for absurd tick values (a note at tick 2**31)
+
 MidiSource = "str | os.PathLike | bytes | symusic.Score"  # what encode_midi accepts
 
 
@@ -93,21 +99,40 @@ def _describe(source: MidiSource) -> str:
     return os.fspath(source)
 
 
-def load_score(source: MidiSource) -> symusic.Score:
+def load_score(source: MidiSource, max_bytes: int = MAX_FILE_BYTES) -> symusic.Score:
     """A ``symusic.Score`` in ticks from a path, bytes or a Score; unreadable input raises ``MidiReadError``."""
     if isinstance(source, symusic.Score):  # already a Score, in any time unit
         return source.to("tick")
     if isinstance(source, (bytes, bytearray)):
         data = bytes(source)
     else:
-        with open(source, "rb") as file:  # a missing file is a FileNotFoundError, as users expect
+        if os.path.getsize(source) > max_bytes:  # a missing file is a FileNotFoundError, as users expect
+            raise MidiReadError(f"{_describe(source)}: larger than the limit of {max_bytes} bytes")
+        with open(source, "rb") as file:
             data = file.read()
+    if len(data) > max_bytes:
+        raise MidiReadError(f"{_describe(source)}: larger than the limit of {max_bytes} bytes")
     if not data:
         raise MidiReadError(f"{_describe(source)}: the file is empty")
     try:
-        return symusic.Score.from_midi(data, sanitize_data=True)
+        score = symusic.Score.from_midi(data, sanitize_data=True)
     except Exception as error:  # symusic raises RuntimeError/ValueError with its own wording
         raise MidiReadError(f"{_describe(source)}: not a readable MIDI file ({error})") from error
+    if score.ticks_per_quarter <= 0:
+        raise MidiReadError(f"{_describe(source)}: invalid time division ({score.ticks_per_quarter} ticks per quarter)")
+    if data[8:10] == b"\x00\x02":  # the header's format field
+        play_tracks_in_turn(score)
+    return score
+
+
+def play_tracks_in_turn(score: symusic.Score) -> None:
+    """Type-2 MIDI holds independent sequences (patterns) meant one after another, not together: shift each
+    track to start where the previous ones ended (in place)."""
+    start = 0
+    for track in score.tracks:
+        length = track.end()
+        track.shift_time(start, inplace=True)
+        start += length
 
 
 def quantize(ticks: np.ndarray, ticks_per_quarter: int, steps_per_beat: int) -> np.ndarray:
@@ -180,12 +205,27 @@ def encode_midi(
     add_bos: bool = True,
     add_eos: bool = False,
     allow_empty: bool = False,
+    max_bytes: int = MAX_FILE_BYTES,
+    max_notes: int = MAX_NOTES,
+    max_tokens: int = MAX_TOKENS,
 ) -> np.ndarray:
-    """Token ids of a MIDI path, bytes or ``symusic.Score``. A score without notes raises ``MidiReadError``
-    unless ``allow_empty`` (then the result is just the prefix)."""
-    notes = score_to_notes(load_score(source), steps_per_beat)
+    """Token ids of a MIDI path, bytes or ``symusic.Score``.
+
+    Raises ``MidiReadError`` (a ValueError naming the input) for unreadable input, a file over ``max_bytes``,
+    more than ``max_notes`` notes or more than ``max_tokens`` tokens, and a score without notes (drums do not
+    count) unless ``allow_empty`` (then the result is just the prefix)."""
+    score = load_score(source, max_bytes=max_bytes)
+    if score.note_num() > max_notes:
+        raise MidiReadError(f"{_describe(source)}: {score.note_num()} notes, over the limit of {max_notes}")
+    notes = score_to_notes(score, steps_per_beat)
     if not len(notes) and not allow_empty:
         raise MidiReadError(f"{_describe(source)}: no notes outside drum tracks")
+    # Each note writes 2 tokens, and each xxsep pair covers up to MAX_DURATION steps of its wait (plus one
+    # pair per note at most for the remainders): a cheap upper bound checked before anything is allocated.
+    last_onset = int(notes.onset[-1]) if len(notes) else 0
+    if 3 + 4 * len(notes) + 2 * (last_onset // MAX_DURATION) > max_tokens:
+        raise MidiReadError(f"{_describe(source)}: the last note starts at grid step {last_onset}, which would take "
+                            f"more than the limit of {max_tokens} tokens")
     return notes_to_ids(notes, add_bos=add_bos, add_eos=add_eos)
 
 

@@ -25,10 +25,11 @@ class MidiTokenizerMixin:
 
     steps_per_beat: int
 
-    def encode_midi(self, source, add_eos: bool = False) -> list[int]:
+    def encode_midi(self, source, add_eos: bool = False, **limits) -> list[int]:
         """Token ids of a MIDI file path, MIDI bytes or ``symusic.Score``, starting ``xxbos xxpad``.
-        Unreadable input or a piece without notes raises ``encoding.MidiReadError`` (a ValueError)."""
-        return encode_midi(source, steps_per_beat=self.steps_per_beat, add_eos=add_eos).tolist()
+        Unreadable input or a piece without notes raises ``encoding.MidiReadError`` (a ValueError naming the
+        file); ``limits`` are ``max_bytes``, ``max_notes``, ``max_tokens`` of ``encoding.encode_midi``."""
+        return encode_midi(source, steps_per_beat=self.steps_per_beat, add_eos=add_eos, **limits).tolist()
 
     def decode_midi(self, ids, strict: bool = False) -> symusic.Score:
         """A ``symusic.Score`` from any ids (list, numpy array or tensor); invalid tokens are skipped, or with
