@@ -18,7 +18,7 @@ from hf_music_xl.modeling_music_xl import (
     SegmentMemory,
     attention_block_mask,
     compute_beat_positions,
-    relative_shift,
+    relative_position_scores,
     sinusoid_encodings,
 )
 
@@ -136,14 +136,18 @@ def test_causal_and_window_masks():
 
 
 def test_relative_shift_reindexes_by_key():
-    batch, heads, queries, memory = 2, 3, 5, 4
+    batch, heads, queries, memory, d_head = 2, 3, 5, 4, 8
     keys = memory + queries
-    scores = torch.randn(batch, heads, queries, keys)
-    shifted = relative_shift(scores)
+    query = torch.randn(batch, heads, queries, d_head)
+    relative = torch.randn(heads, keys, d_head)  # row r encodes distance keys-1-r
+    scores = relative_position_scores(query, relative)
     for i in range(queries):
         for j in range(memory + i + 1):  # past and present keys; the rest is masked
             distance = memory + i - j
-            assert torch.equal(shifted[:, :, i, j], scores[:, :, i, keys - 1 - distance])
+            expected = (query[:, :, i] * relative[:, keys - 1 - distance]).sum(-1)
+            torch.testing.assert_close(scores[:, :, i, j], expected)
+    one = relative_position_scores(query[:, :, -1:], relative)  # a single query: the last of the keys
+    torch.testing.assert_close(one[:, :, 0, : memory + queries], scores[:, :, -1])
 
 
 def test_attention_matches_the_relative_position_formula():
@@ -159,11 +163,12 @@ def test_attention_matches_the_relative_position_formula():
     memory_states = torch.randn(2, memory_len, d_model)
     for window in (0, 2):
         blocked = attention_block_mask(length, memory_len, window, "cpu")
+        mask = torch.zeros(blocked.shape).masked_fill(blocked, float("-inf"))
         with torch.no_grad():
             memory = base.layers[0].attention.project_memory(memory_states)
             keys = memory_len + length
             table = attention.project_positions(sinusoid_encodings(keys, d_model, "cpu", torch.float32))
-            got = attention(x, table, base.content_bias, base.position_bias, blocked, SegmentMemory([memory]))
+            got = attention(x, table, base.content_bias, base.position_bias, mask, SegmentMemory([memory]))
 
             q, k, v = attention.qkv_proj(torch.cat([memory_states, x], dim=1)).chunk(3, dim=-1)
             split = lambda t: t.view(2, -1, heads, d_head).transpose(1, 2)  # noqa: E731

@@ -90,17 +90,19 @@ def sinusoid_encodings(length, d_model, device, dtype):
     return torch.cat([angles.sin(), angles.cos()], dim=-1).to(dtype)
 
 
-def relative_shift(scores):
-    """Re-index position scores from distance to key: (B, H, T, K) -> (B, H, T, K).
+def relative_position_scores(query, relative):
+    """Position scores of every query against every key: query (B, H, T, Dh) (bias added, pre-scaled), relative
+    (H, K, Dh) encodings of the distances K-1..0 -> (B, H, T, K) with out[..., i, j] = query_i . R_(M+i-j), where the
+    last T of the K keys are the queries and M = K - T. Entries for future keys (j > M + i) are garbage: mask them.
 
-    Column c of `scores` holds distance K-1-c; query i (the last T of the K keys are the queries) and key j are
-    M + i - j apart with M = K - T, so out[..., i, j] = scores[..., i, j + T-1-i]. Entries for future keys
-    (j > M + i) are garbage and must be masked. Pad-and-reshape as in Dai et al.: one copy, no gather.
+    Dai et al.'s relative shift: scores by distance with a zero column in front, read as (K+1, T) and cut, shift
+    row i left by T-1-i. Here the zero column comes from a zero encoding row, so the shift is a free view.
     """
-    batch, heads, query_len, key_len = scores.shape
+    batch, heads, query_len, _ = query.shape
+    key_len = relative.shape[1]
     if query_len == 1:  # one query (generation): distance order is already key order
-        return scores
-    padded = F.pad(scores, (1, 0))  # (B, H, T, K+1)
+        return torch.matmul(query, relative.transpose(1, 2))
+    padded = torch.matmul(query, F.pad(relative, (0, 0, 1, 0)).transpose(1, 2))  # (B, H, T, K+1), column 0 zero
     return padded.view(batch, heads, key_len + 1, query_len)[:, :, 1:].view(batch, heads, query_len, key_len)
 
 
@@ -238,18 +240,18 @@ class MusicXLAttention(nn.Module):
         """(R, D) sinusoid encodings -> (H, R, Dh) projected relative encodings."""
         return self.position_proj(encodings).view(-1, self.n_head, self.d_head).transpose(0, 1)
 
-    def forward(self, x, relative, content_bias, position_bias, blocked, memory=None):
-        # x: (B, T, D) normalised; relative: (H, M+T, Dh); biases u, v: (H, Dh); blocked: (T, M+T) bool or None;
-        # memory: SegmentMemory, MusicXLCache or None
+    def forward(self, x, relative, content_bias, position_bias, mask, memory=None):
+        # x: (B, T, D) normalised; relative: (H, M+T, Dh); biases u, v: (H, Dh); mask: (T, M+T) additive
+        # (0 or -inf) or None; memory: SegmentMemory, MusicXLCache or None
         batch, length, _ = x.shape
         query, key, value = (self.split_heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))  # (B, H, T, Dh)
         if memory is not None:
             key, value = memory.update(key, value, self.layer_idx)  # (B, H, M+T, Dh)
-        # position term for every distance, then re-indexed by key; SDPA does not scale attn_mask, so we do
-        position_scores = torch.matmul(query + position_bias[:, None], relative.transpose(1, 2))  # (B, H, T, M+T)
-        attn_bias = relative_shift(position_scores) * (1.0 / math.sqrt(self.d_head))
-        if blocked is not None:
-            attn_bias = attn_bias.masked_fill(blocked, float("-inf"))
+        # SDPA scales q.k by 1/sqrt(d_head) but not attn_mask: pre-scale the (small) query of the position term
+        scaled_query = (query + position_bias[:, None]) * (1.0 / math.sqrt(self.d_head))
+        attn_bias = relative_position_scores(scaled_query, relative)  # (B, H, T, M+T)
+        if mask is not None:
+            attn_bias = attn_bias + mask
         out = F.scaled_dot_product_attention(
             query + content_bias[:, None],
             key,
@@ -277,8 +279,8 @@ class MusicXLBlock(nn.Module):
         """Keys and values of this layer's memory of input hidden states (B, M, D)."""
         return self.attention.project_memory(self.attn_norm(memory))
 
-    def forward(self, x, relative, content_bias, position_bias, blocked, memory=None):
-        x = x + self.dropout(self.attention(self.attn_norm(x), relative, content_bias, position_bias, blocked, memory))
+    def forward(self, x, relative, content_bias, position_bias, mask, memory=None):
+        x = x + self.dropout(self.attention(self.attn_norm(x), relative, content_bias, position_bias, mask, memory))
         return x + self.dropout(self.ff_out(F.gelu(self.ff_in(self.ff_norm(x)))))
 
 
@@ -367,13 +369,14 @@ class MusicXLModel(MusicXLPreTrainedModel):
         memory_len = 0 if memory is None else memory.memory_length()
         query_len = x.shape[1]
         relative = self.relative_encodings(memory_len + query_len, cache, x.dtype, x.device)
-        blocked = None  # a single causal query may see everything
+        mask = None  # a single causal query may see everything
         if window or query_len > 1:
             blocked = attention_block_mask(query_len, memory_len, window, x.device)
+            mask = torch.zeros(blocked.shape, dtype=x.dtype, device=x.device).masked_fill(blocked, float("-inf"))
         layer_inputs = []
         for layer, table in zip(self.layers, relative):
             layer_inputs.append(x)
-            x = layer(x, table, self.content_bias, self.position_bias, blocked, memory)
+            x = layer(x, table, self.content_bias, self.position_bias, mask, memory)
         return x, layer_inputs
 
     def forward(self, input_ids, beat_positions=None, past_key_values=None, use_cache=None, attention_mask=None, **kwargs):
