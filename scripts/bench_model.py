@@ -1,0 +1,162 @@
+"""Speed of MusicXL against transformers' GPT2LMHeadModel at the same dims, in the same run (CPU).
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_model.py            # full: a few minutes
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_model.py --quick    # shorter sequences, about a minute
+
+Measures (random weights: speed does not depend on them):
+  1. training: forward + backward + AdamW step, tokens/s, MusicXL vs GPT-2 (same d_model, layers, heads, d_inner,
+     dropout, batch and row length; MusicXL runs each row as segments of segment_len with memory, as it trains);
+  2. generation with the cache vs use_cache=False at --new-tokens;
+  3. flat cost: over --long-tokens new tokens, tokens/s of the last 1,024 vs the first 1,024 (per-step timestamps);
+  4. MusicXL generate with its memory vs GPT-2 generate with its KV cache, --long-tokens new tokens.
+Timed sections alternate between the two models to share the machine's load fairly.
+"""
+
+import argparse
+import time
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, StoppingCriteria, StoppingCriteriaList
+
+from hf_music_xl import MusicXLConfig, MusicXLForCausalLM
+
+PROMPT = [[0, 1, 69, 141, 64, 145, 8, 141, 71, 141]]  # xxbos xxpad n60 d4 n55 d8 xxsep d4 n62 d4
+
+
+class StepClock(StoppingCriteria):
+    """Records the time of every generation step (called once per new token); never stops."""
+
+    def __init__(self):
+        self.times = []
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.times.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+
+def build_models(preset, max_positions, dropout):
+    config = MusicXLConfig.from_preset(preset, dropout=dropout)
+    torch.manual_seed(0)
+    xl = MusicXLForCausalLM(config)
+    gpt2_config = GPT2Config(
+        vocab_size=config.vocab_size,
+        n_positions=max_positions,
+        n_embd=config.d_model,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        n_inner=config.d_inner,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=0.0,  # MusicXL's attn_dropout is 0 by default
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
+    )
+    gpt2 = GPT2LMHeadModel(gpt2_config)
+    return xl, gpt2
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def bench_training(models, batch, length, steps):
+    """tokens/s of forward + backward + AdamW, alternating the models step by step."""
+    ids = torch.randint(9, 298, (batch, length), generator=torch.Generator().manual_seed(0))
+    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
+    elapsed = dict.fromkeys(models, 0.0)
+    for step in range(steps + 2):  # two warm-up steps
+        for name, model in models.items():
+            model.train()
+            start = time.perf_counter()
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            optimizers[name].step()
+            optimizers[name].zero_grad(set_to_none=True)
+            if step >= 2:
+                elapsed[name] += time.perf_counter() - start
+    return {name: batch * length * steps / seconds for name, seconds in elapsed.items()}
+
+
+def timed_generate(model, new_tokens, use_cache=True):
+    """(seconds, per-step timestamps) of greedy generation of exactly new_tokens tokens."""
+    model.eval()
+    clock = StepClock()
+    prompt = torch.tensor(PROMPT)
+    start = time.perf_counter()
+    out = model.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        use_cache=use_cache,
+        stopping_criteria=StoppingCriteriaList([clock]),
+    )
+    seconds = time.perf_counter() - start
+    assert out.shape[1] == prompt.shape[1] + new_tokens
+    return seconds, [start] + clock.times
+
+
+def window_rate(times, first, last):
+    """tokens/s between steps first and last of the timestamps."""
+    return (last - first) / (times[last] - times[first])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--quick", action="store_true", help="shorter runs (about a minute)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--length", type=int, default=512, help="training row length (MusicXL: 2 segments)")
+    parser.add_argument("--train-steps", type=int, default=5)
+    parser.add_argument("--new-tokens", type=int, default=1024)
+    parser.add_argument("--long-tokens", type=int, default=4096)
+    args = parser.parse_args()
+    if args.quick:
+        args.batch, args.length, args.train_steps, args.new_tokens, args.long_tokens = 4, 256, 3, 256, 2048
+    torch.set_num_threads(args.threads)
+    window = min(1024, args.long_tokens // 4)
+
+    xl, gpt2 = build_models(args.preset, len(PROMPT[0]) + args.long_tokens + 8, dropout=0.1)
+    c = xl.config
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(
+        f"dims: preset {args.preset}, d_model {c.d_model}, layers {c.n_layer}, heads {c.n_head}, d_inner {c.d_inner}; "
+        f"MusicXL segment_len {c.segment_len}, mem_len {c.mem_len}; params MusicXL {count(xl) / 1e6:.2f}M, "
+        f"GPT-2 {count(gpt2) / 1e6:.2f}M"
+    )
+
+    rates = bench_training({"musicxl": xl, "gpt2": gpt2}, args.batch, args.length, args.train_steps)
+    print(
+        f"1. training (batch {args.batch} x {args.length}): MusicXL {rates['musicxl']:.0f} tok/s, "
+        f"GPT-2 {rates['gpt2']:.0f} tok/s, ratio {rates['musicxl'] / rates['gpt2']:.2f}x (target >= 0.8)"
+    )
+
+    with torch.no_grad():
+        cached, _ = timed_generate(xl, args.new_tokens)
+        uncached, _ = timed_generate(xl, args.new_tokens, use_cache=False)
+        print(
+            f"2. generation of {args.new_tokens} tokens: cached {args.new_tokens / cached:.1f} tok/s, "
+            f"use_cache=False {args.new_tokens / uncached:.1f} tok/s, speed-up {uncached / cached:.1f}x (target >= 10)"
+        )
+
+        xl_long, xl_times = timed_generate(xl, args.long_tokens)
+        gpt2_long, gpt2_times = timed_generate(gpt2, args.long_tokens)
+        n = args.long_tokens
+        first, last = window_rate(xl_times, 0, window), window_rate(xl_times, n - window, n)
+        gpt2_first, gpt2_last = window_rate(gpt2_times, 0, window), window_rate(gpt2_times, n - window, n)
+        print(
+            f"3. flat cost over {n} tokens: MusicXL first {window} {first:.1f} tok/s, last {window} {last:.1f} tok/s, "
+            f"ratio {last / first:.2f} (target >= 0.8); GPT-2 for comparison {gpt2_first:.1f} -> {gpt2_last:.1f} "
+            f"tok/s, ratio {gpt2_last / gpt2_first:.2f}"
+        )
+        print(
+            f"4. {n} new tokens: MusicXL {n / xl_long:.1f} tok/s ({xl_long:.1f} s), GPT-2 with KV cache "
+            f"{n / gpt2_long:.1f} tok/s ({gpt2_long:.1f} s), MusicXL {gpt2_long / xl_long:.2f}x faster (target > 1)"
+        )
+
+
+if __name__ == "__main__":
+    main()
