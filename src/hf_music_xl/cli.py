@@ -3,6 +3,9 @@
     hf-music-xl build-corpus bach-chorales --output data/chorales
     hf-music-xl train --preset tiny --max-minutes 8 --output-dir runs/tiny
     hf-music-xl demo
+    hf-music-xl push runs/tiny/final you/music-xl-tiny
+    hf-music-xl generate runs/tiny/final --prompt piece.mid --bars 16 --num-samples 3
+    hf-music-xl evaluate --model runs/tiny/final --generated outputs/generated --skip-bars 4
 
 Each subcommand is one ``add_<name>(subparsers)`` function that declares its flags and sets ``run`` to its
 handler; to add a subcommand, write one and list it in ``SUBCOMMANDS``.
@@ -113,7 +116,121 @@ def run_demo(args) -> None:
     run_demo(dataclass_from_args(DemoSettings, args))
 
 
-SUBCOMMANDS = [add_build_corpus, add_train, add_demo]
+# ----------------------------------------------------------------------------------------------------------
+# generate
+
+
+def add_generate(subparsers) -> None:
+    from .generate import PRESETS
+
+    parser = subparsers.add_parser(
+        "generate",
+        help="sample pieces (MIDI, piano-roll PNG, WAV when possible) from a trained model",
+        description="Continue the first bars of a MIDI file, or start from nothing. Sample i uses seed + i and is "
+        "written as OUTPUT_DIR/<prefix>-<i>-seed<seed>.mid/.png/.wav.",
+    )
+    parser.add_argument("model", help="a model directory (e.g. runs/tiny/final) or Hub id")
+    parser.add_argument("--prompt", default="", help="MIDI file whose first --prompt-bars bars start each sample")
+    parser.add_argument("--prompt-bars", type=int, default=4, help="bars of the prompt file to keep (default: 4)")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--bars", type=int, default=8, help="bars to generate (default: 8)")
+    length.add_argument("--max-new-tokens", type=int, default=0, help="tokens to generate, instead of --bars")
+    parser.add_argument("--preset", default="default", choices=list(PRESETS), help="sampling preset (default: default)")
+    parser.add_argument("--note-temperature", type=float, help="overrides the preset")
+    parser.add_argument("--duration-temperature", type=float, help="overrides the preset")
+    parser.add_argument("--top-k", type=int, help="overrides the preset (0: off)")
+    parser.add_argument("--top-p", type=float, help="overrides the preset (1.0: off)")
+    parser.add_argument("--num-samples", type=int, default=1, help="pieces to generate (default: 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first sample (default: 0)")
+    parser.add_argument("--chunk-tokens", type=int, default=0, help="tokens per generate() call, resuming the memory cache (default: mem_len)")
+    parser.add_argument("--allow-end", action="store_true", help="let the model end a piece early with xxeos")
+    parser.add_argument("--output-dir", default="outputs/generated", help="where files go (default: outputs/generated)")
+    parser.add_argument("--prefix", default="", help="file name prefix (default: the prompt's file stem, or 'sample')")
+    parser.add_argument("--stream", nargs="?", const="-", default="", metavar="FILE", help="print notes as they are generated (or append them to FILE)")
+    parser.add_argument("--picture", action=argparse.BooleanOptionalAction, default=True, help="piano-roll PNG (default: on)")
+    parser.add_argument("--audio", action=argparse.BooleanOptionalAction, default=True, help="WAV when a renderer and a local soundfont exist (default: on)")
+    parser.add_argument("--soundfont", default="", help="a local .sf2 file (also $HF_MUSIC_XL_SOUNDFONT)")
+    parser.set_defaults(run=run_generate)
+
+
+def run_generate(args) -> None:
+    from .generate import GenerateSettings, run_generate
+
+    if args.max_new_tokens:
+        args.bars = 0  # the two are exclusive; --bars has a default
+    run_generate(dataclass_from_args(GenerateSettings, args))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# evaluate
+
+
+def add_evaluate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="NLL per token and per note on a corpus split; musical statistics of generated pieces next to the corpus",
+    )
+    parser.add_argument("--model", default="", help="model directory or Hub id for NLL (default: statistics only)")
+    parser.add_argument("--corpus", default="bach-chorales", help="a corpus source or built corpus directory (default: bach-chorales)")
+    parser.add_argument("--split", default="validation", help="corpus split (default: validation)")
+    parser.add_argument("--generated", nargs="+", default=[], metavar="PATH", help="generated MIDI files or directories")
+    parser.add_argument("--skip-bars", type=int, default=0, help="ignore notes of generated files in their first N bars (the prompt)")
+    parser.add_argument("--window-len", type=int, default=0, help="tokens per NLL window (default: 4 x segment_len, as training)")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per NLL batch (default: 8)")
+    parser.add_argument("--output", default="evaluation.json", help="JSON results (default: evaluation.json)")
+    parser.set_defaults(run=run_evaluate)
+
+
+def run_evaluate(args) -> None:
+    from .evaluate import EvaluateSettings, run_evaluate
+
+    run_evaluate(dataclass_from_args(EvaluateSettings, args))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# push
+
+
+def add_push(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "push",
+        help="publish a model directory (weights, config, tokenizer, code, model card) to the Hugging Face Hub",
+        description="Upload MODEL_DIR to REPO_ID in one commit with a model card built from what training wrote. "
+        "The Hub is $HF_ENDPOINT (default huggingface.co); the token is $HF_TOKEN or the one saved by `hf auth login`.",
+    )
+    parser.add_argument("model_dir", help="a saved model directory, e.g. runs/tiny/final")
+    parser.add_argument("repo_id", help="namespace/name (or name, in your namespace)")
+    parser.add_argument("--private", action=argparse.BooleanOptionalAction, default=None, help="visibility of a new repo (default: the Hub's)")
+    parser.add_argument("--revision", default=None, help="branch to push to, created from main if needed (default: main)")
+    parser.add_argument("--commit-message", default=None, help="default: 'Upload <dir> with hf_music_xl'")
+    parser.add_argument("--license", default="mit", help="license in the model card (default: mit)")
+    parser.add_argument("--dataset", dest="datasets", action="append", default=[], help="Hub dataset id trained on (repeatable)")
+    parser.add_argument("--tag", dest="tags", action="append", default=[], help="extra model card tag (repeatable)")
+    parser.set_defaults(run=run_push)
+
+
+def run_push(args) -> None:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .hub import describe, push_to_hub
+
+    try:
+        result = push_to_hub(
+            args.model_dir,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            license=args.license,
+            datasets=args.datasets,
+            tags=args.tags,
+        )
+    except HfHubHTTPError as error:  # the Hub's answer (auth, permissions, missing repo): its message, no traceback
+        sys.exit(f"hf-music-xl push: error: {error}")
+    print(describe(result))
+
+
+SUBCOMMANDS = [add_build_corpus, add_train, add_demo, add_generate, add_evaluate, add_push]
 
 
 def build_parser() -> argparse.ArgumentParser:

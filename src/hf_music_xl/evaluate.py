@@ -1,0 +1,256 @@
+"""Evaluating a model and its music: NLL on a corpus split, and musical statistics next to the corpus's.
+
+    hf-music-xl evaluate --model runs/tiny/final --corpus bach-chorales --generated outputs/generated
+
+NLL uses the training evaluation exactly (``data.eval_dataset`` windows, ``training.token_scores`` and
+``training.compute_metrics``): per token, and per note (total NLL / note tokens), comparable across
+tokenizations.
+
+Musical statistics follow MusPy's definitions, on the 16th-note grid (``Notes``), one value per piece:
+
+- pitch-class entropy: Shannon entropy (bits) of the pitch-class histogram of the notes (0..log2(12)=3.58);
+- scale consistency: the largest share of notes inside one of the 24 major / natural-minor scales;
+- groove consistency: 1 - mean Hamming distance between the onset patterns (one flag per grid step) of
+  consecutive bars, divided by the steps in a bar;
+- polyphony: mean number of notes sounding at the grid steps where at least one sounds;
+- note density: notes per bar; pitch range: highest - lowest pitch (semitones); unique pitches.
+
+Bars are counted from the bar of the first onset to the bar of the last, so a continuation whose prompt was
+removed is measured over its own bars.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import encoding
+from .generation_music_xl import SCALE_STEPS
+
+STATISTICS = ("pitch_class_entropy", "scale_consistency", "groove_consistency", "polyphony", "note_density",
+              "pitch_range", "unique_pitches")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Musical statistics of one piece
+
+
+def _pitch_class_counts(notes: encoding.Notes) -> np.ndarray:
+    return np.bincount(notes.pitch % 12, minlength=12)  # (12,)
+
+
+def pitch_class_entropy(notes: encoding.Notes) -> float:
+    counts = _pitch_class_counts(notes)
+    share = counts[counts > 0] / counts.sum()
+    return float(-(share * np.log2(share)).sum()) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+# (24, 12): row r is the indicator of one scale; the 12 major scales, then the 12 natural-minor ones
+SCALE_MASKS = np.array(
+    [[(pc - root) % 12 in SCALE_STEPS[mode] for pc in range(12)] for mode in ("major", "minor") for root in range(12)]
+)
+
+
+def scale_consistency(notes: encoding.Notes) -> float:
+    counts = _pitch_class_counts(notes)
+    return float((SCALE_MASKS @ counts).max() / counts.sum())
+
+
+def _bar_span(notes: encoding.Notes, steps_per_bar: int) -> tuple[int, int]:
+    """(first bar, number of bars) from the bar of the first onset to the bar of the last."""
+    first, last = int(notes.onset.min()) // steps_per_bar, int(notes.onset.max()) // steps_per_bar
+    return first, last - first + 1
+
+
+def groove_consistency(notes: encoding.Notes, steps_per_bar: int = encoding.STEPS_PER_BAR) -> float:
+    first, n_bars = _bar_span(notes, steps_per_bar)
+    if n_bars < 2:
+        return float("nan")  # no pair of bars to compare
+    patterns = np.zeros((n_bars, steps_per_bar), dtype=bool)  # (bars, steps) onset flags
+    bar, step = encoding.bar_and_step(notes.onset, steps_per_bar)
+    patterns[bar - first, step] = True
+    return float(1.0 - (patterns[1:] != patterns[:-1]).mean())
+
+
+def polyphony(notes: encoding.Notes) -> float:
+    change = np.zeros(int((notes.onset + notes.duration).max()) + 1, dtype=np.int64)
+    np.add.at(change, notes.onset, 1)
+    np.add.at(change, notes.onset + notes.duration, -1)
+    sounding = np.cumsum(change)[:-1]  # notes sounding at each grid step
+    return float(sounding[sounding > 0].mean())
+
+
+def note_density(notes: encoding.Notes, steps_per_bar: int = encoding.STEPS_PER_BAR) -> float:
+    return len(notes) / _bar_span(notes, steps_per_bar)[1]
+
+
+def musical_statistics(notes: encoding.Notes, steps_per_bar: int = encoding.STEPS_PER_BAR) -> dict[str, float]:
+    """Every statistic of one piece; all NaN for a piece without notes."""
+    if not len(notes):
+        return dict.fromkeys(STATISTICS, float("nan"))
+    return {
+        "pitch_class_entropy": pitch_class_entropy(notes),
+        "scale_consistency": scale_consistency(notes),
+        "groove_consistency": groove_consistency(notes, steps_per_bar),
+        "polyphony": polyphony(notes),
+        "note_density": note_density(notes, steps_per_bar),
+        "pitch_range": float(notes.pitch.max() - notes.pitch.min()),
+        "unique_pitches": float(len(np.unique(notes.pitch))),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Statistics of sets of pieces
+
+
+def summarize(pieces: list[encoding.Notes], steps_per_bar: int = encoding.STEPS_PER_BAR, desc: str | None = None) -> dict:
+    """{"pieces": n, statistic: {"mean", "std"}} over the pieces (NaN values, e.g. one-bar grooves, left out)."""
+    rows = [musical_statistics(notes, steps_per_bar) for notes in tqdm(pieces, desc=desc, disable=desc is None, leave=False)]
+    summary = {"pieces": len(pieces)}
+    for name in STATISTICS:
+        values = np.array([row[name] for row in rows], dtype=np.float64)
+        values = values[~np.isnan(values)]
+        summary[name] = {"mean": float(values.mean()) if len(values) else float("nan"),
+                         "std": float(values.std()) if len(values) else float("nan")}  # fmt: skip
+    return summary
+
+
+def format_table(summaries: dict[str, dict]) -> str:
+    """A plain-text table: one row per statistic, one column (mean ± std) per set of pieces."""
+    names = list(summaries)
+    header = ["statistic"] + [f"{name} ({summaries[name]['pieces']})" for name in names]
+    rows = [[stat] + [f"{summaries[n][stat]['mean']:.3f} ± {summaries[n][stat]['std']:.3f}" for n in names] for stat in STATISTICS]
+    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in [header] + rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def corpus_pieces(split) -> list[encoding.Notes]:
+    """Notes of every piece of a corpus split (rows with ``input_ids``)."""
+    return [encoding.ids_to_notes(ids) for ids in split["input_ids"]]
+
+
+def midi_files(paths) -> list[Path]:
+    """``.mid``/``.midi`` files among ``paths``: files as given, directories searched recursively, sorted."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"no such file or directory: {path}")
+    if not found:
+        raise ValueError(f"no MIDI files in {', '.join(map(str, paths))}")
+    return found
+
+
+def midi_pieces(paths, skip_bars: int = 0, steps_per_bar: int = encoding.STEPS_PER_BAR) -> list[encoding.Notes]:
+    """Notes of MIDI files (read as the tokenizer reads them), without those starting in the first
+    ``skip_bars`` bars (e.g. the prompt of generated continuations)."""
+    pieces = []
+    for path in midi_files(paths):
+        notes = encoding.score_to_notes(encoding.load_score(path))
+        keep = notes.onset >= skip_bars * steps_per_bar
+        pieces.append(encoding.Notes(notes.onset[keep], notes.pitch[keep], notes.duration[keep]))
+    return pieces
+
+
+# ----------------------------------------------------------------------------------------------------------
+# NLL on a corpus split
+
+
+@torch.no_grad()
+def corpus_nll(model, split, window_len: int | None = None, batch_size: int = 8, progress: bool = True) -> dict:
+    """NLL per token and per note (and perplexity, token accuracy) of ``model`` on a corpus split, over the
+    same fixed windows as training's evaluation (default ``4 * segment_len`` tokens, the training default)."""
+    from transformers import EvalPrediction
+
+    from .data import collate, eval_dataset
+    from .training import compute_metrics, token_scores
+
+    window_len = window_len or 4 * model.config.segment_len
+    windows = eval_dataset(split, window_len)
+    if not len(windows):
+        raise ValueError("the split has no pieces to evaluate")
+    model.eval()
+    scores, labels = [], []
+    for start in tqdm(range(0, len(windows), batch_size), desc="NLL", unit="batch", disable=not progress, leave=False):
+        batch = collate([windows[i] for i in range(start, min(start + batch_size, len(windows)))])
+        batch = {key: value.to(model.device) for key, value in batch.items()}
+        logits = model(input_ids=batch["input_ids"]).logits
+        scores.append(token_scores(logits, batch["labels"]).cpu().numpy())
+        labels.append(batch["labels"].cpu().numpy())
+    metrics = compute_metrics(EvalPrediction(predictions=np.concatenate(scores), label_ids=np.concatenate(labels)))
+    return {**metrics, "window_len": window_len, "windows": len(windows)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The command
+
+
+@dataclass
+class EvaluateSettings:
+    model: str = field(default="", metadata={"help": "model directory or Hub id for NLL; empty: statistics only"})
+    corpus: str = field(default="bach-chorales", metadata={"help": "a corpus source or a built corpus directory"})
+    split: str = field(default="validation", metadata={"help": "corpus split to score and to compare with"})
+    generated: list[str] = field(default_factory=list, metadata={"help": "generated MIDI files or directories"})
+    skip_bars: int = field(default=0, metadata={"help": "ignore notes of generated files starting in the first N bars (the prompt)"})
+    window_len: int = field(default=0, metadata={"help": "tokens per NLL window; 0: 4 x segment_len"})
+    batch_size: int = field(default=8, metadata={"help": "windows per NLL batch"})
+    output: str = field(default="evaluation.json", metadata={"help": "JSON file for the results"})
+
+
+def run_evaluate(settings: EvaluateSettings) -> dict:
+    """NLL (with a model), statistics of the corpus split and of the generated files; print, write JSON."""
+    from .corpus import load_corpus
+
+    corpus = load_corpus(settings.corpus)
+    if settings.split not in corpus:
+        raise ValueError(f"corpus has no split {settings.split!r}; it has {', '.join(corpus)}")
+    split = corpus[settings.split]
+    results: dict = {"corpus": settings.corpus, "split": settings.split}
+    steps_per_bar = encoding.STEPS_PER_BAR
+    if settings.model:
+        from .generate import load_model_and_tokenizer
+
+        model, _ = load_model_and_tokenizer(settings.model)
+        steps_per_bar = model.config.steps_per_bar
+        nll = corpus_nll(model, split, settings.window_len or None, settings.batch_size)
+        results["nll"] = nll
+        print(f"{settings.split}: NLL per token {nll['nll_per_token']:.3f} nats (perplexity {nll['perplexity']:.2f}), "
+              f"per note {nll['nll_per_note']:.3f} nats; {nll['tokens']:,} tokens, {nll['notes']:,} notes")  # fmt: skip
+
+    summaries = {f"corpus {settings.split}": summarize(corpus_pieces(split), steps_per_bar, desc="corpus statistics")}
+    if settings.generated:
+        pieces = midi_pieces(settings.generated, settings.skip_bars, steps_per_bar)
+        summaries["generated"] = summarize(pieces, steps_per_bar, desc="generated statistics")
+    results["statistics"] = summaries
+    print(format_table(summaries))
+    if settings.output:
+        write_json(results, settings.output)
+        print(f"results: {settings.output}")
+    return results
+
+
+def write_json(data: dict, path) -> Path:
+    """JSON with NaN written as null (NaN is not JSON)."""
+
+    def clean(value):
+        if isinstance(value, dict):
+            return {key: clean(item) for key, item in value.items()}
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        return value
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(clean(data), indent=2) + "\n")
+    return path

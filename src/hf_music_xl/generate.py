@@ -1,0 +1,333 @@
+"""Generating music with a trained MusicXL model: prompts, sampling presets, long pieces in chunks, streaming.
+
+    hf-music-xl generate runs/tiny/final --prompt bach.mid --prompt-bars 4 --bars 16 --num-samples 3
+    hf-music-xl generate runs/tiny/final --bars 64 --preset adventurous --stream
+
+- a prompt is the first N bars of a MIDI file (``prompt_ids``), or just ``xxbos xxpad``;
+- the length is in bars (``MaxBarsCriteria``) or in tokens (``max_new_tokens``);
+- every sample goes through ``MusicGrammarProcessor``, so every output decodes to valid notes;
+- a long piece is generated in chunks of ``chunk_tokens``, each chunk resuming from the memory cache that the
+  previous one returned: only new tokens are fed to the model, so a token costs the same at bar 64 as at bar 4
+  (the cache keeps the last ``mem_len`` tokens), and progress is reported between chunks;
+- sample ``i`` uses seed ``seed + i``, which its file name records, so any one output can be made again alone.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import LogitsProcessorList, StoppingCriteriaList, set_seed
+from transformers.generation.streamers import BaseStreamer
+
+from . import encoding
+from .generation_music_xl import MaxBarsCriteria, MusicGrammarProcessor
+from .modeling_music_xl import compute_beat_positions
+
+# ----------------------------------------------------------------------------------------------------------
+# Sampling settings
+
+
+@dataclass
+class SamplingSettings:
+    """How tokens are drawn. Temperatures apply to note and duration tokens separately (grammar processor);
+    generate's own temperature stays at 1.0. ``top_k=0`` and ``top_p=1.0`` switch those filters off."""
+
+    note_temperature: float = 1.0
+    duration_temperature: float = 1.0
+    top_k: int = 40
+    top_p: float = 0.95
+
+
+PRESETS = {
+    "default": SamplingSettings(),
+    # close to the training data: repeats typical rhythms and voice-leading
+    "conservative": SamplingSettings(note_temperature=0.8, duration_temperature=0.7, top_k=20, top_p=0.9),
+    # freer pitch choices; durations stay near 1.0 because wild rhythms sound broken before wild notes do
+    "adventurous": SamplingSettings(note_temperature=1.2, duration_temperature=1.05, top_k=0, top_p=0.98),
+}
+
+
+def sampling_settings(preset: str = "default", **overrides) -> SamplingSettings:
+    """A preset with any field replaced by a keyword that is not None."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown sampling preset {preset!r}; choose from {', '.join(PRESETS)}")
+    return replace(PRESETS[preset], **{key: value for key, value in overrides.items() if value is not None})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Prompts
+
+
+def empty_prompt() -> np.ndarray:
+    """The start of every piece: ``xxbos xxpad``."""
+    return np.array([encoding.BOS_ID, encoding.PAD_ID], dtype=np.int64)
+
+
+def prompt_ids(ids, bars: int, steps_per_bar: int = encoding.STEPS_PER_BAR) -> np.ndarray:
+    """The tokens of the first ``bars`` bars of an encoded piece: everything before the first note (or
+    ``xxsep``) that sounds at or after the bar line ``bars * steps_per_bar``. A shorter piece is kept whole,
+    without its ``xxeos`` (a prompt that ends the piece would leave nothing to continue)."""
+    if bars < 0:
+        raise ValueError(f"prompt bars must be >= 0, got {bars}")
+    ids = np.asarray(ids, dtype=np.int64)
+    is_note = (ids >= encoding.NOTE_OFFSET) & (ids < encoding.NOTE_OFFSET + encoding.NUM_PITCHES)
+    opens_pair = is_note | (ids == encoding.SEP_ID)
+    later = np.flatnonzero(opens_pair & (encoding.beat_positions(ids) >= bars * steps_per_bar))
+    end = int(later[0]) if len(later) else len(ids)
+    prompt = ids[:end]
+    return prompt[: len(prompt) - 1] if len(prompt) and prompt[-1] == encoding.EOS_ID else prompt
+
+
+def midi_prompt(tokenizer, midi_path, bars: int, steps_per_bar: int = encoding.STEPS_PER_BAR) -> np.ndarray:
+    """The first ``bars`` bars of a MIDI file, as ids starting ``xxbos xxpad``."""
+    return prompt_ids(tokenizer.encode_midi(midi_path), bars, steps_per_bar)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Streaming
+
+PITCH_NAMES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
+DURATION_NAMES = {1: "16th", 2: "8th", 3: "dotted 8th", 4: "quarter", 6: "dotted quarter", 8: "half",
+                  12: "dotted half", 16: "whole"}  # fmt: skip  (in 16th-note steps)
+
+
+def pitch_name(pitch: int) -> str:
+    """MIDI 60 -> 'C4'."""
+    return f"{PITCH_NAMES[pitch % 12]}{pitch // 12 - 1}"
+
+
+def duration_name(steps: int) -> str:
+    return DURATION_NAMES.get(steps, f"{steps}/16")
+
+
+def describe_note(onset: int, pitch: int, duration: int, steps_per_bar: int = encoding.STEPS_PER_BAR) -> str:
+    """'bar 3 beat 2.5: C4 (8th)': bars and beats counted from 1, beats of ``STEPS_PER_BEAT`` steps."""
+    bar, step = encoding.bar_and_step(onset, steps_per_bar)
+    beat = 1 + step / encoding.STEPS_PER_BEAT
+    return f"bar {bar + 1} beat {beat:g}: {pitch_name(pitch)} ({duration_name(duration)})"
+
+
+class NoteStreamer(BaseStreamer):
+    """Writes one line per note as generate() produces it ("bar 3 beat 2: C4 (quarter)").
+
+    generate() first puts the whole input, then each new token, then calls end(). Over chunked generation
+    each chunk puts the sequence so far again; only the first input is taken (it sets the running time), the
+    later ones are skipped. Batch size 1 only (one sample at a time).
+
+    Args:
+        file: where lines go: a text file object (default stdout), flushed per note so ``tail -f`` follows.
+    """
+
+    def __init__(self, file=None, steps_per_bar: int = encoding.STEPS_PER_BAR):
+        self.file = file if file is not None else sys.stdout
+        self.steps_per_bar = steps_per_bar
+        self.ids: list[int] = []  # everything seen, for beat positions by the tokenizer's rule
+        self.input_pending = True  # the next put() is generate's input, not a new token
+
+    def put(self, value):
+        tokens = value.reshape(-1).tolist() if hasattr(value, "reshape") else [int(value)]
+        if self.input_pending:
+            self.input_pending = False
+            if not self.ids:  # the prompt of the first chunk
+                self.ids = tokens
+            return
+        if len(tokens) != 1:
+            raise ValueError("NoteStreamer streams one sample at a time (batch size 1)")
+        self.ids.extend(tokens)
+        if len(self.ids) >= 2 and encoding.NOTE_OFFSET <= self.ids[-2] < encoding.DURATION_OFFSET:
+            notes = encoding.ids_to_notes(self.ids[-2:])  # the note just completed (if its duration is > 0)
+            if len(notes):
+                onset = int(encoding.beat_positions(self.ids)[-1])  # the duration sounds with its note
+                print(describe_note(onset, int(notes.pitch[0]), int(notes.duration[0]), self.steps_per_bar),
+                      file=self.file, flush=True)  # fmt: skip
+
+    def end(self):
+        self.input_pending = True
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Generating
+
+
+@torch.no_grad()
+def generate_continuation(
+    model,
+    prompt,
+    bars: int | None = None,
+    max_new_tokens: int | None = None,
+    sampling: SamplingSettings | None = None,
+    seed: int = 0,
+    chunk_tokens: int | None = None,
+    allow_end: bool = False,
+    streamer: BaseStreamer | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """Prompt followed by its continuation (ids), sampled with the grammar processor on.
+
+    Args:
+        model: a ``MusicXLForCausalLM`` (put in eval mode here).
+        prompt: ids starting ``xxbos xxpad`` (see ``prompt_ids``).
+        bars: stop once the continuation spans this many bars; ``max_new_tokens`` is then a safety bound
+            (default 64 tokens a bar; chorales average about 30).
+        max_new_tokens: the length in tokens when ``bars`` is None.
+        sampling: temperatures, top-k, top-p (default: the ``default`` preset).
+        seed: seeds python, numpy and torch before sampling.
+        chunk_tokens: tokens per generate() call, each resuming from the returned cache (default ``mem_len``).
+        allow_end: let the model end the piece with ``xxeos`` before the length asked for.
+        streamer: receives tokens as they come (e.g. ``NoteStreamer``).
+    """
+    if bars is None and max_new_tokens is None:
+        raise ValueError("give the length as bars or as max_new_tokens")
+    if bars is not None and bars < 1 or max_new_tokens is not None and max_new_tokens < 1:
+        raise ValueError("the length must be at least 1 bar or 1 token")
+    config = model.config
+    sampling = sampling or SamplingSettings()
+    budget = max_new_tokens if max_new_tokens is not None else 64 * bars
+    chunk_tokens = chunk_tokens or max(config.mem_len, 16)
+    prompt = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=model.device)[None]  # (1, P)
+    processors = LogitsProcessorList([
+        MusicGrammarProcessor(config, sampling.note_temperature, sampling.duration_temperature, allow_end=allow_end)
+    ])  # fmt: skip
+    stop_at_bars = MaxBarsCriteria(bars, config, prompt_length=prompt.shape[1]) if bars else None
+    model.eval()
+    set_seed(seed)
+
+    sequence, cache = prompt, None
+    unit, total = ("bar", bars) if bars else ("token", budget)
+    with tqdm(total=total, unit=unit, disable=not progress, leave=False) as bar:
+        new_tokens = 0
+        while new_tokens < budget:
+            out = model.generate(
+                sequence,
+                past_key_values=cache,
+                max_new_tokens=min(chunk_tokens, budget - new_tokens),
+                do_sample=True,
+                temperature=1.0,  # temperatures are the grammar processor's
+                top_k=sampling.top_k,
+                top_p=sampling.top_p,
+                logits_processor=processors,
+                stopping_criteria=StoppingCriteriaList([stop_at_bars] if stop_at_bars else []),
+                eos_token_id=config.eos_token_id,
+                pad_token_id=config.pad_token_id,
+                streamer=streamer,
+                return_dict_in_generate=True,
+            )
+            sequence, cache = out.sequences, out.past_key_values
+            new_tokens = sequence.shape[1] - prompt.shape[1]
+            bar.update(min(bars_done(sequence, prompt.shape[1], config) if bars else new_tokens, total) - bar.n)
+            if sequence[0, -1] == config.eos_token_id or (stop_at_bars and stop_at_bars(sequence, None).all()):
+                break
+    return sequence[0].cpu().numpy()
+
+
+def bars_done(sequence: torch.Tensor, prompt_length: int, config) -> int:
+    """Whole bars the first sequence has advanced past the end of the prompt (for progress)."""
+    _, now = compute_beat_positions(sequence[:1], config)  # time after the last token, as MaxBarsCriteria
+    _, prompt_end = compute_beat_positions(sequence[:1, :prompt_length], config)
+    return max(0, int(now - prompt_end) // config.steps_per_bar)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Files
+
+
+def output_stem(out_dir, prefix: str, index: int, seed: int) -> Path:
+    """``OUT_DIR/<prefix>-<index>-seed<seed>``: the .mid, .png and .wav of one sample share it."""
+    return Path(out_dir) / f"{prefix}-{index}-seed{seed}"
+
+
+@dataclass
+class GenerateSettings:
+    """Everything ``hf-music-xl generate`` needs; each field is a flag (``--prompt-bars``)."""
+
+    model: str = field(default="", metadata={"help": "a model directory or Hub id"})
+    prompt: str = field(default="", metadata={"help": "MIDI file whose first --prompt-bars bars start each sample; empty: from nothing"})
+    prompt_bars: int = field(default=4, metadata={"help": "bars of the prompt file to keep"})
+    bars: int = field(default=8, metadata={"help": "bars to generate (0: use --max-new-tokens)"})
+    max_new_tokens: int = field(default=0, metadata={"help": "tokens to generate when --bars is 0"})
+    preset: str = field(default="default", metadata={"help": f"sampling preset: {', '.join(PRESETS)}"})
+    note_temperature: float | None = field(default=None, metadata={"help": "overrides the preset"})
+    duration_temperature: float | None = field(default=None, metadata={"help": "overrides the preset"})
+    top_k: int | None = field(default=None, metadata={"help": "overrides the preset (0: off)"})
+    top_p: float | None = field(default=None, metadata={"help": "overrides the preset (1.0: off)"})
+    num_samples: int = field(default=1, metadata={"help": "pieces to generate; sample i uses seed + i"})
+    seed: int = field(default=0, metadata={"help": "seed of the first sample"})
+    chunk_tokens: int = field(default=0, metadata={"help": "tokens per generate() call resuming the cache; 0: mem_len"})
+    allow_end: bool = field(default=False, metadata={"help": "let the model end a piece early with xxeos"})
+    output_dir: str = field(default="outputs/generated", metadata={"help": "where files are written"})
+    prefix: str = field(default="", metadata={"help": "file name prefix; default: the prompt file's stem, or 'sample'"})
+    stream: str = field(default="", metadata={"help": "print notes as they come: '-' for stdout or a file to append to"})
+    picture: bool = field(default=True, metadata={"help": "write a piano-roll PNG next to each MIDI file"})
+    audio: bool = field(default=True, metadata={"help": "write a WAV when a renderer and a local soundfont exist"})
+    soundfont: str = field(default="", metadata={"help": "a local .sf2 (also $HF_MUSIC_XL_SOUNDFONT)"})
+
+
+def load_model_and_tokenizer(name_or_path: str):
+    """``from_pretrained`` of a directory or Hub id (offline, a Hub id must already be in the local cache)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not name_or_path:
+        raise ValueError("give a model directory or Hub id")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path).eval()
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except OSError as error:  # missing directory, unknown or unreachable Hub id: transformers says which
+        raise ValueError(f"cannot load model {name_or_path!r}: {error}") from error
+    return model, tokenizer
+
+
+def run_generate(settings: GenerateSettings) -> list[dict]:
+    """Generate ``num_samples`` pieces and write their files; returns one dict of paths per sample."""
+    from .render import render_outputs
+
+    if settings.num_samples < 1:
+        raise ValueError("--num-samples must be at least 1")
+    if settings.bars <= 0 and settings.max_new_tokens <= 0:
+        raise ValueError("give --bars or --max-new-tokens")
+    sampling = sampling_settings(settings.preset, note_temperature=settings.note_temperature,
+                                 duration_temperature=settings.duration_temperature, top_k=settings.top_k,
+                                 top_p=settings.top_p)  # fmt: skip
+    model, tokenizer = load_model_and_tokenizer(settings.model)
+    steps_per_bar = model.config.steps_per_bar
+    if settings.prompt:
+        prompt = midi_prompt(tokenizer, settings.prompt, settings.prompt_bars, steps_per_bar)
+        prefix = settings.prefix or Path(settings.prompt).stem
+    else:
+        prompt, prefix = empty_prompt(), settings.prefix or "sample"
+    stream_file = None
+    if settings.stream:
+        stream_file = sys.stdout if settings.stream == "-" else open(settings.stream, "a", encoding="utf-8")
+
+    results = []
+    try:
+        for index in range(1, settings.num_samples + 1):
+            seed = settings.seed + index - 1
+            streamer = NoteStreamer(stream_file, steps_per_bar) if stream_file else None
+            if stream_file:
+                print(f"# {prefix}-{index}-seed{seed}", file=stream_file, flush=True)
+            ids = generate_continuation(
+                model,
+                prompt,
+                bars=settings.bars or None,
+                max_new_tokens=settings.max_new_tokens or None,
+                sampling=sampling,
+                seed=seed,
+                chunk_tokens=settings.chunk_tokens or None,
+                allow_end=settings.allow_end,
+                streamer=streamer,
+                progress=stream_file is not sys.stdout,
+            )
+            paths = render_outputs(ids, len(prompt), output_stem(settings.output_dir, prefix, index, seed),
+                                   picture=settings.picture, audio=settings.audio,
+                                   soundfont=settings.soundfont or None, steps_per_bar=steps_per_bar)  # fmt: skip
+            results.append({"seed": seed, "prompt_tokens": len(prompt), "new_tokens": len(ids) - len(prompt), **paths})
+            print("  ".join(str(path) for path in paths.values() if path is not None))
+    finally:
+        if stream_file not in (None, sys.stdout):
+            stream_file.close()
+    return results
