@@ -47,3 +47,22 @@ def chorale_corpus_dir(chorale_corpus):
     from pathlib import Path
 
     return Path(chorale_corpus["train"].cache_files[0]["filename"]).parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A randomly initialised tiny model (mem_len 16, so generation runs past its memory) saved with its
+    tokenizer and generation config, as training's final directory is: what `from_pretrained` and the CLI load."""
+    import torch
+
+    from hf_music_xl import MusicXLConfig, MusicXLForCausalLM, MusicXLTokenizerFast
+    from hf_music_xl.training import generation_config_for
+
+    torch.manual_seed(0)
+    config = MusicXLConfig.from_preset("tiny", dropout=0.0, mem_len=16, segment_len=16)
+    model = MusicXLForCausalLM(config)
+    model.generation_config = generation_config_for(config)
+    folder = tmp_path_factory.mktemp("tiny_model")
+    model.save_pretrained(folder)
+    MusicXLTokenizerFast().save_pretrained(folder)
+    return folder

@@ -164,6 +164,8 @@ def generate_continuation(
     seed: int = 0,
     chunk_tokens: int | None = None,
     allow_end: bool = False,
+    pitch_range: tuple[int, int] | None = None,
+    scale=None,
     streamer: BaseStreamer | None = None,
     progress: bool = True,
 ) -> np.ndarray:
@@ -179,6 +181,7 @@ def generate_continuation(
         seed: seeds python, numpy and torch before sampling.
         chunk_tokens: tokens per generate() call, each resuming from the returned cache (default ``mem_len``).
         allow_end: let the model end the piece with ``xxeos`` before the length asked for.
+        pitch_range, scale: restrict new notes to (lowest, highest) MIDI pitch and to a scale ("D minor").
         streamer: receives tokens as they come (e.g. ``NoteStreamer``).
     """
     if bars is None and max_new_tokens is None:
@@ -190,9 +193,8 @@ def generate_continuation(
     budget = max_new_tokens if max_new_tokens is not None else 64 * bars
     chunk_tokens = chunk_tokens or max(config.mem_len, 16)
     prompt = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=model.device)[None]  # (1, P)
-    processors = LogitsProcessorList([
-        MusicGrammarProcessor(config, sampling.note_temperature, sampling.duration_temperature, allow_end=allow_end)
-    ])  # fmt: skip
+    grammar = MusicGrammarProcessor(config, sampling.note_temperature, sampling.duration_temperature,
+                                    pitch_range=pitch_range, scale=scale, allow_end=allow_end)  # fmt: skip
     stop_at_bars = MaxBarsCriteria(bars, config, prompt_length=prompt.shape[1]) if bars else None
     model.eval()
     set_seed(seed)
@@ -210,7 +212,7 @@ def generate_continuation(
                 temperature=1.0,  # temperatures are the grammar processor's
                 top_k=sampling.top_k,
                 top_p=sampling.top_p,
-                logits_processor=processors,
+                logits_processor=LogitsProcessorList([grammar]),
                 stopping_criteria=StoppingCriteriaList([stop_at_bars] if stop_at_bars else []),
                 eos_token_id=config.eos_token_id,
                 pad_token_id=config.pad_token_id,
@@ -259,6 +261,8 @@ class GenerateSettings:
     seed: int = field(default=0, metadata={"help": "seed of the first sample"})
     chunk_tokens: int = field(default=0, metadata={"help": "tokens per generate() call resuming the cache; 0: mem_len"})
     allow_end: bool = field(default=False, metadata={"help": "let the model end a piece early with xxeos"})
+    pitch_range: tuple[int, int] | None = field(default=None, metadata={"help": "lowest and highest MIDI pitch of new notes"})
+    scale: str = field(default="", metadata={"help": "keep new notes in a scale, e.g. 'D minor'"})
     output_dir: str = field(default="outputs/generated", metadata={"help": "where files are written"})
     prefix: str = field(default="", metadata={"help": "file name prefix; default: the prompt file's stem, or 'sample'"})
     stream: str = field(default="", metadata={"help": "print notes as they come: '-' for stdout or a file to append to"})
@@ -319,6 +323,8 @@ def run_generate(settings: GenerateSettings) -> list[dict]:
                 seed=seed,
                 chunk_tokens=settings.chunk_tokens or None,
                 allow_end=settings.allow_end,
+                pitch_range=settings.pitch_range,
+                scale=settings.scale or None,
                 streamer=streamer,
                 progress=stream_file is not sys.stdout,
             )
