@@ -251,19 +251,20 @@ def training_arguments(settings: TrainSettings, max_steps: int) -> TrainingArgum
 # Fitting the steps to a time budget
 
 
-def seconds_per_step(model, train_set, batch_size: int, grad_accum: int, repeats: int = 3) -> float:
-    """Measured seconds of one optimizer step (forward, backward, AdamW) on a copy of the model."""
+def seconds_per_step(model, train_set, batch_size: int, grad_accum: int, repeats: int = 4, warmup: int = 2) -> float:
+    """Measured seconds of one optimizer step (forward, backward, AdamW) on a copy of the model: the median of
+    ``repeats`` steps after ``warmup`` (first steps allocate). On a shared machine this is only an estimate."""
     probe = copy.deepcopy(model).train()
     optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-5)
     batch = collate([train_set[i % len(train_set)] for i in range(batch_size)])
     timings = []
-    for _ in range(repeats + 1):  # the first step warms up
+    for _ in range(warmup + repeats):
         started = time.perf_counter()
         probe(**batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         timings.append(time.perf_counter() - started)
-    return statistics.median(timings[1:]) * grad_accum
+    return statistics.median(timings[warmup:]) * grad_accum
 
 
 def steps_for_budget(seconds: float, step_seconds: float, steps_per_epoch: int, eval_seconds: float) -> int:
