@@ -216,6 +216,7 @@ def run_push(args) -> None:
 
     from .hub import describe, push_to_hub
 
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per HTTP request otherwise
     try:
         result = push_to_hub(
             args.model_dir,
