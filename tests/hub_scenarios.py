@@ -88,9 +88,9 @@ def load(repo_id: str, revisions: list[str]) -> dict:
 
 
 def trainer(corpus_dir: str, work: str, repo_id: str, overrides: str) -> dict:
-    """A Trainer run pushing with hub_strategy="checkpoint", stopped after its first epoch's checkpoint (as if
-    interrupted), then the final push with our card; then a fresh directory resumes from the checkpoint
-    downloaded from the Hub with ``--resume`` and finishes the run."""
+    """A Trainer run pushing with hub_strategy="checkpoint" and stopped after its first checkpoint, as if
+    interrupted; then, in a fresh directory, `hf-music-xl train --resume --hub-model-id` continues from the
+    checkpoint downloaded from the Hub, pushing its checkpoints and finally final/ with our model card."""
     import dataclasses
     import shutil
     from pathlib import Path
@@ -101,12 +101,12 @@ def trainer(corpus_dir: str, work: str, repo_id: str, overrides: str) -> dict:
     from hf_music_xl.configuration_music_xl import MusicXLConfig
     from hf_music_xl.corpus import load_corpus
     from hf_music_xl.data import TrainTransform, collate, eval_dataset
-    from hf_music_xl.hub import hub_training_arguments, push_after_training
+    from hf_music_xl.hub import hub_training_arguments
     from hf_music_xl.modeling_music_xl import MusicXLForCausalLM
     from hf_music_xl.tokenization_music_xl_fast import MusicXLTokenizerFast
     from hf_music_xl.training import (
-        MusicXLTrainer, TrainSettings, compute_metrics, final_metrics, generation_config_for, parse_overrides,
-        save_final, token_scores, train, training_arguments,
+        MusicXLTrainer, TrainSettings, compute_metrics, generation_config_for, parse_overrides, token_scores, train,
+        training_arguments,
     )
 
     class StopAfterFirstSave(TrainerCallback):
@@ -121,36 +121,29 @@ def trainer(corpus_dir: str, work: str, repo_id: str, overrides: str) -> dict:
     config = MusicXLConfig.from_preset(settings.preset, **parse_overrides(settings.model_overrides))
     model = MusicXLForCausalLM(config)
     model.generation_config = generation_config_for(config)
-    tokenizer = MusicXLTokenizerFast()
     window = settings.n_segments * config.segment_len
-    run = MusicXLTrainer(
-        model=model, args=args, data_collator=collate, processing_class=tokenizer,
+    interrupted = MusicXLTrainer(
+        model=model, args=args, data_collator=collate, processing_class=MusicXLTokenizerFast(),
         train_dataset=corpus["train"].with_transform(TrainTransform(window)),
         eval_dataset=eval_dataset(corpus["validation"], window),
         compute_metrics=compute_metrics, preprocess_logits_for_metrics=token_scores, callbacks=[StopAfterFirstSave()],
     )
-    run.train()
-    stopped_at = run.state.global_step
-    final = work / "run" / "final"
-    save_final(run.model, tokenizer, final, final_metrics(run), settings)
-    pushed = push_after_training(run, final)
+    interrupted.train()
 
-    # a fresh machine: the checkpoint from the Hub, then `--resume`
-    download = Path(snapshot_download(run.hub_model_id, allow_patterns=["last-checkpoint/*"], local_dir=work / "download"))
+    # a fresh machine: the checkpoint from the Hub, then `hf-music-xl train --resume --hub-model-id ...`
+    download = Path(snapshot_download(repo_id, allow_patterns=["last-checkpoint/*"], local_dir=work / "download"))
     state = json.loads((download / "last-checkpoint" / "trainer_state.json").read_text())
     resumed_dir = work / "resumed"
     shutil.copytree(download / "last-checkpoint", resumed_dir / f"checkpoint-{state['global_step']}")
     # asking for 9 steps: a resumed run keeps the checkpoint's 6 (one-cycle schedule), a fresh one would do 9
-    resumed = train(dataclasses.replace(settings, output_dir=str(resumed_dir), resume=True, max_steps=9))
+    resumed = train(dataclasses.replace(settings, output_dir=str(resumed_dir), resume=True, max_steps=9, hub_model_id=repo_id))
     history = json.loads((resumed_dir / "checkpoint-6" / "trainer_state.json").read_text())["log_history"]
     return {
-        "repo_id": run.hub_model_id,
-        "stopped_at": stopped_at,
+        "interrupted_at": interrupted.state.global_step,
         "checkpoint_step": state["global_step"],
-        "final_commit": pushed.commit_oid,
+        "checkpoint_files": sorted(p.name for p in (download / "last-checkpoint").iterdir()),
         "resumed_steps": sorted({entry["step"] for entry in history if "loss" in entry}),
         "resumed_eval_loss": resumed.metrics["eval_loss"],
-        "checkpoint_files": sorted(p.name for p in (download / "last-checkpoint").iterdir()),
     }
 
 

@@ -184,28 +184,26 @@ def test_loads_from_the_hub_without_the_package_pins_revisions_and_generates(hub
 # Training with checkpoint pushes
 
 
-def test_trainer_pushes_a_resumable_last_checkpoint_and_the_final_push_carries_our_card(hub, chorale_corpus_dir, tmp_path):
+def test_trainer_pushes_a_resumable_last_checkpoint_and_training_ends_with_our_card(hub, chorale_corpus_dir, tmp_path):
     repo = "tester/trainer-run"
     result = run_scenario("trainer", hub_env(hub, tmp_path / "hf_home"), tmp_path, corpus_dir=str(chorale_corpus_dir),
                           work=str(tmp_path), repo_id=repo, overrides=SMALL)
-    assert result["repo_id"] == repo
-    assert result["stopped_at"] == result["checkpoint_step"] == 3  # first epoch's checkpoint, then "interrupted"
+    assert result["interrupted_at"] == result["checkpoint_step"] == 3  # the first epoch's checkpoint
     assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"} <= set(result["checkpoint_files"])
-    # resumed from the downloaded checkpoint, so with its 6-step schedule (asked for 9: see scenario)
-    assert result["resumed_steps"] == [1, 2, 3, 4, 5, 6]
+    assert result["resumed_steps"] == [1, 2, 3, 4, 5, 6]  # steps 1-3 from the checkpoint; its 6-step schedule kept
 
-    head = hub.store.history(repo)[0]
-    assert head == result["final_commit"]
-    files = hub.store.files(repo, head)
+    summaries = [hub.store.load(repo)["commits"][sha]["summary"] for sha in hub.store.history(repo)]
+    assert summaries[0] == "End of training" and summaries[-1] == "initial commit"
+    assert {"Training in progress, epoch 1, checkpoint", "Training in progress, epoch 2, checkpoint"} <= set(summaries)
+    files = hub.store.files(repo)
     assert "lfs" in files["last-checkpoint/optimizer.pt"] and "lfs" in files["model.safetensors"]
+    assert json.loads(hub.store.read(repo, "last-checkpoint/trainer_state.json"))["global_step"] == 6
     assert CODE_FILES <= set(files)
     readme = hub.store.read(repo, "README.md")
     card = front_matter(readme)
-    assert b"Corpus: Bach chorales (music21 corpus). Train: 11 pieces" in readme  # from the corpus' report.json
-    assert card["library_name"] == "transformers" and card["tags"] == TAGS and "generated_from_trainer" not in card["tags"]
+    assert card["library_name"] == "transformers" and card["tags"] == TAGS  # ours, not the Trainer's generic card
     assert card["model-index"][0]["results"][0]["dataset"]["type"] == "bach-chorales"
-    summaries = [hub.store.load(repo)["commits"][sha]["summary"] for sha in hub.store.history(repo)]
-    assert summaries[0] == "End of training" and "Training in progress, epoch 1, checkpoint" in summaries
+    assert b"Corpus: Bach chorales (music21 corpus). Train: 11 pieces" in readme  # from the corpus' report.json
 
 
 # ----------------------------------------------------------------------------------------------------------

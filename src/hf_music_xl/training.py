@@ -18,6 +18,9 @@ What the Trainer is given, and why:
 - evaluation and a checkpoint every epoch; metrics: loss, perplexity, token accuracy, NLL per token and per
   note (total NLL / number of note tokens, comparable across tokenizations).
 - ``--resume`` continues from the last checkpoint in the output directory.
+- ``--hub-model-id USER/NAME`` pushes to the Hub as the Trainer saves (``--hub-strategy checkpoint`` also uploads
+  ``last-checkpoint/``, which ``--resume`` continues from once put back as ``checkpoint-N``), then ``final/``
+  with its model card (``hub.push_after_training``).
 - ``--max-minutes`` fits the number of steps to a wall-clock budget (measured speed, so the one-cycle
   schedule still completes) and stops at the budget as a safety net.
 - at the end, ``OUTPUT_DIR/final`` holds model, tokenizer and generation config (with the code, for
@@ -47,6 +50,8 @@ from . import encoding
 from .configuration_music_xl import MusicXLConfig
 from .corpus import DEFAULT_SOURCE, load_corpus
 from .data import IGNORE_INDEX, TrainTransform, collate, eval_dataset
+from .hub import describe as describe_push
+from .hub import hub_training_arguments, push_after_training
 from .modeling_music_xl import MusicXLForCausalLM
 from .tokenization_music_xl_fast import MusicXLTokenizerFast
 
@@ -81,6 +86,9 @@ class TrainSettings:
     save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept"})
     corpus_limit: int = field(default=0, metadata={"help": "read only this many files when building; 0: all"})
     num_proc: int = field(default=2, metadata={"help": "processes reading files when building the corpus"})
+    hub_model_id: str = field(default="", metadata={"help": "push checkpoints as they are saved, then final/ with its model card, to this Hub repo; empty: no push"})
+    hub_strategy: str = field(default="checkpoint", metadata={"help": "what the Trainer pushes on save: every_save, checkpoint (also last-checkpoint/, resumable), all_checkpoints, end"})
+    hub_private: bool = field(default=False, metadata={"help": "create the Hub repo private"})
 
 
 @dataclass
@@ -244,6 +252,7 @@ def training_arguments(settings: TrainSettings, max_steps: int) -> TrainingArgum
         seed=settings.seed,
         report_to="none",
         **resolve_precision(settings.precision),
+        **(hub_training_arguments(settings.hub_model_id, settings.hub_strategy, settings.hub_private or None) if settings.hub_model_id else {}),
     )
 
 
@@ -351,6 +360,8 @@ def train(settings: TrainSettings) -> TrainResult:
     final_dir = Path(settings.output_dir) / "final"
     if trainer.is_world_process_zero():
         save_final(trainer.model, tokenizer, final_dir, metrics, settings)
+        if settings.hub_model_id:  # our model card, not the Trainer's generic one
+            logger.info("%s", describe_push(push_after_training(trainer, final_dir)))
     trainer.accelerator.wait_for_everyone()
     logger.info("training done in %.1f s (%.1f s in total)", train_seconds, time.perf_counter() - started)
     return TrainResult(final_dir, metrics, train_seconds, trainer.accelerator.unwrap_model(trainer.model))
