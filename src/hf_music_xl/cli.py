@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 import typing
@@ -94,6 +95,8 @@ def run_train(args) -> None:
     from .training import TrainSettings, train
 
     result = train(dataclass_from_args(TrainSettings, args))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun/accelerate only the first process reports
+        return
     print(json.dumps({k: v for k, v in result.metrics.items() if k.startswith("eval_")}, indent=2))
     print(f"final model, tokenizer and generation config: {result.final_dir}")
 
