@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 from hf_music_xl import encoding
 from hf_music_xl.cli import main
 from hf_music_xl.evaluate import (
+    compare_with_corpus,
     corpus_nll,
     format_table,
     groove_consistency,
@@ -93,3 +94,19 @@ def test_evaluate_command_prints_a_table_and_writes_json(tiny_model_dir, chorale
     assert "NLL per token" in printed and "scale_consistency" in printed and str(output) in printed
     with pytest.raises(SystemExit, match="no such file"):
         main(["evaluate", "--corpus", str(chorale_corpus_dir), "--generated", str(tmp_path / "nothing.mid")])
+
+
+def test_compare_with_corpus_leaves_the_prompt_out(tiny_model_dir, chorale_corpus, tmp_path, capsys):
+    from hf_music_xl.generate import GenerateSettings, generate_samples, prompt_ids
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    prompt = prompt_ids(chorale_corpus["train"][0]["input_ids"], 2)
+    settings = GenerateSettings(max_new_tokens=40, bars=0, num_samples=2, output_dir=str(tmp_path), audio=False, picture=False)
+    samples = generate_samples(model, prompt, settings, prefix="demo")
+    assert [sample.seed for sample in samples] == [0, 1] and samples[1].files["midi"].name == "demo-2-seed1.mid"
+    summaries = compare_with_corpus(samples, chorale_corpus["train"], tmp_path / "statistics.json")
+    assert summaries["generated"]["pieces"] == 2 and summaries["training data"]["pieces"] == len(chorale_corpus["train"])
+    # 40 tokens are at most 20 new notes: nothing of the prompt is counted
+    assert summaries["generated"]["unique_pitches"]["mean"] <= 20
+    assert json.loads((tmp_path / "statistics.json").read_text())["generated"]["pieces"] == 2
+    assert "training data" in capsys.readouterr().out

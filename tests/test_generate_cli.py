@@ -1,6 +1,7 @@
 """Generation: MIDI prompts, chunked generation over the memory cache, streaming, and `hf-music-xl generate`."""
 
 import io
+import logging
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from transformers import AutoModelForCausalLM
 from hf_music_xl import encoding
 from hf_music_xl.cli import main
 from hf_music_xl.generate import (
+    TOKENS_PER_BAR_BOUND,
     NoteStreamer,
     describe_note,
     empty_prompt,
@@ -66,7 +68,7 @@ def test_chunked_generation_equals_one_call_and_feeds_each_token_once(model, cho
     assert encoding.first_invalid_position(chunked) is None  # the grammar processor is on
 
 
-def test_length_in_bars_and_different_seeds(model, chorale_ids):
+def test_length_in_bars_and_different_seeds(model, chorale_ids, caplog):
     prompt = prompt_ids(chorale_ids, 2)
     # two allowed pitches make xxsep likely, so a random model does move through time
     kwargs = dict(bars=2, chunk_tokens=8, pitch_range=(60, 61), progress=False)
@@ -74,11 +76,15 @@ def test_length_in_bars_and_different_seeds(model, chorale_ids):
     for seed in range(3):
         ids = generate_continuation(model, prompt, seed=seed, **kwargs)
         assert encoding.first_invalid_position(ids) is None
-        assert len(ids) - len(prompt) < 128  # stopped by the bars, not by the safety bound of 64 tokens a bar
+        assert len(ids) - len(prompt) < 2 * TOKENS_PER_BAR_BOUND  # stopped by the bars, not by the bound
         sequence = torch.as_tensor(ids)[None]
         assert stop(sequence, None).item() and not stop(sequence[:, :-1], None).item()
         assert set(encoding.ids_to_notes(ids[len(prompt) :]).pitch.tolist()) <= {60, 61}
     assert not np.array_equal(ids, generate_continuation(model, prompt, seed=0, **kwargs))
+    # a length in bars with a token bound too small for it: stops at the bound and says so
+    with caplog.at_level(logging.WARNING, logger="hf_music_xl.generate"):
+        short = generate_continuation(model, prompt, bars=4, max_new_tokens=6, seed=0, progress=False)
+    assert len(short) == len(prompt) + 6 and "stopped at the bound of 6 new tokens" in caplog.text
     with pytest.raises(ValueError):
         generate_continuation(model, prompt, progress=False)
 

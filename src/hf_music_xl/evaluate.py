@@ -163,6 +163,23 @@ def midi_pieces(paths, skip_bars: int = 0, steps_per_bar: int = encoding.STEPS_P
     return pieces
 
 
+def compare_with_corpus(samples, split, path=None, corpus_name: str = "training data",
+                        steps_per_bar: int = encoding.STEPS_PER_BAR) -> dict:  # fmt: skip
+    """Statistics of generated continuations (``generate.Sample``s, prompt notes left out) next to those of a
+    corpus split; prints the table and writes ``path`` (JSON) if given. Returns {name: summary}."""
+    from .render import split_notes
+
+    continuations = [split_notes(sample.ids, sample.prompt_len)[1] for sample in samples]
+    summaries = {
+        corpus_name: summarize(corpus_pieces(split), steps_per_bar, desc=f"{corpus_name} statistics"),
+        "generated": summarize(continuations, steps_per_bar),
+    }
+    print(format_table(summaries))
+    if path is not None:
+        write_json(summaries, path)
+    return summaries
+
+
 # ----------------------------------------------------------------------------------------------------------
 # NLL on a corpus split
 

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +28,8 @@ from transformers.generation.streamers import BaseStreamer
 from . import encoding
 from .generation_music_xl import MaxBarsCriteria, MusicGrammarProcessor
 from .modeling_music_xl import compute_beat_positions
+
+logger = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------------------
 # Sampling settings
@@ -153,6 +156,10 @@ class NoteStreamer(BaseStreamer):
 # ----------------------------------------------------------------------------------------------------------
 # Generating
 
+# Bars asked for, tokens allowed: chorales average about 30 tokens a bar, busy four-voice 16th-note writing
+# about 70; the bound only stops a model that never moves time forward.
+TOKENS_PER_BAR_BOUND = 160
+
 
 @torch.no_grad()
 def generate_continuation(
@@ -175,7 +182,7 @@ def generate_continuation(
         model: a ``MusicXLForCausalLM`` (put in eval mode here).
         prompt: ids starting ``xxbos xxpad`` (see ``prompt_ids``).
         bars: stop once the continuation spans this many bars; ``max_new_tokens`` is then a safety bound
-            (default 64 tokens a bar; chorales average about 30).
+            (default ``TOKENS_PER_BAR_BOUND`` a bar) against a model that never moves time forward.
         max_new_tokens: the length in tokens when ``bars`` is None.
         sampling: temperatures, top-k, top-p (default: the ``default`` preset).
         seed: seeds python, numpy and torch before sampling.
@@ -190,7 +197,7 @@ def generate_continuation(
         raise ValueError("the length must be at least 1 bar or 1 token")
     config = model.config
     sampling = sampling or SamplingSettings()
-    budget = max_new_tokens if max_new_tokens is not None else 64 * bars
+    budget = max_new_tokens if max_new_tokens is not None else TOKENS_PER_BAR_BOUND * bars
     chunk_tokens = chunk_tokens or max(config.mem_len, 16)
     prompt = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=model.device)[None]  # (1, P)
     grammar = MusicGrammarProcessor(config, sampling.note_temperature, sampling.duration_temperature,
@@ -224,6 +231,10 @@ def generate_continuation(
             bar.update(min(bars_done(sequence, prompt.shape[1], config) if bars else new_tokens, total) - bar.n)
             if sequence[0, -1] == config.eos_token_id or (stop_at_bars and stop_at_bars(sequence, None).all()):
                 break
+        else:
+            if bars:
+                logger.warning("stopped at the bound of %d new tokens after %d of %d bars; pass max_new_tokens to raise it",
+                               budget, bars_done(sequence, prompt.shape[1], config), bars)  # fmt: skip
     return sequence[0].cpu().numpy()
 
 
@@ -285,8 +296,20 @@ def load_model_and_tokenizer(name_or_path: str):
     return model, tokenizer
 
 
-def run_generate(settings: GenerateSettings) -> list[dict]:
-    """Generate ``num_samples`` pieces and write their files; returns one dict of paths per sample."""
+@dataclass
+class Sample:
+    """One generated piece: its ids (prompt first), where the prompt ends, its seed and its files."""
+
+    ids: np.ndarray
+    prompt_len: int
+    seed: int
+    files: dict  # "midi", "picture", "audio" -> Path or None
+
+
+def generate_samples(model, prompt, settings: GenerateSettings, prefix: str) -> list[Sample]:
+    """``settings.num_samples`` continuations of ``prompt`` (sample i with seed ``settings.seed + i - 1``), each
+    written as ``OUTPUT_DIR/<prefix>-<i>-seed<seed>`` .mid/.png/.wav; the paths are printed. ``settings.model``
+    and ``settings.prompt`` are not used (the caller has loaded them)."""
     from .render import render_outputs
 
     if settings.num_samples < 1:
@@ -296,18 +319,12 @@ def run_generate(settings: GenerateSettings) -> list[dict]:
     sampling = sampling_settings(settings.preset, note_temperature=settings.note_temperature,
                                  duration_temperature=settings.duration_temperature, top_k=settings.top_k,
                                  top_p=settings.top_p)  # fmt: skip
-    model, tokenizer = load_model_and_tokenizer(settings.model)
     steps_per_bar = model.config.steps_per_bar
-    if settings.prompt:
-        prompt = midi_prompt(tokenizer, settings.prompt, settings.prompt_bars, steps_per_bar)
-        prefix = settings.prefix or Path(settings.prompt).stem
-    else:
-        prompt, prefix = empty_prompt(), settings.prefix or "sample"
     stream_file = None
     if settings.stream:
         stream_file = sys.stdout if settings.stream == "-" else open(settings.stream, "a", encoding="utf-8")
 
-    results = []
+    samples = []
     try:
         for index in range(1, settings.num_samples + 1):
             seed = settings.seed + index - 1
@@ -328,12 +345,23 @@ def run_generate(settings: GenerateSettings) -> list[dict]:
                 streamer=streamer,
                 progress=stream_file is not sys.stdout,
             )
-            paths = render_outputs(ids, len(prompt), output_stem(settings.output_dir, prefix, index, seed),
+            files = render_outputs(ids, len(prompt), output_stem(settings.output_dir, prefix, index, seed),
                                    picture=settings.picture, audio=settings.audio,
                                    soundfont=settings.soundfont or None, steps_per_bar=steps_per_bar)  # fmt: skip
-            results.append({"seed": seed, "prompt_tokens": len(prompt), "new_tokens": len(ids) - len(prompt), **paths})
-            print("  ".join(str(path) for path in paths.values() if path is not None))
+            samples.append(Sample(ids, len(prompt), seed, files))
+            print("  ".join(str(path) for path in files.values() if path is not None))
     finally:
         if stream_file not in (None, sys.stdout):
             stream_file.close()
-    return results
+    return samples
+
+
+def run_generate(settings: GenerateSettings) -> list[Sample]:
+    """``hf-music-xl generate``: load the model and the prompt, then ``generate_samples``."""
+    model, tokenizer = load_model_and_tokenizer(settings.model)
+    if settings.prompt:
+        prompt = midi_prompt(tokenizer, settings.prompt, settings.prompt_bars, model.config.steps_per_bar)
+        prefix = settings.prefix or Path(settings.prompt).stem
+    else:
+        prompt, prefix = empty_prompt(), settings.prefix or "sample"
+    return generate_samples(model, prompt, settings, prefix)
