@@ -8,8 +8,7 @@ checkpoint pushes run unpatched against it:
     GET  /api/whoami-v2                                  POST /api/repos/create           POST /api/validate-yaml
     GET  /api/{type}s/{repo}[/revision/{rev}]            POST /api/{type}s/{repo}/preupload/{rev}
     POST /api/{type}s/{repo}/commit/{rev}                GET  /api/{type}s/{repo}/tree/{rev}[/{path}]
-    POST /api/{type}s/{repo}/paths-info/{rev}            GET  /api/{type}s/{repo}/refs
-    GET  /api/{type}s/{repo}/commits/{rev}               POST /api/{type}s/{repo}/branch/{branch}
+    POST /api/{type}s/{repo}/paths-info/{rev}            POST /api/{type}s/{repo}/branch/{branch}
     POST /[{type}s/]{repo}.git/info/lfs/objects/batch    PUT  /lfs/objects/{sha256}       POST /lfs/verify
     HEAD|GET /[{type}s/]{repo}/resolve/{rev}/{path}
 
@@ -19,7 +18,7 @@ snapshot ``path -> entry``. A commit id is the sha1 of its parent, message and s
 revision's ``.gitattributes`` says so (the Hub's default one is committed when a repo is created), when larger
 than 10 MB, or when binary, as on the Hub.
 
-Not implemented: pull requests, tags, Xet, multipart LFS, deletion of repos, ``.gitignore`` filtering,
+Not implemented: pull requests, tags, listing refs and commits, Xet, multipart LFS, deletion of repos, ``.gitignore`` filtering,
 ``cardData`` in repo info (it needs a YAML parser), pagination (everything fits in one page).
 
     python tests/hub_server.py --root /tmp/hub --port 8123     # a server to point HF_ENDPOINT at by hand
@@ -404,10 +403,6 @@ class HubHandler(BaseHTTPRequestHandler):
             return self.tree(repo_type, repo_id, rest[1], "/".join(rest[2:]))
         if action == ("POST", "paths-info") and len(rest) == 2:
             return self.paths_info(repo_type, repo_id, rest[1])
-        if action == ("GET", "refs") and len(rest) == 1:
-            return self.refs(repo_type, repo_id)
-        if action == ("GET", "commits") and len(rest) == 2:
-            return self.commits(repo_type, repo_id, rest[1])
         if action == ("POST", "branch") and len(rest) == 2:
             return self.create_branch(repo_type, repo_id, rest[1])
         return False
@@ -456,23 +451,6 @@ class HubHandler(BaseHTTPRequestHandler):
                              "sha": sha, "private": repo["private"], "gated": False, "disabled": False, "tags": [],
                              "lastModified": commit["date"], "createdAt": repo["created"], "siblings": siblings,
                              "downloads": 0, "likes": 0})
-        return True
-
-    def refs(self, repo_type: str, repo_id: str) -> bool:
-        repo = self.repo(repo_type, repo_id)
-        branches = [{"name": name, "ref": f"refs/heads/{name}", "targetCommit": sha} for name, sha in repo["refs"].items()]
-        self.send_json(200, {"branches": branches, "converts": [], "tags": []})
-        return True
-
-    def commits(self, repo_type: str, repo_id: str, revision: str) -> bool:
-        repo = self.repo(repo_type, repo_id)
-        sha, items = self.revision(repo, revision), []
-        while sha is not None:
-            commit = repo["commits"][sha]
-            items.append({"id": sha, "title": commit["summary"], "message": commit["description"],
-                          "authors": [{"user": self.store.user}], "date": commit["date"]})
-            sha = commit["parent"]
-        self.send_json(200, items)
         return True
 
     def create_branch(self, repo_type: str, repo_id: str, branch: str) -> bool:

@@ -181,6 +181,49 @@ def test_loads_from_the_hub_without_the_package_pins_revisions_and_generates(hub
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Preparing a push (no network)
+
+
+def test_an_incomplete_model_directory_is_completed_before_pushing(model_dirs, tmp_path):
+    from hf_music_xl.hub import complete_model_dir, missing_pieces
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    config = json.loads((model_dirs["v1"] / "config.json").read_text())
+    del config["auto_map"]
+    (bare / "config.json").write_text(json.dumps(config))
+    (bare / "model.safetensors").write_bytes((model_dirs["v1"] / "model.safetensors").read_bytes())
+    assert {"generation_config.json", "tokenizer.json", "auto_map in config.json"} <= set(missing_pieces(bare))
+
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    assert complete_model_dir(model_dirs["v1"], staging) == model_dirs["v1"]  # complete: pushed as it is
+    assert complete_model_dir(bare, staging) == staging
+    assert missing_pieces(staging) == [] and CODE_FILES <= {path.name for path in staging.iterdir()}
+
+
+def test_model_directories_that_cannot_be_pushed_are_refused(tmp_path):
+    from hf_music_xl.hub import push_to_hub
+
+    with pytest.raises(FileNotFoundError):
+        push_to_hub(tmp_path / "missing", "tester/x")
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(ValueError, match="not a MusicXL"):
+        push_to_hub(tmp_path, "tester/x")
+
+
+def test_a_card_without_a_training_record_has_no_model_index(model_dirs, tmp_path):
+    from hf_music_xl.hub import build_model_card
+
+    for path in model_dirs["v1"].iterdir():
+        if path.name != "training_summary.json":
+            (tmp_path / path.name).write_bytes(path.read_bytes())
+    card = build_model_card(tmp_path, "tester/plain", license="apache-2.0")
+    assert card.data.to_dict() == {"library_name": "transformers", "license": "apache-2.0", "pipeline_tag": "text-generation", "tags": TAGS}
+    assert "No evaluation results were recorded" in card.text and "tester/plain" in card.text
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Training with checkpoint pushes
 
 
