@@ -1,6 +1,7 @@
 """Publish a trained model to the Hugging Face Hub with a model card.
 
     hf-music-xl push runs/tiny/final you/music-xl-tiny [--private] [--revision BRANCH] [--commit-message ...]
+    hf-music-xl train ... --hub-model-id you/music-xl-tiny [--hub-strategy checkpoint]   # push while training
 
 ``push_to_hub(model_dir, repo_id)`` uploads, in one commit: the weights (safetensors), ``config.json``,
 ``generation_config.json``, the tokenizer files, the code files named by ``auto_map`` (so
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, constants
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ def build_model_card(
     for split, stats in record.corpus_report.get("splits", {}).items():
         data_lines.append(f"{split.capitalize()}: {stats['pieces']:,} pieces, {stats['tokens']:,} tokens, {stats['notes']:,} notes.")
     if datasets:
-        data_lines.append("Datasets: " + ", ".join(f"[{name}](https://huggingface.co/datasets/{name})" for name in datasets) + ".")
+        data_lines.append("Datasets: " + ", ".join(f"[{name}]({constants.ENDPOINT}/datasets/{name})" for name in datasets) + ".")
     if "eval_tokens" in record.metrics and not record.corpus_report:
         data_lines.append(f"Validation: {record.metrics['eval_tokens']:,} tokens, {record.metrics.get('eval_notes', 0):,} notes.")
     settings_rows = [(name, f"`{record.settings[name]}`" if record.settings[name] != "" else "none") for name in CARD_SETTINGS if name in record.settings]
@@ -239,7 +240,7 @@ def build_model_card(
         if key in record.metrics:
             settings_rows.append((f"trained {key}s", f"`{record.metrics[key]}`"))
     training_config = (
-        "Trained with `hf-music-xl train` (Hugging Face Trainer, one-cycle learning rate, random transposition):\n\n"
+        "Trained with `hf-music-xl train` (Hugging Face Trainer, one-cycle learning-rate schedule):\n\n"
         + _markdown_table(settings_rows, ("setting", "value"))
         if settings_rows
         else "No training configuration was recorded with the model."
