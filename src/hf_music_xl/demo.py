@@ -26,7 +26,7 @@ from .data import bar_starts
 @dataclass
 class DemoSettings:
     output_dir: str = field(default="outputs/demo", metadata={"help": "where everything is written"})
-    max_minutes: float = field(default=6.5, metadata={"help": "wall-clock budget for training (the whole demo takes about 2-3 min more)"})
+    max_minutes: float = field(default=6.0, metadata={"help": "wall-clock budget for training (the whole demo takes about 2-3 min more)"})
     preset: str = field(default="tiny", metadata={"help": "model size"})
     batch_size: int = field(default=16, metadata={"help": "windows per step"})
     n_segments: int = field(default=4, metadata={"help": "segments per training window"})
