@@ -310,6 +310,10 @@ def test_encode_position_switch():
         explicit = with_positions(ids, beat_positions=positions + 16).logits  # one bar later
         assert not torch.allclose(explicit, with_positions(ids).logits)
         torch.testing.assert_close(without(ids, beat_positions=positions + 16).logits, without(ids).logits)
+        # no maximum length: the bar index wraps at max_bars
+        wrapped = with_positions.config.max_bars * with_positions.config.steps_per_bar
+        torch.testing.assert_close(with_positions(ids, beat_positions=positions + 3 * wrapped).logits,
+                                   with_positions(ids).logits)  # fmt: skip
 
 
 def test_training_backward_reaches_every_parameter():

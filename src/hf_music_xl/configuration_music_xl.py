@@ -41,6 +41,8 @@ class MusicXLConfig(PretrainedConfig):
         mem_len (`int`, defaults to 512): hidden states kept per layer as memory (training and generation).
         segment_len (`int`, defaults to 512): a training input longer than this is run in segments of this
             length, each attending to the detached memory of the previous ones.
+        use_cache (`bool`, defaults to True): generate() keeps the memory in a `MusicXLCache` and feeds one token
+            per step (a direct forward call returns a cache only when passed use_cache=True).
 
     Beat positions (see `modeling_music_xl.compute_beat_positions`):
         encode_position (`bool`, defaults to True): add beat-in-bar and bar-index embeddings to the tokens;
