@@ -148,14 +148,8 @@ def count_parameters(model_dir: Path) -> int | None:
 
 
 def default_template() -> str:
-    """``model_card.md``: shipped in the package, or at the top of a source checkout."""
-    packaged = resources.files("hf_music_xl").joinpath("model_card.md")
-    if packaged.is_file():
-        return packaged.read_text()
-    checkout = Path(__file__).resolve().parents[2] / "model_card.md"
-    if checkout.is_file():
-        return checkout.read_text()
-    raise FileNotFoundError("model_card.md template not found (neither in the package nor the source tree); pass template=")
+    """``model_card.md``, shipped as package data (in the source tree a link to the top-level template)."""
+    return resources.files("hf_music_xl").joinpath("model_card.md").read_text()
 
 
 def render(template: str, values: dict[str, str]) -> str:
