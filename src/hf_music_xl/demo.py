@@ -4,8 +4,10 @@
 2. train the ``tiny`` model for a bounded wall time, with progress;
 3. print validation NLL per token and per note;
 4. reload the saved model from its directory, continue the first bars of a validation chorale with the
-   grammar processor on, and write the MIDI files;
-5. print where every output went (also saved as ``summary.json``).
+   grammar processor on (several samples), and write each as MIDI, a piano-roll picture and audio (when a
+   renderer and a local soundfont exist); the real chorale's same bars are written alike for comparison;
+5. print musical statistics of the samples next to the training chorales' (also ``statistics.json``);
+6. print where every output went (also saved as ``summary.json``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import numpy as np
 import torch
 
 from . import encoding
-from .data import bar_starts
 
 
 @dataclass
@@ -32,26 +33,18 @@ class DemoSettings:
     n_segments: int = field(default=4, metadata={"help": "segments per training window"})
     prompt_bars: int = field(default=4, metadata={"help": "bars of the validation chorale given as the prompt"})
     generate_bars: int = field(default=8, metadata={"help": "bars to generate after the prompt"})
+    num_samples: int = field(default=3, metadata={"help": "continuations to generate (sample i uses seed + i - 1)"})
     piece: str = field(default="", metadata={"help": "validation chorale to continue (e.g. bwv153.1); default: the first"})
     seed: int = field(default=0, metadata={"help": "random seed for training and sampling"})
     num_proc: int = field(default=2, metadata={"help": "processes for building the corpus"})
     threads: int = field(default=0, metadata={"help": "torch threads for training; 0: all available cores"})
 
 
-def prompt_ids(ids: np.ndarray, bars: int, steps_per_bar: int = encoding.STEPS_PER_BAR) -> np.ndarray:
-    """The tokens of the first ``bars`` bars (cut at the first chord on or after that bar line)."""
-    starts = bar_starts(ids, steps_per_bar)
-    positions = encoding.beat_positions(ids)[starts]
-    later = starts[positions >= bars * steps_per_bar]
-    end = int(later[0]) if len(later) else len(ids) - 1  # a piece shorter than the prompt: all but xxeos
-    return ids[:end]
-
-
 def run_demo(settings: DemoSettings) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList, StoppingCriteriaList
-
     from .corpus import build_corpus, read_report
-    from .generation_music_xl import MaxBarsCriteria, MusicGrammarProcessor
+    from .evaluate import compare_with_corpus
+    from .generate import GenerateSettings, generate_samples, load_model_and_tokenizer, prompt_ids
+    from .render import render_outputs
     from .training import TrainSettings, train
 
     started = time.perf_counter()
@@ -61,7 +54,7 @@ def run_demo(settings: DemoSettings) -> dict:
     output = Path(settings.output_dir)
     output.mkdir(parents=True, exist_ok=True)
 
-    print("== 1/4 corpus: Bach chorales from the installed music21 package")
+    print("== 1/5 corpus: Bach chorales from the installed music21 package")
     corpus = build_corpus("bach-chorales", num_proc=settings.num_proc)
     corpus_dir = Path(corpus["train"].cache_files[0]["filename"]).parent.parent
     report = read_report(corpus)
@@ -69,7 +62,7 @@ def run_demo(settings: DemoSettings) -> dict:
         print(f"   {split}: {stats['pieces']} chorales, {stats['tokens']:,} tokens, {stats['notes']:,} notes")
     print(f"   (built in {report['build_seconds']} s, cached in {corpus_dir})")
 
-    print(f"== 2/4 training the {settings.preset} model for at most {settings.max_minutes} minutes")
+    print(f"== 2/5 training the {settings.preset} model for at most {settings.max_minutes} minutes")
     run_dir = output / "run"
     result = train(
         TrainSettings(
@@ -84,38 +77,48 @@ def run_demo(settings: DemoSettings) -> dict:
     )
     metrics = result.metrics
 
-    print("== 3/4 validation (fixed windows over the validation chorales)")
+    print("== 3/5 validation (fixed windows over the validation chorales)")
     print(f"   NLL per token {metrics['eval_nll_per_token']:.3f} nats (perplexity {metrics['eval_perplexity']:.2f})")
     print(f"   NLL per note  {metrics['eval_nll_per_note']:.3f} nats ({metrics['eval_notes']:,} notes)")
     print(f"   token accuracy {metrics['eval_token_accuracy']:.1%}; trained {result.train_seconds / 60:.1f} min")
 
-    print("== 4/4 continuing a validation chorale")
-    model = AutoModelForCausalLM.from_pretrained(result.final_dir).eval()  # what a user would load
-    tokenizer = AutoTokenizer.from_pretrained(result.final_dir)
+    print(f"== 4/5 continuing a validation chorale ({settings.num_samples} samples)")
+    model, _ = load_model_and_tokenizer(result.final_dir)  # what a user would load
     validation = corpus["validation"]
     names = validation["name"]
     index = names.index(settings.piece) if settings.piece else int(np.argmin(names))  # stable: first by name
     piece = np.asarray(validation[index]["input_ids"], dtype=np.int64)
     prompt = prompt_ids(piece, settings.prompt_bars)
-    torch.manual_seed(settings.seed)
-    generated = model.generate(
-        torch.tensor(prompt)[None],
-        logits_processor=LogitsProcessorList([MusicGrammarProcessor(model.config)]),
-        stopping_criteria=StoppingCriteriaList([MaxBarsCriteria(settings.generate_bars, model.config, len(prompt))]),
-        max_new_tokens=64 * settings.generate_bars,  # a safety bound: chorales average about 30 tokens a bar
-    )[0].numpy()
-    continuation = generated[len(prompt) :]
-    original_end = prompt_ids(piece, settings.prompt_bars + settings.generate_bars)
+    samples = generate_samples(
+        model,
+        prompt,
+        GenerateSettings(bars=settings.generate_bars, num_samples=settings.num_samples, seed=settings.seed,
+                         output_dir=str(output), preset="conservative"),  # fmt: skip
+        prefix=names[index],
+    )
+    original = prompt_ids(piece, settings.prompt_bars + settings.generate_bars)
+    original_files = render_outputs(original, len(prompt), output / f"{names[index]}-original",
+                                    continuation_label="Bach's continuation")
+    for sample in samples:
+        continuation = sample.ids[len(prompt) :]
+        bad = encoding.first_invalid_position(sample.ids)
+        print(f"   {names[index]} seed {sample.seed}: {settings.prompt_bars} bars of prompt ({len(prompt)} tokens) + "
+              f"{len(continuation)} generated tokens, "
+              f"{int(np.sum((continuation >= encoding.NOTE_OFFSET) & (continuation < encoding.DURATION_OFFSET)))} "
+              f"notes, {'grammatical' if bad is None else f'ungrammatical at {bad}'}")
 
-    files = {
-        f"MIDI: the prompt ({settings.prompt_bars} bars)": tokenizer.save_midi(prompt, output / "prompt.mid"),
-        "MIDI: prompt + generated continuation": tokenizer.save_midi(generated, output / "continuation.mid"),
-        "MIDI: the real chorale, same bars": tokenizer.save_midi(original_end, output / "original.mid"),
-    }
-    bad = encoding.first_invalid_position(generated)
-    print(f"   {names[index]}: {settings.prompt_bars} bars of prompt ({len(prompt)} tokens) + {len(continuation)} "
-          f"generated tokens, {int(np.sum((continuation >= 9) & (continuation < 137)))} notes, "
-          f"{'grammatical' if bad is None else f'ungrammatical at {bad}'}")
+    print("== 5/5 musical statistics: the generated continuations next to the training chorales")
+    statistics_path = output / "statistics.json"
+    compare_with_corpus(samples, corpus["train"], statistics_path, corpus_name="training chorales")
+    files = {}
+    for sample in samples:
+        for kind, path in sample.files.items():
+            if path is not None:
+                files[f"sample seed {sample.seed}: {kind}"] = path
+    for kind, path in original_files.items():
+        if path is not None:
+            files[f"the real chorale, same bars: {kind}"] = path
+    files["musical statistics"] = statistics_path
 
     summary = {
         "piece": names[index],
@@ -133,5 +136,5 @@ def run_demo(settings: DemoSettings) -> dict:
     (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"== done in {summary['total_minutes']:.1f} min; outputs:")
     for what, where in {**summary["outputs"], "this summary": str(output / "summary.json")}.items():
-        print(f"   {what:<40} {where}")
+        print(f"   {what:<44} {where}")
     return summary

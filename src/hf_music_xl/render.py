@@ -52,9 +52,10 @@ def split_notes(ids, prompt_len: int) -> tuple[encoding.Notes, encoding.Notes]:
 # Piano roll
 
 
-def piano_roll(ids, prompt_len: int, path, steps_per_bar: int = encoding.STEPS_PER_BAR, title: str | None = None) -> Path:
-    """A PNG of pitch against time in bars: prompt notes blue, generated notes orange, bar lines grey, the end
-    of the prompt dashed."""
+def piano_roll(ids, prompt_len: int, path, steps_per_bar: int = encoding.STEPS_PER_BAR, title: str | None = None,
+               continuation_label: str = "generated") -> Path:  # fmt: skip
+    """A PNG of pitch against time in bars: prompt notes blue, the continuation orange (labelled
+    ``continuation_label``), bar lines grey, the end of the prompt dashed."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display backend needed
 
     ids = np.asarray(ids, dtype=np.int64)
@@ -67,7 +68,7 @@ def piano_roll(ids, prompt_len: int, path, steps_per_bar: int = encoding.STEPS_P
     figure = Figure(figsize=(min(max(6.0, 1.5 + 0.45 * n_bars), 30.0), 4.5), dpi=100, layout="constrained")
     axes = figure.add_subplot()
     axes.vlines(np.arange(n_bars + 1), low, high, colors="0.85", linewidth=0.8, zorder=0)
-    for notes, colour, label in ((prompt, PROMPT_COLOUR, "prompt"), (continuation, CONTINUATION_COLOUR, "generated")):
+    for notes, colour, label in ((prompt, PROMPT_COLOUR, "prompt"), (continuation, CONTINUATION_COLOUR, continuation_label)):
         if len(notes):
             axes.barh(notes.pitch, notes.duration / steps_per_bar, left=notes.onset / steps_per_bar, height=0.8,
                       color=colour, edgecolor="black", linewidth=0.3, label=f"{label} ({len(notes)} notes)")  # fmt: skip
@@ -174,6 +175,7 @@ def render_outputs(
     soundfont=None,
     steps_per_bar: int = encoding.STEPS_PER_BAR,
     title: str | None = None,
+    continuation_label: str = "generated",
 ) -> dict[str, Path | None]:
     """Write ``stem.mid``, ``stem.png`` (piano roll) and ``stem.wav`` (when audio is possible) for one sequence
     of ids whose first ``prompt_len`` tokens are the prompt. Returns {"midi", "picture", "audio"} -> path or None."""
@@ -183,7 +185,8 @@ def render_outputs(
     encoding.decode_ids(ids).dump_midi(str(midi_path))
     paths = {"midi": midi_path, "picture": None, "audio": None}
     if picture:
-        paths["picture"] = piano_roll(ids, prompt_len, stem.with_name(stem.name + ".png"), steps_per_bar, title or stem.name)
+        paths["picture"] = piano_roll(ids, prompt_len, stem.with_name(stem.name + ".png"), steps_per_bar,
+                                      title or stem.name, continuation_label)  # fmt: skip
     if audio:
         try:
             paths["audio"] = render_wav(midi_path, stem.with_name(stem.name + ".wav"), soundfont)
