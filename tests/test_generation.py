@@ -94,9 +94,7 @@ def grammar_errors(sequence, prompt_length):
     errors = []
     for i in range(prompt_length, len(sequence)):
         previous, token = sequence[i - 1], sequence[i]
-        if previous in NOTES:
-            ok = token in DURATIONS
-        elif previous == SEP:
+        if previous in NOTES or previous == SEP:
             ok = token in DURATIONS and token != dur(0)
         elif previous in DURATIONS:
             ok = token in NOTES or token in (SEP, EOS)
@@ -145,7 +143,7 @@ def test_grammar_processor_temperatures_and_restrictions():
     assert finite == [EOS, SEP] + [note(p) for p in allowed_notes]
     assert out[0, note(62)] == 0.5 and out[0, SEP] == 1.0  # notes divided by 2
     durations = processor(torch.tensor([[note(60)]]), torch.ones(1, 299))
-    assert torch.isfinite(durations[0]).nonzero().flatten().tolist() == list(DURATIONS)
+    assert torch.isfinite(durations[0]).nonzero().flatten().tolist() == list(DURATIONS)[1:]  # never d0
     assert durations[0, dur(3)] == 2.0  # durations divided by 0.5
     waits = processor(torch.tensor([[SEP]]), torch.ones(1, 299))
     assert torch.isinf(waits[0, dur(0)]) and torch.isfinite(waits[0, dur(1)])

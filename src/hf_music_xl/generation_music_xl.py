@@ -25,8 +25,8 @@ def scale_pitch_classes(scale):
 class MusicGrammarProcessor(LogitsProcessor):
     """Only grammatical next tokens, with separate note and duration temperatures.
 
-    Grammar (the tokenizer's): `xxbos xxpad`, then pairs; after a note or `xxsep` only a duration (after `xxsep`
-    not d0: a wait of zero is no wait); after a duration a note, `xxsep` or, if `allow_end`, `xxeos`; after the
+    Grammar (the tokenizer's): `xxbos xxpad`, then pairs; after a note or `xxsep` only a duration, never d0 (the
+    encoder never writes it: a note of no length does not sound and a wait of 0 does not move); after a duration a note, `xxsep` or, if `allow_end`, `xxeos`; after the
     `xxpad` that follows `xxbos` a note or `xxsep`; after `xxeos` only `xxbos`, after `xxbos` only `xxpad`. The unused specials
     (xxs2scls, xxmask, xxcseq, xxmseq, xxnscls, xxunk) are never produced. After any other token (e.g. a prompt
     ending in an unused special) the next token is a note or `xxsep`.
@@ -64,10 +64,9 @@ class MusicGrammarProcessor(LogitsProcessor):
             notes &= torch.isin((torch.arange(vocab) - config.note_offset) % 12, allowed)
         if not notes.any():
             raise ValueError("pitch_range and scale leave no note")
+        # d1..d160: d0 is in the vocabulary, but a note of no length does not sound and a wait of 0 does not move
         durations = torch.zeros(vocab, dtype=torch.bool)
-        durations[config.duration_offset : config.duration_offset + config.num_durations] = True
-        waits = durations.clone()
-        waits[config.duration_offset] = False  # no d0 after xxsep
+        durations[config.duration_offset + 1 : config.duration_offset + config.num_durations] = True
 
         def only(*ids):
             row = torch.zeros(vocab, dtype=torch.bool)
@@ -80,7 +79,7 @@ class MusicGrammarProcessor(LogitsProcessor):
         # allowed[previous token] -> (V,) bool: a transition table, so one gather per step
         allowed = (notes | only(config.sep_token_id)).expand(vocab, vocab).clone()
         allowed[config.note_offset : config.note_offset + 128] = durations
-        allowed[config.sep_token_id] = waits
+        allowed[config.sep_token_id] = durations
         allowed[config.duration_offset : config.duration_offset + config.num_durations] = after_duration
         allowed[config.pad_token_id] = notes | only(config.sep_token_id)
         allowed[config.bos_token_id] = only(config.pad_token_id)
