@@ -15,8 +15,7 @@ DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "tokenizer"
 
 
 def save_tokenizer(output: Path) -> list[str]:
-    tokenizer = MusicXLTokenizerFast()
-    tokenizer.register_for_auto_class("AutoTokenizer")
+    tokenizer = MusicXLTokenizerFast()  # registered for AutoTokenizer by hf_music_xl/__init__: code + auto_map
     return [Path(name).name for name in tokenizer.save_pretrained(str(output))]
 
 

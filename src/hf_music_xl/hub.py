@@ -318,8 +318,7 @@ def complete_model_dir(model_dir: Path, staging: Path) -> Path:
         tokenizer = MusicXLTokenizerFast.from_pretrained(model_dir)
     except (OSError, ValueError):
         tokenizer = MusicXLTokenizerFast()
-    tokenizer.register_for_auto_class("AutoTokenizer")
-    tokenizer.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)  # with its code and auto_map (registered in hf_music_xl/__init__)
     for stale in ("pytorch_model.bin", "README.md"):
         (staging / stale).unlink(missing_ok=True)
     return staging
