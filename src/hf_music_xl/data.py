@@ -10,11 +10,18 @@ write one augmented copy to disk and freeze the randomness. Each time a piece is
 
 Pieces shorter than the window are padded with xxpad, labelled -100. Evaluation uses ``eval_windows``: fixed,
 non-overlapping chunks that cover every validation token once, so eval NLL is comparable from run to run.
-Randomness comes from torch's global generator, which the Trainer seeds (and seeds per dataloader worker).
+
+Randomness: by default the draws come from torch's global generator. Training sets ``seed`` (and ``epoch``, each
+epoch): then a piece's window and shift are a function of (seed, epoch, the piece's tokens) only, drawn from a
+generator of their own. That keeps resuming exact: the Trainer fetches batches ahead of the step (accelerate
+prefetches one) and, after a mid-epoch resume, fetches the first batch before it restores the global RNG, so draws
+from the global generator would land in a different order than in an uninterrupted run. It also makes the
+windows independent of the number of dataloader workers and processes.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +65,9 @@ class TrainTransform:
         transpose_range: (lowest, highest) shift in semitones, narrowed per piece to what stays in 0..127.
         min_fill: a window holds at least this share of real tokens when the piece allows it, so piece
             endings (and xxeos) are seen about as often as beginnings.
+        seed: None draws from torch's global generator; an int makes each draw a function of (seed, ``epoch``,
+            the piece's tokens), as training does (see the module docstring).
+        epoch: set at the start of every epoch when ``seed`` is set (training's ``EpochSeed`` callback).
     """
 
     window_len: int
@@ -66,24 +76,35 @@ class TrainTransform:
     transpose_range: tuple[int, int] = (-6, 5)
     min_fill: float = 0.5
     steps_per_bar: int = encoding.STEPS_PER_BAR
+    seed: int | None = None
+    epoch: int = 0
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        windows = [self.window(np.asarray(ids, dtype=np.int64)) for ids in batch["input_ids"]]
+        pieces = [np.asarray(ids, dtype=np.int64) for ids in batch["input_ids"]]
+        windows = [self.window(ids, self.generator_for(ids)) for ids in pieces]
         return {"input_ids": [w[0] for w in windows], "labels": [w[1] for w in windows]}
 
-    def window(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.augment and torch.rand(()).item() < self.transpose_p:
-            ids = encoding.transpose_ids(ids, self.random_shift(ids))
+    def generator_for(self, ids: np.ndarray) -> torch.Generator | None:
+        """None (torch's global generator) without a seed, else a generator seeded by (seed, epoch, tokens)."""
+        if self.seed is None:
+            return None
+        digest = hashlib.blake2b(np.ascontiguousarray(ids, dtype=np.int64).tobytes(), digest_size=8,
+                                 key=f"{self.seed}:{self.epoch}".encode())  # fmt: skip
+        return torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
+
+    def window(self, ids: np.ndarray, generator: torch.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if self.augment and torch.rand((), generator=generator).item() < self.transpose_p:
+            ids = encoding.transpose_ids(ids, self.random_shift(ids, generator))
         starts = bar_starts(ids, self.steps_per_bar)
         last_start = max(0, len(ids) - int(self.window_len * self.min_fill))
         starts = starts[starts <= last_start]  # never empty: 0 is always a start
-        start = int(starts[torch.randint(len(starts), ()).item()])
+        start = int(starts[torch.randint(len(starts), (), generator=generator).item()])
         return pad_window(ids[start : start + self.window_len], self.window_len)
 
-    def random_shift(self, ids: np.ndarray) -> int:
+    def random_shift(self, ids: np.ndarray, generator: torch.Generator | None = None) -> int:
         low, high = encoding.transposition_range(ids)
         low, high = max(low, self.transpose_range[0]), min(high, self.transpose_range[1])
-        return int(torch.randint(low, high + 1, ()).item()) if low <= high else 0
+        return int(torch.randint(low, high + 1, (), generator=generator).item()) if low <= high else 0
 
 
 def eval_windows(ids, window_len: int, steps_per_bar: int = encoding.STEPS_PER_BAR) -> list[tuple]:

@@ -15,9 +15,24 @@ What the Trainer is given, and why:
   count worked out by hand, and it is restored from a checkpoint on resume like any scheduler.
 - gradient clipping at ``max_grad_norm``; precision ``auto`` picks bf16/fp16 on CUDA and fp32 on CPU and
   ``fp16`` on CPU is refused (the Trainer would silently train in fp32).
-- evaluation and a checkpoint every epoch; metrics: loss, perplexity, token accuracy, NLL per token and per
-  note (total NLL / number of note tokens, comparable across tokenizations).
-- ``--resume`` continues from the last checkpoint in the output directory.
+- evaluation and a checkpoint every epoch (``--save-steps N``: a checkpoint every N steps instead); metrics: loss,
+  perplexity, token accuracy, NLL per token and per note (total NLL / number of note tokens, comparable across
+  tokenizations).
+- checkpoints are atomic: the Trainer writes ``checkpoint-N`` into ``OUTPUT_DIR/_saving/`` and it is renamed into
+  place only once every file (and every rank's RNG state) is written, so a kill during a save leaves no
+  ``checkpoint-N`` at all. ``final/`` is written the same way.
+- ``--resume`` continues from the last *complete* checkpoint in the output directory: every file the Trainer
+  loads must be there and readable (``checkpoint_problem``); an incomplete one (e.g. written by another tool, or
+  cut by a full disk) is moved to ``OUTPUT_DIR/_incomplete/`` with a warning naming what is wrong, and the one
+  before it is used. Resuming, even mid-epoch, reaches the same weights as an uninterrupted run with the same seed
+  on CPU: the Trainer restores the data order (seeded per epoch), skips the batches already seen and restores the
+  torch RNG (dropout); the windows and transpositions do not use that RNG but a generator seeded by (seed, epoch,
+  piece) (``data.TrainTransform.seed``), since the Trainer fetches batches ahead and, on a mid-epoch resume,
+  before it restores the RNG. (``--plain-final-fraction`` switches augmentation at a step, which that look-ahead
+  can blur by one batch across a resume.)
+- no pickles: weights are safetensors; the training arguments are written as ``training_args.json`` instead of
+  the Trainer's pickled ``training_args.bin``; the Trainer's resumable state (``optimizer.pt``, ``scheduler.pt``,
+  ``rng_state.pth``) are torch files, which it loads with ``weights_only=True`` (as does ``checkpoint_problem``).
 - ``--hub-model-id USER/NAME`` pushes to the Hub as the Trainer saves (``--hub-strategy checkpoint`` also uploads
   ``last-checkpoint/``, which ``--resume`` continues from once put back as ``checkpoint-N``), then ``final/``
   with its model card (``hub.push_after_training``).
@@ -34,6 +49,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import statistics
 import time
 import warnings
@@ -44,7 +60,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig, Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from . import encoding
 from .configuration_music_xl import MusicXLConfig
@@ -83,6 +99,7 @@ class TrainSettings:
     seed: int = field(default=42, metadata={"help": "random seed"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --output-dir"})
     logging_steps: int = field(default=10, metadata={"help": "log the training loss every this many steps"})
+    save_steps: int = field(default=0, metadata={"help": "save a checkpoint every this many steps; 0: every epoch"})
     save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept"})
     corpus_limit: int = field(default=0, metadata={"help": "read only this many files when building; 0: all"})
     num_proc: int = field(default=2, metadata={"help": "processes reading files when building the corpus"})
@@ -135,12 +152,72 @@ def compute_metrics(eval_prediction) -> dict[str, float]:
 # Trainer pieces
 
 
+STAGING_DIR = "_saving"  # in OUTPUT_DIR; the Trainer's Hub upload of OUTPUT_DIR skips names starting with "_"
+INCOMPLETE_DIR = "_incomplete"
+TRAINING_ARGS_JSON = "training_args.json"
+
+
 class MusicXLTrainer(Trainer):
-    """The Trainer with a one-cycle learning-rate schedule (see the module docstring)."""
+    """The Trainer with a one-cycle learning-rate schedule, atomic checkpoints and the training arguments as JSON
+    instead of a pickle (see the module docstring)."""
 
     def __init__(self, *args, warmup_fraction: float = 0.25, **kwargs):
         self.warmup_fraction = warmup_fraction
+        self._staging_root = None  # set while a checkpoint is being written
+        self._push_pending = False
         super().__init__(*args, **kwargs)
+
+    def _get_output_dir(self, trial) -> str:
+        # While saving, the Trainer writes (and rotates) checkpoints in the staging directory.
+        return self._staging_root if self._staging_root is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's save into ``OUTPUT_DIR/_saving/checkpoint-N``, then one rename to ``OUTPUT_DIR/checkpoint-N``
+        once every rank has written its files; then the old checkpoints are rotated and the Hub push (if any) runs."""
+        run_dir = super()._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        self._staging_root = os.path.join(run_dir, STAGING_DIR)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_root = None
+        self.accelerator.wait_for_everyone()  # every rank's rng_state_<rank>.pth is in place
+        target = os.path.join(run_dir, name)
+        if self.args.should_save:
+            publish_directory(Path(run_dir) / STAGING_DIR / name, Path(target))
+            shutil.rmtree(Path(run_dir) / STAGING_DIR, ignore_errors=True)  # nothing else is in it
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+        if self._push_pending:
+            self._push_pending = False
+            self._push_from_checkpoint(target)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        if self._staging_root is not None:  # called inside the save: push once the checkpoint is in place
+            self._push_pending = True
+            return
+        # The Trainer writes a pickled training_args.bin into OUTPUT_DIR before uploading it: give it a name the
+        # upload skips ("_*") and delete it; training_args.json is uploaded instead.
+        import transformers.trainer as trainer_module
+
+        hidden, original = "_training_args.bin", trainer_module.TRAINING_ARGS_NAME
+        write_training_args(self.args.output_dir, self.args)
+        trainer_module.TRAINING_ARGS_NAME = hidden
+        try:
+            super()._push_from_checkpoint(checkpoint_folder)
+        finally:
+            trainer_module.TRAINING_ARGS_NAME = original
+            Path(self.args.output_dir, hidden).unlink(missing_ok=True)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:  # the arguments as JSON, not the Trainer's pickle
+            write_training_args(output_dir if output_dir is not None else self.args.output_dir, self.args)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None and num_training_steps < 4:  # too short for a cycle: constant rate
@@ -173,6 +250,17 @@ class WallClockBudget(TrainerCallback):
             logger.warning("wall-clock budget of %.1f min reached at step %d: stopping", self.seconds / 60, state.global_step)
             control.should_training_stop = True
             control.should_save = True
+
+
+class EpochSeed(TrainerCallback):
+    """Tell the seeded transform which epoch it draws for (``data.TrainTransform.seed``). ``state.epoch`` is a whole
+    number at the start of an epoch and fractional when a run resumes mid-epoch: its floor is the epoch either way."""
+
+    def __init__(self, transform: TrainTransform):
+        self.transform = transform
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.transform.epoch = math.floor((state.epoch or 0) + 1e-9)
 
 
 class PlainFinalSteps(TrainerCallback):
@@ -244,7 +332,8 @@ def training_arguments(settings: TrainSettings, max_steps: int) -> TrainingArgum
         weight_decay=settings.weight_decay,
         max_grad_norm=settings.max_grad_norm,
         eval_strategy="epoch",
-        save_strategy="epoch",
+        save_strategy="steps" if settings.save_steps > 0 else "epoch",
+        save_steps=settings.save_steps if settings.save_steps > 0 else 500,
         save_total_limit=settings.save_total_limit,
         logging_steps=settings.logging_steps,
         remove_unused_columns=False,  # the transform needs the raw columns
@@ -301,6 +390,109 @@ def checkpoint_max_steps(checkpoint: str) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Checkpoints: atomic writes, checked resumes, no pickles
+
+
+def write_training_args(folder, args: TrainingArguments) -> None:
+    """``training_args.json`` in place of the Trainer's pickled ``training_args.bin`` (which nothing reads)."""
+    folder = Path(folder)
+    (folder / "training_args.bin").unlink(missing_ok=True)
+    (folder / TRAINING_ARGS_JSON).write_text(args.to_json_string() + "\n")
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file of ``folder`` and the directories themselves to disk (a rename is atomic, but only
+    durable across a power cut once the data it points to is on disk)."""
+    for path in sorted(folder.rglob("*"), reverse=True) + [folder]:
+        _fsync(path)
+
+
+def publish_directory(staged: Path, target: Path) -> None:
+    """Put a fully written directory at ``target`` with one rename. An existing ``target`` (the same step saved
+    again after a resume) is moved aside first and deleted after; a kill in between leaves no ``target``."""
+    _fsync_tree(staged)
+    replaced = None
+    if target.exists():
+        replaced = staged.parent / f"replaced-{target.name}"
+        shutil.rmtree(replaced, ignore_errors=True)
+        os.replace(target, replaced)
+    os.replace(staged, target)
+    _fsync(target.parent)  # the rename itself
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
+
+
+def checkpoint_problem(checkpoint) -> str | None:
+    """What keeps a Trainer checkpoint from resuming exactly, or None if it is complete: the trainer state, the
+    config, the weights (safetensors, header and size checked), optimizer, scheduler and RNG state (loaded with
+    ``weights_only=True``) must all be there and readable."""
+    from safetensors import safe_open
+    from transformers.trainer_pt_utils import safe_globals
+
+    folder = Path(checkpoint)
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text())
+        expected_step = int(folder.name.rsplit("-", 1)[-1])
+        if state.get("global_step") != expected_step:
+            return f"trainer_state.json is at step {state.get('global_step')}, not {expected_step}"
+        json.loads((folder / "config.json").read_text())
+    except FileNotFoundError as error:
+        return f"{Path(error.filename).name} is missing"
+    except (ValueError, KeyError) as error:
+        return f"unreadable JSON: {error}"
+    if (folder / "model.safetensors.index.json").exists():
+        weights = sorted({folder / shard for shard in json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"].values()})
+    else:
+        weights = [folder / "model.safetensors"]
+    torch_files = [folder / "optimizer.pt", folder / "scheduler.pt"]
+    rng_files = sorted(folder.glob("rng_state*.pth"))
+    if not rng_files:
+        return "rng_state.pth is missing"
+    for path in weights + torch_files + rng_files:
+        if not path.is_file():
+            return f"{path.name} is missing"
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as weights_file:
+                    weights_file.keys()
+            else:
+                with safe_globals():
+                    torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as error:  # noqa: BLE001 - any failure to read means the checkpoint is unusable
+            return f"{path.name} is unreadable ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+    return None
+
+
+def resumable_checkpoint(output_dir, set_aside: bool = True) -> str | None:
+    """The newest complete ``checkpoint-N`` of ``output_dir`` (None if there is none). Newer incomplete ones are
+    reported and, with ``set_aside``, moved to ``OUTPUT_DIR/_incomplete/`` so that later saves and rotations do
+    not mix with them."""
+    folder = Path(output_dir)
+    numbered = [(int(path.name.rsplit("-", 1)[1]), path) for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+                if path.is_dir() and path.name.rsplit("-", 1)[1].isdigit()]  # fmt: skip
+    for _, path in sorted(numbered, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path)
+        where = ""
+        if set_aside:
+            aside = folder / INCOMPLETE_DIR / f"{path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            aside.parent.mkdir(exist_ok=True)
+            os.replace(path, aside)
+            where = f"; moved to {aside}"
+        logger.warning("--resume: %s is incomplete (%s)%s; trying the checkpoint before it", path, problem, where)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------
 # The run
 
 
@@ -320,14 +512,22 @@ def train(settings: TrainSettings) -> TrainResult:
     tokenizer = MusicXLTokenizerFast()
 
     window_len = settings.n_segments * config.segment_len
-    transform = TrainTransform(window_len, augment=settings.augment, transpose_p=settings.transpose_p)
+    transform = TrainTransform(window_len, augment=settings.augment, transpose_p=settings.transpose_p, seed=settings.seed)
     train_set = corpus["train"].with_transform(transform)
     eval_set = eval_dataset(corpus["validation"], window_len)
 
-    checkpoint = get_last_checkpoint(settings.output_dir) if settings.resume and os.path.isdir(settings.output_dir) else None
-    if settings.resume and checkpoint is None:
-        logger.warning("--resume: no checkpoint in %s, starting from scratch", settings.output_dir)
-    callbacks = []
+    checkpoint = None
+    if settings.resume and os.path.isdir(settings.output_dir):
+        with args.main_process_first(desc="checkpoint", local=False):  # rank 0 sets incomplete ones aside first
+            checkpoint = resumable_checkpoint(settings.output_dir, set_aside=args.process_index == 0)
+    if settings.resume:
+        if checkpoint is None:
+            logger.warning("--resume: no complete checkpoint in %s, starting from scratch", settings.output_dir)
+        else:
+            logger.warning("--resume: continuing from %s", checkpoint)
+    if args.process_index == 0:  # what a save killed before its rename left behind
+        shutil.rmtree(Path(settings.output_dir) / STAGING_DIR, ignore_errors=True)
+    callbacks = [EpochSeed(transform)]
     if checkpoint is not None:
         # A one-cycle schedule cannot be stretched: a resumed run keeps the step count it was started with.
         steps = checkpoint_max_steps(checkpoint)
@@ -377,13 +577,18 @@ def final_metrics(trainer: Trainer) -> dict:
 
 
 def save_final(model, tokenizer, final_dir: Path, metrics: dict, settings: TrainSettings) -> None:
-    """Model, tokenizer, generation config and their code in one directory for ``from_pretrained``."""
+    """Model, tokenizer, generation config and their code in one directory for ``from_pretrained``; written next
+    to it and renamed into place, so a kill during the save leaves the previous ``final_dir`` or none."""
     model = getattr(model, "module", model)  # unwrap DDP if needed
     tokenizer.register_for_auto_class("AutoTokenizer")  # the model classes register in hf_music_xl/__init__
-    model.save_pretrained(final_dir)
-    tokenizer.save_pretrained(final_dir)
+    final_dir = Path(final_dir)
+    staged = final_dir.parent / f"_{final_dir.name}.partial"
+    shutil.rmtree(staged, ignore_errors=True)
+    model.save_pretrained(staged)  # safetensors
+    tokenizer.save_pretrained(staged)
     summary = {"settings": asdict(settings), "eval": metrics}
-    (final_dir / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (staged / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    publish_directory(staged, final_dir)
 
 
 def weights_digest(model) -> str:
