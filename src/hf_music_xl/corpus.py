@@ -171,9 +171,10 @@ def read_item(item: Item, steps_per_beat: int) -> tuple[list[dict], list[dict]]:
             key = _sha1(Path(item.path).read_bytes())
             pieces.append(_piece(ids, item.label, Path(item.path).stem, key, f"bwv{bwv_number(item.path)}"))
         elif item.kind == "midi":
-            data = Path(item.path).read_bytes()
-            key = _sha1(data)
-            pieces.append(_piece(_encode(data, steps_per_beat), item.label, Path(item.path).stem, key, key))
+            # from the path: the size limit is checked before the file is read, and errors name the file
+            ids = _encode(item.path, steps_per_beat)
+            key = _sha1(Path(item.path).read_bytes())
+            pieces.append(_piece(ids, item.label, Path(item.path).stem, key, key))
         else:
             text = Path(item.path).read_text(encoding="utf-8", errors="replace")
             tunes = split_abc_tunes(text)
