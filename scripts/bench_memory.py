@@ -13,7 +13,8 @@ memory of the state do not depend on the weights). After every chunk it records:
 - the ids generated so far, which generate() keeps as ``input_ids`` (8 bytes a token, 0.8 MB at 100,000 tokens,
   plus an attention mask of the same size while a call runs): the one thing that does grow, by design.
 
-Prints one row per sample and the RSS growth between the first sample and the end.
+Prints one row per sample and the RSS growth between the first sample and the end. ``--loop`` runs the model
+alone (forward with the cache, one token at a time, no generate(), ids not kept): the model state by itself.
 """
 
 import argparse
@@ -73,14 +74,41 @@ def run(tokens: int, chunk: int, sample_every: int, mem_len: int = 64, report=pr
     return samples
 
 
+@torch.no_grad()
+def run_loop(tokens: int, sample_every: int, mem_len: int = 64, report=print) -> list[dict]:
+    """The model alone: one token at a time through forward() with the cache, keeping no sequence (the ids are
+    counted, not stored), so whatever grows here would be the model state's."""
+    model = tiny_model(mem_len)
+    torch.manual_seed(0)
+    out = model(torch.tensor([[0, 1]]), use_cache=True)
+    cache, samples, started = out.past_key_values, [], time.perf_counter()
+    report(f"{'tokens':>8} {'rows':>6} {'cache B':>9} {'RSS MB':>9} {'peak MB':>9} {'seconds':>8}")
+    for done in range(1, tokens + 1):
+        next_token = torch.multinomial(out.logits[:, -1].softmax(-1), 1)
+        out = model(next_token, past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        if done % sample_every == 0:
+            sample = dict(tokens=done, cache_rows=cache.key_buffers[0].shape[2], cache_bytes=cache_bytes(cache),
+                          rss_mb=rss_kb() / 1024, peak_mb=rss_kb("VmHWM") / 1024,
+                          seconds=time.perf_counter() - started)  # fmt: skip
+            samples.append(sample)
+            report(f"{sample['tokens']:>8} {sample['cache_rows']:>6} {sample['cache_bytes']:>9} {sample['rss_mb']:>9.1f} "
+                   f"{sample['peak_mb']:>9.1f} {sample['seconds']:>8.1f}")  # fmt: skip
+    return samples
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=100_000)
     parser.add_argument("--chunk", type=int, default=1000, help="tokens per generate() call")
     parser.add_argument("--sample-every", type=int, default=10_000)
     parser.add_argument("--mem-len", type=int, default=64)
+    parser.add_argument("--loop", action="store_true", help="the model alone in a loop (no generate(), no ids kept)")
     args = parser.parse_args()
-    samples = run(args.tokens, args.chunk, args.sample_every, args.mem_len)
+    if args.loop:
+        samples = run_loop(args.tokens, args.sample_every, args.mem_len)
+    else:
+        samples = run(args.tokens, args.chunk, args.sample_every, args.mem_len)
     first, last = samples[0], samples[-1]
     print(f"cache: {first['cache_bytes']} B at {first['tokens']} tokens, {last['cache_bytes']} B at {last['tokens']}; "
           f"RSS {first['rss_mb']:.1f} -> {last['rss_mb']:.1f} MB ({last['rss_mb'] - first['rss_mb']:+.1f} MB), "
