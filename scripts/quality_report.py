@@ -1,0 +1,269 @@
+"""Quality report: does each idea of the design earn its place? Ablations of MusicXL and HF GPT-2 on the chorales.
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/quality_report.py                      # the whole table
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/quality_report.py --steps 2 --seeds 0  # smoke run, ~1 min
+
+Every configuration x seed is trained with the SAME number of optimizer steps (so the same tokens: steps x batch x
+window), not the same wall time, so the shared machine's load does not change the result; wall time is recorded.
+Training goes through training.py's pieces (``TrainTransform`` windows, ``MusicXLTrainer`` with the one-cycle
+schedule, ``collate``), GPT-2 included: ``GPT2LMHeadModel`` is trained by the same Trainer on the same windows
+(transposed, unless the configuration says otherwise) with the same schedule, batch, learning rate and dropout,
+its feed-forward width chosen so its parameter count matches MusicXL's (within 2%).
+
+Configurations: ``full`` (everything on), ``no_beat`` (encode_position=False), ``no_mask`` (mask_p=0),
+``no_transpose`` (no augmentation), ``no_memory`` (mem_len=0), ``gpt2``.
+
+Each final model is scored (``evaluate.corpus_nll``: fixed windows, NLL per token and per note) on
+- the chorale validation split, windows of the training length (``--n-segments`` x segment_len tokens);
+- the same split in windows of 1,024 tokens (MusicXL only: GPT-2's positions stop at the training length), where
+  the TransformerXL memory carries context across 8 segments;
+- a second corpus no model saw (default: the first 4 files of O'Neill's 1850 folk tunes in music21, all splits).
+
+Runs go in subprocesses, ``--parallel`` at a time (one thread each). Results: OUT/results.json (every run),
+OUT/report.md (mean ± spread over seeds; spread = half the range, i.e. ± to reach min and max), OUT/<run>/final
+(the model, for generation and the evaluate command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+CONFIGS = {
+    "full": {},
+    "no_beat": {"model_overrides": "encode_position=false"},
+    "no_mask": {"model_overrides": "mask_p=0"},
+    "no_transpose": {"augment": False},
+    "no_memory": {"model_overrides": "mem_len=0"},
+    "gpt2": {"gpt2": True},
+}
+LONG_WINDOW = 1024
+
+
+def count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def gpt2_like(config, n_positions: int, target_params: int):
+    """GPT2LMHeadModel with MusicXL's width, depth, heads, dropout and vocabulary; the feed-forward width is set
+    so the parameter count matches ``target_params`` (MusicXL's, beat embeddings included)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    def build(n_inner):
+        return GPT2Config(
+            vocab_size=config.vocab_size, n_positions=n_positions, n_embd=config.d_model, n_layer=config.n_layer,
+            n_head=config.n_head, n_inner=n_inner, resid_pdrop=config.dropout, embd_pdrop=config.dropout,
+            attn_pdrop=config.attn_dropout, bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+            pad_token_id=config.pad_token_id, tie_word_embeddings=True,
+        )  # fmt: skip
+
+    base = count(GPT2LMHeadModel(build(config.d_inner)))
+    per_unit = 2 * config.d_model + 1  # one more hidden unit of the MLP, per layer
+    n_inner = config.d_inner + round((target_params - base) / (per_unit * config.n_layer))
+    return GPT2LMHeadModel(build(max(n_inner, 1)))
+
+
+def run_one(name: str, seed: int, steps: int, out_dir: Path, corpus: str = "bach-chorales", ood: str = "",
+            ood_limit: int = 4, preset: str = "tiny", n_segments: int = 2, batch_size: int = 16,
+            learning_rate: float = 2e-3) -> dict:  # fmt: skip
+    """Train one configuration for ``steps`` optimizer steps, score it, save it to OUT_DIR/final; return a dict."""
+    import torch
+    from datasets import concatenate_datasets
+    from transformers import set_seed
+
+    from hf_music_xl.configuration_music_xl import MusicXLConfig
+    from hf_music_xl.corpus import load_corpus
+    from hf_music_xl.data import TrainTransform, collate
+    from hf_music_xl.evaluate import corpus_nll
+    from hf_music_xl.modeling_music_xl import MusicXLForCausalLM
+    from hf_music_xl.training import (MusicXLTrainer, TrainSettings, generation_config_for, parse_overrides,
+                                      training_arguments)  # fmt: skip
+
+    spec = dict(CONFIGS[name])
+    is_gpt2 = spec.pop("gpt2", False)
+    settings = replace(TrainSettings(corpus=corpus, output_dir=str(out_dir), preset=preset, n_segments=n_segments,
+                                     max_steps=steps, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                                     logging_steps=max(1, steps // 10)), **spec)  # fmt: skip
+    started = time.perf_counter()
+    chorales = load_corpus(settings.corpus)
+    set_seed(seed)
+    config = MusicXLConfig.from_preset(preset, **parse_overrides(settings.model_overrides))
+    xl = MusicXLForCausalLM(config)
+    window_len = n_segments * config.segment_len
+    if is_gpt2:
+        full_params = count(MusicXLForCausalLM(MusicXLConfig.from_preset(preset)))
+        set_seed(seed)
+        model = gpt2_like(config, window_len, full_params)
+    else:
+        model = xl
+        model.generation_config = generation_config_for(config)
+    transform = TrainTransform(window_len, augment=settings.augment, transpose_p=settings.transpose_p)
+    args = replace(training_arguments(settings, steps), eval_strategy="no", save_strategy="no")
+    trainer = MusicXLTrainer(model=model, args=args, data_collator=collate,
+                             train_dataset=chorales["train"].with_transform(transform),
+                             warmup_fraction=settings.warmup_fraction)  # fmt: skip
+    train_started = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - train_started
+    model = trainer.model.eval()
+
+    result = {"config": name, "seed": seed, "steps": steps, "params": count(model),
+              "train_tokens": steps * batch_size * window_len, "train_seconds": round(train_seconds, 1),
+              "final_train_loss": next((e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None),
+              "model_config": model.config.to_diff_dict() if is_gpt2 else {k: getattr(config, k) for k in
+                  ("d_model", "n_layer", "n_head", "d_inner", "mem_len", "segment_len", "encode_position", "mask_p")},
+              "augment": settings.augment, "window_len": window_len, "batch_size": batch_size,
+              "learning_rate": learning_rate}  # fmt: skip
+    with torch.no_grad():
+        result["validation"] = corpus_nll(model, chorales["validation"], window_len, batch_size, progress=False)
+        if not is_gpt2:
+            result["validation_long"] = corpus_nll(model, chorales["validation"], LONG_WINDOW, 4, progress=False)
+        if ood:
+            other = load_corpus(ood, limit=ood_limit or None, num_proc=1)
+            pieces = concatenate_datasets([other[split] for split in other])
+            result["ood"] = corpus_nll(model, pieces, window_len, batch_size, progress=False)
+            result["ood"]["source"] = f"{ood} (first {ood_limit} files)" if ood_limit else ood
+    model.save_pretrained(out_dir / "final")
+    if not is_gpt2:
+        from hf_music_xl.tokenization_music_xl_fast import MusicXLTokenizerFast
+
+        MusicXLTokenizerFast().save_pretrained(out_dir / "final")
+    result["total_seconds"] = round(time.perf_counter() - started, 1)
+    (out_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The table
+
+
+def spread(values: list[float]) -> tuple[float, float]:
+    """(mean, half range)."""
+    return statistics.fmean(values), (max(values) - min(values)) / 2
+
+
+def markdown(results: list[dict], command: str, wall_seconds: float) -> str:
+    by_config: dict[str, list[dict]] = {}
+    for row in results:
+        by_config.setdefault(row["config"], []).append(row)
+    first = results[0]
+    ood_source = next((r["ood"]["source"] for r in results if "ood" in r), "none")
+    lines = [
+        f"{len(results)} runs: {len(by_config)} configurations x seeds {sorted({r['seed'] for r in results})}; each "
+        f"{first['steps']} optimizer steps of {first['batch_size']} windows x {first['window_len']} tokens "
+        f"({first['train_tokens']:,} training tokens), one-cycle peak lr {first['learning_rate']}. "
+        f"NLL in nats, mean ± half the range over seeds. Out-of-domain corpus: {ood_source}.",
+        "",
+        "| configuration | params | val NLL/token | val NLL/note | val NLL/note, 1,024-token windows | "
+        "out-of-domain NLL/token | out-of-domain NLL/note | train min (mean) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(rows, key, metric):
+        values = [r[key][metric] for r in rows if key in r]
+        if not values:
+            return "n/a"
+        mean, half = spread(values)
+        return f"{mean:.3f} ± {half:.3f}"
+
+    for name in CONFIGS:
+        rows = by_config.get(name)
+        if not rows:
+            continue
+        minutes = statistics.fmean(r["train_seconds"] for r in rows) / 60
+        lines.append(
+            f"| {name} | {rows[0]['params'] / 1e6:.2f}M | {cell(rows, 'validation', 'nll_per_token')} | "
+            f"{cell(rows, 'validation', 'nll_per_note')} | {cell(rows, 'validation_long', 'nll_per_note')} | "
+            f"{cell(rows, 'ood', 'nll_per_token')} | {cell(rows, 'ood', 'nll_per_note')} | {minutes:.1f} |"
+        )
+    lines += ["", f"Command: `{command}`; wall time of the whole table: {wall_seconds / 60:.1f} min."]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=400, help="optimizer steps per run (same for every run)")
+    parser.add_argument("--seeds", default="0,1", help="comma-separated seeds")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated, from: " + ", ".join(CONFIGS))
+    parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--n-segments", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--ood", default="music21:oneills1850", help="corpus no model trains on ('' : none)")
+    parser.add_argument("--ood-limit", type=int, default=4, help="files of the out-of-domain source (0: all)")
+    parser.add_argument("--out", default="outputs/quality")
+    parser.add_argument("--one", default="", help=argparse.SUPPRESS)  # internal: run one configuration
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    out = Path(args.out)
+    common = dict(ood=args.ood, ood_limit=args.ood_limit, preset=args.preset, n_segments=args.n_segments,
+                  batch_size=args.batch_size, learning_rate=args.learning_rate)  # fmt: skip
+
+    if args.one:
+        import torch
+
+        torch.set_num_threads(1)
+        run_one(args.one, args.seed, args.steps, out / f"{args.one}-seed{args.seed}", **common)
+        return
+
+    configs = [c for c in args.configs.split(",") if c]
+    unknown = set(configs) - set(CONFIGS)
+    if unknown:
+        parser.error(f"unknown configurations {sorted(unknown)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out.mkdir(parents=True, exist_ok=True)
+    # build the corpora once before the runs start (each run would otherwise race to build them)
+    from hf_music_xl.corpus import load_corpus
+
+    load_corpus("bach-chorales")
+    if args.ood:
+        load_corpus(args.ood, limit=args.ood_limit or None, num_proc=1)
+
+    passthrough = [f"--steps={args.steps}", f"--preset={args.preset}", f"--n-segments={args.n_segments}",
+                   f"--batch-size={args.batch_size}", f"--learning-rate={args.learning_rate}", f"--ood={args.ood}",
+                   f"--ood-limit={args.ood_limit}", f"--out={args.out}"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    started = time.perf_counter()
+
+    def launch(job):
+        name, seed = job
+        log = out / f"{name}-seed{seed}.log"
+        t0 = time.perf_counter()
+        with open(log, "w") as handle:
+            code = subprocess.call([sys.executable, __file__, f"--one={name}", f"--seed={seed}", *passthrough],
+                                   stdout=handle, stderr=subprocess.STDOUT, env=env)  # fmt: skip
+        print(f"{name} seed {seed}: exit {code} after {(time.perf_counter() - t0) / 60:.1f} min "
+              f"(t+{(time.perf_counter() - started) / 60:.1f} min)", flush=True)  # fmt: skip
+        return code
+
+    jobs = [(name, seed) for seed in seeds for name in configs]  # seed-major: a first full seed comes early
+    with ThreadPoolExecutor(args.parallel) as pool:
+        codes = list(pool.map(launch, jobs))
+    wall = time.perf_counter() - started
+    results = []
+    for name, seed in jobs:
+        path = out / f"{name}-seed{seed}" / "result.json"
+        if path.exists():
+            results.append(json.loads(path.read_text()))
+    command = "OMP_NUM_THREADS=1 .venv/bin/python scripts/quality_report.py " + " ".join(sys.argv[1:])
+    (out / "results.json").write_text(json.dumps({"command": command.strip(), "wall_seconds": round(wall, 1),
+                                                  "runs": results}, indent=2) + "\n")  # fmt: skip
+    if results:
+        table = markdown(results, command.strip(), wall)
+        (out / "report.md").write_text(table)
+        print(table)
+    if any(codes):
+        sys.exit(f"{sum(1 for c in codes if c)} runs failed; see the logs in {out}")
+
+
+if __name__ == "__main__":
+    main()
