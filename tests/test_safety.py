@@ -100,6 +100,12 @@ def test_checkpoints_hold_json_arguments_and_only_weights_only_torch_files(train
     assert not list(trained.glob("*.bin"))  # nothing at the top of the output directory either
 
 
+def test_corpus_cache_holds_no_pickles(chorale_corpus_dir):
+    files = [path.name for path in chorale_corpus_dir.rglob("*") if path.is_file()]
+    assert any(name.endswith(".arrow") for name in files) and "report.json" in files
+    assert not [name for name in files if name.endswith(PICKLE_SUFFIXES)], files
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Code shipped for trust_remote_code
 
