@@ -175,3 +175,32 @@ def test_nothing_complete_starts_from_scratch(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="hf_music_xl.training"):
         assert resumable_checkpoint(tmp_path) is None
     assert "checkpoint-3 is incomplete (trainer_state.json is missing)" in caplog.text
+
+
+def test_final_directory_is_replaced_atomically(straight_run, tmp_path, monkeypatch):
+    """A kill while final/ is written leaves the previous final/ untouched (or none), never a mix."""
+    from hf_music_xl import MusicXLForCausalLM, MusicXLTokenizerFast
+    from hf_music_xl.training import save_final
+
+    final = tmp_path / "final"
+    shutil.copytree(straight_run / "final", final)
+    before = {path.name: path.read_bytes() for path in final.iterdir()}
+    model, tokenizer = MusicXLForCausalLM.from_pretrained(final), MusicXLTokenizerFast()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)  # new weights to save
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(MusicXLTokenizerFast, "save_pretrained", killed)  # the new weights are written by then
+    with pytest.raises(Killed):
+        save_final(model, tokenizer, final, {"eval_loss": 1.0}, TrainSettings())
+    assert {path.name: path.read_bytes() for path in final.iterdir()} == before
+
+    monkeypatch.undo()
+    save_final(model, tokenizer, final, {"eval_loss": 1.0}, TrainSettings())
+    assert json.loads((final / "training_summary.json").read_text())["eval"] == {"eval_loss": 1.0}
+    saved = load_file(final / "model.safetensors")
+    assert all(torch.equal(saved[name], tensor) for name, tensor in model.state_dict().items() if name in saved)
+    assert not list(tmp_path.glob("_final*"))  # no staging left behind
