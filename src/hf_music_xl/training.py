@@ -97,7 +97,7 @@ class TrainSettings:
     plain_final_fraction: float = field(default=0.0, metadata={"help": "share of the last steps without transposition"})
     precision: str = field(default="auto", metadata={"help": "auto, fp32, bf16 or fp16 (CUDA only)"})
     seed: int = field(default=42, metadata={"help": "random seed"})
-    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --output-dir"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last complete checkpoint in --output-dir (incomplete ones are set aside)"})
     logging_steps: int = field(default=10, metadata={"help": "log the training loss every this many steps"})
     save_steps: int = field(default=0, metadata={"help": "save a checkpoint every this many steps; 0: every epoch"})
     save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept"})
