@@ -580,11 +580,10 @@ def save_final(model, tokenizer, final_dir: Path, metrics: dict, settings: Train
     """Model, tokenizer, generation config and their code in one directory for ``from_pretrained``; written next
     to it and renamed into place, so a kill during the save leaves the previous ``final_dir`` or none."""
     model = getattr(model, "module", model)  # unwrap DDP if needed
-    tokenizer.register_for_auto_class("AutoTokenizer")  # the model classes register in hf_music_xl/__init__
     final_dir = Path(final_dir)
     staged = final_dir.parent / f"_{final_dir.name}.partial"
     shutil.rmtree(staged, ignore_errors=True)
-    model.save_pretrained(staged)  # safetensors
+    model.save_pretrained(staged)  # safetensors, and the code + auto_map (registered in hf_music_xl/__init__)
     tokenizer.save_pretrained(staged)
     summary = {"settings": asdict(settings), "eval": metrics}
     (staged / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
