@@ -184,7 +184,8 @@ def markdown(results: list[dict], command: str, wall_seconds: float) -> str:
             f"{cell(rows, 'validation', 'nll_per_note')} | {cell(rows, 'validation_long', 'nll_per_note')} | "
             f"{cell(rows, 'ood', 'nll_per_token')} | {cell(rows, 'ood', 'nll_per_note')} | {minutes:.1f} |"
         )
-    lines += ["", f"Command: `{command}`; wall time of the whole table: {wall_seconds / 60:.1f} min."]
+    lines += ["", f"Command: `{command}`; wall time of this invocation: {wall_seconds / 60:.1f} min"
+              + (" (runs kept by --reuse not included)." if "--reuse" in command else ".")]
     return "\n".join(lines) + "\n"
 
 
@@ -201,6 +202,7 @@ def main():
     parser.add_argument("--ood", default="music21:oneills1850", help="corpus no model trains on ('' : none)")
     parser.add_argument("--ood-limit", type=int, default=4, help="files of the out-of-domain source (0: all)")
     parser.add_argument("--out", default="outputs/quality")
+    parser.add_argument("--reuse", action="store_true", help="keep runs whose result.json has the same steps (adding seeds)")
     parser.add_argument("--one", default="", help=argparse.SUPPRESS)  # internal: run one configuration
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -236,6 +238,10 @@ def main():
 
     def launch(job):
         name, seed = job
+        done = out / f"{name}-seed{seed}" / "result.json"
+        if args.reuse and done.exists() and json.loads(done.read_text())["steps"] == args.steps:
+            print(f"{name} seed {seed}: kept from an earlier run", flush=True)
+            return 0
         log = out / f"{name}-seed{seed}.log"
         t0 = time.perf_counter()
         with open(log, "w") as handle:
