@@ -16,7 +16,9 @@ Sources (``build_corpus(source)`` and ``hf-music-xl build-corpus SOURCE``):
 - a directory (searched recursively), a glob, or one file: ``.mid``/``.midi`` read with symusic, ``.abc`` split
   into tunes on ``X:`` lines (symusic reads only the first tune of a file).
 
-A file that cannot be read is recorded in ``report.json`` and skipped; the build never stops for it. Files
+Pieces stream from the readers into Arrow files on disk as they come, so memory does not grow with the music:
+what grows is only a few hundred bytes per file (the file list and the deduplication hashes). A file that
+cannot be read is recorded in ``report.json`` and skipped; the build never stops for it. Files
 with the same content, and pieces with the same tokens, are kept once. The split is a hash of a stable key
 per piece (the BWV number for chorales, the content otherwise), so a piece stays on its side of the split
 when the corpus grows.
@@ -42,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, Sequence, Value, load_from_disk
+from datasets.arrow_writer import ArrowWriter
 from tqdm.auto import tqdm
 
 from . import encoding
@@ -212,52 +215,35 @@ def _pool_context():
     return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
 
 
-def read_all(items: list[Item], steps_per_beat: int, num_proc: int) -> tuple[list[dict], list[dict]]:
-    """Read items in parallel (order preserved) with a progress bar."""
+def read_items(items: list[Item], steps_per_beat: int, num_proc: int):
+    """Yield (pieces, skips) of each item in order, read in parallel, with a progress bar. A generator: the
+    caller writes each piece to disk before the next arrive, so memory does not grow with the corpus."""
     jobs = [(item, steps_per_beat) for item in items]
     progress = dict(total=len(jobs), desc="reading pieces", unit="file")
     if num_proc > 1 and len(jobs) > 1:
         with _pool_context().Pool(min(num_proc, len(jobs))) as pool:
-            results = list(tqdm(pool.imap(_read_star, jobs, chunksize=4), **progress))
+            yield from tqdm(pool.imap(_read_star, jobs, chunksize=4), **progress)
     else:
-        results = [read_item(*job) for job in tqdm(jobs, **progress)]
-    pieces = [piece for found, _ in results for piece in found]
-    skips = [skip for _, skipped in results for skip in skipped]
-    return pieces, skips
+        yield from (read_item(*job) for job in tqdm(jobs, **progress))
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Deduplication and split
 
 
-def deduplicate(pieces: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Keep the first of pieces with the same file content or the same tokens."""
-    seen: dict[str, str] = {}
-    kept, duplicates = [], []
-    for piece in pieces:
-        keys = (piece["content_key"], _sha1(piece["input_ids"].tobytes()))
-        first = next((seen[key] for key in keys if key in seen), None)
-        if first is not None:
-            duplicates.append({"source": piece["source"], "same_as": first})
-            continue
+def first_seen(seen: dict[str, str], piece: dict) -> str | None:
+    """The source of an earlier piece with the same file content or the same tokens, else None (and the piece
+    is remembered). ``seen`` holds short hashes, not pieces."""
+    keys = (piece["content_key"], _sha1(piece["input_ids"].tobytes()))
+    first = next((seen[key] for key in keys if key in seen), None)
+    if first is None:
         seen.update({key: piece["source"] for key in keys})
-        kept.append(piece)
-    return kept, duplicates
+    return first
 
 
 def split_score(split_key: str) -> float:
     """A number in [0, 1) fixed by the key: the piece goes to validation if it is below the fraction."""
     return int(_sha1(split_key.encode())[:8], 16) / 2**32
-
-
-def assign_splits(pieces: list[dict], validation_fraction: float) -> list[bool]:
-    """True for validation pieces. If the hash picks none from a small corpus (>= 2 pieces), the piece with the
-    smallest score goes to validation, so that tests and tiny corpora still have one."""
-    scores = [split_score(piece["split_key"]) for piece in pieces]
-    is_validation = [score < validation_fraction for score in scores]
-    if validation_fraction > 0 and not any(is_validation) and len(pieces) >= 2:
-        is_validation[int(np.argmin(scores))] = True
-    return is_validation
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -322,58 +308,88 @@ def build_corpus(
     return load_from_disk(str(cached))
 
 
+SPLITS = ("train", "validation")
+
+
 def _build_into(target: Path, source, items, key, steps_per_beat, validation_fraction, num_proc) -> None:
+    """Read, deduplicate and split the pieces, streaming each into an Arrow file of its split on disk (memory
+    stays flat however large the corpus), then save the DatasetDict and ``report.json`` into ``target``."""
     started = time.perf_counter()
-    pieces, skips = read_all(items, steps_per_beat, num_proc)
-    pieces, duplicates = deduplicate(pieces)
-    if not pieces:
-        raise ValueError(f"{source!r}: no piece could be read ({len(skips)} skipped, see the reasons: {skips[:3]})")
-    is_validation = assign_splits(pieces, validation_fraction)
-    splits = {
-        "train": [p for p, v in zip(pieces, is_validation) if not v],
-        "validation": [p for p, v in zip(pieces, is_validation) if v],
-    }
-    corpus = DatasetDict({name: _to_dataset(rows) for name, rows in splits.items()})
-    report = {
-        "source": source,
-        "cache_key": key,
-        "encoder_version": ENCODER_VERSION,
-        "steps_per_beat": steps_per_beat,
-        "pieces_end_with_xxeos": True,
-        "split_rule": f"sha1(key) < {validation_fraction} -> validation; key = BWV number for chorales, "
-        "content hash otherwise",
-        "items_read": len(items),
-        "pieces_kept": len(pieces),
-        "skipped": skips,
-        "duplicates": duplicates,
-        "splits": {name: _split_stats(rows) for name, rows in splits.items()},
-        "build_seconds": round(time.perf_counter() - started, 2),
-    }
-    # Write to a temporary sibling and rename, so an interrupted build never leaves a half cache behind.
     target.parent.mkdir(parents=True, exist_ok=True)
+    # Write beside the target and rename, so an interrupted build never leaves a half cache behind.
     partial = target.parent / f".{target.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    corpus.save_to_disk(str(partial))
-    (partial / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(partial, target)
+    rows_dir = target.parent / f".{target.name}.rows-{os.getpid()}"
+    for folder in (partial, rows_dir):
+        shutil.rmtree(folder, ignore_errors=True)
+    rows_dir.mkdir()
+    # Small write batches: a batch is the only part of the corpus held in memory (pieces can be long).
+    writers = {name: ArrowWriter(features=FEATURES, path=str(rows_dir / f"{name}.arrow"), writer_batch_size=64)
+               for name in SPLITS}  # fmt: skip
+    stats = {name: {"pieces": 0, "tokens": 0, "notes": 0} for name in SPLITS}
+    seen: dict[str, str] = {}
+    skips, duplicates = [], []
+    lowest_train = (2.0, -1)  # (split score, row) of the train piece closest to validation
+    try:
+        for pieces, skipped in read_items(items, steps_per_beat, num_proc):
+            skips.extend(skipped)
+            for piece in pieces:
+                first = first_seen(seen, piece)
+                if first is not None:
+                    duplicates.append({"source": piece["source"], "same_as": first})
+                    continue
+                score = split_score(piece["split_key"])
+                split = "validation" if score < validation_fraction else "train"
+                if split == "train":
+                    lowest_train = min(lowest_train, (score, stats["train"]["pieces"]))
+                writers[split].write({name: piece[name] for name in FEATURES})
+                stats[split]["pieces"] += 1
+                stats[split]["tokens"] += len(piece["input_ids"])
+                stats[split]["notes"] += piece["n_notes"]
+        for writer in writers.values():
+            writer.finalize()
+        total = stats["train"]["pieces"] + stats["validation"]["pieces"]
+        if not total:
+            raise ValueError(f"{source!r}: no piece could be read ({len(skips)} skipped, see the reasons: {skips[:3]})")
+        corpus = DatasetDict({name: Dataset.from_file(str(rows_dir / f"{name}.arrow")) for name in SPLITS})
+        if validation_fraction > 0 and not stats["validation"]["pieces"] and total >= 2:
+            corpus, stats = _move_to_validation(corpus, stats, lowest_train[1])
+        report = {
+            "source": source,
+            "cache_key": key,
+            "encoder_version": ENCODER_VERSION,
+            "steps_per_beat": steps_per_beat,
+            "pieces_end_with_xxeos": True,
+            "split_rule": f"sha1(key) < {validation_fraction} -> validation; key = BWV number for chorales, "
+            "content hash otherwise",
+            "items_read": len(items),
+            "pieces_kept": total,
+            "skipped": skips,
+            "duplicates": duplicates,
+            "splits": stats,
+            "build_seconds": round(time.perf_counter() - started, 2),
+        }
+        corpus.save_to_disk(str(partial))
+        (partial / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(partial, target)
+    finally:
+        shutil.rmtree(rows_dir, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)
     logger.info(
         "corpus %s: %d pieces (%d skipped, %d duplicates) in %.1f s -> %s",
-        source, len(pieces), len(skips), len(duplicates), report["build_seconds"], target,
+        source, total, len(skips), len(duplicates), report["build_seconds"], target,
     )
 
 
-def _to_dataset(rows: list[dict]) -> Dataset:
-    columns = {name: [row[name] for row in rows] for name in FEATURES}
-    return Dataset.from_dict(columns, features=FEATURES)
-
-
-def _split_stats(rows: list[dict]) -> dict:
-    return {
-        "pieces": len(rows),
-        "tokens": int(sum(len(row["input_ids"]) for row in rows)),
-        "notes": int(sum(row["n_notes"] for row in rows)),
-    }
+def _move_to_validation(corpus: DatasetDict, stats: dict, row: int) -> tuple[DatasetDict, dict]:
+    """A small corpus whose hashes picked no validation piece: move the train piece with the lowest score there,
+    so that tests and tiny corpora still have one."""
+    train = corpus["train"]
+    piece = train[row]
+    moved = {"pieces": 1, "tokens": len(piece["input_ids"]), "notes": piece["n_notes"]}
+    stats = {"train": {name: stats["train"][name] - moved[name] for name in moved}, "validation": moved}
+    rest = train.select([index for index in range(len(train)) if index != row])
+    return DatasetDict({"train": rest, "validation": train.select([row])}), stats
 
 
 def _copy_corpus(cached: Path, output: Path) -> None:
