@@ -17,7 +17,7 @@ Sources (``build_corpus(source)`` and ``hf-music-xl build-corpus SOURCE``):
   into tunes on ``X:`` lines (symusic reads only the first tune of a file).
 
 Pieces stream from the readers into Arrow files on disk as they come, so memory does not grow with the music:
-what grows is only a few hundred bytes per file (the file list and the deduplication hashes). A file that
+what grows is about 2 KB per file (the file list, the deduplication hashes, the report). A file that
 cannot be read is recorded in ``report.json`` and skipped; the build never stops for it. Files
 with the same content, and pieces with the same tokens, are kept once. The split is a hash of a stable key
 per piece (the BWV number for chorales, the content otherwise), so a piece stays on its side of the split
