@@ -11,6 +11,8 @@
    - ours: ``build_corpus(folder, num_proc=1)``;
    - naive: the same files encoded by our encoder into Python lists, then ``Dataset.from_dict`` (the usual
      "lists in RAM" build);
+   - streamed: the same encoding written row by row with ``Dataset.from_generator`` (Arrow on disk as it goes; what
+     a flat-memory build looks like);
    - MidiTok REMI (16th grid, no velocities) tokenizing every file (speed peer only; sizes <= --miditok-max);
    pieces/s, and peak RSS (VmHWM) minus the RSS after imports, i.e. what the build itself added.
 Prints ratios; absolute times on a shared machine are noise.
@@ -61,6 +63,18 @@ def child(method: str, folder: str, cache: str) -> dict:
             rows["n_notes"].append(int(((ids >= encoding.NOTE_OFFSET) & (ids < encoding.NOTE_OFFSET + 128)).sum()))
         dataset = Dataset.from_dict(rows)
         dataset.save_to_disk(str(Path(cache) / "naive"))
+        pieces = len(dataset)
+    elif method == "generator":
+        from datasets import Features, Sequence, Value
+
+        def rows():
+            for path in paths:
+                ids = encoding.encode_midi(path.read_bytes(), add_bos=True, add_eos=True)
+                n_notes = int(((ids >= encoding.NOTE_OFFSET) & (ids < encoding.NOTE_OFFSET + 128)).sum())
+                yield {"input_ids": ids.astype("int16"), "source": str(path), "n_notes": n_notes}
+
+        features = Features({"input_ids": Sequence(Value("int16")), "source": Value("string"), "n_notes": Value("int32")})
+        dataset = Dataset.from_generator(rows, features=features, cache_dir=str(Path(cache) / "generator"))
         pieces = len(dataset)
     elif method == "miditok":
         tokens = [tokenizer.encode(path) for path in paths]
@@ -142,13 +156,15 @@ def main():
         for size in [int(s) for s in args.sizes.split(",")]:
             folder = tmp / f"midi-{size}"
             write_folder(folder, scores, size)
-            methods = ["ours", "naive"] + (["miditok"] if size <= args.miditok_max else [])
+            methods = ["ours", "naive", "generator"] + (["miditok"] if size <= args.miditok_max else [])
             found = {m: run_child(m, folder, tmp / f"cache-{size}-{m}") for m in methods}
             rows.append((size, found))
             ours, naive = found["ours"], found["naive"]
             line = (f"2. MIDI folder of {size} files: ours {ours['pieces'] / ours['seconds']:.0f} pieces/s, "
                     f"+{ours['added_mb']:.1f} MB peak RSS; naive lists+from_dict {naive['pieces'] / naive['seconds']:.0f} "
                     f"pieces/s, +{naive['added_mb']:.1f} MB; speed ours/naive {naive['seconds'] / ours['seconds']:.2f}x")  # fmt: skip
+            gen = found["generator"]
+            line += f"; streamed from_generator {gen['pieces'] / gen['seconds']:.0f} pieces/s, +{gen['added_mb']:.1f} MB"
             if "miditok" in found:
                 tok = found["miditok"]
                 line += f"; MidiTok REMI {tok['pieces'] / tok['seconds']:.0f} files/s, ours/MidiTok {tok['seconds'] / ours['seconds']:.2f}x"
@@ -157,7 +173,7 @@ def main():
 
             shutil.rmtree(folder)
         (s0, f0), (s1, f1) = rows[0], rows[-1]
-        for method in ("ours", "naive"):
+        for method in ("ours", "naive", "generator"):
             growth = (f1[method]["added_mb"] - f0[method]["added_mb"]) / (s1 - s0) * 1000
             print(f"3. {method}: peak RSS added {f0[method]['added_mb']:.1f} MB at {s0} files -> "
                   f"{f1[method]['added_mb']:.1f} MB at {s1} files ({growth:.2f} MB per 1,000 files; "
