@@ -7,7 +7,7 @@ export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test bench constraints
+.PHONY: install demo test bench quality-report constraints
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,12 @@ test: install
 
 bench: install
 	$(BIN)/python scripts/bench_tokenizer.py
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/bench_model.py
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/bench_peak.py
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/bench_corpus.py
+
+quality-report: install
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/quality_report.py
 
 constraints:
 	$(BIN)/python -m pip freeze --exclude-editable | sed -e 's/^torch==\([0-9.]*\)+cpu/torch==\1/' > constraints.txt.new
