@@ -11,21 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
-
-def block_package() -> None:
-    """Make ``import hf_music_xl`` fail in this process, as for a user who does not have the package."""
-
-    class BlockPackage:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "hf_music_xl":
-                raise ModuleNotFoundError("hf_music_xl is not installed here")
-
-    sys.meta_path.insert(0, BlockPackage())
-    try:
-        import hf_music_xl  # noqa: F401
-    except ModuleNotFoundError:
-        return
-    raise SystemExit("hf_music_xl was importable")
+from helpers import block_package  # tests/ is this script's directory, so it is on sys.path
 
 
 def weights_digest(model) -> str:

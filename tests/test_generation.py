@@ -6,22 +6,7 @@ import torch
 from hf_music_xl import MaxBarsCriteria, MusicGrammarProcessor, MusicXLConfig, MusicXLForCausalLM
 from hf_music_xl.generation_music_xl import scale_pitch_classes
 
-BOS, PAD, EOS, SEP = 0, 1, 2, 8
-NOTES, DURATIONS = range(9, 137), range(137, 298)
-
-
-def note(pitch):
-    return 9 + pitch
-
-
-def dur(steps):
-    return 137 + steps
-
-
-def tiny_model(**overrides):
-    torch.manual_seed(0)
-    config = MusicXLConfig.from_preset("tiny", **{"dropout": 0.0, **overrides})
-    return MusicXLForCausalLM(config).eval()
+from helpers import BOS, DURATIONS, EOS, NOTES, PAD, SEP, dur, note, tiny_model
 
 
 PROMPTS = torch.tensor(

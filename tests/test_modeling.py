@@ -22,21 +22,7 @@ from hf_music_xl.modeling_music_xl import (
     sinusoid_encodings,
 )
 
-BOS, PAD, EOS, SEP = 0, 1, 2, 8
-
-
-def note(pitch):
-    return 9 + pitch
-
-
-def dur(steps):
-    return 137 + steps
-
-
-def tiny_model(**overrides):
-    torch.manual_seed(0)
-    config = MusicXLConfig.from_preset("tiny", **{"dropout": 0.0, **overrides})
-    return MusicXLForCausalLM(config).eval()
+from helpers import BOS, EOS, PAD, SEP, dur, note, tiny_model
 
 
 def random_ids(batch, length, seed=1):

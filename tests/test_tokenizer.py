@@ -100,23 +100,7 @@ def test_auto_tokenizer_with_the_package_installed():
 
 
 # A fresh interpreter in which `import hf_music_xl` fails, as for a user who only has the saved directory.
-WITHOUT_PACKAGE = textwrap.dedent(
-    """
-    import sys
-
-    class BlockPackage:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "hf_music_xl":
-                raise ModuleNotFoundError("hf_music_xl is not installed here")
-
-    sys.meta_path.insert(0, BlockPackage())
-    try:
-        import hf_music_xl
-        raise SystemExit("hf_music_xl was importable")
-    except ModuleNotFoundError:
-        pass
-    """
-)
+WITHOUT_PACKAGE = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import helpers; helpers.block_package()\n"
 
 
 def test_auto_tokenizer_with_remote_code_without_the_package(chorale_midi_files, tmp_path):
