@@ -7,8 +7,8 @@ Generates with ``generate.generate_continuation`` (chunks of ``--chunk`` tokens,
 memory cache the previous one returned) from a tiny random model (1 layer, d_model 32, mem_len 64: speed and
 memory of the state do not depend on the weights). After every chunk it records:
 
-- the bytes held by the ``MusicXLCache`` (key/value buffers, projected relative encodings, running position):
-  what must stay constant; its buffers hold about ``2 * mem_len`` rows whatever the length;
+- the bytes held by the ``MusicXLCache`` (key/value buffers, per-token records, projected relative encodings):
+  what must stay constant; its buffers hold ``2 * (mem_len + segment_len)`` rows whatever the length;
 - the process's resident memory (VmRSS from /proc/self/status) and its peak (VmHWM);
 - the ids generated so far, which generate() keeps as ``input_ids`` (8 bytes a token, 0.8 MB at 100,000 tokens,
   plus an attention mask of the same size while a call runs): the one thing that does grow, by design.
@@ -40,13 +40,6 @@ def rss_kb(field: str = "VmRSS") -> int:
     return 0
 
 
-def cache_bytes(cache) -> int:
-    """Bytes of every tensor the cache holds."""
-    tensors = [*cache.key_buffers, *cache.value_buffers, *cache.relative]
-    tensors += [t for t in (cache.next_position, cache.last_token) if t is not None]
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
 def tiny_model(mem_len: int = 64) -> MusicXLForCausalLM:
     config = MusicXLConfig.from_preset("tiny", n_layer=1, d_model=32, n_head=2, d_head=16, d_inner=64,
                                        segment_len=mem_len, mem_len=mem_len, dropout=0.0)  # fmt: skip
@@ -65,7 +58,7 @@ def run(tokens: int, chunk: int, sample_every: int, mem_len: int = 64, report=pr
         done = out.sequences.shape[1] - 2
         if done // sample_every > (done - chunk) // sample_every or done >= tokens:
             cache = out.past_key_values
-            sample = dict(tokens=done, cache_rows=cache.key_buffers[0].shape[2], cache_bytes=cache_bytes(cache),
+            sample = dict(tokens=done, cache_rows=cache.keys[0].shape[2], cache_bytes=cache.nbytes(),
                           rss_mb=rss_kb() / 1024, peak_mb=rss_kb("VmHWM") / 1024,
                           seconds=time.perf_counter() - started)  # fmt: skip
             samples.append(sample)
@@ -94,7 +87,7 @@ def run_loop(tokens: int, sample_every: int, mem_len: int = 64, report=print) ->
         out = model(next_token, past_key_values=cache, use_cache=True)
         cache = out.past_key_values
         if done % sample_every == 0:
-            sample = dict(tokens=done, cache_rows=cache.key_buffers[0].shape[2], cache_bytes=cache_bytes(cache),
+            sample = dict(tokens=done, cache_rows=cache.keys[0].shape[2], cache_bytes=cache.nbytes(),
                           rss_mb=rss_kb() / 1024, peak_mb=rss_kb("VmHWM") / 1024,
                           seconds=time.perf_counter() - started)  # fmt: skip
             samples.append(sample)

@@ -21,9 +21,11 @@ PROMPTS = torch.tensor(
 # The cache
 
 
-def test_cached_greedy_equals_uncached_when_the_memory_covers_the_context():
-    # segment_len 16 < context: uncached generation re-runs the whole sequence in segments with memory
-    model = tiny_model(mem_len=128, segment_len=16)
+@pytest.mark.parametrize("mem_len", [8, 128])
+def test_cached_greedy_equals_uncached_at_any_length(mem_len):
+    # uncached generation re-runs the whole sequence in segments with memory; far past the memory (mem_len 8,
+    # 70 tokens) the cache still gives every token the same context
+    model = tiny_model(mem_len=mem_len, segment_len=16)
     cached = model.generate(PROMPTS, max_new_tokens=60, do_sample=False)
     uncached = model.generate(PROMPTS, max_new_tokens=60, do_sample=False, use_cache=False)
     assert cached.shape == (2, 70)
@@ -31,17 +33,18 @@ def test_cached_greedy_equals_uncached_when_the_memory_covers_the_context():
 
 
 def test_cached_sampling_equals_uncached_with_the_same_seed():
-    model = tiny_model(mem_len=128, segment_len=16)
+    model = tiny_model(mem_len=8, segment_len=16)
     runs = []
     for use_cache in (True, False, True):
         torch.manual_seed(3)
         runs.append(model.generate(PROMPTS, max_new_tokens=40, do_sample=True, top_k=50, use_cache=use_cache))
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
-    assert ((runs[0] >= 0) & (runs[0] < 299)).all()
+    torch.manual_seed(4)
+    assert not torch.equal(model.generate(PROMPTS, max_new_tokens=40, do_sample=True, top_k=50), runs[0])
 
 
 def test_beam_search_with_cache_equals_without():
-    model = tiny_model(mem_len=128, segment_len=16)
+    model = tiny_model(mem_len=8, segment_len=16)
     kwargs = dict(max_new_tokens=24, num_beams=3, num_return_sequences=2, do_sample=False)
     cached = model.generate(PROMPTS, **kwargs)
     uncached = model.generate(PROMPTS, use_cache=False, **kwargs)
@@ -59,15 +62,75 @@ def test_resuming_from_a_returned_cache_equals_one_long_generate(mem_len):
     assert torch.equal(resumed, model.generate(PROMPTS, max_new_tokens=50, do_sample=False))
 
 
+def test_resuming_after_beam_search_continues_the_returned_sequences():
+    """Beam search returns its best sequences but leaves the cache on its final beams (another order, more
+    rows): resuming matches each sequence to the row that consumed it, or refuses clearly."""
+    model = tiny_model(mem_len=8, segment_len=16)
+    beams = model.generate(PROMPTS, max_new_tokens=12, num_beams=3, do_sample=False, return_dict_in_generate=True)
+    assert beams.past_key_values.fingerprint().shape == (6,)  # batch x beams rows
+    resumed = model.generate(beams.sequences, past_key_values=beams.past_key_values, max_new_tokens=10, do_sample=False)
+    assert torch.equal(resumed, model.generate(beams.sequences, max_new_tokens=10, do_sample=False))
+    other = model.generate(PROMPTS.flip(0), max_new_tokens=12, do_sample=False, return_dict_in_generate=True)
+    with pytest.raises(ValueError, match="did not consume these sequences"):
+        model.generate(beams.sequences, past_key_values=other.past_key_values, max_new_tokens=4)
+
+
+def test_prompt_lookup_and_assisted_decoding_equal_greedy():
+    """Both verify several candidate tokens in one forward and crop the rejected ones from the cache."""
+    model = tiny_model(mem_len=8, segment_len=16)
+    prompt = PROMPTS[:1]  # (assisted decoding takes one sequence at a time)
+    greedy = model.generate(prompt, max_new_tokens=50, do_sample=False)
+    lookup = model.generate(prompt, max_new_tokens=50, do_sample=False, prompt_lookup_num_tokens=4)
+    assistant = tiny_model(mem_len=8, segment_len=16, n_layer=1)
+    assisted = model.generate(prompt, max_new_tokens=50, do_sample=False, assistant_model=assistant)
+    assert torch.equal(lookup, greedy) and torch.equal(assisted, greedy)
+
+
+def test_left_padded_batch_generates_as_each_prompt_alone():
+    model = tiny_model(mem_len=16, segment_len=8)
+    short = torch.tensor([[BOS, PAD, note(64), dur(2)]])
+    padded = torch.cat([torch.full((1, 6), PAD), short], dim=1)
+    batch = torch.cat([PROMPTS[:1], padded])
+    mask = torch.ones_like(batch)
+    mask[1, :6] = 0
+    together = model.generate(batch, attention_mask=mask, max_new_tokens=30, do_sample=False)
+    assert torch.equal(together[1, 6:], model.generate(short, max_new_tokens=30, do_sample=False)[0])
+    assert torch.equal(together[0], model.generate(PROMPTS[:1], max_new_tokens=30, do_sample=False)[0])
+    # without a mask, only the xxpad run before a row's first token is padding: xxbos xxpad stays a real pair
+    assert torch.equal(model.generate(batch, max_new_tokens=30, do_sample=False), together)
+
+
+@pytest.mark.parametrize("mode", ["greedy", "sample", "beam", "beam_sample"])
+def test_generate_returns_scores_hidden_states_and_attentions(mode):
+    model = tiny_model(mem_len=8, segment_len=16)
+    config = model.config
+    beams = 2 if mode.startswith("beam") else 1
+    torch.manual_seed(0)
+    out = model.generate(PROMPTS, max_new_tokens=5, do_sample=mode in ("sample", "beam_sample"), num_beams=beams,
+                         return_dict_in_generate=True, output_scores=True, output_hidden_states=True,
+                         output_attentions=True)  # fmt: skip
+    rows = 2 * beams
+    assert len(out.scores) == len(out.attentions) == len(out.hidden_states) == 5
+    prompt_length = PROMPTS.shape[1]
+    for step, (attentions, hidden_states) in enumerate(zip(out.attentions, out.hidden_states)):
+        assert len(attentions) == config.n_layer and len(hidden_states) == config.n_layer + 1
+        queries = prompt_length if step == 0 else 1
+        assert hidden_states[0].shape == (rows, queries, config.d_model)
+        assert attentions[0].shape[:3] == (rows, config.n_head, queries)
+        torch.testing.assert_close(attentions[-1].sum(-1), torch.ones(rows, config.n_head, queries))
+    assert out.attentions[-1][0].shape[-1] == prompt_length + 4  # the last token sees everything before it
+
+
 def test_cache_keeps_running_positions_and_bounded_memory():
     model = tiny_model(mem_len=8, segment_len=4)
-    ids = torch.tensor([[BOS, PAD] + [note(60), dur(2), SEP, dur(3)] * 6])
+    ids = torch.tensor([[BOS, PAD] + [note(60), dur(2), SEP, dur(3)] * 60])
     with torch.no_grad():
         cache = None
         for t in range(ids.shape[1]):
             cache = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).past_key_values
-    assert cache.next_position.tolist() == [18] and cache.memory_length() == 8
-    assert cache.key_buffers[0].shape[2] == 16  # 2 x mem_len of room, written in place
+            assert cache.memory_length() <= 8 + 3
+    assert cache.next_position().tolist() == [180] and cache.get_seq_length() == 242
+    assert cache.keys[0].shape[2] == 2 * (8 + 4)  # room for 2 x (mem_len + segment_len), written in place
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from hf_music_xl import MusicXLConfig, MusicXLForCausalLM, MusicXLModel
 from hf_music_xl.modeling_music_xl import (
     MusicXLCache,
-    SegmentMemory,
     attention_block_mask,
     compute_beat_positions,
     relative_position_scores,
@@ -119,6 +118,19 @@ def test_causal_and_window_masks():
     ]
     # window 1: everything strictly before, not itself
     assert attention_block_mask(3, 0, 1, "cpu").int().tolist() == [[0, 1, 1], [0, 1, 1], [0, 0, 1]]
+    # padding keys (attention_mask 0) are never seen, but a query whose every key is padding sees itself
+    valid = torch.tensor([[False, True, False, True, True], [False, False, False, True, True]])  # memory of 2
+    padded = attention_block_mask(3, 2, 0, "cpu", key_valid=valid)
+    assert padded[0].int().tolist() == [
+        [1, 0, 1, 1, 1],
+        [1, 0, 1, 0, 1],
+        [1, 0, 1, 0, 0],
+    ]
+    assert padded[1].int().tolist() == [
+        [1, 1, 0, 1, 1],  # nothing visible but padding: itself
+        [1, 1, 1, 0, 1],
+        [1, 1, 1, 0, 0],
+    ]
 
 
 def test_relative_shift_reindexes_by_key():
@@ -149,12 +161,14 @@ def test_attention_matches_the_relative_position_formula():
     memory_states = torch.randn(2, memory_len, d_model)
     for window in (0, 2):
         blocked = attention_block_mask(length, memory_len, window, "cpu")
-        mask = torch.zeros(blocked.shape).masked_fill(blocked, float("-inf"))
         with torch.no_grad():
-            memory = base.layers[0].attention.project_memory(memory_states)
+            split_memory = lambda t: t.view(2, -1, heads, d_head).transpose(1, 2)  # noqa: E731
+            _, memory_keys, memory_values = attention.qkv_proj(memory_states).chunk(3, dim=-1)
+            memory = split_memory(memory_keys), split_memory(memory_values)
             keys = memory_len + length
             table = attention.project_positions(sinusoid_encodings(keys, d_model, "cpu", torch.float32))
-            got = attention(x, table, base.content_bias, base.position_bias, mask, SegmentMemory([memory]))
+            got, _, probabilities = attention(x, table, base.content_bias, base.position_bias, blocked, memory,
+                                              output_attentions=window == 2)  # fmt: skip
 
             q, k, v = attention.qkv_proj(torch.cat([memory_states, x], dim=1)).chunk(3, dim=-1)
             split = lambda t: t.view(2, -1, heads, d_head).transpose(1, 2)  # noqa: E731
@@ -172,6 +186,8 @@ def test_attention_matches_the_relative_position_formula():
             expected = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, length, heads * d_head)
             expected = attention.out_proj(expected)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+        if window == 2:  # the hand-written path that returns the probabilities computes the same scores
+            torch.testing.assert_close(probabilities, scores.softmax(-1), atol=1e-6, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -244,25 +260,93 @@ def test_segmented_loss_equals_the_per_segment_computation():
     keep = labels[:, 1:] != -100
     expected = F.cross_entropy(by_hand[:, :-1][keep], labels[:, 1:][keep])
     torch.testing.assert_close(out.loss, expected, atol=1e-5, rtol=1e-5)
-    assert cache.get_seq_length() == 30 and cache.memory_length() == 12
+    # token 30 would start segment 3 (tokens 24..31) and see the 12 tokens before it and tokens 24..29
+    assert cache.get_seq_length() == 30 and cache.memory_length() == 12 + 6
 
 
-def test_memory_carries_context_and_token_by_token_equals_the_segmented_forward():
-    model = tiny_model(segment_len=8, mem_len=8)
-    ids = random_ids(2, 24)
+def test_every_way_of_feeding_a_sequence_gives_the_same_logits():
+    """One context rule: a token sees its segment so far and mem_len tokens before the segment (segments counted
+    from the first token). So one call, token by token with the cache, or any chunks agree at any length, far
+    past the memory, and the memory is really used."""
+    model = tiny_model(segment_len=8, mem_len=6)
+    ids = random_ids(2, 45)
     with torch.no_grad():
         whole = model(ids).logits
         alone = model(ids[:, 8:16]).logits  # the second segment without its memory
         cache, steps = None, []
-        for t in range(24):
+        for t in range(45):
             step = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
             cache, steps = step.past_key_values, steps + [step.logits]
-    assert not torch.allclose(whole[:, 8:16], alone, atol=1e-3)  # the memory is used
-    # token by token every layer sees the last mem_len tokens and itself, the segmented forward its segment so far
-    # plus a memory that jumps a segment at a time: the same contexts through the first token of segment 2
-    stepped = torch.cat(steps, dim=1)
-    torch.testing.assert_close(stepped[:, :9], whole[:, :9], atol=1e-5, rtol=1e-4)
-    assert not torch.allclose(stepped[:, 16:], whole[:, 16:], atol=1e-3)
+        cache, chunks = None, []
+        for begin, end in [(0, 3), (3, 19), (19, 20), (20, 45)]:  # chunks that cross segment boundaries
+            step = model(ids[:, begin:end], past_key_values=cache, use_cache=True)
+            cache, chunks = step.past_key_values, chunks + [step.logits]
+    assert not torch.allclose(whole[:, 8:16], alone, atol=1e-3)
+    torch.testing.assert_close(torch.cat(steps, dim=1), whole, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.cat(chunks, dim=1), whole, atol=1e-5, rtol=1e-4)
+    # segment 1 (tokens 8..15) sees tokens 2..7 and itself: with one layer, token 1 changes nothing there
+    changed = ids.clone()
+    changed[:, 1] = (changed[:, 1] + 1 - 9) % 128 + 9
+    one_layer = tiny_model(segment_len=8, mem_len=6, n_layer=1)
+    with torch.no_grad():
+        before, after = one_layer(ids).logits, one_layer(changed).logits
+    assert not torch.allclose(before[:, 1:8], after[:, 1:8], atol=1e-4)  # same segment
+    torch.testing.assert_close(before[:, 8:], after[:, 8:])  # token 1 is more than mem_len before segment 1
+
+
+def test_memory_length_zero_is_segments_on_their_own():
+    model = tiny_model(segment_len=8, mem_len=0)
+    ids = random_ids(1, 24)
+    with torch.no_grad():
+        whole = model(ids).logits
+        separately = torch.cat([model(part).logits for part in ids.split(8, dim=1)], dim=1)
+    torch.testing.assert_close(whole, separately, atol=1e-5, rtol=1e-4)
+
+
+def test_memory_is_detached_from_the_step_that_wrote_it():
+    """Stream training carries the cache from one step to the next: step 2's loss must have no gradient path into
+    step 1 (the memory is detached), so its gradients equal those with a memory written under no_grad."""
+    model = tiny_model(segment_len=8, mem_len=8, mask_p=0.0).train()
+    ids = random_ids(2, 16)
+    first, second = ids[:, :8], ids[:, 8:]
+    carried = model(first, labels=first, use_cache=True).past_key_values  # written with gradients on
+    assert not any(key.requires_grad for key in carried.keys)
+    model.zero_grad()
+    model(second, labels=second, past_key_values=carried, use_cache=True).loss.backward()
+    through_carried = {name: p.grad.clone() for name, p in model.named_parameters()}
+    with torch.no_grad():
+        detached = model(first, use_cache=True).past_key_values
+    model.zero_grad()
+    model(second, labels=second, past_key_values=detached, use_cache=True).loss.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(through_carried[name], p.grad, msg=name)
+    # and the memory matters for that loss at all
+    model.zero_grad()
+    alone = model(second, labels=second).loss
+    assert not torch.allclose(alone, model(second, labels=second, past_key_values=detached).loss)
+
+
+def test_residual_projections_start_scaled_as_gpt2():
+    """out_proj and ff_out write into the residual stream: std initializer_range / sqrt(2 n_layer), the rest 0.02.
+    (A branch on the block in _init_weights never runs: transformers skips modules without direct parameters.)"""
+    torch.manual_seed(0)
+    config = MusicXLConfig.from_preset("tiny", n_layer=8)
+    model = MusicXLForCausalLM(config)
+    expected = 0.02 / math.sqrt(2 * 8)
+    for layer in model.transformer.layers:
+        for projection in (layer.attention.out_proj.weight, layer.ff_out.weight):
+            assert abs(projection.std().item() - expected) < 0.08 * expected
+        assert abs(layer.attention.qkv_proj.weight.std().item() - 0.02) < 0.08 * 0.02
+    saved_and_loaded = MusicXLForCausalLM.from_pretrained(_saved(model))  # loading keeps the weights as saved
+    torch.testing.assert_close(saved_and_loaded.transformer.layers[0].ff_out.weight, model.transformer.layers[0].ff_out.weight)
+
+
+def _saved(model):
+    import tempfile
+
+    folder = tempfile.mkdtemp()
+    model.save_pretrained(folder)
+    return folder
 
 
 def test_window_mask_in_training_only():
@@ -310,12 +394,122 @@ def test_training_backward_reaches_every_parameter():
     assert not missing
 
 
-def test_cache_is_inference_only():
-    model = tiny_model()
-    with pytest.raises(RuntimeError, match="inference"):
-        model(random_ids(1, 4), use_cache=True)
+def test_cache_with_gradients_trains_and_continues():
+    """model(ids, use_cache=True) in training returns the memory, and the next step continues from it."""
+    model = tiny_model(segment_len=8, mem_len=8).train()
+    ids = random_ids(2, 12)
+    out = model(ids, labels=ids, use_cache=True)
+    out.loss.backward()
+    assert isinstance(out.past_key_values, MusicXLCache) and out.past_key_values.get_seq_length() == 12
+    following = model(random_ids(2, 5, seed=2), past_key_values=out.past_key_values, use_cache=True)
+    assert following.past_key_values.get_seq_length() == 17
     with pytest.raises(TypeError):
         model(random_ids(1, 4), past_key_values=(torch.zeros(1),))
+
+
+def test_return_dict_false_gives_a_tuple():
+    model = tiny_model()
+    ids = random_ids(2, 10)
+    loss, logits = model(ids, labels=ids, return_dict=False)
+    expected = model(ids, labels=ids)
+    torch.testing.assert_close(loss, expected.loss)
+    torch.testing.assert_close(logits, expected.logits)
+    (hidden,) = model.transformer(ids, return_dict=False)
+    assert hidden.shape == (2, 10, model.config.d_model)
+
+
+def test_shift_labels_are_the_targets_as_given():
+    """Context-parallel training and stream training pass the targets already shifted."""
+    model = tiny_model()
+    ids = random_ids(2, 10)
+    targets = random_ids(2, 10, seed=5)
+    targets[0, 3] = -100
+    out = model(ids, labels=ids, shift_labels=targets)
+    keep = targets.reshape(-1) != -100
+    expected = F.cross_entropy(out.logits.reshape(-1, 299)[keep], targets.reshape(-1)[keep])
+    torch.testing.assert_close(out.loss, expected)
+    assert not torch.allclose(out.loss, model(ids, labels=ids).loss)
+
+
+def test_hidden_states_and_attentions_are_returned():
+    model = tiny_model(segment_len=8, mem_len=4)
+    ids = random_ids(2, 12)
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True, output_attentions=True)
+    config = model.config
+    assert len(out.hidden_states) == config.n_layer + 1
+    assert all(h.shape == (2, 12, config.d_model) for h in out.hidden_states)
+    assert len(out.attentions) == config.n_layer
+    assert all(a.shape == (2, config.n_head, 12, 12) for a in out.attentions)
+    for attention in out.attentions:
+        torch.testing.assert_close(attention.sum(-1), torch.ones(2, config.n_head, 12))
+        assert (attention.triu(1) == 0).all()  # causal
+        assert (attention[:, :, 8:, :4] == 0).all()  # segment 2 (tokens 8..11) sees 4 memory tokens: 4..7
+        assert (attention[:, :, 8:, 4:8] > 0).all()
+    # the last hidden state is the final output; the first is the embedding
+    with torch.no_grad():
+        plain = model.transformer(ids)
+        torch.testing.assert_close(out.hidden_states[-1], plain.last_hidden_state)
+        next_layer_input = model.transformer.layers[0](out.hidden_states[0][:, :8], *_layer_inputs(model, 8))[0]
+    torch.testing.assert_close(out.hidden_states[1][:, :8], next_layer_input, atol=1e-5, rtol=1e-4)
+    # the same probabilities with the SDPA path (no output_attentions) give the same logits
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, model(ids, output_attentions=True).logits, atol=1e-5, rtol=1e-4)
+
+
+def _layer_inputs(model, length):
+    """relative, u, v and the causal mask of a first segment of `length` tokens."""
+    base = model.transformer
+    table = base.layers[0].attention.project_positions(
+        sinusoid_encodings(length, model.config.d_model, "cpu", torch.float32))
+    return table, base.content_bias, base.position_bias, attention_block_mask(length, 0, 0, "cpu")
+
+
+def test_left_padding_changes_nothing_for_the_real_tokens():
+    """attention_mask 0 marks padding: never attended to, no beat position moved, nothing left in the cache."""
+    model = tiny_model(segment_len=16, mem_len=16)
+    short = torch.tensor([[BOS, PAD, note(60), dur(4), SEP, dur(4), note(64), dur(2)]])
+    long = torch.tensor([[BOS, PAD, note(67), dur(8), SEP, dur(8), note(69), dur(4), SEP, dur(4), note(71), dur(4)]])
+    padded = torch.cat([torch.full((1, 4), PAD), short], dim=1)
+    batch = torch.cat([long, padded])
+    mask = torch.ones_like(batch)
+    mask[1, :4] = 0
+    with torch.no_grad():
+        together = model(batch, attention_mask=mask, use_cache=True)
+        alone = model(short, use_cache=True)
+        assert not torch.allclose(model(batch).logits[1, -1], alone.logits[0, -1], atol=1e-4)  # padding matters...
+        torch.testing.assert_close(together.logits[1, 4:], alone.logits[0])  # ...unless masked
+        torch.testing.assert_close(together.logits[0], model(long).logits[0])
+        # the caches continue alike: the next token sees the same context and the same beat position
+        step = torch.tensor([[SEP], [SEP]])
+        next_together = model(step, attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1),
+                              past_key_values=together.past_key_values, use_cache=True)  # fmt: skip
+        next_alone = model(step[1:], past_key_values=alone.past_key_values, use_cache=True)
+    torch.testing.assert_close(next_together.logits[1], next_alone.logits[0])
+    assert together.past_key_values.next_position().tolist() == [12, 4]
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = tiny_model(segment_len=8, mem_len=8, mask_p=0.0).train()
+    assert model.supports_gradient_checkpointing
+    ids = random_ids(2, 20)
+    memory = model(ids[:, :8], use_cache=True).past_key_values
+    model.zero_grad()
+    model(ids, labels=ids, past_key_values=memory).loss.backward()
+    plain = {name: p.grad.clone() for name, p in model.named_parameters()}
+    memory = model(ids[:, :8], use_cache=True).past_key_values
+    model.activation_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for layer in model.transformer.layers)
+    model.zero_grad()
+    model(ids, labels=ids, past_key_values=memory).loss.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, plain[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_inputs_embeds_is_refused_clearly():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="beat positions from token ids"):
+        model(inputs_embeds=torch.randn(1, 4, model.config.d_model))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -373,15 +567,20 @@ def test_trust_remote_code_in_a_fresh_interpreter_without_the_package(tmp_path):
     assert lines[2] == str(expected)
 
 
-def test_cache_reorder_selects_rows():
-    cache = MusicXLCache(mem_len=4)
-    key = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 2, 2, 5).contiguous()
+def test_cache_reorder_and_crop():
+    model = tiny_model(segment_len=4, mem_len=4)
+    ids, following = random_ids(3, 10), random_ids(3, 1, seed=9)
+    rows = torch.tensor([2, 2, 0])
     with torch.no_grad():
-        cache.make_room(2)
-        cache.update(key, key + 10, 0)
-        cache.advance(2)
-    cache.next_position, cache.last_token = torch.tensor([5, 6, 7]), torch.tensor([9, 10, 11])
-    cache.reorder_cache(torch.tensor([2, 2, 0]))
-    assert cache.key_buffers[0][:, 0, 0, 0].tolist() == [2.0, 2.0, 0.0]
-    assert cache.value_buffers[0][:, 0, 0, 0].tolist() == [12.0, 12.0, 10.0]
-    assert cache.next_position.tolist() == [7, 7, 5] and cache.last_token.tolist() == [11, 11, 9]
+        cache = model(ids, use_cache=True).past_key_values
+        cache.reorder_cache(rows)  # beam search keeps rows 2, 2 and 0
+        reordered = model(following[rows], past_key_values=cache, use_cache=True).logits
+        fresh = model(torch.cat([ids[rows], following[rows]], dim=1)).logits[:, -1:]
+    torch.testing.assert_close(reordered, fresh, atol=1e-5, rtol=1e-4)
+    # crop(-n) forgets the last n tokens: running on after it equals never having seen them
+    with torch.no_grad():
+        cache = model(ids, use_cache=True).past_key_values
+        cache.crop(-3)
+        assert cache.get_seq_length() == 7 and cache.last_token().tolist() == ids[:, 6].tolist()
+        again = model(ids[:, 7:], past_key_values=cache, use_cache=True).logits
+    torch.testing.assert_close(again, model(ids).logits[:, 7:], atol=1e-5, rtol=1e-4)

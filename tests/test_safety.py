@@ -157,14 +157,9 @@ def test_remote_code_only_defines_at_import(trained):
 # Bounded generation memory
 
 
-def cache_bytes(cache) -> int:
-    tensors = [*cache.key_buffers, *cache.value_buffers, *cache.relative, cache.next_position, cache.last_token]
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
 def test_long_generation_keeps_a_constant_size_memory():
     """generate_continuation in chunks, each resuming the returned cache: after every chunk the cache holds the
-    same tensors, its buffers 2 * mem_len rows, however long the piece (scripts/bench_memory.py runs 100,000
+    same tensors, its buffers 2 * (mem_len + segment_len) rows, however long the piece (scripts/bench_memory.py runs 100,000
     tokens and also follows the process's RSS). Only the output ids grow, 8 bytes a token."""
     mem_len, chunk = 16, 100
     config = MusicXLConfig.from_preset("tiny", n_layer=1, d_model=32, n_head=2, d_head=16, d_inner=64,
@@ -177,13 +172,14 @@ def test_long_generation_keeps_a_constant_size_memory():
     def recording_generate(*args, **kwargs):
         out = generate(*args, **kwargs)
         cache = out.past_key_values
-        assert cache.memory_length() == min(mem_len, out.sequences.shape[1])
-        sizes.append((cache_bytes(cache), tuple(cache.key_buffers[0].shape), cache.get_seq_length()))
+        # the next token sees the mem_len tokens before its segment and its segment so far
+        assert cache.memory_length() == mem_len + cache.get_seq_length() % mem_len
+        sizes.append((cache.nbytes(), tuple(cache.keys[0].shape), cache.get_seq_length()))
         return out
 
     model.generate = recording_generate
     ids = generate_continuation(model, empty_prompt(), max_new_tokens=4 * chunk, chunk_tokens=chunk, progress=False)
     assert len(ids) == 2 + 4 * chunk and len(sizes) == 4
     assert len({(size, shape) for size, shape, _ in sizes}) == 1, sizes  # the same after 100 tokens as after 400
-    assert sizes[0][1] == (1, config.n_head, 2 * mem_len, config.d_head)
+    assert sizes[0][1] == (1, config.n_head, 2 * (mem_len + mem_len), config.d_head)
     assert [seen for _, _, seen in sizes] == [2 + chunk * (i + 1) - 1 for i in range(4)]  # the last token is not fed yet

@@ -1,8 +1,14 @@
 """MusicXL: a TransformerXL (Dai et al. 2019) music language model over the musicautobot vocabulary.
 
-Read top to bottom: beat positions from token ids, the attention mask (causal or training-time window mask),
-sinusoidal relative encodings and the relative shift, the generation cache, the attention layer, the block,
-the base model (segment recurrence with a per-layer memory) and the causal LM head.
+Read top to bottom: beat positions from token ids, the attention mask, sinusoidal relative encodings and the
+relative shift, the memory (one cache for training, evaluation and generation), the attention layer, the block,
+the base model (segments with memory) and the causal LM head.
+
+What a token sees is one rule, everywhere: a sequence is cut into segments of `segment_len` tokens counted from
+its first token, and a token attends to the earlier tokens of its segment and to the `mem_len` tokens before the
+segment (TransformerXL's memory). Whether a sequence is fed in one call, in chunks resuming a `MusicXLCache`, one
+token at a time by `generate()` or step after step by stream training, every token gets the same context, so
+the cache equals a full recomputation at any length.
 
 This file is copied next to saved weights for `trust_remote_code` loading: it may import only torch,
 transformers, numpy and its sibling files (relative imports), and must do nothing at import time beyond
@@ -16,7 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_music_xl import MusicXLConfig
 
@@ -33,7 +41,7 @@ def compute_beat_positions(input_ids, config, start_position=None, previous_toke
     them carries the new one: `xxsep(0) d2(0) n71(2) d2(2) xxsep(2) d2(2) n71(4)`.
 
     `start_position` (B,) and `previous_token` (B,) continue a sequence whose earlier tokens were already consumed
-    (the generation cache keeps both); without them the input starts at position 0.
+    (the cache keeps both); without them the input starts at position 0.
 
     Returns positions (B, T) and next_position (B,), both long.
     """
@@ -59,12 +67,14 @@ def compute_beat_positions(input_ids, config, start_position=None, previous_toke
 # Attention masks
 
 
-def attention_block_mask(query_len, memory_len, window, device):
-    """Where a query may NOT attend: (T, M + T) bool over [memory, current segment] keys.
+def attention_block_mask(query_len, memory_len, window, device, key_valid=None):
+    """Where a query may NOT attend: (T, M + T) bool over [memory, current chunk] keys, or (B, T, M + T) with
+    `key_valid` (B, M + T) (False for padding, i.e. attention_mask 0).
 
-    window == 0: the causal mask. window = s >= 1 (training only): the segment is cut into blocks of s positions
-    and a query sees the memory and the earlier blocks but not its own block (musicautobot's window mask); the
-    first position of the segment stays visible so that no query row is empty.
+    window == 0: the causal mask. window = s >= 1 (training only): the chunk is cut into blocks of s positions and
+    a query sees the memory and the earlier blocks but not its own block (musicautobot's window mask); the first
+    position of the chunk stays visible. Padding keys are never seen, except that a query always sees itself, so
+    that no row is empty (a padded query's output is never used).
     """
     query = torch.arange(query_len, device=device)[:, None]
     key = torch.arange(query_len, device=device)[None, :]
@@ -74,7 +84,13 @@ def attention_block_mask(query_len, memory_len, window, device):
         blocked = key // window >= query // window
         blocked[:, 0] = False
     visible_memory = torch.zeros(query_len, memory_len, dtype=torch.bool, device=device)
-    return torch.cat([visible_memory, blocked], dim=1)
+    blocked = torch.cat([visible_memory, blocked], dim=1)  # (T, M+T)
+    if key_valid is None:
+        return blocked
+    blocked = blocked | ~key_valid[:, None, :]  # (B, T, M+T)
+    is_self = torch.zeros_like(blocked[0])
+    is_self[:, memory_len:] = torch.eye(query_len, dtype=torch.bool, device=device)
+    return blocked & ~(is_self & blocked.all(dim=-1, keepdim=True))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -107,100 +123,198 @@ def relative_position_scores(query, relative):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Memory: what a segment attends to besides itself
+# The memory
 
 
-class SegmentMemory:
-    """Training-time memory of one segment: per layer the keys/values (B, H, M, Dh) of the previous mem_len tokens,
-    projected from their detached hidden states with the current weights."""
+# A fingerprint of each row's whole history: sum over tokens of (id + 1) * P^t mod Q. Additive over chunks, so it
+# costs one multiply-add per token, and it tells a cache apart from one that consumed other tokens (beam search
+# returns its best sequences but leaves the cache on its final beams).
+FINGERPRINT_BASE, FINGERPRINT_MODULUS = 1_000_003, 2**31 - 1
 
-    def __init__(self, layer_kv):
-        self.layer_kv = layer_kv
 
-    def memory_length(self):
-        return self.layer_kv[0][0].shape[2]
+def fingerprint_terms(input_ids, start):
+    """(B, T) terms (id + 1) * P^(start + t) mod Q of tokens at absolute positions start, start + 1, ..."""
+    power, powers = pow(FINGERPRINT_BASE, start, FINGERPRINT_MODULUS), []
+    for _ in range(input_ids.shape[1]):
+        powers.append(power)
+        power = power * FINGERPRINT_BASE % FINGERPRINT_MODULUS
+    powers = torch.tensor(powers, dtype=torch.long, device=input_ids.device)
+    return (input_ids.long() + 1) * powers % FINGERPRINT_MODULUS
 
-    def update(self, key, value, layer_idx):
-        """Memory followed by the segment's keys/values: (B, H, T, Dh) -> (B, H, M+T, Dh)."""
-        memory_key, memory_value = self.layer_kv[layer_idx]
-        return torch.cat([memory_key, key], dim=2), torch.cat([memory_value, value], dim=2)
+
+def history_fingerprint(input_ids):
+    """(B,) fingerprint of whole sequences, as `MusicXLCache.fingerprint()` keeps it for the tokens it consumed."""
+    return fingerprint_terms(input_ids, 0).sum(dim=1) % FINGERPRINT_MODULUS
 
 
 class MusicXLCache:
-    """The TransformerXL memory as a generate() cache.
+    """The TransformerXL memory, kept from one forward call to the next: by generate() as its cache, by stream
+    training from one step to the next, and inside one call between its segments.
 
-    Per layer it keeps the memory of the last `mem_len` tokens already projected to keys and values: the same
-    memory as the training-time hidden states (k = W_k LN(h)), stored projected so that a new token costs
-    O(mem_len * d) instead of re-projecting the memory at O(mem_len * d^2). The memory sits in a buffer with room
-    for about 2 * mem_len tokens: a step writes its keys in place and the last mem_len are moved to the front only
-    when the buffer is full, so a step copies O(1) memory rows amortised, not the whole memory.
+    Per layer it keeps the keys and values of the consumed tokens that a later token may still see (the mem_len
+    tokens before the current segment and the segment so far, at most mem_len + segment_len - 1), in a buffer with
+    room to spare: a step writes in place and the buffer is compacted only when full, so a step costs the same
+    however long the sequence. Keys and values are kept rather than the hidden states they come from: a new token
+    then costs O(memory * d) instead of re-projecting the memory at O(memory * d^2), and the memory is one object in
+    training and generation. They are stored detached: no gradient flows into earlier steps (the paper's SG(.)).
 
-    It also keeps the number of tokens consumed, the running beat position and the last token (for the position
-    rule), and the projected relative encodings, which depend only on the weights and so are built once.
-    Inference only: the buffers are written in place, so gradients do not flow through the cache.
+    Per token it also keeps the id and the position of the token after it (the running beat position rule),
+    whether the token was padding (attention_mask 0), and the fingerprint of each row's history. So crop()
+    (assisted and prompt-lookup decoding) restores exactly the state before the removed tokens, and resuming
+    generate() with sequences this cache did not consume is caught (see `MusicXLForCausalLM`).
     """
 
     is_compileable = False
-    is_croppable = False
+    is_croppable = True
 
-    def __init__(self, mem_len):
-        self.mem_len = mem_len
-        self.key_buffers = []  # per layer (B, H, capacity, Dh)
-        self.value_buffers = []
-        self.offset = 0  # the memory is buffer[:, :, offset : offset + length]
-        self.length = 0
-        self.relative = []  # per layer (H, R, Dh): projected encodings of distances R-1..0
-        self.seen_tokens = 0
-        self.next_position = None  # (B,) position of the next token
-        self.last_token = None  # (B,) last token consumed
+    def __init__(self, config):
+        self.mem_len = config.mem_len
+        self.segment_len = config.segment_len
+        self.keys, self.values = [], []  # per layer (B, H, capacity, Dh), detached
+        # per token (B, capacity): id, position of the next token, not padding, history fingerprint so far
+        self.token_ids = self.next_positions = self.valid = self.fingerprints = None
+        self.first = 0  # absolute index (tokens since the sequence began) of buffer slot 0
+        self.length = 0  # slots in use
+        self.relative = []  # per layer (H, R, Dh) projected relative encodings; inference only (weights fixed)
+
+    # -- what generate() asks of a cache
 
     def get_seq_length(self, layer_idx=0):
         """Tokens consumed so far (generate slices a resumed prompt with it)."""
-        return self.seen_tokens
-
-    def memory_length(self):
-        return self.length
-
-    def make_room(self, new_tokens):
-        """Before a segment: make every buffer able to take new_tokens after the memory."""
-        if not self.key_buffers or self.offset + self.length + new_tokens <= self.key_buffers[0].shape[2]:
-            return
-        keep = slice(self.offset, self.offset + self.length)
-        capacity = max(self.key_buffers[0].shape[2], self.length + new_tokens)
-        for buffers in (self.key_buffers, self.value_buffers):
-            for i, buffer in enumerate(buffers):
-                moved = buffer.new_empty(*buffer.shape[:2], capacity, buffer.shape[3])
-                moved[:, :, : self.length] = buffer[:, :, keep]
-                buffers[i] = moved
-        self.offset = 0
-
-    def update(self, key, value, layer_idx):
-        """Append a segment's keys/values (B, H, T, Dh) to a layer's memory in place; return the memory followed by
-        them (B, H, M+T, Dh), as views of the buffer."""
-        if key.requires_grad:
-            raise RuntimeError("MusicXLCache is an inference cache: use it under torch.no_grad()")
-        end = self.offset + self.length + key.shape[2]
-        if layer_idx == len(self.key_buffers):  # first segment: allocate
-            capacity = max(2 * self.mem_len, end)
-            self.key_buffers.append(key.new_empty(*key.shape[:2], capacity, key.shape[3]))
-            self.value_buffers.append(value.new_empty(*value.shape[:2], capacity, value.shape[3]))
-        key_buffer, value_buffer = self.key_buffers[layer_idx], self.value_buffers[layer_idx]
-        key_buffer[:, :, self.offset + self.length : end] = key
-        value_buffer[:, :, self.offset + self.length : end] = value
-        return key_buffer[:, :, self.offset : end], value_buffer[:, :, self.offset : end]
-
-    def advance(self, new_tokens):
-        """After a segment: keep only the last mem_len tokens as memory."""
-        total = self.length + new_tokens
-        self.length = min(self.mem_len, total)
-        self.offset += total - self.length
+        return self.first + self.length
 
     def reorder_cache(self, beam_idx):
-        """Beam search: select the rows (flattened batch x beams) that survive."""
-        self.key_buffers = [k.index_select(0, beam_idx) for k in self.key_buffers]
-        self.value_buffers = [v.index_select(0, beam_idx) for v in self.value_buffers]
-        self.next_position = self.next_position.index_select(0, beam_idx)
-        self.last_token = self.last_token.index_select(0, beam_idx)
+        """Beam search: keep the rows (flattened batch x beams) that survive."""
+        self.batch_select_indices(beam_idx)
+
+    def batch_select_indices(self, indices):
+        self.keys = [key.index_select(0, indices) for key in self.keys]
+        self.values = [value.index_select(0, indices) for value in self.values]
+        if self.token_ids is not None:
+            for name in ("token_ids", "next_positions", "valid", "fingerprints"):
+                setattr(self, name, getattr(self, name).index_select(0, indices))
+
+    def batch_repeat_interleave(self, repeats):
+        if self.token_ids is not None:
+            self.batch_select_indices(torch.arange(self.token_ids.shape[0], device=self.token_ids.device).repeat_interleave(repeats))
+
+    def activate_past_recording(self):
+        """Assisted decoding calls this before crop(); this cache always keeps what crop needs."""
+
+    def crop(self, max_length):
+        """Forget the last -max_length tokens (max_length <= 0, as generate() calls it) or all but the first
+        max_length (> 0)."""
+        keep = self.get_seq_length() + max_length if max_length <= 0 else max_length
+        needed = max(0, keep // self.segment_len * self.segment_len - self.mem_len)  # first token `keep` sees
+        if needed < self.first or keep > self.get_seq_length():
+            raise ValueError(f"cannot crop a cache of {self.get_seq_length()} tokens to {keep}: the memory that "
+                             "token needs was already dropped")  # fmt: skip
+        self.length = keep - self.first
+
+    # -- running state of the position rule
+
+    def last_token(self):
+        """(B,) the last token consumed, or None."""
+        return self.token_ids[:, self.length - 1] if self.length else None
+
+    def next_position(self):
+        """(B,) the grid position of the next token, or None."""
+        return self.next_positions[:, self.length - 1] if self.length else None
+
+    def fingerprint(self):
+        """(B,) fingerprint of each row's consumed tokens (0 before any)."""
+        if not self.length:
+            return None
+        return self.fingerprints[:, self.length - 1]
+
+    # -- segments and memory
+
+    def memory_length(self):
+        """Tokens the next token attends to besides itself."""
+        return self.get_seq_length() - self.first - self.visible_start(self.get_seq_length())
+
+    def visible_start(self, position):
+        """Buffer slot of the first token seen by a token at absolute `position`: mem_len before its segment."""
+        segment_start = position // self.segment_len * self.segment_len
+        return max(0, segment_start - self.mem_len - self.first)
+
+    def chunks(self, new_tokens):
+        """(begin, end) of the pieces of `new_tokens` inputs that fall in one segment each."""
+        bounds, position = [], self.get_seq_length()
+        begin = 0
+        while begin < new_tokens:
+            end = min(new_tokens, begin + self.segment_len - (position + begin) % self.segment_len)
+            bounds.append((begin, end))
+            begin = end
+        return bounds
+
+    def make_room(self, new_tokens, batch, device):
+        """Before a chunk: room for `new_tokens` more slots. When the buffer is full, what no later token can see
+        is dropped and the rest moved to the front. Returns the slot of the first memory token the chunk sees."""
+        keep_from = self.visible_start(self.get_seq_length())
+        capacity = 0 if self.token_ids is None else self.token_ids.shape[1]
+        if self.length + new_tokens > capacity:
+            kept = self.length - keep_from
+            capacity = max(capacity, 2 * (self.mem_len + self.segment_len), kept + new_tokens)
+            self.keys = [self._moved(key, keep_from, capacity) for key in self.keys]
+            self.values = [self._moved(value, keep_from, capacity) for value in self.values]
+            if self.token_ids is None:
+                self.token_ids = torch.zeros(batch, 0, dtype=torch.long, device=device)
+                self.next_positions, self.fingerprints = torch.zeros_like(self.token_ids), torch.zeros_like(self.token_ids)
+                self.valid = torch.zeros(batch, 0, dtype=torch.bool, device=device)
+            for name in ("token_ids", "next_positions", "valid", "fingerprints"):
+                setattr(self, name, self._moved(getattr(self, name), keep_from, capacity, dim=1))
+            self.first, self.length, keep_from = self.first + keep_from, kept, 0
+        return keep_from
+
+    def _moved(self, buffer, keep_from, capacity, dim=2):
+        """A new buffer of `capacity` slots along `dim` holding buffer's slots keep_from..length at the front."""
+        shape = list(buffer.shape)
+        shape[dim] = capacity
+        moved = buffer.new_zeros(shape)
+        moved.narrow(dim, 0, self.length - keep_from).copy_(buffer.narrow(dim, keep_from, self.length - keep_from))
+        return moved
+
+    def layer_memory(self, layer_idx, start):
+        """Keys and values (B, H, M, Dh) of the memory a chunk sees in one layer (views), or None."""
+        if start == self.length or layer_idx >= len(self.keys):
+            return None
+        return self.keys[layer_idx][:, :, start : self.length], self.values[layer_idx][:, :, start : self.length]
+
+    def write(self, layer_idx, key, value):
+        """Store a chunk's keys and values (B, H, T, Dh) after the memory of one layer (detached)."""
+        if layer_idx == len(self.keys):  # first chunk: allocate like the keys
+            capacity = self.token_ids.shape[1]
+            self.keys.append(key.new_zeros(*key.shape[:2], capacity, key.shape[3]))
+            self.values.append(value.new_zeros(*value.shape[:2], capacity, value.shape[3]))
+        end = self.length + key.shape[2]
+        self.keys[layer_idx][:, :, self.length : end] = key.detach()
+        self.values[layer_idx][:, :, self.length : end] = value.detach()
+
+    def append_tokens(self, input_ids, next_positions, valid):
+        """After a chunk has been written in every layer: record its tokens (B, T) and move past them."""
+        end = self.length + input_ids.shape[1]
+        terms = fingerprint_terms(input_ids, self.get_seq_length())
+        previous = self.fingerprint() if self.length else torch.zeros_like(terms[:, 0])
+        self.fingerprints[:, self.length : end] = (previous[:, None] + terms.cumsum(dim=1)) % FINGERPRINT_MODULUS
+        self.token_ids[:, self.length : end] = input_ids
+        self.next_positions[:, self.length : end] = next_positions
+        self.valid[:, self.length : end] = valid
+        self.length = end
+
+    def key_valid(self, start):
+        """(B, M) False where a memory token from slot `start` on was padding."""
+        return self.valid[:, start : self.length]
+
+    def nbytes(self):
+        """Bytes held: key/value buffers, per-token records and relative encodings (constant once allocated)."""
+        tensors = [*self.keys, *self.values, *self.relative]
+        if self.token_ids is not None:
+            tensors += [self.token_ids, self.next_positions, self.valid, self.fingerprints]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def has_padding(self):
+        return bool(self.length) and not bool(self.valid[:, : self.length].all())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -208,11 +322,12 @@ class MusicXLCache:
 
 
 class MusicXLAttention(nn.Module):
-    """Multi-head attention with TransformerXL relative positions, on torch's scaled_dot_product_attention.
+    """Multi-head attention with TransformerXL relative positions.
 
-    score(i, j) = (q_i + u) . k_j + (q_i + v) . R_{i-j}: SDPA computes the content term (scaling it by
-    1/sqrt(d_head)); the position term is computed for all distances, shifted to key order, pre-scaled and
-    passed with the mask as SDPA's additive attn_mask.
+    score(i, j) = (q_i + u) . k_j + (q_i + v) . R_{i-j}: the position term is computed for all distances, shifted
+    to key order, pre-scaled and added to the mask; torch's scaled_dot_product_attention computes the content term
+    (scaling it by 1/sqrt(d_head)) with that as its additive attn_mask. With `output_attentions` the same scores are
+    computed by hand, to return the probabilities.
     """
 
     def __init__(self, config, layer_idx):
@@ -229,42 +344,40 @@ class MusicXLAttention(nn.Module):
         """(B, T, H * Dh) -> (B, H, T, Dh)"""
         return x.view(x.shape[0], x.shape[1], self.n_head, self.d_head).transpose(1, 2)
 
-    def project_memory(self, memory):
-        """Keys and values (B, H, M, Dh) of normalised memory hidden states (B, M, D), with the K/V rows of the
-        fused projection."""
-        inner = self.n_head * self.d_head
-        key, value = F.linear(memory, self.qkv_proj.weight[inner:]).chunk(2, dim=-1)
-        return self.split_heads(key), self.split_heads(value)
-
     def project_positions(self, encodings):
         """(R, D) sinusoid encodings -> (H, R, Dh) projected relative encodings."""
         return self.position_proj(encodings).view(-1, self.n_head, self.d_head).transpose(0, 1)
 
-    def forward(self, x, relative, content_bias, position_bias, mask, memory=None):
-        # x: (B, T, D) normalised; relative: (H, M+T, Dh); biases u, v: (H, Dh); mask: (T, M+T) additive
-        # (0 or -inf) or None; memory: SegmentMemory, MusicXLCache or None
+    def forward(self, x, relative, content_bias, position_bias, mask, memory=None, output_attentions=False):
+        # x: (B, T, D) normalised; relative: (H, M+T, Dh); biases u, v: (H, Dh); mask: (T, M+T) or (B, 1, T, M+T)
+        # bool, True where a key is not seen, or None; memory: keys and values (B, H, M, Dh) of earlier tokens.
+        # Returns the output (B, T, D), this chunk's keys and values (for the memory) and the probabilities or None.
         batch, length, _ = x.shape
         query, key, value = (self.split_heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))  # (B, H, T, Dh)
+        keys, values = key, value
         if memory is not None:
-            key, value = memory.update(key, value, self.layer_idx)  # (B, H, M+T, Dh)
-        # SDPA scales q.k by 1/sqrt(d_head) but not attn_mask: pre-scale the (small) query of the position term
-        scaled_query = (query + position_bias[:, None]) * (1.0 / math.sqrt(self.d_head))
-        attn_bias = relative_position_scores(scaled_query, relative)  # (B, H, T, M+T)
+            keys, values = torch.cat([memory[0], key], dim=2), torch.cat([memory[1], value], dim=2)  # (B, H, M+T, Dh)
+        scale = 1.0 / math.sqrt(self.d_head)
+        # SDPA scales q.k by 1/sqrt(d_head) but not attn_mask: pre-scale the query of the position term
+        attn_bias = relative_position_scores((query + position_bias[:, None]) * scale, relative)  # (B, H, T, M+T)
         if mask is not None:
-            attn_bias = attn_bias + mask
-        out = F.scaled_dot_product_attention(
-            query + content_bias[:, None],
-            key,
-            value,
-            attn_mask=attn_bias,
-            dropout_p=self.attn_dropout if self.training else 0.0,
-        )  # (B, H, T, Dh)
-        out = out.transpose(1, 2).reshape(batch, length, self.n_head * self.d_head)
-        return self.out_proj(out)
+            attn_bias = attn_bias.masked_fill(mask, float("-inf"))
+        dropout = self.attn_dropout if self.training else 0.0
+        probabilities = None
+        if output_attentions:
+            scores = torch.matmul((query + content_bias[:, None]) * scale, keys.transpose(2, 3)) + attn_bias
+            probabilities = scores.float().softmax(dim=-1).to(values.dtype)  # (B, H, T, M+T)
+            out = torch.matmul(F.dropout(probabilities, dropout, self.training), values)
+        else:
+            out = F.scaled_dot_product_attention(query + content_bias[:, None], keys, values, attn_mask=attn_bias,
+                                                 dropout_p=dropout)  # fmt: skip
+        out = out.transpose(1, 2).reshape(batch, length, self.n_head * self.d_head)  # (B, T, H * Dh)
+        return self.out_proj(out), (key, value), probabilities
 
 
-class MusicXLBlock(nn.Module):
-    """Pre-LayerNorm block (as GPT-2; the reference was post-LayerNorm): x + attn(LN(x)), then x + ff(LN(x))."""
+class MusicXLBlock(GradientCheckpointingLayer):
+    """Pre-LayerNorm block (as GPT-2; the reference was post-LayerNorm): x + attn(LN(x)), then x + ff(LN(x)).
+    The memory comes in as plain tensors and the block writes nothing, so gradient checkpointing can replay it."""
 
     def __init__(self, config, layer_idx):
         super().__init__()
@@ -274,14 +387,16 @@ class MusicXLBlock(nn.Module):
         self.ff_in = nn.Linear(config.d_model, config.d_inner)
         self.ff_out = nn.Linear(config.d_inner, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
+        # GPT-2's init: the two projections that write into the residual stream start smaller (_init_weights)
+        self.attention.out_proj.writes_residual = True
+        self.ff_out.writes_residual = True
 
-    def memory_keys_values(self, memory):
-        """Keys and values of this layer's memory of input hidden states (B, M, D)."""
-        return self.attention.project_memory(self.attn_norm(memory))
-
-    def forward(self, x, relative, content_bias, position_bias, mask, memory=None):
-        x = x + self.dropout(self.attention(self.attn_norm(x), relative, content_bias, position_bias, mask, memory))
-        return x + self.dropout(self.ff_out(F.gelu(self.ff_in(self.ff_norm(x)))))
+    def forward(self, x, relative, content_bias, position_bias, mask, memory=None, output_attentions=False):
+        attended, key_value, probabilities = self.attention(self.attn_norm(x), relative, content_bias, position_bias,
+                                                            mask, memory, output_attentions)  # fmt: skip
+        x = x + self.dropout(attended)
+        x = x + self.dropout(self.ff_out(F.gelu(self.ff_in(self.ff_norm(x)))))
+        return x, key_value, probabilities
 
 
 class MusicXLPreTrainedModel(PreTrainedModel):
@@ -290,6 +405,7 @@ class MusicXLPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     _no_split_modules = ["MusicXLBlock"]
     _skip_keys_device_placement = ["past_key_values"]
+    supports_gradient_checkpointing = True
     # forward takes **kwargs, so the Trainer passes num_items_in_batch (non -100 labels over the whole
     # accumulated, all-process batch) and the loss is sum / num_items_in_batch: an exact token mean under
     # gradient accumulation and DDP. Called directly (no num_items_in_batch) the loss is the plain token mean.
@@ -298,18 +414,19 @@ class MusicXLPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)  # linear and embedding weights N(0, initializer_range), LayerNorm 1/0
+        if getattr(module, "writes_residual", False):
+            # GPT-2: scale the projections that write into the residual stream by 1/sqrt(number of them). Flagged on
+            # the Linear itself: transformers skips modules that own no parameters directly (the block) in
+            # custom code, so a branch on MusicXLBlock would never run.
+            std = self.config.initializer_range / math.sqrt(2 * self.config.n_layer)
+            init.normal_(module.weight, mean=0.0, std=std)
         if isinstance(module, MusicXLModel):
             init.zeros_(module.content_bias)
             init.zeros_(module.position_bias)
-        if isinstance(module, MusicXLBlock):
-            # GPT-2: scale the projections that write into the residual stream by 1/sqrt(number of them)
-            std = self.config.initializer_range / math.sqrt(2 * self.config.n_layer)
-            init.normal_(module.attention.out_proj.weight, mean=0.0, std=std)
-            init.normal_(module.ff_out.weight, mean=0.0, std=std)
 
     @classmethod
     def _supports_default_dynamic_cache(cls):
-        return False  # our cache is MusicXLCache, made by forward; generate must not build a DynamicCache
+        return False  # our cache is MusicXLCache; generate must not build a DynamicCache
 
 
 class MusicXLModel(MusicXLPreTrainedModel):
@@ -320,12 +437,14 @@ class MusicXLModel(MusicXLPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
         if config.encode_position:
             self.embed_beat = nn.Embedding(config.steps_per_bar, config.d_model)  # position within the bar
-            self.embed_bar = nn.Embedding(config.max_bars, config.d_model)  # bar index, wrapped at max_bars
+            if config.max_bars:
+                self.embed_bar = nn.Embedding(config.max_bars, config.d_model)  # bar of the piece, wrapped at max_bars
         self.content_bias = nn.Parameter(torch.zeros(config.n_head, config.d_head))  # u, shared by all layers
         self.position_bias = nn.Parameter(torch.zeros(config.n_head, config.d_head))  # v, shared by all layers
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(MusicXLBlock(config, i) for i in range(config.n_layer))
         self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
+        self.gradient_checkpointing = False
         self.post_init()
 
     def get_input_embeddings(self):
@@ -339,7 +458,9 @@ class MusicXLModel(MusicXLPreTrainedModel):
         x = self.embed_tokens(input_ids)
         if self.config.encode_position:
             steps = self.config.steps_per_bar
-            x = x + self.embed_beat(positions % steps) + self.embed_bar(positions // steps % self.config.max_bars)
+            x = x + self.embed_beat(positions % steps)
+            if self.config.max_bars:
+                x = x + self.embed_bar(positions // steps % self.config.max_bars)
         return self.dropout(x)
 
     def sample_window(self):
@@ -351,92 +472,130 @@ class MusicXLModel(MusicXLPreTrainedModel):
             return 0
         return int(torch.randint(1, config.mask_steps + 1, ()).item())
 
-    def relative_encodings(self, key_len, cache, dtype, device):
-        """Per layer (H, key_len, Dh) projected encodings of distances key_len-1..0; kept in the cache, if any,
-        and rebuilt only when a longer span is needed (so generation steps reuse them)."""
-        if cache is not None and cache.relative and cache.relative[0].shape[1] >= key_len:
-            return [table[:, -key_len:] for table in cache.relative]
-        length = key_len if cache is None else max(key_len, self.config.mem_len + 1)
-        encodings = sinusoid_encodings(length, self.config.d_model, device, dtype)  # (R, D)
+    def relative_encodings(self, cache, dtype, device):
+        """Per layer (H, R, Dh) projected encodings of the distances R-1..0, R = mem_len + segment_len (the longest
+        span a token sees). Kept in the cache when no gradient is needed, so generation steps reuse them."""
+        if cache.relative and not torch.is_grad_enabled():
+            return cache.relative
+        encodings = sinusoid_encodings(self.config.mem_len + self.config.segment_len, self.config.d_model, device, dtype)
         tables = [layer.attention.project_positions(encodings) for layer in self.layers]
-        if cache is not None:
-            cache.relative = [table.detach() for table in tables]
-        return [table[:, -key_len:] for table in tables]
+        if not torch.is_grad_enabled():
+            cache.relative = tables
+        return tables
 
-    def run_segment(self, x, memory, window, cache):
-        """One segment through all blocks. x: (B, T, D); memory: SegmentMemory, MusicXLCache or None.
-        Returns the output (B, T, D) and each layer's input (B, T, D) (the next segment's memory)."""
-        memory_len = 0 if memory is None else memory.memory_length()
-        query_len = x.shape[1]
-        relative = self.relative_encodings(memory_len + query_len, cache, x.dtype, x.device)
-        mask = None  # a single causal query may see everything
-        if window or query_len > 1:
-            blocked = attention_block_mask(query_len, memory_len, window, x.device)
-            mask = torch.zeros(blocked.shape, dtype=x.dtype, device=x.device).masked_fill(blocked, float("-inf"))
-        layer_inputs = []
-        for layer, table in zip(self.layers, relative):
-            layer_inputs.append(x)
-            x = layer(x, table, self.content_bias, self.position_bias, mask, memory)
-        return x, layer_inputs
+    def chunk_mask(self, query_len, memory_len, window, key_valid, device):
+        """Keys a chunk's queries do not see: (T, M+T) or (B, 1, T, M+T) bool, or None when they see every key."""
+        if not window and query_len == 1 and key_valid is None:
+            return None
+        blocked = attention_block_mask(query_len, memory_len, window, device, key_valid)
+        return blocked[:, None] if blocked.dim() == 3 else blocked  # (B, 1, T, M+T): one mask for all heads
 
-    def forward(self, input_ids, beat_positions=None, past_key_values=None, use_cache=None, attention_mask=None, **kwargs):
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        past_key_values=None,
+        use_cache=None,
+        beat_positions=None,
+        inputs_embeds=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        **kwargs,
+    ):
         r"""
         input_ids (`torch.LongTensor` of shape `(batch, length)`): any length; runs in segments of
-            `config.segment_len`, each attending to the memory of the previous `config.mem_len` tokens.
+            `config.segment_len` (counted from the sequence's first token), each attending to the memory of the
+            `config.mem_len` tokens before it.
+        attention_mask (`torch.LongTensor` of shape `(batch, past + length)` or `(batch, length)`, *optional*): 0 for
+            padding (e.g. left padding of batched prompts). Padding is never attended to and moves no beat position.
+        past_key_values (`MusicXLCache`, *optional*): the memory of earlier calls, continued in place: a generation
+            cache, or stream training's memory from the previous step.
+        use_cache (`bool`, *optional*, defaults to False): return the memory (`past_key_values`, a new
+            `MusicXLCache` when none was given) to continue from. generate() passes it from `config.use_cache`.
         beat_positions (`torch.LongTensor` of shape `(batch, length)`, *optional*): grid positions; computed from
             `input_ids` by the tokenizer's rule (continuing the cache's running position) when not given.
-        past_key_values (`MusicXLCache`, *optional*): memory from a previous call (generation, inference only).
-        use_cache (`bool`, *optional*, defaults to False): continue `past_key_values`, or a new `MusicXLCache`,
-            and return it. generate() passes it explicitly (from `config.use_cache`).
-        attention_mask: ignored, as are other keyword arguments generate() passes: xxpad is a real token of this
-            vocabulary (pieces start `xxbos xxpad`), so every token is attended to; batch prompts of equal length.
-            (Declared because generate() reads the signature: with it, resuming from a cache feeds only new tokens.)
+        output_attentions, output_hidden_states (`bool`, *optional*): also return every layer's attention
+            probabilities (over the keys from the first memory token this call sees to its last token) and every
+            layer's input plus the final output.
         """
         config = self.config
-        cache = past_key_values if use_cache or past_key_values is not None else None
-        if cache is not None and not isinstance(cache, MusicXLCache):
-            raise TypeError(f"past_key_values must be a MusicXLCache, got {type(cache).__name__}")
-        if use_cache and cache is None:
-            cache = MusicXLCache(config.mem_len)
+        if inputs_embeds is not None:
+            raise ValueError("MusicXL computes beat positions from token ids: pass input_ids, not inputs_embeds")
+        if input_ids is None:
+            raise ValueError("input_ids is required")
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        if past_key_values is not None and not isinstance(past_key_values, MusicXLCache):
+            raise TypeError(f"past_key_values must be a MusicXLCache, got {type(past_key_values).__name__}")
+        cache = past_key_values if past_key_values is not None else MusicXLCache(config)
+        batch, length = input_ids.shape
 
-        start = None if cache is None else cache.next_position
-        previous = None if cache is None else cache.last_token
-        computed_positions, next_position = compute_beat_positions(input_ids, config, start, previous)
+        valid = None  # (B, L) False for padding, or None: no padding anywhere
+        if attention_mask is not None:
+            valid = attention_mask[:, -length:].bool()
+        has_padding = (valid is not None and not bool(valid.all())) or cache.has_padding()
+        if valid is None:
+            valid = torch.ones_like(input_ids, dtype=torch.bool)
+        # padding is not a wait and is no token before a wait: read it as xxpad for the position rule
+        rule_ids = input_ids.masked_fill(~valid, config.pad_token_id)
+        positions, next_position = compute_beat_positions(rule_ids, config, cache.next_position(), cache.last_token())
+        next_positions = torch.cat([positions[:, 1:], next_position[:, None]], dim=1)  # (B, L) running state
         if beat_positions is None:
-            beat_positions = computed_positions
+            beat_positions = positions
         x = self.embed(input_ids, beat_positions)  # (B, L, D)
 
         window = self.sample_window()
-        hidden_memory = None  # without a cache: per layer the detached inputs of the last mem_len tokens
-        outputs = []
-        for segment in x.split(config.segment_len, dim=1):
-            if cache is not None:
-                cache.make_room(segment.shape[1])
-                memory = cache
-            elif hidden_memory is not None:
-                # project the memory with the current weights (as the paper: W_k, W_v also learn from memory keys)
-                memory = SegmentMemory([layer.memory_keys_values(m) for layer, m in zip(self.layers, hidden_memory)])
-            else:
-                memory = None
-            segment_out, layer_inputs = self.run_segment(segment, memory, window, cache)
-            outputs.append(segment_out)
-            if cache is not None:
-                cache.advance(segment.shape[1])
-            elif config.mem_len > 0:
-                if hidden_memory is not None:
-                    layer_inputs = [torch.cat([old, new], dim=1) for old, new in zip(hidden_memory, layer_inputs)]
-                hidden_memory = [self.keep_last(h) for h in layer_inputs]
+        relative = self.relative_encodings(cache, x.dtype, x.device)
+        outputs, layer_inputs, attentions = [], [], []
+        for begin, end in cache.chunks(length):
+            chunk = x[:, begin:end]  # (B, T, D)
+            start = cache.make_room(end - begin, batch, x.device)
+            memory_len = cache.length - start
+            key_valid = torch.cat([cache.key_valid(start), valid[:, begin:end]], dim=1) if has_padding else None
+            mask = self.chunk_mask(end - begin, memory_len, window, key_valid, x.device)
+            key_start = cache.first + start  # absolute index of the chunk's first key (for attention outputs)
+            chunk_inputs, chunk_attentions = [], []
+            for i, layer in enumerate(self.layers):
+                chunk_inputs.append(chunk)
+                table = relative[i][:, -(memory_len + end - begin) :]
+                chunk, key_value, probabilities = layer(chunk, table, self.content_bias, self.position_bias, mask,
+                                                        cache.layer_memory(i, start), output_attentions)  # fmt: skip
+                cache.write(i, *key_value)
+                chunk_attentions.append(probabilities)
+            cache.append_tokens(input_ids[:, begin:end], next_positions[:, begin:end], valid[:, begin:end])
+            outputs.append(chunk)
+            layer_inputs.append(chunk_inputs)
+            attentions.append((key_start, chunk_attentions))
 
-        if cache is not None:
-            cache.seen_tokens += input_ids.shape[1]
-            cache.next_position = next_position
-            cache.last_token = input_ids[:, -1]
-        hidden = self.norm(torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0])
-        return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache if use_cache else None)
+        hidden = self.norm(torch.cat(outputs, dim=1))  # (B, L, D)
+        hidden_states = None
+        if output_hidden_states:
+            per_layer = zip(*layer_inputs)  # layer -> its input of every chunk
+            hidden_states = tuple(torch.cat(inputs, dim=1) for inputs in per_layer) + (hidden,)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden,
+            past_key_values=cache if use_cache or past_key_values is not None else None,
+            hidden_states=hidden_states,
+            attentions=self.gather_attentions(attentions) if output_attentions else None,
+        )
 
-    def keep_last(self, hidden):
-        """The detached last mem_len positions of (B, L, D)."""
-        return hidden[:, max(0, hidden.shape[1] - self.config.mem_len) :].detach()
+    def gather_attentions(self, attentions):
+        """Per layer (B, H, L, K): each chunk's probabilities placed at the columns of its keys, over the keys from
+        the first one this call saw to the last token; keys a chunk could not see are 0."""
+        first_key = attentions[0][0]
+        last_start, last_chunk = attentions[-1]
+        key_len = last_start + last_chunk[0].shape[-1] - first_key  # the last chunk's keys end at the last token
+        per_layer = []
+        for layer in range(len(self.layers)):
+            rows = []
+            for key_start, chunk_attentions in attentions:
+                probabilities = chunk_attentions[layer]  # (B, H, T, K_chunk)
+                before = key_start - first_key
+                after = key_len - before - probabilities.shape[-1]
+                rows.append(F.pad(probabilities, (before, after)))
+            per_layer.append(torch.cat(rows, dim=2))
+        return tuple(per_layer)
 
 
 class MusicXLForCausalLM(MusicXLPreTrainedModel, GenerationMixin):
@@ -456,37 +615,84 @@ class MusicXLForCausalLM(MusicXLPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
+    @can_return_tuple
     def forward(
         self,
-        input_ids,
-        beat_positions=None,
+        input_ids=None,
+        attention_mask=None,
         past_key_values=None,
         use_cache=None,
-        attention_mask=None,
+        beat_positions=None,
         labels=None,
         logits_to_keep=0,
+        inputs_embeds=None,
+        output_attentions=None,
+        output_hidden_states=None,
         **kwargs,
     ):
         r"""
         labels (`torch.LongTensor` of shape `(batch, length)`, *optional*): targets aligned with `input_ids`
-            (shifted inside, -100 ignored). The loss is the token mean, or sum / `num_items_in_batch` when the
-            Trainer passes it (exact under gradient accumulation and DDP).
+            (shifted inside, -100 ignored), or with `shift_labels` (keyword) the targets of every position as given
+            (stream training passes the token after each segment's last one this way). The loss is the token mean,
+            or sum / `num_items_in_batch` when the Trainer passes it (exact under gradient accumulation and DDP).
         logits_to_keep (`int`): compute logits for the last this many positions only (0: all); generate uses 1.
         See `MusicXLModel.forward` for the other arguments.
         """
-        out = self.transformer(input_ids, beat_positions, past_key_values, use_cache, **kwargs)
+        out = self.transformer(input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
+                               use_cache=use_cache, beat_positions=beat_positions, inputs_embeds=inputs_embeds,
+                               output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                               return_dict=True)  # fmt: skip
         hidden = out.last_hidden_state
         logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)  # (B, L, V)
         loss = None
         if labels is not None:
-            num_items = kwargs.get("num_items_in_batch")
-            loss = self.loss_function(logits, labels, self.config.vocab_size, num_items_in_batch=num_items)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+            loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
+                                      hidden_states=out.hidden_states, attentions=out.attentions)  # fmt: skip
+
+    # -- generate()
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        """The memory cache exists before the first step (assisted decoding asks for it then)."""
+        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
+            model_kwargs["past_key_values"] = MusicXLCache(self.config)
+
+    def _prepare_attention_mask_for_generation(self, inputs_tensor, generation_config, model_kwargs):
+        """xxpad is a real token here (every piece starts `xxbos xxpad`), so only the xxpad run before a row's first
+        other token is padding (left padding), not every xxpad as generate() would assume."""
+        pad = self.config.pad_token_id
+        if pad is None or inputs_tensor.dim() != 2:
+            return torch.ones(inputs_tensor.shape[:2], dtype=torch.long, device=inputs_tensor.device)
+        return (inputs_tensor != pad).long().cummax(dim=1).values
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, is_first_iteration=False, **kwargs):
+        if is_first_iteration and isinstance(past_key_values, MusicXLCache) and past_key_values.get_seq_length():
+            self.match_cache_to_history(past_key_values, input_ids)
+        return super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values,
+                                                     is_first_iteration=is_first_iteration, **kwargs)  # fmt: skip
+
+    @staticmethod
+    def match_cache_to_history(cache, input_ids):
+        """Resuming generate() from a cache: its rows must have consumed the first tokens of these sequences. After
+        beam search the cache holds the final beams while the returned sequences are the best ones, so rows are
+        matched by history fingerprint and the cache reordered; a sequence no row has consumed is an error."""
+        seen = cache.get_seq_length()
+        if input_ids.shape[1] <= seen:
+            raise ValueError(f"the cache has consumed {seen} tokens: pass the sequences it continues (longer)")
+        wanted = history_fingerprint(input_ids[:, :seen])  # (B,)
+        held = cache.fingerprint()  # (B',)
+        if held.shape == wanted.shape and torch.equal(held, wanted):
+            return
+        matches = wanted[:, None] == held[None, :]  # (B, B')
+        if not matches.any(dim=1).all():
+            raise ValueError("this cache did not consume these sequences (a cache returned by beam search holds the "
+                             "final beams, which may not be the returned sequences): generate again from the "
+                             "sequences without past_key_values")  # fmt: skip
+        cache.batch_select_indices(matches.float().argmax(dim=1))
 
 
 __all__ = [
     "MusicXLCache",
-    "SegmentMemory",
     "MusicXLForCausalLM",
     "MusicXLModel",
     "MusicXLPreTrainedModel",
