@@ -4,19 +4,21 @@
     OMP_NUM_THREADS=1 .venv/bin/python scripts/quality_report.py --steps 2 --seeds 0  # smoke run, ~1 min
 
 Every configuration x seed is trained with the SAME number of optimizer steps (so the same tokens: steps x batch x
-window), not the same wall time, so the shared machine's load does not change the result; wall time is recorded.
-Training goes through training.py's pieces (``TrainTransform`` windows, ``MusicXLTrainer`` with the one-cycle
-schedule, ``collate``), GPT-2 included: ``GPT2LMHeadModel`` is trained by the same Trainer on the same windows
-(transposed, unless the configuration says otherwise) with the same schedule, batch, learning rate and dropout,
-its feed-forward width chosen so its parameter count matches MusicXL's (within 2%).
+n_segments x segment_len), not the same wall time, so the shared machine's load does not change the result; wall
+time is recorded. Training goes through training.py's pieces (``training_data``: stream training by default,
+``MusicXLTrainer`` carrying the memory with the one-cycle schedule, ``collate``), GPT-2 included:
+``GPT2LMHeadModel`` is trained by the same Trainer on the same streams (each step a window of its own: GPT-2 has
+no memory) with the same schedule, batch, learning rate and dropout, its feed-forward width chosen so its parameter
+count matches MusicXL's (within 2%).
 
-Configurations: ``full`` (everything on), ``no_beat`` (encode_position=False), ``no_mask`` (mask_p=0),
-``no_transpose`` (no augmentation), ``no_memory`` (mem_len=0), ``gpt2``.
+Configurations: ``full`` (everything on: the defaults), ``windows`` (random windows, each from no memory, instead of
+streams), ``no_bar`` (beat in bar only, no bar index: max_bars=0), ``bars_1024`` (the bar index wrapped at 1,024
+bars), ``no_beat`` (no beat positions at all: encode_position=False), ``no_mask`` (mask_p=0), ``no_transpose``
+(no augmentation), ``no_memory`` (mem_len=0), ``gpt2``.
 
-Each final model is scored (``evaluate.corpus_nll``: fixed windows, NLL per token and per note) on
-- the chorale validation split, windows of the training length (``--n-segments`` x segment_len tokens);
-- the same split in windows of 1,024 tokens (MusicXL only: GPT-2's positions stop at the training length), where
-  the TransformerXL memory carries context across 8 segments;
+Each final model is scored (``evaluate.corpus_nll``: every piece whole, in segments with the memory carried; GPT-2
+in consecutive chunks of its training length) on
+- the chorale validation split, and the same with the memory switched off at evaluation (mem_len 0; MusicXL only);
 - a second corpus no model saw (default: the first 4 files of O'Neill's 1850 folk tunes in music21, all splits).
 
 Runs go in subprocesses, ``--parallel`` at a time (one thread each). Results: OUT/results.json (every run),
@@ -37,15 +39,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import torch
+
 CONFIGS = {
     "full": {},
+    "windows": {"train_mode": "windows"},
+    "no_bar": {"model_overrides": "max_bars=0"},
+    "bars_1024": {"model_overrides": "max_bars=1024"},
     "no_beat": {"model_overrides": "encode_position=false"},
     "no_mask": {"model_overrides": "mask_p=0"},
     "no_transpose": {"augment": False},
     "no_memory": {"model_overrides": "mem_len=0"},
     "gpt2": {"gpt2": True},
 }
-LONG_WINDOW = 1024
 
 
 def count(model) -> int:
@@ -71,21 +78,42 @@ def gpt2_like(config, n_positions: int, target_params: int):
     return GPT2LMHeadModel(build(max(n_inner, 1)))
 
 
+@torch.no_grad()
+def gpt2_nll(model, split, batch_size: int) -> dict:
+    """NLL of a GPT-2 on whole pieces, scored in consecutive chunks of its training length (it has no memory)."""
+    from transformers import EvalPrediction
+
+    from hf_music_xl.data import IGNORE_INDEX, collate
+    from hf_music_xl.training import compute_metrics, token_scores
+
+    length = model.config.n_positions
+    chunks = [ids[begin : begin + length] for ids in split["input_ids"] for begin in range(0, len(ids), length - 1)
+              if len(ids[begin : begin + length]) > 1]  # overlapping by one token, so every token is predicted once
+    scores, labels = [], []
+    for start in range(0, len(chunks), batch_size):
+        batch = collate([{"input_ids": c, "labels": c} for c in chunks[start : start + batch_size]])
+        logits = model(input_ids=batch["input_ids"]).logits
+        scores.append(token_scores(logits, batch["labels"]).numpy().reshape(-1, 2))
+        labels.append(batch["labels"][:, 1:].numpy().reshape(-1))
+    flat_labels = np.concatenate([[IGNORE_INDEX], np.concatenate(labels)])[None]
+    metrics = compute_metrics(EvalPrediction(predictions=np.concatenate(scores)[None], label_ids=flat_labels))
+    return {**metrics, "chunk_len": length}
+
+
 def run_one(name: str, seed: int, steps: int, out_dir: Path, corpus: str = "bach-chorales", ood: str = "",
             ood_limit: int = 4, preset: str = "tiny", n_segments: int = 2, batch_size: int = 16,
             learning_rate: float = 2e-3) -> dict:  # fmt: skip
     """Train one configuration for ``steps`` optimizer steps, score it, save it to OUT_DIR/final; return a dict."""
-    import torch
     from datasets import concatenate_datasets
     from transformers import set_seed
 
     from hf_music_xl.configuration_music_xl import MusicXLConfig
     from hf_music_xl.corpus import load_corpus
-    from hf_music_xl.data import TrainTransform, collate
+    from hf_music_xl.data import collate
     from hf_music_xl.evaluate import corpus_nll
     from hf_music_xl.modeling_music_xl import MusicXLForCausalLM
-    from hf_music_xl.training import (MusicXLTrainer, TrainSettings, generation_config_for, parse_overrides,
-                                      training_arguments)  # fmt: skip
+    from hf_music_xl.training import (EpochSeed, MusicXLTrainer, TrainSettings, generation_config_for,
+                                      parse_overrides, training_arguments, training_data)  # fmt: skip
 
     spec = dict(CONFIGS[name])
     is_gpt2 = spec.pop("gpt2", False)
@@ -105,11 +133,11 @@ def run_one(name: str, seed: int, steps: int, out_dir: Path, corpus: str = "bach
     else:
         model = xl
         model.generation_config = generation_config_for(config)
-    transform = TrainTransform(window_len, augment=settings.augment, transpose_p=settings.transpose_p)
+    train_data, train_set = training_data(settings, chorales["train"], config.segment_len, world_size=1)
     args = replace(training_arguments(settings, steps), eval_strategy="no", save_strategy="no")
-    trainer = MusicXLTrainer(model=model, args=args, data_collator=collate,
-                             train_dataset=chorales["train"].with_transform(transform),
-                             warmup_fraction=settings.warmup_fraction)  # fmt: skip
+    trainer = MusicXLTrainer(model=model, args=args, data_collator=collate, train_dataset=train_set,
+                             warmup_fraction=settings.warmup_fraction, callbacks=[EpochSeed(train_data)],
+                             carry_memory=settings.train_mode == "stream" and not is_gpt2)  # fmt: skip
     train_started = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - train_started
@@ -119,18 +147,21 @@ def run_one(name: str, seed: int, steps: int, out_dir: Path, corpus: str = "bach
               "train_tokens": steps * batch_size * window_len, "train_seconds": round(train_seconds, 1),
               "final_train_loss": next((e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None),
               "model_config": model.config.to_diff_dict() if is_gpt2 else {k: getattr(config, k) for k in
-                  ("d_model", "n_layer", "n_head", "d_inner", "mem_len", "segment_len", "encode_position", "mask_p")},
+                  ("d_model", "n_layer", "n_head", "d_inner", "mem_len", "segment_len", "encode_position", "max_bars",
+                   "mask_p")},
+              "train_mode": "stream (no memory)" if is_gpt2 and settings.train_mode == "stream" else settings.train_mode,
               "augment": settings.augment, "window_len": window_len, "batch_size": batch_size,
               "learning_rate": learning_rate}  # fmt: skip
-    with torch.no_grad():
-        result["validation"] = corpus_nll(model, chorales["validation"], window_len, batch_size, progress=False)
-        if not is_gpt2:
-            result["validation_long"] = corpus_nll(model, chorales["validation"], LONG_WINDOW, 4, progress=False)
-        if ood:
-            other = load_corpus(ood, limit=ood_limit or None, num_proc=1)
-            pieces = concatenate_datasets([other[split] for split in other])
-            result["ood"] = corpus_nll(model, pieces, window_len, batch_size, progress=False)
-            result["ood"]["source"] = f"{ood} (first {ood_limit} files)" if ood_limit else ood
+    score = (lambda split: gpt2_nll(model, split, batch_size)) if is_gpt2 else (
+        lambda split, **kw: corpus_nll(model, split, batch_size, progress=False, **kw))  # fmt: skip
+    result["validation"] = score(chorales["validation"])
+    if not is_gpt2:
+        result["validation_no_memory"] = score(chorales["validation"], mem_len=0)
+    if ood:
+        other = load_corpus(ood, limit=ood_limit or None, num_proc=1)
+        pieces = concatenate_datasets([other[split] for split in other])
+        result["ood"] = score(pieces)
+        result["ood"]["source"] = f"{ood} (first {ood_limit} files)" if ood_limit else ood
     model.save_pretrained(out_dir / "final")
     if not is_gpt2:
         from hf_music_xl.tokenization_music_xl_fast import MusicXLTokenizerFast
@@ -158,11 +189,11 @@ def markdown(results: list[dict], command: str, wall_seconds: float) -> str:
     ood_source = next((r["ood"]["source"] for r in results if "ood" in r), "none")
     lines = [
         f"{len(results)} runs: {len(by_config)} configurations x seeds {sorted({r['seed'] for r in results})}; each "
-        f"{first['steps']} optimizer steps of {first['batch_size']} windows x {first['window_len']} tokens "
+        f"{first['steps']} optimizer steps of {first['batch_size']} rows x {first['window_len']} tokens "
         f"({first['train_tokens']:,} training tokens), one-cycle peak lr {first['learning_rate']}. "
         f"NLL in nats, mean ± half the range over seeds. Out-of-domain corpus: {ood_source}.",
         "",
-        "| configuration | params | val NLL/token | val NLL/note | val NLL/note, 1,024-token windows | "
+        "| configuration | params | val NLL/token | val NLL/note | val NLL/note, no memory at evaluation | "
         "out-of-domain NLL/token | out-of-domain NLL/note | train min (mean) |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -181,7 +212,7 @@ def markdown(results: list[dict], command: str, wall_seconds: float) -> str:
         minutes = statistics.fmean(r["train_seconds"] for r in rows) / 60
         lines.append(
             f"| {name} | {rows[0]['params'] / 1e6:.2f}M | {cell(rows, 'validation', 'nll_per_token')} | "
-            f"{cell(rows, 'validation', 'nll_per_note')} | {cell(rows, 'validation_long', 'nll_per_note')} | "
+            f"{cell(rows, 'validation', 'nll_per_note')} | {cell(rows, 'validation_no_memory', 'nll_per_note')} | "
             f"{cell(rows, 'ood', 'nll_per_token')} | {cell(rows, 'ood', 'nll_per_note')} | {minutes:.1f} |"
         )
     lines += ["", f"Command: `{command}`; wall time of this invocation: {wall_seconds / 60:.1f} min"

@@ -86,7 +86,7 @@ def trainer(corpus_dir: str, work: str, repo_id: str, overrides: str) -> dict:
 
     from hf_music_xl.configuration_music_xl import MusicXLConfig
     from hf_music_xl.corpus import load_corpus
-    from hf_music_xl.data import TrainTransform, collate, eval_dataset
+    from hf_music_xl.data import TrainTransform, collate, eval_pieces
     from hf_music_xl.hub import hub_training_arguments
     from hf_music_xl.modeling_music_xl import MusicXLForCausalLM
     from hf_music_xl.tokenization_music_xl_fast import MusicXLTokenizerFast
@@ -101,7 +101,7 @@ def trainer(corpus_dir: str, work: str, repo_id: str, overrides: str) -> dict:
 
     work = Path(work)
     settings = TrainSettings(corpus=corpus_dir, output_dir=str(work / "run"), model_overrides=overrides, n_segments=2,
-                             batch_size=4, max_steps=6, logging_steps=1)
+                             batch_size=4, max_steps=6, logging_steps=1, train_mode="windows")
     args = dataclasses.replace(training_arguments(settings, settings.max_steps), **hub_training_arguments(repo_id, "checkpoint"))
     corpus = load_corpus(settings.corpus)
     config = MusicXLConfig.from_preset(settings.preset, **parse_overrides(settings.model_overrides))
@@ -111,7 +111,7 @@ def trainer(corpus_dir: str, work: str, repo_id: str, overrides: str) -> dict:
     interrupted = MusicXLTrainer(
         model=model, args=args, data_collator=collate, processing_class=MusicXLTokenizerFast(),
         train_dataset=corpus["train"].with_transform(TrainTransform(window)),
-        eval_dataset=eval_dataset(corpus["validation"], window),
+        eval_dataset=eval_pieces(corpus["validation"]),
         compute_metrics=compute_metrics, preprocess_logits_for_metrics=token_scores, callbacks=[StopAfterFirstSave()],
     )
     interrupted.train()

@@ -11,7 +11,7 @@ import pytest
 from hf_music_xl import corpus as corpus_module
 from hf_music_xl import encoding
 from hf_music_xl.cli import main as cli_main
-from hf_music_xl.corpus import build_corpus, load_corpus, read_report, split_abc_tunes, split_score
+from hf_music_xl.corpus import build_corpus, list_items, load_corpus, read_report, split_abc_tunes, split_score
 
 TWO_TUNES = """%abc-2.1
 M:4/4
@@ -105,6 +105,27 @@ def test_abc_file_is_split_into_tunes(tmp_path):
     assert set(rows) == {"tunes.abc#X:1", "tunes.abc#X:2"}
     assert rows["tunes.abc#X:1"]["n_notes"] == 16
     assert [skip["source"] for skip in report["skipped"]] == ["tunes.abc#X:3"]  # no notes: skipped, not fatal
+
+
+def test_music21_folders_of_score_formats(tmp_path):
+    """music21:palestrina holds Humdrum (.krn) files: read as the chorales are, with the same error report; a
+    folder mixing formats reads each; a comma joins corpora."""
+    built = build_corpus("music21:palestrina", limit=3, cache_dir=tmp_path / "cache", num_proc=2)
+    rows = [row for split in built.values() for row in split]
+    assert len(rows) == 3 and all(row["source"].startswith("music21:palestrina/") and row["source"].endswith(".krn") for row in rows)
+    assert all(row["n_notes"] > 200 and row["input_ids"][:2] == [0, 1] and row["input_ids"][-1] == 2 for row in rows)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    root = Path(list_items("music21:palestrina")[0].path).parent
+    shutil.copy(root / "Agnus_00.krn", mixed / "agnus.krn")
+    (mixed / "broken.mxl").write_bytes(b"not a zip")
+    (mixed / "tune.abc").write_text(TWO_TUNES)
+    folder = build_corpus(str(mixed), cache_dir=tmp_path / "cache", num_proc=1)
+    report = read_report(folder)
+    assert sorted(row["source"] for split in folder.values() for row in split) == ["agnus.krn", "tune.abc#X:1", "tune.abc#X:2"]
+    assert [skip["source"] for skip in report["skipped"]] == ["broken.mxl"] and report["skipped"][0]["reason"]
+    joined = load_corpus(f"music21:palestrina,{mixed}", limit=3, cache_dir=tmp_path / "cache", num_proc=1)
+    assert sum(len(split) for split in joined.values()) == 6
 
 
 def test_bad_sources_are_clear_errors(tmp_path):

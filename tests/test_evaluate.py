@@ -21,6 +21,7 @@ from hf_music_xl.evaluate import (
     scale_consistency,
     summarize,
 )
+from hf_music_xl.modeling_music_xl import compute_beat_positions
 
 
 def notes(onset, pitch, duration):
@@ -67,18 +68,33 @@ def test_chorales_look_like_bach_and_random_notes_do_not(chorale_scores):
     assert "bach (12)" in table.splitlines()[0] and len(table.splitlines()) == 2 + 7
 
 
-def test_corpus_nll_is_the_model_loss(tiny_model_dir, chorale_corpus):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+def test_corpus_nll_is_the_model_loss_over_whole_pieces(tiny_model_dir, chorale_corpus):
+    """Each piece whole, in segments with memory: the loss of one forward call over it; --mem-len changes it."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()  # segment_len 16, mem_len 16
     split = chorale_corpus["validation"].select([0])
     ids = torch.tensor(split[0]["input_ids"])[None]
-    result = corpus_nll(model, split, window_len=ids.shape[1] + 10, progress=False)  # one window holds the piece
+    result = corpus_nll(model, split, progress=False)
     with torch.no_grad():
         loss = model(ids, labels=ids).loss.item()
-    assert result["windows"] == 1 and result["tokens"] == ids.shape[1] - 1
+    assert result["pieces"] == 1 and result["tokens"] == ids.shape[1] - 1 and result["mem_len"] == 16
     assert result["nll_per_token"] == pytest.approx(loss, rel=1e-5)
     assert result["notes"] == split[0]["n_notes"]
     assert result["nll_per_note"] == pytest.approx(loss * result["tokens"] / result["notes"], rel=1e-5)
     assert abs(result["nll_per_token"] - math.log(299)) < 0.5  # random weights: about uniform
+    without = corpus_nll(model, split, mem_len=0, progress=False)
+    assert without["mem_len"] == 0 and without["nll_per_token"] != pytest.approx(loss, rel=1e-4)
+    positions, _ = compute_beat_positions(ids, model.config)  # the piece's own, in every segment
+    with torch.no_grad():  # mem_len 0: the segments on their own (each segment's last token still predicts the next)
+        logits = torch.cat([model(part, beat_positions=where).logits
+                            for part, where in zip(ids.split(16, dim=1), positions.split(16, dim=1))], dim=1)  # fmt: skip
+    expected = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:]).item()
+    assert without["nll_per_token"] == pytest.approx(expected, rel=1e-5)
+    assert model.config.mem_len == 16  # restored
+    # several pieces of different lengths in one batch: the padding is not scored
+    three = chorale_corpus["train"].select([0, 1, 2])
+    batched, one_by_one = corpus_nll(model, three, batch_size=8, progress=False), corpus_nll(model, three, batch_size=1, progress=False)
+    assert batched["tokens"] == one_by_one["tokens"] == sum(len(x) - 1 for x in three["input_ids"])
+    assert batched["nll_per_token"] == pytest.approx(one_by_one["nll_per_token"], rel=1e-5)
 
 
 def test_evaluate_command_prints_a_table_and_writes_json(tiny_model_dir, chorale_corpus_dir, chorale_midi_files, tmp_path, capsys):
@@ -88,6 +104,11 @@ def test_evaluate_command_prints_a_table_and_writes_json(tiny_model_dir, chorale
     printed = capsys.readouterr().out
     results = json.loads(output.read_text())
     assert results["nll"]["tokens"] > 0 and results["nll"]["nll_per_note"] > results["nll"]["nll_per_token"]
+    assert results["nll"]["mem_len"] == 16  # the model's own
+    main(["evaluate", "--model", str(tiny_model_dir), "--corpus", str(chorale_corpus_dir), "--mem-len", "0",
+          "--output", str(output)])  # fmt: skip
+    without_memory = json.loads(output.read_text())["nll"]
+    assert without_memory["mem_len"] == 0 and without_memory["nll_per_token"] != results["nll"]["nll_per_token"]
     statistics = results["statistics"]
     assert statistics["generated"]["pieces"] == 3 and statistics["corpus validation"]["pieces"] >= 1
     assert 0.8 < statistics["generated"]["scale_consistency"]["mean"] <= 1.0

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, EvalPrediction
 
 from hf_music_xl import encoding
-from hf_music_xl.data import IGNORE_INDEX, TrainTransform, bar_starts, collate, eval_dataset, eval_windows
+from hf_music_xl.data import IGNORE_INDEX, TrainTransform, bar_starts, collate, eval_pieces
 from hf_music_xl.training import TrainSettings, compute_metrics, resolve_precision, train, weights_digest
 
 # A very small model: the point is the plumbing, not the music.
@@ -37,17 +37,19 @@ def test_train_windows(chorale_corpus):
     torch.manual_seed(0)
     starts = set()
     for _ in range(30):
-        input_ids, labels = transform.window(piece)
-        assert len(input_ids) == len(labels) == 128
+        input_ids, labels, positions = transform.window(piece)
+        assert len(input_ids) == len(labels) == len(positions) == 128
         start = next(s for s in bar_starts(piece) if np.array_equal(piece[s : s + 128], input_ids[: len(piece[s : s + 128])]))
         starts.add(int(start))
         assert encoding.beat_positions(piece)[start] % encoding.STEPS_PER_BAR == 0
-    assert len(starts) > 3  # random, and every one on a bar line
+        # positions are the piece's own (bar of the piece, as in generation), not counted from the window
+        np.testing.assert_array_equal(positions[: len(piece) - start], encoding.beat_positions(piece)[start : start + 128])
+    assert len(starts) > 3 and max(starts) > 0  # random, and every one on a bar line
 
 
 def test_short_piece_is_padded_with_ignored_labels():
     piece = np.array([0, 1, 69, 141, 8, 141, 71, 141, 2])
-    input_ids, labels = TrainTransform(window_len=16, augment=False).window(piece)
+    input_ids, labels, _ = TrainTransform(window_len=16, augment=False).window(piece)
     np.testing.assert_array_equal(input_ids[:9], piece)
     assert (input_ids[9:] == encoding.PAD_ID).all() and (labels[9:] == IGNORE_INDEX).all()
     np.testing.assert_array_equal(labels[:9], piece)
@@ -59,7 +61,7 @@ def test_transposition_stays_in_range_and_changes(chorale_corpus):
     torch.manual_seed(0)
     shifts = set()
     for _ in range(40):
-        input_ids, _ = transform.window(piece)
+        input_ids, _, _ = transform.window(piece)
         shifted = input_ids[: len(piece)]
         is_note = (piece >= 9) & (piece < 137)
         np.testing.assert_array_equal(shifted[~is_note], piece[~is_note])  # timing untouched
@@ -78,16 +80,20 @@ def test_with_transform_draws_fresh_windows(chorale_corpus):
     draws = {tuple(dataset[0]["input_ids"]) for _ in range(10)}
     assert len(draws) > 1  # not frozen as a map would be
     batch = collate([dataset[i] for i in range(3)])
-    assert batch["input_ids"].shape == batch["labels"].shape == (3, 64) and batch["input_ids"].dtype == torch.long
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["beat_positions"].shape == (3, 64)
+    assert batch["input_ids"].dtype == torch.long
 
 
-def test_eval_windows_cover_every_token_once(chorale_corpus):
-    for piece in chorale_corpus["validation"]["input_ids"]:
-        chunks = eval_windows(piece, 100)
-        labelled = np.concatenate([labels[labels != IGNORE_INDEX] for _, labels in chunks])
-        np.testing.assert_array_equal(labelled, piece)
-    first = eval_dataset(chorale_corpus["validation"], 100)
-    assert first["input_ids"] == eval_dataset(chorale_corpus["validation"], 100)["input_ids"]  # fixed
+def test_evaluation_scores_every_piece_whole(chorale_corpus):
+    split = chorale_corpus["train"].select(range(5))
+    pieces = eval_pieces(split)
+    lengths = [len(ids) for ids in pieces["input_ids"]]
+    assert lengths == sorted(lengths, reverse=True)  # longest first: little padding per batch
+    assert sorted(map(tuple, pieces["input_ids"])) == sorted(map(tuple, split["input_ids"]))
+    batch = collate([pieces[i] for i in range(3)])
+    assert batch["input_ids"].shape == (3, lengths[0])
+    shortest = lengths[2]
+    assert (batch["input_ids"][2, shortest:] == encoding.PAD_ID).all() and (batch["labels"][2, shortest:] == IGNORE_INDEX).all()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -138,10 +144,10 @@ def test_train_saves_a_directory_that_loads_and_generates(chorale_corpus_dir, tm
 
 
 def test_resume_continues_to_the_same_weights(chorale_corpus_dir, tmp_path):
-    straight = train(small_settings(chorale_corpus_dir, tmp_path / "straight"))
+    straight = train(small_settings(chorale_corpus_dir, tmp_path / "straight", save_steps=3))  # mid-epoch: 24 steps an epoch
     interrupted = tmp_path / "interrupted"
     shutil.copytree(tmp_path / "straight" / "checkpoint-3", interrupted / "checkpoint-3")  # as if stopped at 3
-    resumed = train(small_settings(chorale_corpus_dir, interrupted, resume=True))
+    resumed = train(small_settings(chorale_corpus_dir, interrupted, resume=True, save_steps=3))
     assert (interrupted / "checkpoint-6").exists()
     assert weights_digest(resumed.model) == weights_digest(straight.model)
 

@@ -180,8 +180,8 @@ def add_evaluate(subparsers) -> None:
     parser.add_argument("--split", default="validation", help="corpus split (default: validation)")
     parser.add_argument("--generated", nargs="+", default=[], metavar="PATH", help="generated MIDI files or directories")
     parser.add_argument("--skip-bars", type=int, default=0, help="ignore notes of generated files in their first N bars (the prompt)")
-    parser.add_argument("--window-len", type=int, default=0, help="tokens per NLL window (default: 4 x segment_len, as training)")
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per NLL batch (default: 8)")
+    parser.add_argument("--mem-len", type=int, default=None, help="memory length for NLL, 0 for none (default: the model's own)")
+    parser.add_argument("--batch-size", type=int, default=8, help="pieces per NLL batch (default: 8)")
     parser.add_argument("--output", default="evaluation.json", help="JSON results (default: evaluation.json)")
     parser.set_defaults(run=run_evaluate)
 

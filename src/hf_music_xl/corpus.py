@@ -12,9 +12,13 @@ Sources (``build_corpus(source)`` and ``hf-music-xl build-corpus SOURCE``):
 
 - ``bach-chorales``: the SATB Bach chorales bundled with the installed music21 package, parsed with
   ``forceSource=True`` and read straight from the parsed parts (see ``music21_source``);
-- ``music21:FOLDER``: MIDI/ABC files in a folder of music21's corpus, e.g. ``music21:oneills1850``;
+- ``music21:FOLDER``: every file of a folder of music21's corpus, e.g. ``music21:palestrina`` (Humdrum),
+  ``music21:oneills1850`` (ABC);
 - a directory (searched recursively), a glob, or one file: ``.mid``/``.midi`` read with symusic, ``.abc`` split
-  into tunes on ``X:`` lines (symusic reads only the first tune of a file).
+  into tunes on ``X:`` lines (symusic reads only the first tune of a file), and the score formats music21 parses
+  (``.krn``, ``.mxl``, ``.xml``, ``.musicxml``) read as the chorales are;
+- several of these joined by commas (``bach-chorales,music21:palestrina``): ``load_corpus`` builds each and
+  concatenates their splits.
 
 Pieces stream from the readers into Arrow files on disk as they come, so memory does not grow with the music:
 what grows is about 2 KB per file (the file list, the deduplication hashes, the report). A file that
@@ -43,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from datasets import Dataset, DatasetDict, Features, Sequence, Value, load_from_disk
+from datasets import Dataset, DatasetDict, Features, Sequence, Value, concatenate_datasets, load_from_disk
 from datasets.arrow_writer import ArrowWriter
 from tqdm.auto import tqdm
 
@@ -56,6 +60,7 @@ ENCODER_VERSION = "1"
 DEFAULT_SOURCE = "bach-chorales"
 MIDI_SUFFIXES = (".mid", ".midi")
 ABC_SUFFIXES = (".abc",)
+SCORE_SUFFIXES = (".krn", ".mxl", ".xml", ".musicxml")  # parsed by music21 (an optional dependency)
 FEATURES = Features(
     {
         "input_ids": Sequence(Value("int16")),  # ids < 299: int16 halves the cache
@@ -70,7 +75,7 @@ FEATURES = Features(
 class Item:
     """One thing to read: a chorale, a MIDI file or an ABC file (which may hold many tunes)."""
 
-    kind: str  # "music21" | "midi" | "abc"
+    kind: str  # "chorale" (a Bach chorale, split by BWV number) | "score" (parsed by music21) | "midi" | "abc"
     path: str
     label: str  # how the report and the `source` column name it
 
@@ -95,7 +100,7 @@ def list_items(source: str) -> list[Item]:
         from .music21_source import bach_chorale_paths
 
         root = _music21_root()
-        return [Item("music21", str(p), f"music21:{p.relative_to(root).as_posix()}") for p in bach_chorale_paths()]
+        return [Item("chorale", str(p), f"music21:{p.relative_to(root).as_posix()}") for p in bach_chorale_paths()]
     if source.startswith("music21:"):
         folder = _music21_root() / source.removeprefix("music21:")
         if not folder.is_dir():
@@ -116,13 +121,14 @@ def list_items(source: str) -> list[Item]:
 
 def _file_items(paths: list[Path], root: Path, prefix: str, source: str) -> list[Item]:
     items = []
+    kinds = {**dict.fromkeys(MIDI_SUFFIXES, "midi"), **dict.fromkeys(ABC_SUFFIXES, "abc"),
+             **dict.fromkeys(SCORE_SUFFIXES, "score")}  # fmt: skip
     for path in paths:
-        suffix = path.suffix.lower()
-        kind = "midi" if suffix in MIDI_SUFFIXES else "abc" if suffix in ABC_SUFFIXES else None
+        kind = kinds.get(path.suffix.lower())
         if kind and path.is_file():
             items.append(Item(kind, str(path), prefix + path.relative_to(root).as_posix()))
     if not items:
-        raise ValueError(f"{source!r}: no {'/'.join(MIDI_SUFFIXES + ABC_SUFFIXES)} files found")
+        raise ValueError(f"{source!r}: no {'/'.join(kinds)} files found")
     return items
 
 
@@ -167,12 +173,13 @@ def read_item(item: Item, steps_per_beat: int) -> tuple[list[dict], list[dict]]:
     """(pieces, skips) of one item; never raises for a bad input, it reports it as a skip."""
     pieces, skips = [], []
     try:
-        if item.kind == "music21":
+        if item.kind in ("chorale", "score"):
             from .music21_source import bwv_number, read_music21
 
             ids = _encode(read_music21(item.path), steps_per_beat)
             key = _sha1(Path(item.path).read_bytes())
-            pieces.append(_piece(ids, item.label, Path(item.path).stem, key, f"bwv{bwv_number(item.path)}"))
+            split_key = f"bwv{bwv_number(item.path)}" if item.kind == "chorale" else key
+            pieces.append(_piece(ids, item.label, Path(item.path).stem, key, split_key))
         elif item.kind == "midi":
             # from the path: the size limit is checked before the file is read, and errors name the file
             ids = _encode(item.path, steps_per_beat)
@@ -402,7 +409,12 @@ def _copy_corpus(cached: Path, output: Path) -> None:
 
 
 def load_corpus(corpus: str | os.PathLike = DEFAULT_SOURCE, **build_kwargs) -> DatasetDict:
-    """A corpus saved by ``build_corpus`` (a directory with ``dataset_dict.json``), or built from a source."""
+    """A corpus saved by ``build_corpus`` (a directory with ``dataset_dict.json``), or built from a source; several
+    joined by commas are loaded each and their splits concatenated."""
+    parts = [part.strip() for part in str(corpus).split(",") if part.strip()]
+    if len(parts) > 1:
+        loaded = [load_corpus(part, **build_kwargs) for part in parts]
+        return DatasetDict({name: concatenate_datasets([c[name] for c in loaded]) for name in SPLITS})
     path = Path(corpus).expanduser()
     if (path / "dataset_dict.json").exists():
         return load_from_disk(str(path))

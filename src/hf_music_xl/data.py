@@ -1,15 +1,17 @@
-"""Training examples from a corpus: windows of ``n_segments * segment_len`` tokens, augmented on the fly.
+"""Examples from a corpus: random windows for training (the alternative to ``streams``), whole pieces for evaluation.
 
-Training rows are drawn fresh every time (``dataset.with_transform(TrainTransform(...))``): a ``map`` would
-write one augmented copy to disk and freeze the randomness. Each time a piece is drawn it is
+Window training (``hf-music-xl train --train-mode windows``) draws rows fresh every time
+(``dataset.with_transform(TrainTransform(...))``): a ``map`` would write one augmented copy to disk and freeze the
+randomness. Each time a piece is drawn it is
 
 - transposed by a random shift within its safe range (default -6..+5 semitones, with probability
   ``transpose_p``; the reference did the same), and
-- cut to a random window that starts on a bar line at the first note of a chord, so the beat positions the
-  model computes from the window (it counts from the window's first token) still fall on the right beats.
+- cut to a random window that starts on a bar line at the first note of a chord; its beat positions are those of
+  the whole piece (``beat_positions``), so a bar index means "bar of the piece" as in generation.
 
-Pieces shorter than the window are padded with xxpad, labelled -100. Evaluation uses ``eval_windows``: fixed,
-non-overlapping chunks that cover every validation token once, so eval NLL is comparable from run to run.
+Pieces shorter than the window are padded with xxpad, labelled -100. Evaluation (``eval_pieces``) scores every
+validation piece whole, in one forward call that runs it in consecutive segments with the memory carried across
+them, as TransformerXL evaluates; ``collate`` pads a batch of pieces to its longest.
 
 Randomness: by default the draws come from torch's global generator. Training sets ``seed`` (and ``epoch``, each
 epoch): then a piece's window and shift are a function of (seed, epoch, the piece's tokens) only, drawn from a
@@ -54,6 +56,13 @@ def pad_window(ids: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
     return input_ids, labels
 
 
+def padded(values: np.ndarray, length: int, fill: int) -> np.ndarray:
+    """``values`` cut or padded with ``fill`` to ``length``."""
+    out = np.full(length, fill, dtype=np.int64)
+    out[: min(length, len(values))] = values[:length]
+    return out
+
+
 @dataclass
 class TrainTransform:
     """Batch transform for ``Dataset.with_transform``: corpus rows -> random augmented windows.
@@ -82,7 +91,11 @@ class TrainTransform:
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         pieces = [np.asarray(ids, dtype=np.int64) for ids in batch["input_ids"]]
         windows = [self.window(ids, self.generator_for(ids)) for ids in pieces]
-        return {"input_ids": [w[0] for w in windows], "labels": [w[1] for w in windows]}
+        return {"input_ids": [w[0] for w in windows], "labels": [w[1] for w in windows],
+                "beat_positions": [w[2] for w in windows]}  # fmt: skip
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def generator_for(self, ids: np.ndarray) -> torch.Generator | None:
         """None (torch's global generator) without a seed, else a generator seeded by (seed, epoch, tokens)."""
@@ -92,14 +105,17 @@ class TrainTransform:
                                  key=f"{self.seed}:{self.epoch}".encode())  # fmt: skip
         return torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
 
-    def window(self, ids: np.ndarray, generator: torch.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def window(self, ids: np.ndarray, generator: torch.Generator | None = None) -> tuple[np.ndarray, ...]:
+        """(input_ids, labels, beat_positions) of one random window of the piece ``ids``."""
         if self.augment and torch.rand((), generator=generator).item() < self.transpose_p:
             ids = encoding.transpose_ids(ids, self.random_shift(ids, generator))
         starts = bar_starts(ids, self.steps_per_bar)
         last_start = max(0, len(ids) - int(self.window_len * self.min_fill))
         starts = starts[starts <= last_start]  # never empty: 0 is always a start
         start = int(starts[torch.randint(len(starts), (), generator=generator).item()])
-        return pad_window(ids[start : start + self.window_len], self.window_len)
+        input_ids, labels = pad_window(ids[start : start + self.window_len], self.window_len)
+        positions = encoding.beat_positions(ids)[start : start + self.window_len]  # counted from the piece's start
+        return input_ids, labels, padded(positions, self.window_len, 0)
 
     def random_shift(self, ids: np.ndarray, generator: torch.Generator | None = None) -> int:
         low, high = encoding.transposition_range(ids)
@@ -107,34 +123,23 @@ class TrainTransform:
         return int(torch.randint(low, high + 1, (), generator=generator).item()) if low <= high else 0
 
 
-def eval_windows(ids, window_len: int, steps_per_bar: int = encoding.STEPS_PER_BAR) -> list[tuple]:
-    """Consecutive chunks covering ``ids`` once, each cut at the last bar start that fits (or at the window
-    length if none does), padded to ``window_len``. Each chunk is scored without memory of the one before."""
-    ids = np.asarray(ids, dtype=np.int64)
-    starts = bar_starts(ids, steps_per_bar)
-    chunks, start = [], 0
-    while start < len(ids):
-        limit = start + window_len
-        if limit >= len(ids):
-            end = len(ids)
-        else:
-            inside = starts[(starts > start) & (starts <= limit)]
-            end = int(inside[-1]) if len(inside) else limit - (limit - start) % 2  # keep note/duration pairs
-        chunks.append(pad_window(ids[start:end], window_len))
-        start = end
-    return chunks
+def eval_pieces(split: Dataset) -> Dataset:
+    """Every piece of a split as one example (``input_ids`` and ``labels``), longest first so that a batch pads
+    little; nothing random."""
+    lengths = np.array([len(ids) for ids in split["input_ids"]])
+    ordered = split.select(np.argsort(-lengths, kind="stable"))
 
+    def to_examples(batch):
+        return {"input_ids": batch["input_ids"], "labels": batch["input_ids"]}
 
-def eval_dataset(split: Dataset, window_len: int, steps_per_bar: int = encoding.STEPS_PER_BAR) -> Dataset:
-    """The fixed evaluation windows of a split, in memory (nothing random, so a map is right here)."""
-
-    def to_windows(batch):
-        chunks = [chunk for ids in batch["input_ids"] for chunk in eval_windows(ids, window_len, steps_per_bar)]
-        return {"input_ids": [c[0] for c in chunks], "labels": [c[1] for c in chunks]}
-
-    return split.map(to_windows, batched=True, remove_columns=split.column_names, keep_in_memory=True)
+    return ordered.map(to_examples, batched=True, remove_columns=ordered.column_names, keep_in_memory=True)
 
 
 def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack equal-length windows into LongTensors."""
-    return {key: torch.as_tensor(np.stack([np.asarray(e[key]) for e in examples]), dtype=torch.long) for key in examples[0]}
+    """Stack examples into LongTensors, padding to the longest: ``input_ids`` with xxpad, ``labels`` and
+    ``shift_labels`` with -100, ``beat_positions`` with 0 (padding comes after the real tokens, so no real
+    token attends to it)."""
+    fills = {"input_ids": encoding.PAD_ID, "labels": IGNORE_INDEX, "shift_labels": IGNORE_INDEX, "beat_positions": 0}
+    length = max(len(example["input_ids"]) for example in examples)
+    return {key: torch.as_tensor(np.stack([padded(np.asarray(example[key]), length, fills[key]) for example in examples]),
+                                 dtype=torch.long) for key in examples[0]}  # fmt: skip

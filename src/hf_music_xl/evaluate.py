@@ -2,9 +2,10 @@
 
     hf-music-xl evaluate --model runs/tiny/final --corpus bach-chorales --generated outputs/generated
 
-NLL uses the training evaluation exactly (``data.eval_dataset`` windows, ``training.token_scores`` and
-``training.compute_metrics``): per token, and per note (total NLL / note tokens), comparable across
-tokenizations.
+NLL uses the training evaluation exactly (``data.eval_pieces``, ``training.token_scores`` and
+``training.compute_metrics``): every piece whole, in consecutive segments with the memory carried across them, per
+token and per note (total NLL / note tokens, comparable across tokenizations). ``--mem-len N`` scores with another
+memory length than the model was trained with (0: each segment on its own).
 
 Musical statistics follow MusPy's definitions, on the 16th-note grid (``Notes``), one value per piece:
 
@@ -185,28 +186,37 @@ def compare_with_corpus(samples, split, path=None, corpus_name: str = "training 
 
 
 @torch.no_grad()
-def corpus_nll(model, split, window_len: int | None = None, batch_size: int = 8, progress: bool = True) -> dict:
-    """NLL per token and per note (and perplexity, token accuracy) of ``model`` on a corpus split, over the
-    same fixed windows as training's evaluation (default ``4 * segment_len`` tokens, the training default)."""
+def corpus_nll(model, split, batch_size: int = 8, mem_len: int | None = None, progress: bool = True) -> dict:
+    """NLL per token and per note (and perplexity, token accuracy) of ``model`` on a corpus split: every piece
+    whole, run in segments of ``segment_len`` with the memory of the ``mem_len`` tokens before each (default: the
+    model's own ``mem_len``; 0 scores every segment on its own)."""
     from transformers import EvalPrediction
 
-    from .data import collate, eval_dataset
+    from .data import IGNORE_INDEX, collate, eval_pieces
     from .training import compute_metrics, token_scores
 
-    window_len = window_len or 4 * model.config.segment_len
-    windows = eval_dataset(split, window_len)
-    if not len(windows):
+    pieces = eval_pieces(split)
+    if not len(pieces):
         raise ValueError("the split has no pieces to evaluate")
+    trained_mem_len = model.config.mem_len
+    model.config.mem_len = trained_mem_len if mem_len is None else mem_len
     model.eval()
-    scores, labels = [], []
-    for start in tqdm(range(0, len(windows), batch_size), desc="NLL", unit="batch", disable=not progress, leave=False):
-        batch = collate([windows[i] for i in range(start, min(start + batch_size, len(windows)))])
-        batch = {key: value.to(model.device) for key, value in batch.items()}
-        logits = model(input_ids=batch["input_ids"]).logits
-        scores.append(token_scores(logits, batch["labels"]).cpu().numpy())
-        labels.append(batch["labels"].cpu().numpy())
-    metrics = compute_metrics(EvalPrediction(predictions=np.concatenate(scores), label_ids=np.concatenate(labels)))
-    return {**metrics, "window_len": window_len, "windows": len(windows)}
+    try:
+        scores, labels = [], []
+        for start in tqdm(range(0, len(pieces), batch_size), desc="NLL", unit="batch", disable=not progress, leave=False):
+            batch = collate([pieces[i] for i in range(start, min(start + batch_size, len(pieces)))])
+            batch = {key: value.to(model.device) for key, value in batch.items()}
+            logits = model(input_ids=batch["input_ids"]).logits
+            scores.append(token_scores(logits, batch["labels"]).cpu().numpy().reshape(-1, 2))
+            labels.append(batch["labels"][:, 1:].cpu().numpy().reshape(-1))
+    finally:
+        model.config.mem_len = trained_mem_len
+    # one row of all scored positions (pieces differ in length), as compute_metrics reads (B, L) arrays
+    flat_scores, flat_labels = np.concatenate(scores)[None], np.concatenate(labels)
+    flat_labels = np.concatenate([[IGNORE_INDEX], flat_labels])[None]  # compute_metrics drops each row's first label
+    metrics = compute_metrics(EvalPrediction(predictions=flat_scores, label_ids=flat_labels))
+    return {**metrics, "mem_len": model.config.mem_len if mem_len is None else mem_len,
+            "segment_len": model.config.segment_len, "pieces": len(pieces)}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -220,8 +230,8 @@ class EvaluateSettings:
     split: str = field(default="validation", metadata={"help": "corpus split to score and to compare with"})
     generated: list[str] = field(default_factory=list, metadata={"help": "generated MIDI files or directories"})
     skip_bars: int = field(default=0, metadata={"help": "ignore notes of generated files starting in the first N bars (the prompt)"})
-    window_len: int = field(default=0, metadata={"help": "tokens per NLL window; 0: 4 x segment_len"})
-    batch_size: int = field(default=8, metadata={"help": "windows per NLL batch"})
+    mem_len: int | None = field(default=None, metadata={"help": "memory length for NLL (0: none); default: the model's"})
+    batch_size: int = field(default=8, metadata={"help": "pieces per NLL batch"})
     output: str = field(default="evaluation.json", metadata={"help": "JSON file for the results"})
 
 
@@ -240,10 +250,11 @@ def run_evaluate(settings: EvaluateSettings) -> dict:
 
         model, _ = load_model_and_tokenizer(settings.model)
         steps_per_bar = model.config.steps_per_bar
-        nll = corpus_nll(model, split, settings.window_len or None, settings.batch_size)
+        nll = corpus_nll(model, split, settings.batch_size, settings.mem_len)
         results["nll"] = nll
         print(f"{settings.split}: NLL per token {nll['nll_per_token']:.3f} nats (perplexity {nll['perplexity']:.2f}), "
-              f"per note {nll['nll_per_note']:.3f} nats; {nll['tokens']:,} tokens, {nll['notes']:,} notes")  # fmt: skip
+              f"per note {nll['nll_per_note']:.3f} nats; {nll['tokens']:,} tokens, {nll['notes']:,} notes; "
+              f"memory {nll['mem_len']} tokens, segments of {nll['segment_len']}")  # fmt: skip
 
     summaries = {f"corpus {settings.split}": summarize(corpus_pieces(split), steps_per_bar, desc="corpus statistics")}
     if settings.generated:

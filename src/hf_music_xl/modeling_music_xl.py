@@ -306,6 +306,29 @@ class MusicXLCache:
         """(B, M) False where a memory token from slot `start` on was padding."""
         return self.valid[:, start : self.length]
 
+    def state(self):
+        """Tensors (trimmed to the slots in use) and the absolute index of the first, to save this memory with a
+        training checkpoint; `from_state` rebuilds it."""
+        if self.token_ids is None:
+            return {}, 0
+        tensors = {name: getattr(self, name)[:, : self.length].contiguous()
+                   for name in ("token_ids", "next_positions", "valid", "fingerprints")}  # fmt: skip
+        for i, (key, value) in enumerate(zip(self.keys, self.values)):
+            tensors[f"keys.{i}"], tensors[f"values.{i}"] = key[:, :, : self.length].contiguous(), value[:, :, : self.length].contiguous()
+        return tensors, self.first
+
+    @classmethod
+    def from_state(cls, config, tensors, first):
+        cache = cls(config)
+        if tensors:
+            for name in ("token_ids", "next_positions", "valid", "fingerprints"):
+                setattr(cache, name, tensors[name])
+            layers = sum(name.startswith("keys.") for name in tensors)
+            cache.keys = [tensors[f"keys.{i}"] for i in range(layers)]
+            cache.values = [tensors[f"values.{i}"] for i in range(layers)]
+            cache.first, cache.length = first, tensors["token_ids"].shape[1]
+        return cache
+
     def nbytes(self):
         """Bytes held: key/value buffers, per-token records and relative encodings (constant once allocated)."""
         tensors = [*self.keys, *self.values, *self.relative]

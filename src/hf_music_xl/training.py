@@ -6,9 +6,15 @@
 
 What the Trainer is given, and why:
 
-- examples: random augmented windows of ``n_segments * segment_len`` tokens drawn on the fly
-  (``data.TrainTransform`` through ``with_transform``, hence ``remove_unused_columns=False``); the model runs a
-  window in segments carrying its memory. Evaluation uses fixed windows (``data.eval_windows``).
+- examples (``--train-mode stream``, the default): as TransformerXL trains, every batch row continues its own
+  stream of whole pieces (``streams.PieceStreams``: shuffled each epoch from the seed, transposed on the fly), and
+  ``MusicXLTrainer`` carries each row's memory (a ``MusicXLCache`` of detached keys/values) from one step to the
+  next, through gradient accumulation too, so every token trains with a full memory. Each process of a DDP run has
+  its own streams (the sequential sampler hands them out). ``--train-mode windows``: random augmented windows of
+  ``n_segments * segment_len`` tokens drawn on the fly (``data.TrainTransform`` through ``with_transform``, hence
+  ``remove_unused_columns=False``), each starting without memory, for comparison.
+- evaluation: every validation piece whole, run in consecutive segments with the memory carried across them
+  (``data.eval_pieces``), as TransformerXL evaluates.
 - schedule: torch ``OneCycleLR`` (warm up to ``learning_rate``, then cosine down), created in
   ``MusicXLTrainer.create_scheduler`` from the exact number of optimizer steps the Trainer computed. This is
   the Trainer's documented hook for a custom scheduler; unlike ``optimizers=(opt, sched)`` it needs no step
@@ -26,10 +32,11 @@ What the Trainer is given, and why:
   cut by a full disk) is moved to ``OUTPUT_DIR/_incomplete/`` with a warning naming what is wrong, and the one
   before it is used. Resuming, even mid-epoch, reaches the same weights as an uninterrupted run with the same seed
   on CPU: the Trainer restores the data order (seeded per epoch), skips the batches already seen and restores the
-  torch RNG (dropout); the windows and transpositions do not use that RNG but a generator seeded by (seed, epoch,
-  piece) (``data.TrainTransform.seed``), since the Trainer fetches batches ahead and, on a mid-epoch resume,
-  before it restores the RNG. (``--plain-final-fraction`` switches augmentation at a step, which that look-ahead
-  can blur by one batch across a resume.)
+  torch RNG (dropout); streams and windows do not use that RNG but generators seeded by (seed, epoch, piece),
+  since the Trainer fetches batches ahead and, on a mid-epoch resume, before it restores the RNG. Stream training
+  also saves each process's memory in the checkpoint (``stream_memory-rank<N>.safetensors``) and restores it.
+  (``--plain-final-fraction`` switches window augmentation at a step, which that look-ahead can blur by one batch
+  across a resume; streams switch at a fixed step of the data, exactly.)
 - no pickles: weights are safetensors; the training arguments are written as ``training_args.json`` instead of
   the Trainer's pickled ``training_args.bin``; the Trainer's resumable state (``optimizer.pt``, ``scheduler.pt``,
   ``rng_state.pth``) are torch files, which it loads with ``weights_only=True`` (as does ``checkpoint_problem``).
@@ -65,10 +72,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from . import encoding
 from .configuration_music_xl import MusicXLConfig
 from .corpus import DEFAULT_SOURCE, load_corpus
-from .data import IGNORE_INDEX, TrainTransform, collate, eval_dataset
+from .data import IGNORE_INDEX, TrainTransform, collate, eval_pieces
 from .hub import describe as describe_push
 from .hub import hub_training_arguments, push_after_training
-from .modeling_music_xl import MusicXLForCausalLM
+from .modeling_music_xl import MusicXLCache, MusicXLForCausalLM
+from .streams import PieceStreams
 from .tokenization_music_xl_fast import MusicXLTokenizerFast
 
 logger = logging.getLogger(__name__)
@@ -82,7 +90,8 @@ class TrainSettings:
     output_dir: str = field(default="runs/music-xl", metadata={"help": "checkpoints, logs and final/"})
     preset: str = field(default="tiny", metadata={"help": "model size: tiny, small or base"})
     model_overrides: str = field(default="", metadata={"help": "config fields, e.g. 'mask_p=0,dropout=0.2'"})
-    n_segments: int = field(default=4, metadata={"help": "segments of segment_len tokens per training window"})
+    train_mode: str = field(default="stream", metadata={"help": "stream: every row continues its stream of pieces with the memory carried from step to step; windows: random windows, each from no memory"})
+    n_segments: int = field(default=4, metadata={"help": "segments of segment_len tokens per row per step"})
     epochs: float = field(default=10.0, metadata={"help": "training epochs (ignored with --max-steps or --max-minutes)"})
     max_steps: int = field(default=-1, metadata={"help": "optimizer steps; -1: from --epochs"})
     max_minutes: float = field(default=0.0, metadata={"help": "wall-clock budget for training; 0: none"})
@@ -96,6 +105,7 @@ class TrainSettings:
     transpose_p: float = field(default=0.5, metadata={"help": "probability of transposing a drawn piece"})
     plain_final_fraction: float = field(default=0.0, metadata={"help": "share of the last steps without transposition"})
     precision: str = field(default="auto", metadata={"help": "auto, fp32, bf16 or fp16 (CUDA only)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute each block's activations in the backward pass (less memory, about a third more compute)"})
     seed: int = field(default=42, metadata={"help": "random seed"})
     resume: bool = field(default=False, metadata={"help": "continue from the last complete checkpoint in --output-dir (incomplete ones are set aside)"})
     logging_steps: int = field(default=10, metadata={"help": "log the training loss every this many steps"})
@@ -155,17 +165,65 @@ def compute_metrics(eval_prediction) -> dict[str, float]:
 STAGING_DIR = "_saving"  # in OUTPUT_DIR; the Trainer's Hub upload of OUTPUT_DIR skips names starting with "_"
 INCOMPLETE_DIR = "_incomplete"
 TRAINING_ARGS_JSON = "training_args.json"
+STREAM_MEMORY = "stream_memory-rank{}.safetensors"  # in a checkpoint: one process's memory
 
 
 class MusicXLTrainer(Trainer):
-    """The Trainer with a one-cycle learning-rate schedule, atomic checkpoints and the training arguments as JSON
-    instead of a pickle (see the module docstring)."""
+    """The Trainer with stream memory, a one-cycle learning-rate schedule, atomic checkpoints and the training
+    arguments as JSON instead of a pickle (see the module docstring).
 
-    def __init__(self, *args, warmup_fraction: float = 0.25, **kwargs):
+    With ``carry_memory`` (stream training, ``train_dataset`` a ``PieceStreams``), each training step continues the
+    memory the step before ended with: one ``MusicXLCache`` per process, its rows the process's streams. It starts
+    empty with every epoch (new streams) and is saved with each checkpoint, so a resumed run continues exactly.
+    """
+
+    def __init__(self, *args, warmup_fraction: float = 0.25, carry_memory: bool = False, **kwargs):
         self.warmup_fraction = warmup_fraction
+        self.carry_memory = carry_memory
+        self.memory, self.memory_epoch = None, None  # the streams' MusicXLCache and the epoch it belongs to
         self._staging_root = None  # set while a checkpoint is being written
         self._push_pending = False
         super().__init__(*args, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not (self.carry_memory and model.training):  # evaluation scores each piece from its start
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        epoch = self.train_dataset.epoch
+        if self.memory_epoch != epoch:  # a new epoch deals new streams: start them without memory
+            self.memory, self.memory_epoch = None, epoch
+        inputs = {**inputs, "past_key_values": self.memory, "use_cache": True}
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        self.memory = outputs.past_key_values  # detached: no gradient reaches back into this step
+        return (loss, outputs) if return_outputs else loss
+
+    def save_stream_memory(self, folder) -> None:
+        if self.memory is None:
+            return
+        from safetensors.torch import save_file
+
+        tensors, first = self.memory.state()
+        metadata = {"epoch": str(self.memory_epoch), "first": str(first)}
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        save_file({k: v.cpu() for k, v in tensors.items()}, str(Path(folder) / STREAM_MEMORY.format(self.args.process_index)), metadata)
+
+    def load_stream_memory(self, folder) -> None:
+        from safetensors import safe_open
+
+        path = Path(folder) / STREAM_MEMORY.format(self.args.process_index)
+        if not path.is_file():
+            return
+        with safe_open(str(path), framework="pt", device=str(self.args.device)) as memory_file:
+            metadata = memory_file.metadata()
+            tensors = {name: memory_file.get_tensor(name) for name in memory_file.keys()}
+        config = self.accelerator.unwrap_model(self.model).config
+        self.memory = MusicXLCache.from_state(config, tensors, int(metadata["first"]))
+        self.memory_epoch = int(metadata["epoch"])
+
+    def _load_rng_state(self, checkpoint) -> None:
+        # the Trainer calls this once when it resumes, at the step it resumes from: the memory goes with the RNG
+        super()._load_rng_state(checkpoint)
+        if self.carry_memory and checkpoint is not None:
+            self.load_stream_memory(checkpoint)
 
     def _get_output_dir(self, trial) -> str:
         # While saving, the Trainer writes (and rotates) checkpoints in the staging directory.
@@ -179,9 +237,11 @@ class MusicXLTrainer(Trainer):
         self._staging_root = os.path.join(run_dir, STAGING_DIR)
         try:
             super()._save_checkpoint(model, trial)
+            if self.carry_memory:
+                self.save_stream_memory(Path(self._staging_root) / name)
         finally:
             self._staging_root = None
-        self.accelerator.wait_for_everyone()  # every rank's rng_state_<rank>.pth is in place
+        self.accelerator.wait_for_everyone()  # every rank's rng_state_<rank>.pth (and memory) is in place
         target = os.path.join(run_dir, name)
         if self.args.should_save:
             publish_directory(Path(run_dir) / STAGING_DIR / name, Path(target))
@@ -253,24 +313,31 @@ class WallClockBudget(TrainerCallback):
 
 
 class EpochSeed(TrainerCallback):
-    """Tell the seeded transform which epoch it draws for (``data.TrainTransform.seed``). ``state.epoch`` is a whole
-    number at the start of an epoch and fractional when a run resumes mid-epoch: its floor is the epoch either way."""
+    """Tell the training data which epoch it draws for (``TrainTransform.seed``, ``PieceStreams``). ``state.epoch``
+    is a whole number at the start of an epoch and fractional when a run resumes mid-epoch: its floor is the epoch
+    either way."""
 
-    def __init__(self, transform: TrainTransform):
-        self.transform = transform
+    def __init__(self, data: TrainTransform | PieceStreams):
+        self.data = data
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self.transform.epoch = math.floor((state.epoch or 0) + 1e-9)
+        self.data.set_epoch(math.floor((state.epoch or 0) + 1e-9))
 
 
 class PlainFinalSteps(TrainerCallback):
-    """Turn transposition off for the last ``fraction`` of the steps (the reference's last epochs)."""
+    """Turn transposition off for the last ``fraction`` of the steps (the reference's last epochs): windows from
+    the step it starts, streams from that step of their data (a function of the step, so exact on resume)."""
 
-    def __init__(self, transform: TrainTransform, fraction: float):
-        self.transform, self.fraction, self.initial = transform, fraction, transform.augment
+    def __init__(self, data: TrainTransform | PieceStreams, fraction: float):
+        self.data, self.fraction, self.initial = data, fraction, data.augment
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if isinstance(self.data, PieceStreams):
+            self.data.plain_from_step = math.ceil((1 - self.fraction) * state.max_steps) * args.gradient_accumulation_steps
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self.transform.augment = self.initial and state.global_step < (1 - self.fraction) * state.max_steps
+        if isinstance(self.data, TrainTransform):
+            self.data.augment = self.initial and state.global_step < (1 - self.fraction) * state.max_steps
 
 
 def resolve_precision(precision: str) -> dict[str, bool]:
@@ -322,6 +389,9 @@ def generation_config_for(config: MusicXLConfig) -> GenerationConfig:
 
 def training_arguments(settings: TrainSettings, max_steps: int) -> TrainingArguments:
     return TrainingArguments(
+        # streams: rows keep their order (each process its own streams; accelerate deals out whole batches)
+        train_sampling_strategy="sequential" if settings.train_mode == "stream" else "random",
+        activation_checkpointing=settings.gradient_checkpointing,
         output_dir=settings.output_dir,
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.batch_size,
@@ -371,11 +441,12 @@ def steps_for_budget(seconds: float, step_seconds: float, steps_per_epoch: int, 
     return max(1, int(0.9 * seconds / per_step))
 
 
-def fit_steps_to_budget(settings, model, train_set, n_eval_windows: int, args: TrainingArguments) -> int:
+def fit_steps_to_budget(settings, model, train_set, eval_tokens: int, args: TrainingArguments) -> int:
     step_seconds = seconds_per_step(model, train_set, settings.batch_size, settings.grad_accum)
     world = args.world_size
     steps_per_epoch = max(1, math.ceil(len(train_set) / (settings.batch_size * world * settings.grad_accum)))
-    eval_seconds = math.ceil(n_eval_windows / (settings.batch_size * world)) * step_seconds / settings.grad_accum / 3 + 1.0
+    step_tokens = settings.batch_size * settings.grad_accum * len(train_set[0]["input_ids"])
+    eval_seconds = eval_tokens / world / step_tokens * step_seconds / 3 + 1.0  # a forward is about 1/3 of a step
     steps = steps_for_budget(settings.max_minutes * 60, step_seconds, steps_per_epoch, eval_seconds)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         agreed = torch.tensor([steps])
@@ -456,7 +527,8 @@ def checkpoint_problem(checkpoint) -> str | None:
     rng_files = sorted(folder.glob("rng_state*.pth"))
     if not rng_files:
         return "rng_state.pth is missing"
-    for path in weights + torch_files + rng_files:
+    memory_files = sorted(folder.glob(STREAM_MEMORY.format("*")))
+    for path in weights + torch_files + rng_files + memory_files:
         if not path.is_file():
             return f"{path.name} is missing"
         try:
@@ -511,10 +583,8 @@ def train(settings: TrainSettings) -> TrainResult:
     model.generation_config = generation_config_for(config)
     tokenizer = MusicXLTokenizerFast()
 
-    window_len = settings.n_segments * config.segment_len
-    transform = TrainTransform(window_len, augment=settings.augment, transpose_p=settings.transpose_p, seed=settings.seed)
-    train_set = corpus["train"].with_transform(transform)
-    eval_set = eval_dataset(corpus["validation"], window_len)
+    train_data, train_set = training_data(settings, corpus["train"], config.segment_len, args.world_size)
+    eval_set = eval_pieces(corpus["validation"])
 
     checkpoint = None
     if settings.resume and os.path.isdir(settings.output_dir):
@@ -527,7 +597,7 @@ def train(settings: TrainSettings) -> TrainResult:
             logger.warning("--resume: continuing from %s", checkpoint)
     if args.process_index == 0:  # what a save killed before its rename left behind
         shutil.rmtree(Path(settings.output_dir) / STAGING_DIR, ignore_errors=True)
-    callbacks = [EpochSeed(transform)]
+    callbacks = [EpochSeed(train_data)]
     if checkpoint is not None:
         # A one-cycle schedule cannot be stretched: a resumed run keeps the step count it was started with.
         steps = checkpoint_max_steps(checkpoint)
@@ -535,11 +605,12 @@ def train(settings: TrainSettings) -> TrainResult:
             logger.warning("--resume: keeping the checkpoint's %d steps (one-cycle schedule), not %d", steps, settings.max_steps)
         args = training_arguments(settings, steps)
     elif settings.max_minutes > 0:
-        args = training_arguments(settings, fit_steps_to_budget(settings, model, train_set, len(eval_set), args))
+        eval_tokens = sum(len(ids) for ids in eval_set["input_ids"])
+        args = training_arguments(settings, fit_steps_to_budget(settings, model, train_set, eval_tokens, args))
     if settings.max_minutes > 0 and args.world_size == 1:
         callbacks.append(WallClockBudget(settings.max_minutes * 60))
     if settings.plain_final_fraction > 0:
-        callbacks.append(PlainFinalSteps(transform, settings.plain_final_fraction))
+        callbacks.append(PlainFinalSteps(train_data, settings.plain_final_fraction))
 
     trainer = MusicXLTrainer(
         model=model,
@@ -552,6 +623,7 @@ def train(settings: TrainSettings) -> TrainResult:
         preprocess_logits_for_metrics=token_scores,
         callbacks=callbacks,
         warmup_fraction=settings.warmup_fraction,
+        carry_memory=settings.train_mode == "stream",
     )
     train_started = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
@@ -565,6 +637,20 @@ def train(settings: TrainSettings) -> TrainResult:
     trainer.accelerator.wait_for_everyone()
     logger.info("training done in %.1f s (%.1f s in total)", train_seconds, time.perf_counter() - started)
     return TrainResult(final_dir, metrics, train_seconds, trainer.accelerator.unwrap_model(trainer.model))
+
+
+def training_data(settings: TrainSettings, split, segment_len: int, world_size: int):
+    """(what draws the examples, the dataset the Trainer iterates): ``PieceStreams`` twice for stream training, or a
+    ``TrainTransform`` and the split with it as transform for window training."""
+    step_tokens = settings.n_segments * segment_len
+    if settings.train_mode == "stream":
+        streams = PieceStreams(split["input_ids"], settings.batch_size, step_tokens, world_size, settings.seed,
+                               settings.augment, settings.transpose_p)  # fmt: skip
+        return streams, streams
+    if settings.train_mode == "windows":
+        transform = TrainTransform(step_tokens, augment=settings.augment, transpose_p=settings.transpose_p, seed=settings.seed)
+        return transform, split.with_transform(transform)
+    raise ValueError(f"unknown train mode {settings.train_mode!r}; choose stream or windows")
 
 
 def final_metrics(trainer: Trainer) -> dict:
