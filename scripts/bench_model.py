@@ -5,16 +5,21 @@
 
 Measures (random weights: speed does not depend on them):
   1. training: forward + backward + AdamW step, tokens/s, MusicXL vs GPT-2 (same d_model, layers, heads, d_inner,
-     dropout, batch and row length; MusicXL runs each row as segments of segment_len with memory, as it trains);
+     dropout, batch and row length; MusicXL runs each row as segments of segment_len with memory, as it trains),
+     in fp32 and in bf16 autocast (what ``--precision auto`` picks on a CPU with AVX-512 BF16 or AMX), and MusicXL
+     in bf16 against MusicXL in fp32; 1s. the same MusicXL step carrying the memory from the step before (stream
+     training: every segment has a memory) against the window step (the first segment has none);
   2. generation with the cache vs use_cache=False at --new-tokens (the cached time is the mean of a run before and
      one after the uncached run);
   3. flat cost: over --long-tokens new tokens, tokens/s of the last 1,024 vs the first 1,024 (per-step timestamps);
      3b. as a load-robust check, cached steps after 1,024 and after 4,096 tokens, alternated step by step;
-  4. MusicXL generate with its memory vs GPT-2 generate with its KV cache, --long-tokens new tokens.
-Timed sections alternate between the two models to share the machine's load fairly.
+  4. MusicXL generate with its memory vs GPT-2 generate with its KV cache, --long-tokens new tokens;
+  5. MusicXL generation in bf16 autocast against fp32, --new-tokens new tokens, one sequence.
+Timed sections alternate between the compared runs to share the machine's load fairly.
 """
 
 import argparse
+import contextlib
 import time
 
 import torch
@@ -62,21 +67,31 @@ def count(model):
     return sum(p.numel() for p in model.parameters())
 
 
-def bench_training(models, batch, length, steps):
-    """tokens/s of forward + backward + AdamW, alternating the models step by step."""
+def precision(name):
+    """The autocast context of a precision name: "bf16" (CPU autocast) or "fp32" (none)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if name == "bf16" else contextlib.nullcontext()
+
+
+def bench_training(runs, batch, length, steps):
+    """tokens/s of forward + backward + AdamW of each run (name -> (model, precision, carry memory)), alternating
+    the runs step by step so that they share the machine's load."""
     ids = torch.randint(9, 298, (batch, length), generator=torch.Generator().manual_seed(0))
-    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
-    elapsed = dict.fromkeys(models, 0.0)
+    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, (model, _, _) in runs.items()}
+    memories = dict.fromkeys(runs)
+    elapsed = dict.fromkeys(runs, 0.0)
     for step in range(steps + 2):  # two warm-up steps
-        for name, model in models.items():
+        for name, (model, dtype, carry_memory) in runs.items():
             model.train()
+            inputs = {"past_key_values": memories[name], "use_cache": True} if carry_memory else {}
             start = time.perf_counter()
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
+            with precision(dtype):
+                out = model(input_ids=ids, labels=ids, **inputs)
+            out.loss.backward()
             optimizers[name].step()
             optimizers[name].zero_grad(set_to_none=True)
             if step >= 2:
                 elapsed[name] += time.perf_counter() - start
+            memories[name] = out.past_key_values if carry_memory else None
     return {name: batch * length * steps / seconds for name, seconds in elapsed.items()}
 
 
@@ -153,11 +168,17 @@ def main():
         f"GPT-2 {count(gpt2) / 1e6:.2f}M"
     )
 
-    rates = bench_training({"musicxl": xl, "gpt2": gpt2}, args.batch, args.length, args.train_steps)
-    print(
-        f"1. training (batch {args.batch} x {args.length}): MusicXL {rates['musicxl']:.0f} tok/s, "
-        f"GPT-2 {rates['gpt2']:.0f} tok/s, ratio {rates['musicxl'] / rates['gpt2']:.2f}x (target >= 0.8)"
-    )
+    runs = {f"{model} {dtype}": (module, dtype, False) for dtype in ("fp32", "bf16")
+            for model, module in (("MusicXL", xl), ("GPT-2", gpt2))}  # fmt: skip
+    rates = bench_training(runs, args.batch, args.length, args.train_steps)
+    print(f"1. training (batch {args.batch} x {args.length}), tokens/s: " + ", ".join(f"{n} {r:.0f}" for n, r in rates.items()))
+    for dtype in ("fp32", "bf16"):
+        print(f"   {dtype}: MusicXL / GPT-2 {rates[f'MusicXL {dtype}'] / rates[f'GPT-2 {dtype}']:.2f}x (target >= 1.0)")
+    print(f"   MusicXL bf16 / fp32 {rates['MusicXL bf16'] / rates['MusicXL fp32']:.2f}x (target >= 1.6)")
+    best = "bf16" if torch.cpu._is_avx512_bf16_supported() else "fp32"
+    carry = bench_training({"stream": (xl, best, True), "windows": (xl, best, False)}, args.batch, args.length, args.train_steps)
+    print(f"1s. stream training ({best}, memory carried from the step before) {carry['stream']:.0f} tok/s, window training "
+          f"(first segment without memory) {carry['windows']:.0f} tok/s: stream / windows {carry['stream'] / carry['windows']:.2f}x")
 
     with torch.no_grad():
         # the uncached run takes minutes: time the cached one before and after it, to share the machine's load
@@ -191,6 +212,15 @@ def main():
         print(
             f"4. {n} new tokens: MusicXL {n / xl_long:.1f} tok/s ({xl_long:.1f} s), GPT-2 with KV cache "
             f"{n / gpt2_long:.1f} tok/s ({gpt2_long:.1f} s), MusicXL {gpt2_long / xl_long:.2f}x faster (target > 1)"
+        )
+        seconds = {"fp32": 0.0, "bf16": 0.0}
+        for _ in range(2):  # alternated
+            for dtype in seconds:
+                with precision(dtype):
+                    seconds[dtype] += timed_generate(xl, args.new_tokens)[0]
+        print(
+            f"5. generation of {args.new_tokens} tokens in bf16 autocast {2 * args.new_tokens / seconds['bf16']:.1f} tok/s, "
+            f"fp32 {2 * args.new_tokens / seconds['fp32']:.1f} tok/s: bf16 / fp32 {seconds['fp32'] / seconds['bf16']:.2f}x"
         )
 
 

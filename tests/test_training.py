@@ -115,7 +115,10 @@ def test_compute_metrics_by_hand():
 def test_fp16_on_cpu_is_refused():
     with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
         resolve_precision("fp16")
-    assert resolve_precision("auto") == {"bf16": False, "fp16": False}
+    from hf_music_xl import training
+
+    native = training.cpu_has_native_bf16()
+    assert resolve_precision("auto") == {"bf16": native, "fp16": False}
 
 
 # ----------------------------------------------------------------------------------------------------------

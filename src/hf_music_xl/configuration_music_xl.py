@@ -9,9 +9,9 @@ from transformers import PretrainedConfig
 
 # name -> overrides of the defaults; parameter counts are with the default vocabulary and max_bars
 PRESETS = {
-    # ~1.0M parameters: CPU demos and tests
+    # ~0.90M parameters: CPU demos and tests
     "tiny": dict(d_model=128, n_layer=4, n_head=4, d_head=32, d_inner=512, mem_len=128, segment_len=128),
-    # ~9.7M parameters: CPU training runs
+    # ~9.3M parameters: CPU training runs
     "small": dict(d_model=384, n_layer=6, n_head=6, d_head=64, d_inner=1024, mem_len=256, segment_len=256),
     # ~55M parameters: the reference musicautobot model (16 layers, 512 wide, 8 heads, mem_len 512, bptt 512)
     "base": dict(d_model=512, n_layer=16, n_head=8, d_head=64, d_inner=2048, mem_len=512, segment_len=512),
@@ -48,7 +48,10 @@ class MusicXLConfig(PretrainedConfig):
         encode_position (`bool`, defaults to True): add beat-in-bar and bar-index embeddings to the tokens;
             False for ablations.
         steps_per_bar (`int`, defaults to 16): grid steps (16th notes) in a bar, 16 for 4/4.
-        max_bars (`int`, defaults to 1024): the bar index is taken modulo this (so there is no maximum length).
+        max_bars (`int`, defaults to 16): the bar of the piece (counted from its `xxbos`, in training as in
+            generation) is embedded modulo this: a phrase of 16 bars, every row of which stream training reaches
+            in every piece (so there is no maximum length and no untrained row). 0: no bar embedding, the beat
+            within the bar only. Models saved before used 1,024 (BENCHMARKS.md compares the three).
 
     Window masks (training only, see `modeling_music_xl.attention_block_mask`):
         mask_p (`float`, defaults to 0.2): probability per training batch of a window mask instead of the causal
@@ -82,7 +85,7 @@ class MusicXLConfig(PretrainedConfig):
     segment_len: int = 512
     encode_position: bool = True
     steps_per_bar: int = 16
-    max_bars: int = 1024
+    max_bars: int = 16
     mask_p: float = 0.2
     mask_steps: int = 4
     use_cache: bool = True
@@ -109,6 +112,8 @@ class MusicXLConfig(PretrainedConfig):
             raise ValueError(f"d_model must be even (sinusoidal relative encodings), got {self.d_model}")
         if not 0.0 <= self.mask_p <= 1.0 or self.mask_steps < 0:
             raise ValueError(f"need 0 <= mask_p <= 1 and mask_steps >= 0, got {self.mask_p}, {self.mask_steps}")
+        if self.max_bars < 0:
+            raise ValueError(f"max_bars must be >= 0 (0: no bar embedding), got {self.max_bars}")
         if self.duration_offset + self.num_durations > self.vocab_size:
             raise ValueError("duration ids run past vocab_size")
 

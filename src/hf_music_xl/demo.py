@@ -1,13 +1,15 @@
 """The main job, end to end (``hf-music-xl demo``, ``make demo``):
 
 1. build the Bach chorale corpus from the installed music21 package (cached after the first run);
-2. train the ``tiny`` model for a bounded wall time, with progress;
+2. train the ``tiny`` model for a fixed number of steps (stream training, bf16 where the CPU has it), with
+   progress: the same seed gives the same model on a busy machine as on an idle one, which is only slower;
 3. print validation NLL per token and per note;
 4. reload the saved model from its directory, continue the first bars of a validation chorale with the
    grammar processor on (several samples), and write each as MIDI, a piano-roll picture and audio (when a
    renderer and a local soundfont exist); the real chorale's same bars are written alike for comparison;
-5. print musical statistics of the samples next to the training chorales' (also ``statistics.json``);
-6. print where every output went (also saved as ``summary.json``).
+5. print musical statistics of the samples next to the training chorales' (also ``statistics.json``), and
+   check that they look like the chorales (``CHECKS``);
+6. print where every output went, the checks and the time each part took (also saved as ``summary.json``).
 """
 
 from __future__ import annotations
@@ -24,10 +26,24 @@ import torch
 from . import encoding
 
 
+# Steps that an idle 2-core machine trains in about 5 minutes (BENCHMARKS.md, "Main job"), so that the whole job,
+# install included, stays within 10 minutes there.
+DEMO_STEPS = 600
+
+# What the samples must look like next to the training chorales: (statistic, what is compared, allowed).
+CHECKS = (
+    ("polyphony", "difference", 1.0),  # mean notes sounding at once: within 1.0 of the chorales'
+    ("pitch_class_entropy", "difference", 0.25),  # bits
+    ("note_density", "relative", 0.30),  # notes per bar: within 30%
+)
+MAX_VALIDATION_NLL = 1.25  # nats per token
+
+
 @dataclass
 class DemoSettings:
     output_dir: str = field(default="outputs/demo", metadata={"help": "where everything is written"})
-    max_minutes: float = field(default=6.0, metadata={"help": "wall-clock budget for training (the whole demo takes about 2-3 min more)"})
+    steps: int = field(default=DEMO_STEPS, metadata={"help": "optimizer steps: a fixed amount of work, so the result does not depend on the machine's load"})
+    max_minutes: float = field(default=0.0, metadata={"help": "also stop training at this wall-clock budget (steps fitted to it); 0: none"})
     preset: str = field(default="tiny", metadata={"help": "model size"})
     batch_size: int = field(default=16, metadata={"help": "windows per step"})
     n_segments: int = field(default=4, metadata={"help": "segments per training window"})
@@ -62,8 +78,10 @@ def run_demo(settings: DemoSettings) -> dict:
         print(f"   {split}: {stats['pieces']} chorales, {stats['tokens']:,} tokens, {stats['notes']:,} notes")
     print(f"   (built in {report['build_seconds']} s, cached in {corpus_dir})")
 
-    print(f"== 2/5 training the {settings.preset} model for at most {settings.max_minutes} minutes")
+    budget = f" (or {settings.max_minutes} minutes)" if settings.max_minutes else ""
+    print(f"== 2/5 training the {settings.preset} model for {settings.steps} steps{budget}")
     run_dir = output / "run"
+    corpus_seconds = time.perf_counter() - started
     result = train(
         TrainSettings(
             corpus=str(corpus_dir),
@@ -71,13 +89,16 @@ def run_demo(settings: DemoSettings) -> dict:
             preset=settings.preset,
             n_segments=settings.n_segments,
             batch_size=settings.batch_size,
+            max_steps=settings.steps,
             max_minutes=settings.max_minutes,
+            eval_steps=settings.steps,  # once, at the end
+            save_steps=max(1, settings.steps // 3),  # --resume can pick a run up from a third of the way
             seed=settings.seed,
         )
     )
     metrics = result.metrics
 
-    print("== 3/5 validation (fixed windows over the validation chorales)")
+    print("== 3/5 validation (every validation chorale whole, in segments with the memory carried)")
     print(f"   NLL per token {metrics['eval_nll_per_token']:.3f} nats (perplexity {metrics['eval_perplexity']:.2f})")
     print(f"   NLL per note  {metrics['eval_nll_per_note']:.3f} nats ({metrics['eval_notes']:,} notes)")
     print(f"   token accuracy {metrics['eval_token_accuracy']:.1%}; trained {result.train_seconds / 60:.1f} min")
@@ -109,7 +130,10 @@ def run_demo(settings: DemoSettings) -> dict:
 
     print("== 5/5 musical statistics: the generated continuations next to the training chorales")
     statistics_path = output / "statistics.json"
-    compare_with_corpus(samples, corpus["train"], statistics_path, corpus_name="training chorales")
+    summaries = compare_with_corpus(samples, corpus["train"], statistics_path, corpus_name="training chorales")
+    checks = look_like_the_chorales(summaries["training chorales"], summaries["generated"], metrics["eval_nll_per_token"])
+    for name, check in checks.items():
+        print(f"   {name}: {check['value']:.3f} against {check['target']} -> {'ok' if check['within'] else 'OUTSIDE'}")
     files = {}
     for sample in samples:
         for kind, path in sample.files.items():
@@ -123,6 +147,10 @@ def run_demo(settings: DemoSettings) -> dict:
     summary = {
         "piece": names[index],
         "validation": {k.removeprefix("eval_"): v for k, v in metrics.items() if k.startswith("eval_")},
+        "checks": checks,
+        "looks_like_the_chorales": all(check["within"] for check in checks.values()),
+        "steps": settings.steps,
+        "corpus_minutes": round(corpus_seconds / 60, 2),
         "train_minutes": round(result.train_seconds / 60, 2),
         "total_minutes": round((time.perf_counter() - started) / 60, 2),
         "outputs": {
@@ -134,7 +162,25 @@ def run_demo(settings: DemoSettings) -> dict:
         },
     }
     (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"== done in {summary['total_minutes']:.1f} min; outputs:")
+    print(f"== done in {summary['total_minutes']:.1f} min (corpus {summary['corpus_minutes']:.1f}, training "
+          f"{summary['train_minutes']:.1f}); the samples {'look' if summary['looks_like_the_chorales'] else 'do NOT look'} "
+          f"like the chorales by every check; outputs:")  # fmt: skip
     for what, where in {**summary["outputs"], "this summary": str(output / "summary.json")}.items():
         print(f"   {what:<44} {where}")
     return summary
+
+
+def look_like_the_chorales(chorales: dict, generated: dict, validation_nll: float) -> dict:
+    """Each ``CHECKS`` figure of the samples against the chorales', and the validation NLL against its ceiling:
+    {name: {"value", "target", "within"}}."""
+    checks = {}
+    for statistic, kind, allowed in CHECKS:
+        ours, theirs = generated[statistic]["mean"], chorales[statistic]["mean"]
+        if kind == "difference":
+            value, target = abs(ours - theirs), f"|samples - chorales| <= {allowed} (samples {ours:.2f}, chorales {theirs:.2f})"
+        else:
+            value, target = abs(ours / theirs - 1), f"|samples / chorales - 1| <= {allowed} (samples {ours:.2f}, chorales {theirs:.2f})"
+        checks[statistic] = {"value": value, "target": target, "within": bool(value <= allowed)}
+    checks["validation_nll_per_token"] = {"value": validation_nll, "target": f"<= {MAX_VALIDATION_NLL}",
+                                          "within": bool(validation_nll <= MAX_VALIDATION_NLL)}  # fmt: skip
+    return checks

@@ -106,6 +106,25 @@ def sinusoid_encodings(length, d_model, device, dtype):
     return torch.cat([angles.sin(), angles.cos()], dim=-1).to(dtype)
 
 
+class RelativeShift(torch.autograd.Function):
+    """(B, H, T, K+1) scores by distance, whose first row holds a zero column -> (B, H, T, K) by key: the flat
+    buffer read as (K+1, T) without its first row (a free view). Its backward writes the gradient back into that
+    layout with one copy; autograd's own backward of the slice would first zero the whole (B, H, T, K+1) buffer."""
+
+    @staticmethod
+    def forward(ctx, padded):
+        batch, heads, query_len, width = padded.shape
+        return padded.view(batch, heads, width, query_len)[:, :, 1:].view(batch, heads, query_len, width - 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        batch, heads, query_len, key_len = grad.shape
+        grad_padded = grad.new_empty(batch, heads, key_len + 1, query_len)
+        grad_padded[:, :, 0].zero_()  # the dropped row: garbage of the shift, no gradient
+        grad_padded[:, :, 1:].copy_(grad.reshape(batch, heads, key_len, query_len))
+        return grad_padded.view(batch, heads, query_len, key_len + 1)
+
+
 def relative_position_scores(query, relative):
     """Position scores of every query against every key: query (B, H, T, Dh) (bias added, pre-scaled), relative
     (H, K, Dh) encodings of the distances K-1..0 -> (B, H, T, K) with out[..., i, j] = query_i . R_(M+i-j), where the
@@ -114,12 +133,10 @@ def relative_position_scores(query, relative):
     Dai et al.'s relative shift: scores by distance with a zero column in front, read as (K+1, T) and cut, shift
     row i left by T-1-i. Here the zero column comes from a zero encoding row, so the shift is a free view.
     """
-    batch, heads, query_len, _ = query.shape
-    key_len = relative.shape[1]
-    if query_len == 1:  # one query (generation): distance order is already key order
+    if query.shape[2] == 1:  # one query (generation): distance order is already key order
         return torch.matmul(query, relative.transpose(1, 2))
     padded = torch.matmul(query, F.pad(relative, (0, 0, 1, 0)).transpose(1, 2))  # (B, H, T, K+1), column 0 zero
-    return padded.view(batch, heads, key_len + 1, query_len)[:, :, 1:].view(batch, heads, query_len, key_len)
+    return RelativeShift.apply(padded)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -271,7 +288,7 @@ class MusicXLCache:
         """A new buffer of `capacity` slots along `dim` holding buffer's slots keep_from..length at the front."""
         shape = list(buffer.shape)
         shape[dim] = capacity
-        moved = buffer.new_zeros(shape)
+        moved = buffer.new_empty(shape)  # slots past the kept ones are written before they are read
         moved.narrow(dim, 0, self.length - keep_from).copy_(buffer.narrow(dim, keep_from, self.length - keep_from))
         return moved
 
@@ -285,8 +302,8 @@ class MusicXLCache:
         """Store a chunk's keys and values (B, H, T, Dh) after the memory of one layer (detached)."""
         if layer_idx == len(self.keys):  # first chunk: allocate like the keys
             capacity = self.token_ids.shape[1]
-            self.keys.append(key.new_zeros(*key.shape[:2], capacity, key.shape[3]))
-            self.values.append(value.new_zeros(*value.shape[:2], capacity, value.shape[3]))
+            self.keys.append(key.new_empty(*key.shape[:2], capacity, key.shape[3]))
+            self.values.append(value.new_empty(*value.shape[:2], capacity, value.shape[3]))
         end = self.length + key.shape[2]
         self.keys[layer_idx][:, :, self.length : end] = key.detach()
         self.values[layer_idx][:, :, self.length : end] = value.detach()
@@ -345,12 +362,16 @@ class MusicXLCache:
 
 
 class MusicXLAttention(nn.Module):
-    """Multi-head attention with TransformerXL relative positions.
+    """Multi-head attention with TransformerXL relative positions, written out.
 
-    score(i, j) = (q_i + u) . k_j + (q_i + v) . R_{i-j}: the position term is computed for all distances, shifted
-    to key order, pre-scaled and added to the mask; torch's scaled_dot_product_attention computes the content term
-    (scaling it by 1/sqrt(d_head)) with that as its additive attn_mask. With `output_attentions` the same scores are
-    computed by hand, to return the probabilities.
+    score(i, j) = ((q_i + u) . k_j + (q_i + v) . R_{i-j}) / sqrt(d_head). The position term is computed for all
+    distances and shifted to key order (`relative_position_scores`); the content term is added to it in the same
+    batched matmul (baddbmm); the softmax runs in float32 whatever the compute dtype.
+
+    Written out rather than through torch's scaled_dot_product_attention: the relative term is a full (T, M+T) bias
+    per head, which sends SDPA to its unfused math kernel, and there, measured on CPU (scripts/bench_model.py),
+    this path is faster in float32 and much faster in bfloat16 (SDPA's math kernel computes a bf16 bias in
+    float32); on a GPU it is the usual eager attention. It also gives the probabilities for output_attentions.
     """
 
     def __init__(self, config, layer_idx):
@@ -379,23 +400,28 @@ class MusicXLAttention(nn.Module):
         query, key, value = (self.split_heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))  # (B, H, T, Dh)
         keys, values = key, value
         if memory is not None:
-            keys, values = torch.cat([memory[0], key], dim=2), torch.cat([memory[1], value], dim=2)  # (B, H, M+T, Dh)
+            keys = torch.cat([memory[0].to(key.dtype), key], dim=2)  # (B, H, M+T, Dh)
+            values = torch.cat([memory[1].to(value.dtype), value], dim=2)
         scale = 1.0 / math.sqrt(self.d_head)
-        # SDPA scales q.k by 1/sqrt(d_head) but not attn_mask: pre-scale the query of the position term
-        attn_bias = relative_position_scores((query + position_bias[:, None]) * scale, relative)  # (B, H, T, M+T)
+        # biases u, v are float32 parameters: cast them so the matmuls stay in the compute dtype (bf16 autocast)
+        position_query = (query + position_bias[:, None].to(query.dtype)) * scale
+        content_query = (query + content_bias[:, None].to(query.dtype)) * scale
+        scores = relative_position_scores(position_query, relative).to(query.dtype)  # (B, H, T, M+T)
+        key_len = keys.shape[2]
+        scores = torch.baddbmm(scores.reshape(-1, length, key_len), content_query.reshape(-1, length, self.d_head),
+                               keys.reshape(-1, key_len, self.d_head).transpose(1, 2))  # fmt: skip
+        scores = scores.view(batch, self.n_head, length, key_len)
         if mask is not None:
-            attn_bias = attn_bias.masked_fill(mask, float("-inf"))
-        dropout = self.attn_dropout if self.training else 0.0
-        probabilities = None
-        if output_attentions:
-            scores = torch.matmul((query + content_bias[:, None]) * scale, keys.transpose(2, 3)) + attn_bias
-            probabilities = scores.float().softmax(dim=-1).to(values.dtype)  # (B, H, T, M+T)
-            out = torch.matmul(F.dropout(probabilities, dropout, self.training), values)
-        else:
-            out = F.scaled_dot_product_attention(query + content_bias[:, None], keys, values, attn_mask=attn_bias,
-                                                 dropout_p=dropout)  # fmt: skip
+            scores.masked_fill_(mask, float("-inf"))  # in place: baddbmm's backward does not need its output
+        if scores.dtype == torch.float32:
+            probabilities = scores.softmax(dim=-1)  # (B, H, T, M+T) (with dtype= torch would copy even here)
+        else:  # bf16/fp16 autocast: the softmax in float32, its result back in the compute dtype
+            probabilities = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
+        if self.training and self.attn_dropout:
+            probabilities = F.dropout(probabilities, self.attn_dropout, training=True)
+        out = torch.matmul(probabilities, values)  # (B, H, T, Dh)
         out = out.transpose(1, 2).reshape(batch, length, self.n_head * self.d_head)  # (B, T, H * Dh)
-        return self.out_proj(out), (key, value), probabilities
+        return self.out_proj(out), (key, value), probabilities if output_attentions else None
 
 
 class MusicXLBlock(GradientCheckpointingLayer):
