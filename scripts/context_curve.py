@@ -166,7 +166,7 @@ def main():
     results = {}
     for mode, seed in jobs:
         name = f"{mode}-seed{seed}"
-        results[name] = evaluate_run(out / name / "final", sets, args.mem_lens, args.eval_batch_size)
+        results[name] = evaluate_run(out / name, sets, args.mem_lens, args.eval_batch_size)
         print(f"{name}: " + "; ".join(f"{s}: " + " ".join(f"{r['nll_per_note']:.3f}" for r in by_mem.values())
                                        for s, by_mem in results[name]["nll"].items()), flush=True)  # fmt: skip
     wall = time.perf_counter() - started

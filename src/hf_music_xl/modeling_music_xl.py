@@ -617,11 +617,11 @@ class MusicXLModel(MusicXLPreTrainedModel):
             layer_inputs.append(chunk_inputs)
             attentions.append((key_start, chunk_attentions))
 
-        hidden = self.norm(torch.cat(outputs, dim=1))  # (B, L, D)
+        hidden = self.norm(joined(outputs))  # (B, L, D)
         hidden_states = None
         if output_hidden_states:
             per_layer = zip(*layer_inputs)  # layer -> its input of every chunk
-            hidden_states = tuple(torch.cat(inputs, dim=1) for inputs in per_layer) + (hidden,)
+            hidden_states = tuple(joined(inputs) for inputs in per_layer) + (hidden,)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden,
             past_key_values=cache if use_cache or past_key_values is not None else None,
@@ -631,7 +631,10 @@ class MusicXLModel(MusicXLPreTrainedModel):
 
     def gather_attentions(self, attentions):
         """Per layer (B, H, L, K): each chunk's probabilities placed at the columns of its keys, over the keys from
-        the first one this call saw to the last token; keys a chunk could not see are 0."""
+        the first one this call saw to the last token; keys a chunk could not see are 0. (One chunk: its own
+        probabilities, in the autograd graph; several: a copy assembled from theirs.)"""
+        if len(attentions) == 1:
+            return tuple(attentions[0][1])
         first_key = attentions[0][0]
         last_start, last_chunk = attentions[-1]
         key_len = last_start + last_chunk[0].shape[-1] - first_key  # the last chunk's keys end at the last token
@@ -645,6 +648,11 @@ class MusicXLModel(MusicXLPreTrainedModel):
                 rows.append(F.pad(probabilities, (before, after)))
             per_layer.append(torch.cat(rows, dim=2))
         return tuple(per_layer)
+
+
+def joined(chunks):
+    """Chunk outputs (B, T, ...) joined along the sequence; a single chunk as it is (still the graph's tensor)."""
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
 
 
 class MusicXLForCausalLM(MusicXLPreTrainedModel, GenerationMixin):
