@@ -155,6 +155,15 @@ def test_resume_continues_to_the_same_weights(chorale_corpus_dir, tmp_path):
     assert weights_digest(resumed.model) == weights_digest(straight.model)
 
 
+def test_gradient_checkpointing_flag_trains_to_the_same_weights(chorale_corpus_dir, tmp_path):
+    """--gradient-checkpointing recomputes each block in the backward pass: less memory, the same training."""
+    plain = train(small_settings(chorale_corpus_dir, tmp_path / "plain", max_steps=3))
+    checkpointed = train(small_settings(chorale_corpus_dir, tmp_path / "checkpointed", max_steps=3, gradient_checkpointing=True))
+    assert all(layer.gradient_checkpointing for layer in checkpointed.model.transformer.layers)
+    assert not any(layer.gradient_checkpointing for layer in plain.model.transformer.layers)
+    assert weights_digest(checkpointed.model) == weights_digest(plain.model)
+
+
 def test_ddp_two_processes_end_identical(chorale_corpus_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
