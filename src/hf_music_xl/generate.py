@@ -210,6 +210,15 @@ def load_model_and_tokenizer(name_or_path: str):
     return model, tokenizer
 
 
+def load_pipeline(name_or_path: str):
+    """A ``MusicXLPipeline`` (the ``music-generation`` pipeline) of this package's classes for a model directory
+    or Hub id; without the package, ``pipeline(model=..., trust_remote_code=True)`` gives the same."""
+    from .pipeline_music_xl import MusicXLPipeline
+
+    model, tokenizer = load_model_and_tokenizer(name_or_path)
+    return MusicXLPipeline(model=model, tokenizer=tokenizer)
+
+
 @dataclass
 class Sample:
     """One generated piece: its ids (prompt first), where the prompt ends, its seed and its files."""
