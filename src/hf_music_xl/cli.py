@@ -6,6 +6,7 @@
     hf-music-xl push runs/tiny/final you/music-xl-tiny
     hf-music-xl generate runs/tiny/final --prompt piece.mid --bars 16 --num-samples 3
     hf-music-xl evaluate --model runs/tiny/final --generated outputs/generated --skip-bars 4
+    hf-music-xl app runs/tiny/final
 
 Each subcommand is one ``add_<name>(subparsers)`` function that declares its flags and sets ``run`` to its
 handler; to add a subcommand, write one and list it in ``SUBCOMMANDS``.
@@ -236,7 +237,38 @@ def run_push(args) -> None:
     print(describe(result))
 
 
-SUBCOMMANDS = [add_build_corpus, add_train, add_demo, add_generate, add_evaluate, add_push]
+# ----------------------------------------------------------------------------------------------------------
+# app
+
+
+def add_app(subparsers) -> None:
+    from .app import MAX_UPLOAD_BYTES
+
+    parser = subparsers.add_parser(
+        "app",
+        help="a web page to continue MIDI files with a model (needs the app extra: pip install 'hf_music_xl[app]')",
+        description="Serve a Gradio page: upload a MIDI prompt or start from nothing, choose bars, preset, "
+        "temperature, seed and scale, press Generate; see the piano roll, hear it, download the MIDI file.",
+    )
+    parser.add_argument("model", help="a model directory (e.g. runs/tiny/final) or Hub id")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    parser.add_argument("--max-upload-bytes", type=int, default=MAX_UPLOAD_BYTES, help=f"largest prompt file accepted (default: {MAX_UPLOAD_BYTES})")
+    parser.add_argument("--output-dir", default="", help="where generated files go (default: a temporary directory)")
+    parser.set_defaults(run=run_app)
+
+
+def run_app(args) -> None:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        sys.exit("hf-music-xl app: error: the app needs Gradio: pip install 'hf_music_xl[app]'")
+    from .app import AppSettings, run_app
+
+    run_app(AppSettings(args.model, args.host, args.port, args.max_upload_bytes, args.output_dir))
+
+
+SUBCOMMANDS = [add_build_corpus, add_train, add_demo, add_generate, add_evaluate, add_push, add_app]
 
 
 def build_parser() -> argparse.ArgumentParser:

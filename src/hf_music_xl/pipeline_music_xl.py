@@ -189,7 +189,8 @@ class MusicXLPipeline(Pipeline):
     - ``midi``: the whole piece (prompt, then continuation) as a MIDI file (bytes);
     - ``notes``: its notes, dicts of ``pitch`` (MIDI number), ``onset`` and ``duration`` (in grid steps,
       ``steps_per_beat`` per quarter note) and ``prompt`` (True for the prompt's notes);
-    - ``ids``: its token ids; ``prompt_length``: how many of them are the prompt; ``seed``: its seed.
+    - ``ids``: its token ids; ``prompt_length``: how many of them are the prompt;
+    - ``bars``: whole bars the continuation spans (fewer than asked if it ended early); ``seed``: its seed.
 
     Call parameters (all optional):
         bars (`int`, 8): bars to generate. max_new_tokens (`int`): tokens to generate instead of bars (with
@@ -266,14 +267,14 @@ class MusicXLPipeline(Pipeline):
             ids = sequence[0].cpu().numpy()
             if fell_short(ids, done, bars, self.model.config):
                 logging.getLogger(__name__).warning("sample %d stopped at its token bound after %d of %d bars", index, done, bars)
-            samples.append((ids, seed + index))
+            samples.append((ids, seed + index, bars_done(sequence, len(prompt), self.model.config)))
         return {"samples": samples, "prompt_length": len(prompt)}
 
     def postprocess(self, model_outputs):
         prompt_length = model_outputs["prompt_length"]
-        return [self.describe_sample(ids, prompt_length, seed) for ids, seed in model_outputs["samples"]]
+        return [self.describe_sample(ids, prompt_length, seed, bars) for ids, seed, bars in model_outputs["samples"]]
 
-    def describe_sample(self, ids: np.ndarray, prompt_length: int, seed: int) -> dict:
+    def describe_sample(self, ids: np.ndarray, prompt_length: int, seed: int, bars: int) -> dict:
         notes = ids_to_notes(ids)
         prompt_notes = len(ids_to_notes(ids[:prompt_length]))  # notes come in token order: the prompt's first
         score = decode_ids(ids, steps_per_beat=self.steps_per_beat)
@@ -285,6 +286,7 @@ class MusicXLPipeline(Pipeline):
             ],
             "ids": ids.tolist(),
             "prompt_length": prompt_length,
+            "bars": bars,
             "seed": seed,
         }
 
