@@ -197,16 +197,21 @@ class GenerateSettings:
 
 
 def load_model_and_tokenizer(name_or_path: str):
-    """``from_pretrained`` of a directory or Hub id (offline, a Hub id must already be in the local cache)."""
+    """``from_pretrained`` of a directory or Hub id (offline, a Hub id must already be in the local cache). A Hub
+    problem (unreachable address, bad token, no such repo) raises ``HubAccessError`` with one line."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .hub_errors import check_model_access, hub_errors
 
     if not name_or_path:
         raise ValueError("give a model directory or Hub id")
+    local_files_only = Path(name_or_path).is_dir() or check_model_access(name_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path).eval()
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    except OSError as error:  # missing directory, unknown or unreachable Hub id: transformers says which
-        raise ValueError(f"cannot load model {name_or_path!r}: {error}") from error
+        with hub_errors(name_or_path):
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, local_files_only=local_files_only).eval()
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_files_only)
+    except OSError as error:  # e.g. a directory without a model: transformers says what is missing (first line)
+        raise ValueError(f"cannot load model {name_or_path!r}: {str(error).splitlines()[0]}") from error
     return model, tokenizer
 
 
