@@ -16,6 +16,7 @@ from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
+    LocalTokenNotFoundError,
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
@@ -26,6 +27,9 @@ logger = logging.getLogger(__name__)
 # httpx2's (huggingface_hub's client) and httpx's errors for an address that cannot be reached or used
 UNREACHABLE = {"ConnectError", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout", "RemoteProtocolError", "ReadError"}
 BAD_ADDRESS = {"UnsupportedProtocol", "InvalidURL", "LocalProtocolError"}
+
+
+NO_TOKEN = "the Hub at {endpoint} needs a token and none is set: run `hf auth login` or set HF_TOKEN (a write token to push)"
 
 
 class HubAccessError(Exception):
@@ -50,6 +54,8 @@ def explain(error: BaseException, repo_id: str | None = None) -> str | None:
             return f"HF_ENDPOINT={endpoint!r} is not a usable address ({cause}): it must look like https://huggingface.co"
         if name in UNREACHABLE:
             return f"cannot reach the Hub at {endpoint} ({cause or name}): check your network, or HF_ENDPOINT if you set it"
+        if isinstance(cause, LocalTokenNotFoundError):
+            return NO_TOKEN.format(endpoint=endpoint)
         if isinstance(cause, OfflineModeIsEnabled):
             return f"{repo} is not in the local cache and HF_HUB_OFFLINE=1 forbids asking the Hub: unset it or download the model first"
         if isinstance(cause, GatedRepoError):
@@ -67,7 +73,7 @@ def explain_status(error: HfHubHTTPError, endpoint: str, repo: str) -> str:
     status, url = error.response.status_code, str(error.response.url)
     if status == 401:
         if get_token() is None:
-            return f"the Hub at {endpoint} needs a token and none is set: run `hf auth login` or set HF_TOKEN (a write token to push)"
+            return NO_TOKEN.format(endpoint=endpoint)
         return f"the Hub at {endpoint} refused your token (401): HF_TOKEN or the token saved by `hf auth login` is invalid or expired"
     if status == 403:
         return f"your token may not write to {repo} (403): it is not in your namespace, or the token is read-only; push to a repo of your own"
