@@ -205,7 +205,7 @@ def load_model_and_tokenizer(name_or_path: str):
 
     if not name_or_path:
         raise ValueError("give a model directory or Hub id")
-    local_files_only = Path(name_or_path).is_dir() or check_model_access(name_or_path)
+    local_files_only = Path(name_or_path).is_dir() or not is_repo_id(name_or_path) or check_model_access(name_or_path)
     try:
         with hub_errors(name_or_path):
             model = AutoModelForCausalLM.from_pretrained(name_or_path, local_files_only=local_files_only).eval()
@@ -213,6 +213,17 @@ def load_model_and_tokenizer(name_or_path: str):
     except OSError as error:  # e.g. a directory without a model: transformers says what is missing (first line)
         raise ValueError(f"cannot load model {name_or_path!r}: {str(error).splitlines()[0]}") from error
     return model, tokenizer
+
+
+def is_repo_id(name: str) -> bool:
+    """``name`` could be a Hub id (else it can only be a local path)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 def load_pipeline(name_or_path: str):
