@@ -14,7 +14,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,audio]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,audio,app]'
 	touch $@
 
 demo: install

@@ -52,10 +52,10 @@ def chorale_corpus_dir(chorale_corpus):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A randomly initialised tiny model (mem_len 16, so generation runs past its memory) saved with its
-    tokenizer and generation config, as training's final directory is: what `from_pretrained` and the CLI load."""
+    tokenizer, generation config and pipeline (what `from_pretrained`, `pipeline(model=...)` and the CLI load)."""
     import torch
 
-    from hf_music_xl import MusicXLConfig, MusicXLForCausalLM, MusicXLTokenizerFast
+    from hf_music_xl import MusicXLConfig, MusicXLForCausalLM, MusicXLPipeline, MusicXLTokenizerFast
     from hf_music_xl.training import generation_config_for
 
     torch.manual_seed(0)
@@ -63,6 +63,5 @@ def tiny_model_dir(tmp_path_factory):
     model = MusicXLForCausalLM(config)
     model.generation_config = generation_config_for(config)
     folder = tmp_path_factory.mktemp("tiny_model")
-    model.save_pretrained(folder)
-    MusicXLTokenizerFast().save_pretrained(folder)
+    MusicXLPipeline(model=model, tokenizer=MusicXLTokenizerFast()).save_pretrained(folder)
     return folder

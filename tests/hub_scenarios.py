@@ -50,6 +50,37 @@ def publish(v1: str, v2: str, repo_id: str) -> dict:
     return {"lines": lines}
 
 
+def cli(runs: list[dict]) -> dict:
+    """``hf-music-xl`` commands in this process, each with its own HF_TOKEN (unset when None): exit status, the
+    message it exited with, and what it printed."""
+    import contextlib
+    import io
+    import os
+
+    from hf_music_xl.cli import main
+
+    results = []
+    for run in runs:
+        os.environ.pop("HF_TOKEN", None)
+        if run.get("token"):
+            os.environ["HF_TOKEN"] = run["token"]
+        out, err, code, message = io.StringIO(), io.StringIO(), 0, ""
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(run["argv"])
+            except SystemExit as exit:
+                code, message = (1, exit.code) if isinstance(exit.code, str) else (exit.code or 0, "")
+        results.append({"code": code, "message": message, "stdout": out.getvalue(), "stderr": err.getvalue()})
+    return {"results": results}
+
+
+def space_app(space_id: str, work: str) -> dict:
+    """Download the Space as a Space would be checked out (no hf_music_xl installed: -I -S below)."""
+    from huggingface_hub import snapshot_download
+
+    return {"dir": snapshot_download(space_id, repo_type="space", local_dir=work)}
+
+
 def load(repo_id: str, revisions: list[str]) -> dict:
     """Without hf_music_xl: tokenizer and model from the Hub with trust_remote_code; generate; weights per revision."""
     block_package()

@@ -18,8 +18,11 @@ snapshot ``path -> entry``. A commit id is the sha1 of its parent, message and s
 revision's ``.gitattributes`` says so (the Hub's default one is committed when a repo is created), when larger
 than 10 MB, or when binary, as on the Hub.
 
-Not implemented: pull requests, tags, listing refs and commits, Xet, multipart LFS, deletion of repos, ``.gitignore`` filtering,
-``cardData`` in repo info (it needs a YAML parser), pagination (everything fits in one page).
+Pull requests: a commit with ``create_pr=1`` opens ``refs/pr/N`` from the branch head and lands there. Writing
+is allowed in the user's own namespace only (403 elsewhere, as on the Hub). Repo types: model, dataset, space.
+
+Not implemented: discussions API, tags, listing refs and commits, Xet, multipart LFS, deletion of repos,
+``.gitignore`` filtering, ``cardData`` in repo info (it needs a YAML parser), pagination (everything fits in one page).
 
     python tests/hub_server.py --root /tmp/hub --port 8123     # a server to point HF_ENDPOINT at by hand
 """
@@ -200,6 +203,18 @@ class HubStore:
             self.save(repo)
             return sha
 
+    def open_pull_request(self, repo_id: str, repo_type: str, branch: str) -> int:
+        """A new ref ``refs/pr/N`` at the head of ``branch``; returns N."""
+        with self.lock:
+            repo = self.load(repo_id, repo_type)
+            head = self.resolve(repo, branch)
+            if head is None:
+                raise HubError(404, f"Invalid rev id: {branch}", "RevisionNotFound")
+            number = 1 + sum(ref.startswith("refs/pr/") for ref in repo["refs"])
+            repo["refs"][f"refs/pr/{number}"] = head
+            self.save(repo)
+            return number
+
     def create_branch(self, repo_id: str, repo_type: str, branch: str, starting_point: str | None) -> None:
         with self.lock:
             repo = self.load(repo_id, repo_type)
@@ -325,7 +340,13 @@ class HubHandler(BaseHTTPRequestHandler):
         repo = self.store.load(repo_id, repo_type)
         if repo is None or (repo["private"] and not self.token_ok()):
             raise HubError(404, f"Repository Not Found for {repo_type} {repo_id}", "RepoNotFound")
+        if write:
+            self.require_namespace(repo_id.split("/")[0])
         return repo
+
+    def require_namespace(self, namespace: str) -> None:
+        if namespace != self.store.user:
+            raise HubError(403, f"You don't have the rights to write in the namespace {namespace!r}")
 
     def revision(self, repo: dict, revision: str) -> str:
         sha = self.store.resolve(repo, revision)
@@ -423,7 +444,9 @@ class HubHandler(BaseHTTPRequestHandler):
         repo_type = payload.get("type") or "model"
         if repo_type not in REPO_TYPES:
             raise HubError(400, f"invalid repo type {repo_type!r}")
-        repo_id = f"{payload.get('organization') or self.store.user}/{payload['name']}"
+        namespace = payload.get("organization") or self.store.user
+        self.require_namespace(namespace)
+        repo_id = f"{namespace}/{payload['name']}"
         private = payload.get("visibility", "public") != "public" or bool(payload.get("private"))
         url = self.repo_url(repo_type, repo_id)
         if not self.store.create_repo(repo_id, repo_type, private):
@@ -463,9 +486,7 @@ class HubHandler(BaseHTTPRequestHandler):
 
     def preupload(self, repo_type: str, repo_id: str, revision: str) -> bool:
         repo = self.repo(repo_type, repo_id, write=True)
-        if self.query.get("create_pr"):
-            raise HubError(400, "pull requests are not supported by this test server")
-        sha = self.revision(repo, revision)
+        sha = self.revision(repo, revision)  # a pull request starts from the branch head
         existing = repo["commits"][sha]["files"]
         answers = []
         for item in self.json_body()["files"]:
@@ -510,15 +531,16 @@ class HubHandler(BaseHTTPRequestHandler):
 
     def create_commit(self, repo_type: str, repo_id: str, revision: str) -> bool:
         self.repo(repo_type, repo_id, write=True)
-        if self.query.get("create_pr"):
-            raise HubError(400, "pull requests are not supported by this test server")
         lines = [json.loads(line) for line in self.read_body().splitlines() if line.strip()]
         if not lines or lines[0]["key"] != "header":
             raise HubError(400, "a commit starts with a header line")
-        header = lines[0]["value"]
+        header, pr_url = lines[0]["value"], None
+        if self.query.get("create_pr", ["0"])[0].lower() in ("1", "true"):
+            number = self.store.open_pull_request(repo_id, repo_type, revision)
+            revision, pr_url = f"refs/pr/{number}", f"{self.repo_url(repo_type, repo_id)}/discussions/{number}"
         sha = self.store.commit(repo_id, repo_type, revision, lines[1:], header["summary"], header.get("description", ""), header.get("parentCommit"))
         self.send_json(200, {"success": True, "commitOid": sha, "commitUrl": f"{self.repo_url(repo_type, repo_id)}/commit/{sha}",
-                             "pullRequestUrl": None, "hookOutput": ""})
+                             "pullRequestUrl": pr_url, "hookOutput": ""})
         return True
 
     # --- listing and downloading

@@ -38,6 +38,7 @@ METRICS = {
     "v2": {"eval_loss": 3.9, "eval_perplexity": 49.4, "eval_token_accuracy": 0.2, "eval_nll_per_token": 3.9,
            "eval_nll_per_note": 11.1, "eval_tokens": 726, "eval_notes": 255, "epoch": 4.0, "step": 12},
 }
+PIPELINE_FILES = {"pipeline_music_xl.py", "generation_music_xl.py"}
 CODE_FILES = {"configuration_music_xl.py", "modeling_music_xl.py", "tokenization_music_xl.py", "tokenization_music_xl_fast.py", "encoding.py"}
 
 
@@ -117,7 +118,8 @@ def test_push_creates_a_private_repo_and_prints_the_url_from_the_client(hub, pub
 def test_push_uploads_model_tokenizer_code_and_card_with_weights_through_lfs(hub, published, model_dirs):
     files = hub.store.files(REPO, published["v1"])
     local = model_dirs["v1"]
-    expected = {path.name for path in local.iterdir()} - {"training_args.bin"} | {"README.md", ".gitattributes"}
+    # training's final directory gets the pipeline added (complete_model_dir) before it is pushed
+    expected = {path.name for path in local.iterdir()} - {"training_args.bin"} | {"README.md", ".gitattributes"} | PIPELINE_FILES
     assert set(files) == expected
     assert CODE_FILES | {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"} <= set(files)
 
@@ -125,7 +127,8 @@ def test_push_uploads_model_tokenizer_code_and_card_with_weights_through_lfs(hub
     assert weights["lfs"]["oid"] == sha256(local / "model.safetensors")  # stored as an LFS object...
     assert weights["lfs"]["oid"] in hub.server.lfs_uploads  # ...that went through the LFS batch + PUT
     assert hub.store.lfs_path(weights["lfs"]["oid"]).read_bytes() == (local / "model.safetensors").read_bytes()
-    for name in expected - {"README.md", ".gitattributes", "model.safetensors"}:
+    resaved = {"config.json", "tokenizer_config.json"}  # written again with custom_pipelines by complete_model_dir
+    for name in expected - {"README.md", ".gitattributes", "model.safetensors"} - resaved - PIPELINE_FILES:
         assert "lfs" not in files[name], name
         assert hub.store.read(REPO, name, published["v1"]) == (local / name).read_bytes(), name
 
@@ -195,11 +198,13 @@ def test_an_incomplete_model_directory_is_completed_before_pushing(model_dirs, t
     (bare / "model.safetensors").write_bytes((model_dirs["v1"] / "model.safetensors").read_bytes())
     assert {"generation_config.json", "tokenizer.json", "auto_map in config.json"} <= set(missing_pieces(bare))
 
-    staging = tmp_path / "staging"
+    staging, again = tmp_path / "staging", tmp_path / "again"
     staging.mkdir()
-    assert complete_model_dir(model_dirs["v1"], staging) == model_dirs["v1"]  # complete: pushed as it is
+    again.mkdir()
+    assert missing_pieces(model_dirs["v1"]) == ["custom_pipelines in config.json"]  # save_final writes no pipeline
     assert complete_model_dir(bare, staging) == staging
-    assert missing_pieces(staging) == [] and CODE_FILES <= {path.name for path in staging.iterdir()}
+    assert missing_pieces(staging) == [] and CODE_FILES | PIPELINE_FILES <= {path.name for path in staging.iterdir()}
+    assert complete_model_dir(staging, again) == staging  # complete: pushed as it is
 
 
 def test_model_directories_that_cannot_be_pushed_are_refused(tmp_path):

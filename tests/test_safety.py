@@ -110,15 +110,18 @@ def test_corpus_cache_holds_no_pickles(chorale_corpus_dir):
 # Code shipped for trust_remote_code
 
 
-def remote_code_files(trained):
-    files = python_files(trained / "final") + python_files(REPO / "tokenizer")
+def remote_code_files(trained, saved_with_pipeline):
+    """Training's final directory, the saved tokenizer, and a model saved through MusicXLPipeline (which adds the
+    pipeline and the generation helpers)."""
+    files = python_files(trained / "final") + python_files(REPO / "tokenizer") + python_files(saved_with_pipeline)
     assert {path.name for path in files} >= {"configuration_music_xl.py", "modeling_music_xl.py", "encoding.py",
-                                            "tokenization_music_xl.py", "tokenization_music_xl_fast.py"}  # fmt: skip
+                                            "tokenization_music_xl.py", "tokenization_music_xl_fast.py",
+                                            "pipeline_music_xl.py", "generation_music_xl.py"}  # fmt: skip
     return files
 
 
-def test_remote_code_imports_only_allowed_packages_and_siblings(trained):
-    for path in remote_code_files(trained):
+def test_remote_code_imports_only_allowed_packages_and_siblings(trained, tiny_model_dir):
+    for path in remote_code_files(trained, tiny_model_dir):
         siblings = {sibling.stem for sibling in path.parent.glob("*.py")}
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level > 0:
@@ -134,10 +137,10 @@ def test_remote_code_imports_only_allowed_packages_and_siblings(trained):
             assert not unexpected, f"{path}:{node.lineno}: imports {unexpected}"
 
 
-def test_remote_code_only_defines_at_import(trained):
+def test_remote_code_only_defines_at_import(trained, tiny_model_dir):
     """Module level holds only the docstring, imports, functions, classes and constants (whose values call at most
     pure builtins such as dict or range): importing the files runs nothing else."""
-    for path in remote_code_files(trained):
+    for path in remote_code_files(trained, tiny_model_dir):
         for index, node in enumerate(ast.parse(path.read_text()).body):
             where = f"{path}:{node.lineno}"
             if index == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):

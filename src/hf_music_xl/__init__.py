@@ -3,15 +3,18 @@
 Importing the package registers its classes with the transformers Auto classes, so saved tokenizers and models
 load with `AutoTokenizer` / `AutoModelForCausalLM` without `trust_remote_code`; and it marks them for
 `save_pretrained` to write their code and `auto_map`, so the saved directories also load where this package is
-not installed (`trust_remote_code=True`).
+not installed (`trust_remote_code=True`). It also registers the `music-generation` pipeline (`MusicXLPipeline`).
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_music_xl import MusicXLConfig
 from .encoding import InvalidTokenError, MidiReadError
 from .generation_music_xl import MaxBarsCriteria, MusicGrammarProcessor
 from .modeling_music_xl import MusicXLCache, MusicXLForCausalLM, MusicXLModel
+from .pipeline_music_xl import TASK as PIPELINE_TASK
+from .pipeline_music_xl import MusicXLPipeline
 from .tokenization_music_xl import MusicXLTokenizer
 from .tokenization_music_xl_fast import MusicXLTokenizerFast
 
@@ -30,6 +33,10 @@ MusicXLModel.register_for_auto_class("AutoModel")
 MusicXLForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 MusicXLTokenizer.register_for_auto_class("AutoTokenizer")
 MusicXLTokenizerFast.register_for_auto_class("AutoTokenizer")
+# pipeline("music-generation", model=...) with the package; MusicXLPipeline(model, tokenizer).save_pretrained(dir)
+# also writes config.json's custom_pipelines and pipeline_music_xl.py, so that pipeline(model=dir,
+# trust_remote_code=True) works without it.
+PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=MusicXLPipeline, pt_model=AutoModelForCausalLM)
 
 __all__ = [
     "InvalidTokenError",
@@ -40,6 +47,8 @@ __all__ = [
     "MusicXLConfig",
     "MusicXLForCausalLM",
     "MusicXLModel",
+    "MusicXLPipeline",
+    "PIPELINE_TASK",
     "MusicXLTokenizer",
     "MusicXLTokenizerFast",
 ]

@@ -6,6 +6,8 @@
     hf-music-xl push runs/tiny/final you/music-xl-tiny
     hf-music-xl generate runs/tiny/final --prompt piece.mid --bars 16 --num-samples 3
     hf-music-xl evaluate --model runs/tiny/final --generated outputs/generated --skip-bars 4
+    hf-music-xl app runs/tiny/final
+    hf-music-xl push-space you/music-xl-tiny you/music-xl-tiny-demo
 
 Each subcommand is one ``add_<name>(subparsers)`` function that declares its flags and sets ``run`` to its
 handler; to add a subcommand, write one and list it in ``SUBCOMMANDS``.
@@ -200,7 +202,8 @@ def add_push(subparsers) -> None:
     parser = subparsers.add_parser(
         "push",
         help="publish a model directory (weights, config, tokenizer, code, model card) to the Hugging Face Hub",
-        description="Upload MODEL_DIR to REPO_ID in one commit with a model card built from what training wrote. "
+        description="Upload MODEL_DIR to REPO_ID in one commit with a model card built from what training wrote; "
+        "files an earlier push left there that the model no longer has are deleted. "
         "The Hub is $HF_ENDPOINT (default huggingface.co); the token is $HF_TOKEN or the one saved by `hf auth login`.",
     )
     parser.add_argument("model_dir", help="a saved model directory, e.g. runs/tiny/final")
@@ -211,32 +214,82 @@ def add_push(subparsers) -> None:
     parser.add_argument("--license", default="mit", help="license in the model card (default: mit)")
     parser.add_argument("--dataset", dest="datasets", action="append", default=[], help="Hub dataset id trained on (repeatable)")
     parser.add_argument("--tag", dest="tags", action="append", default=[], help="extra model card tag (repeatable)")
+    parser.add_argument("--create-pr", action="store_true", help="open a pull request against the branch instead of committing to it")
     parser.set_defaults(run=run_push)
 
 
 def run_push(args) -> None:
-    from huggingface_hub.errors import HfHubHTTPError
-
     from .hub import describe, push_to_hub
 
-    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per HTTP request otherwise
-    try:
-        result = push_to_hub(
-            args.model_dir,
-            args.repo_id,
-            private=args.private,
-            revision=args.revision,
-            commit_message=args.commit_message,
-            license=args.license,
-            datasets=args.datasets,
-            tags=args.tags,
-        )
-    except HfHubHTTPError as error:  # the Hub's answer (auth, permissions, missing repo): its message, no traceback
-        sys.exit(f"hf-music-xl push: error: {error}")
+    result = push_to_hub(  # a Hub problem raises HubAccessError: one line from main()
+        args.model_dir,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        license=args.license,
+        datasets=args.datasets,
+        tags=args.tags,
+        create_pr=args.create_pr,
+    )
     print(describe(result))
 
 
-SUBCOMMANDS = [add_build_corpus, add_train, add_demo, add_generate, add_evaluate, add_push]
+# ----------------------------------------------------------------------------------------------------------
+# app
+
+
+def add_app(subparsers) -> None:
+    from .app import MAX_UPLOAD_BYTES
+
+    parser = subparsers.add_parser(
+        "app",
+        help="a web page to continue MIDI files with a model (needs the app extra: pip install 'hf_music_xl[app]')",
+        description="Serve a Gradio page: upload a MIDI prompt or start from nothing, choose bars, preset, "
+        "temperature, seed and scale, press Generate; see the piano roll, hear it, download the MIDI file.",
+    )
+    parser.add_argument("model", help="a model directory (e.g. runs/tiny/final) or Hub id")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    parser.add_argument("--max-upload-bytes", type=int, default=MAX_UPLOAD_BYTES, help=f"largest prompt file accepted (default: {MAX_UPLOAD_BYTES})")
+    parser.add_argument("--output-dir", default="", help="where generated files go (default: a temporary directory)")
+    parser.set_defaults(run=run_app)
+
+
+def run_app(args) -> None:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        sys.exit("hf-music-xl app: error: the app needs Gradio: pip install 'hf_music_xl[app]'")
+    from .app import AppSettings, run_app
+
+    run_app(AppSettings(args.model, args.host, args.port, args.max_upload_bytes, args.output_dir))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# push-space
+
+
+def add_push_space(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "push-space",
+        help="create or update a Gradio Space running the web app for a model on the Hub",
+        description="Push app.py, the package files it imports, requirements.txt and a Space card to SPACE_ID; "
+        "the Space loads MODEL_REPO_ID from the Hub. The Hub and token are found as for push.",
+    )
+    parser.add_argument("model_repo_id", help="the model on the Hub, e.g. you/chorale-xl (push it first)")
+    parser.add_argument("space_id", help="namespace/name of the Space (or name, in your namespace)")
+    parser.add_argument("--private", action=argparse.BooleanOptionalAction, default=None, help="visibility of a new Space (default: the Hub's)")
+    parser.set_defaults(run=run_push_space)
+
+
+def run_push_space(args) -> None:
+    from .space import describe, push_space
+
+    print(describe(push_space(args.model_repo_id, args.space_id, private=args.private)))
+
+
+SUBCOMMANDS = [add_build_corpus, add_train, add_demo, add_generate, add_evaluate, add_push, add_app, add_push_space]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,11 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .hub_errors import HubAccessError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per HTTP request otherwise
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError) as error:  # bad input: one clear line, no traceback
+    except (ValueError, FileNotFoundError, HubAccessError) as error:  # bad input, Hub problems: one clear line
         sys.exit(f"hf-music-xl {args.command}: error: {error}")
 
 

@@ -16,74 +16,31 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import LogitsProcessorList, StoppingCriteriaList, set_seed
 from transformers.generation.streamers import BaseStreamer
 
 from . import encoding
-from .generation_music_xl import MaxBarsCriteria, MusicGrammarProcessor
-from .modeling_music_xl import compute_beat_positions
+from .pipeline_music_xl import (  # noqa: F401 - re-exported
+    SAMPLING_PRESETS,
+    TOKENS_PER_BAR_BOUND,
+    SamplingSettings,
+    empty_prompt,
+    fell_short,
+    prompt_ids,
+    sample_chunks,
+    sampling_settings,
+)
 
 logger = logging.getLogger(__name__)
 
-# ----------------------------------------------------------------------------------------------------------
-# Sampling settings
-
-
-@dataclass
-class SamplingSettings:
-    """How tokens are drawn. Temperatures apply to note and duration tokens separately (grammar processor);
-    generate's own temperature stays at 1.0. ``top_k=0`` and ``top_p=1.0`` switch those filters off."""
-
-    note_temperature: float = 1.0
-    duration_temperature: float = 1.0
-    top_k: int = 40
-    top_p: float = 0.95
-
-
-PRESETS = {
-    "default": SamplingSettings(),
-    # close to the training data: repeats typical rhythms and voice-leading
-    "conservative": SamplingSettings(note_temperature=0.8, duration_temperature=0.7, top_k=20, top_p=0.9),
-    # freer pitch choices; durations stay near 1.0 because wild rhythms sound broken before wild notes do
-    "adventurous": SamplingSettings(note_temperature=1.2, duration_temperature=1.05, top_k=0, top_p=0.98),
-}
-
-
-def sampling_settings(preset: str = "default", **overrides) -> SamplingSettings:
-    """A preset with any field replaced by a keyword that is not None."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown sampling preset {preset!r}; choose from {', '.join(PRESETS)}")
-    return replace(PRESETS[preset], **{key: value for key, value in overrides.items() if value is not None})
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Prompts
-
-
-def empty_prompt() -> np.ndarray:
-    """The start of every piece: ``xxbos xxpad``."""
-    return np.array([encoding.BOS_ID, encoding.PAD_ID], dtype=np.int64)
-
-
-def prompt_ids(ids, bars: int, steps_per_bar: int = encoding.STEPS_PER_BAR) -> np.ndarray:
-    """The tokens of the first ``bars`` bars of an encoded piece: everything before the first note (or
-    ``xxsep``) that sounds at or after the bar line ``bars * steps_per_bar``. A shorter piece is kept whole,
-    without its ``xxeos`` (a prompt that ends the piece would leave nothing to continue)."""
-    if bars < 0:
-        raise ValueError(f"prompt bars must be >= 0, got {bars}")
-    ids = np.asarray(ids, dtype=np.int64)
-    is_note = (ids >= encoding.NOTE_OFFSET) & (ids < encoding.NOTE_OFFSET + encoding.NUM_PITCHES)
-    opens_pair = is_note | (ids == encoding.SEP_ID)
-    later = np.flatnonzero(opens_pair & (encoding.beat_positions(ids) >= bars * steps_per_bar))
-    end = int(later[0]) if len(later) else len(ids)
-    prompt = ids[:end]
-    return prompt[: len(prompt) - 1] if len(prompt) and prompt[-1] == encoding.EOS_ID else prompt
+# Sampling settings and prompts live in pipeline_music_xl.py (saved with every model, so they work without this
+# package); re-exported here.
+PRESETS = SAMPLING_PRESETS
 
 
 def midi_prompt(tokenizer, midi_path, bars: int, steps_per_bar: int = encoding.STEPS_PER_BAR) -> np.ndarray:
@@ -156,11 +113,6 @@ class NoteStreamer(BaseStreamer):
 # ----------------------------------------------------------------------------------------------------------
 # Generating
 
-# Bars asked for, tokens allowed: chorales average about 30 tokens a bar, busy four-voice 16th-note writing
-# about 70; the bound only stops a model that never moves time forward.
-TOKENS_PER_BAR_BOUND = 160
-
-
 @torch.no_grad()
 def generate_continuation(
     model,
@@ -176,7 +128,8 @@ def generate_continuation(
     streamer: BaseStreamer | None = None,
     progress: bool = True,
 ) -> np.ndarray:
-    """Prompt followed by its continuation (ids), sampled with the grammar processor on.
+    """Prompt followed by its continuation (ids), sampled with the grammar processor on (``sample_chunks`` of
+    pipeline_music_xl.py, with a progress bar).
 
     Args:
         model: a ``MusicXLForCausalLM`` (put in eval mode here).
@@ -191,58 +144,19 @@ def generate_continuation(
         pitch_range, scale: restrict new notes to (lowest, highest) MIDI pitch and to a scale ("D minor").
         streamer: receives tokens as they come (e.g. ``NoteStreamer``).
     """
-    if bars is None and max_new_tokens is None:
-        raise ValueError("give the length as bars or as max_new_tokens")
-    if bars is not None and bars < 1 or max_new_tokens is not None and max_new_tokens < 1:
-        raise ValueError("the length must be at least 1 bar or 1 token")
-    config = model.config
-    sampling = sampling or SamplingSettings()
-    budget = max_new_tokens if max_new_tokens is not None else TOKENS_PER_BAR_BOUND * bars
-    chunk_tokens = chunk_tokens or max(config.mem_len, 16)
-    prompt = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=model.device)[None]  # (1, P)
-    grammar = MusicGrammarProcessor(config, sampling.note_temperature, sampling.duration_temperature,
-                                    pitch_range=pitch_range, scale=scale, allow_end=allow_end)  # fmt: skip
-    stop_at_bars = MaxBarsCriteria(bars, config, prompt_length=prompt.shape[1]) if bars else None
-    model.eval()
-    set_seed(seed)
-
-    sequence, cache = prompt, None
-    unit, total = ("bar", bars) if bars else ("token", budget)
+    chunks = sample_chunks(model, prompt, bars=bars, max_new_tokens=max_new_tokens, sampling=sampling, seed=seed,
+                           chunk_tokens=chunk_tokens, allow_end=allow_end, pitch_range=pitch_range, scale=scale,
+                           streamer=streamer)  # fmt: skip
+    unit, total = ("bar", bars) if bars else ("token", max_new_tokens)
     with tqdm(total=total, unit=unit, disable=not progress, leave=False) as bar:
-        new_tokens = 0
-        while new_tokens < budget:
-            out = model.generate(
-                sequence,
-                past_key_values=cache,
-                max_new_tokens=min(chunk_tokens, budget - new_tokens),
-                do_sample=True,
-                temperature=1.0,  # temperatures are the grammar processor's
-                top_k=sampling.top_k,
-                top_p=sampling.top_p,
-                logits_processor=LogitsProcessorList([grammar]),
-                stopping_criteria=StoppingCriteriaList([stop_at_bars] if stop_at_bars else []),
-                eos_token_id=config.eos_token_id,
-                pad_token_id=config.pad_token_id,
-                streamer=streamer,
-                return_dict_in_generate=True,
-            )
-            sequence, cache = out.sequences, out.past_key_values
-            new_tokens = sequence.shape[1] - prompt.shape[1]
-            bar.update(min(bars_done(sequence, prompt.shape[1], config) if bars else new_tokens, total) - bar.n)
-            if sequence[0, -1] == config.eos_token_id or (stop_at_bars and stop_at_bars(sequence, None).all()):
-                break
-        else:
-            if bars:
-                logger.warning("stopped at the bound of %d new tokens after %d of %d bars; pass max_new_tokens to raise it",
-                               budget, bars_done(sequence, prompt.shape[1], config), bars)  # fmt: skip
-    return sequence[0].cpu().numpy()
-
-
-def bars_done(sequence: torch.Tensor, prompt_length: int, config) -> int:
-    """Whole bars the first sequence has advanced past the end of the prompt (for progress)."""
-    _, now = compute_beat_positions(sequence[:1], config)  # time after the last token, as MaxBarsCriteria
-    _, prompt_end = compute_beat_positions(sequence[:1, :prompt_length], config)
-    return max(0, int(now - prompt_end) // config.steps_per_bar)
+        for sequence, done in chunks:
+            bar.update(min(done, total) - bar.n)
+    ids = sequence[0].cpu().numpy()
+    if fell_short(ids, done, bars, model.config):
+        budget = max_new_tokens or TOKENS_PER_BAR_BOUND * bars
+        logger.warning("stopped at the bound of %d new tokens after %d of %d bars; pass max_new_tokens to raise it",
+                       budget, done, bars)  # fmt: skip
+    return ids
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -283,17 +197,42 @@ class GenerateSettings:
 
 
 def load_model_and_tokenizer(name_or_path: str):
-    """``from_pretrained`` of a directory or Hub id (offline, a Hub id must already be in the local cache)."""
+    """``from_pretrained`` of a directory or Hub id (offline, a Hub id must already be in the local cache). A Hub
+    problem (unreachable address, bad token, no such repo) raises ``HubAccessError`` with one line."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .hub_errors import check_model_access, hub_errors
 
     if not name_or_path:
         raise ValueError("give a model directory or Hub id")
+    local_files_only = Path(name_or_path).is_dir() or not is_repo_id(name_or_path) or check_model_access(name_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path).eval()
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    except OSError as error:  # missing directory, unknown or unreachable Hub id: transformers says which
-        raise ValueError(f"cannot load model {name_or_path!r}: {error}") from error
+        with hub_errors(name_or_path):
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, local_files_only=local_files_only).eval()
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_files_only)
+    except OSError as error:  # e.g. a directory without a model: transformers says what is missing (first line)
+        raise ValueError(f"cannot load model {name_or_path!r}: {str(error).splitlines()[0]}") from error
     return model, tokenizer
+
+
+def is_repo_id(name: str) -> bool:
+    """``name`` could be a Hub id (else it can only be a local path)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def load_pipeline(name_or_path: str):
+    """A ``MusicXLPipeline`` (the ``music-generation`` pipeline) of this package's classes for a model directory
+    or Hub id; without the package, ``pipeline(model=..., trust_remote_code=True)`` gives the same."""
+    from .pipeline_music_xl import MusicXLPipeline
+
+    model, tokenizer = load_model_and_tokenizer(name_or_path)
+    return MusicXLPipeline(model=model, tokenizer=tokenizer)
 
 
 @dataclass

@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, constants
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, EvalResult, HfApi, ModelCard, ModelCardData, constants
+
+from .hub_errors import hub_errors
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ class PushResult:
     commit_url: str
     changed: bool  # False: nothing differed from the branch, no commit was made
     files: list[str] = field(default_factory=list)  # paths in the repository that were considered
+    deleted: list[str] = field(default_factory=list)  # files of an earlier push that no longer belong to the model
+    pr_url: str | None = None  # the pull request opened instead of committing to the branch (create_pr)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -287,12 +291,17 @@ def missing_pieces(model_dir: Path) -> list[str]:
     if (model_dir / "tokenizer_config.json").exists() and not tokenizer_modules:
         missing.append("auto_map in tokenizer_config.json")
     missing += [name for name in config_modules + tokenizer_modules if not (model_dir / name).exists()]
+    pipelines = json.loads((model_dir / "config.json").read_text()).get("custom_pipelines", {}) if (model_dir / "config.json").exists() else {}
+    if not pipelines:
+        missing.append("custom_pipelines in config.json")
+    missing += [f"{info['impl'].rsplit('.', 1)[0]}.py" for info in pipelines.values() if not (model_dir / f"{info['impl'].rsplit('.', 1)[0]}.py").exists()]
     return missing
 
 
 def complete_model_dir(model_dir: Path, staging: Path) -> Path:
-    """``model_dir`` itself if it is complete, else a copy in ``staging`` re-saved with this package: safetensors
-    weights, the code files and ``auto_map``, the default tokenizer if there is none, a generation config."""
+    """``model_dir`` itself if it is complete, else a copy in ``staging`` re-saved with this package through
+    ``MusicXLPipeline``: safetensors weights, the code files and ``auto_map``, the pipeline and
+    ``custom_pipelines``, the default tokenizer if there is none, a generation config."""
     config_file = model_dir / "config.json"
     if not config_file.exists():
         raise FileNotFoundError(f"{model_dir} has no config.json: not a saved model directory")
@@ -304,6 +313,7 @@ def complete_model_dir(model_dir: Path, staging: Path) -> Path:
         return model_dir
     logger.warning("%s lacks %s: re-saving it with hf_music_xl before pushing", model_dir, ", ".join(missing))
     from .modeling_music_xl import MusicXLForCausalLM
+    from .pipeline_music_xl import MusicXLPipeline
     from .tokenization_music_xl_fast import MusicXLTokenizerFast
     from .training import generation_config_for
 
@@ -313,12 +323,12 @@ def complete_model_dir(model_dir: Path, staging: Path) -> Path:
     model = MusicXLForCausalLM.from_pretrained(model_dir)
     if not (model_dir / "generation_config.json").exists():
         model.generation_config = generation_config_for(model.config)
-    model.save_pretrained(staging)  # safetensors, code files, auto_map (registered in hf_music_xl/__init__)
     try:
         tokenizer = MusicXLTokenizerFast.from_pretrained(model_dir)
     except (OSError, ValueError):
         tokenizer = MusicXLTokenizerFast()
-    tokenizer.save_pretrained(staging)  # with its code and auto_map (registered in hf_music_xl/__init__)
+    # safetensors, code files and auto_map of model and tokenizer, the pipeline (registered in hf_music_xl/__init__)
+    MusicXLPipeline(model=model, tokenizer=tokenizer).save_pretrained(staging)
     for stale in ("pytorch_model.bin", "README.md"):
         (staging / stale).unlink(missing_ok=True)
     return staging
@@ -340,45 +350,60 @@ def push_to_hub(
     tags: list[str] | None = None,
     token: str | None = None,
     template: str | None = None,
+    create_pr: bool = False,
 ) -> PushResult:
     """Create ``repo_id`` if needed (``private`` applies only then), create branch ``revision`` from ``main`` if
-    needed, and commit the model directory with its model card there. Returns what happened."""
+    needed, and commit the model directory with its model card there, or open a pull request against that
+    branch with ``create_pr``. Files an earlier push left on the branch that this model no longer has (e.g. the
+    shards of a model now saved whole) are deleted in the same commit. Hub problems raise ``HubAccessError``
+    with one line. Returns what happened."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model directory {model_dir} does not exist")
-    api = HfApi(token=token)
-    with tempfile.TemporaryDirectory(prefix="hf_music_xl_push_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="hf_music_xl_push_") as tmp, hub_errors(repo_id):
         source = complete_model_dir(model_dir, Path(tmp))
         card = build_model_card(source, repo_id, license=license, datasets=datasets, tags=tags, template=template)
-        repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
-        repo_id = repo_url.repo_id  # with the namespace the Hub resolved
-        branch = revision or "main"
-        if branch != "main":
-            api.create_branch(repo_id, branch=branch, exist_ok=True)
-        info = api.repo_info(repo_id, revision=branch)
-        if private is not None and info.private is not None and info.private != private:
-            logger.warning("%s already exists and is %s: --private applies only when a repo is created", repo_id, "private" if info.private else "public")
-        head_before = info.sha
-        operations = [
-            CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path))
-            for path in sorted(source.iterdir())
-            if path.is_file() and PUBLISHED.fullmatch(path.name)
-        ]
-        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
-        commit = api.create_commit(
-            repo_id,
-            operations,
-            commit_message=commit_message or f"Upload {model_dir.name} with hf_music_xl",
-            revision=branch,
-        )
+        return commit_model_dir(HfApi(token=token), source, card, repo_id, private=private, revision=revision,
+                                create_pr=create_pr, commit_message=commit_message or f"Upload {model_dir.name} with hf_music_xl")  # fmt: skip
+
+
+def commit_model_dir(api: HfApi, source: Path, card: ModelCard, repo_id: str, *, private, revision, create_pr, commit_message) -> PushResult:
+    """The Hub side of ``push_to_hub``: repo, branch, one commit (or pull request) of the files and the card."""
+    api.whoami()  # first: a missing or refused token, or a wrong address, fails here in one line
+    repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
+    repo_id = repo_url.repo_id  # with the namespace the Hub resolved
+    branch = revision or "main"
+    if branch != "main":
+        api.create_branch(repo_id, branch=branch, exist_ok=True)
+    info = api.repo_info(repo_id, revision=branch)
+    if private is not None and info.private is not None and info.private != private:
+        logger.warning("%s already exists and is %s: --private applies only when a repo is created", repo_id, "private" if info.private else "public")
+    head_before = info.sha
+    operations = [
+        CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path))
+        for path in sorted(source.iterdir())
+        if path.is_file() and PUBLISHED.fullmatch(path.name)
+    ]
+    operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
+    stale = left_behind([sibling.rfilename for sibling in info.siblings or []], {op.path_in_repo for op in operations})
+    operations += [CommitOperationDelete(path_in_repo=path) for path in stale]
+    commit = api.create_commit(repo_id, operations, commit_message=commit_message, revision=branch, create_pr=create_pr)
     return PushResult(
         repo_url=str(repo_url),
         revision=branch,
         commit_oid=commit.oid,
         commit_url=commit.commit_url,
-        changed=commit.oid != head_before,
-        files=[op.path_in_repo for op in operations],
+        changed=create_pr or commit.oid != head_before,
+        files=[op.path_in_repo for op in operations if isinstance(op, CommitOperationAdd)],
+        deleted=stale,
+        pr_url=commit.pr_url,
     )
+
+
+def left_behind(repo_files: list[str], pushed: set[str]) -> list[str]:
+    """Top-level files of the kinds a push writes (weights, configs, tokenizer, code) that this push does not:
+    an earlier push's. Folders (``last-checkpoint/`` of the Trainer), ``.gitattributes`` and other files stay."""
+    return sorted(path for path in repo_files if PUBLISHED.fullmatch(path) and path not in pushed)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -409,6 +434,8 @@ def push_after_training(trainer, final_dir: str | Path, **push_kwargs) -> PushRe
 
 
 def describe(result: PushResult) -> str:
+    if result.pr_url:
+        return f"opened a pull request on {result.repo_url} ({result.revision}): {result.pr_url}"
     if not result.changed:
         return f"{result.repo_url} ({result.revision}) already holds these files: no new commit (head {result.commit_oid})"
     return f"pushed to {result.repo_url} ({result.revision}): {result.commit_url}"

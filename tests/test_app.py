@@ -1,0 +1,54 @@
+"""The app's generation behind the page (no browser): progress, Cancel, bad uploads; the page itself is tested in
+Chromium by test_app_browser.py."""
+
+import threading
+
+import pytest
+import symusic
+
+from hf_music_xl.app import BadUpload, MusicApp, read_upload
+from hf_music_xl.generate import load_pipeline
+
+
+@pytest.fixture(scope="module")
+def app(tiny_model_dir, tmp_path_factory):
+    return MusicApp(load_pipeline(str(tiny_model_dir)), tmp_path_factory.mktemp("app_out"))
+
+
+def test_generate_reports_progress_and_writes_picture_and_midi(app, chorale_midi_files):
+    seen = []
+    status, picture, audio, midi = app.generate(str(chorale_midi_files[0]), 2, 1, "conservative", 0.9, 4, "G major",
+                                                progress=lambda value, desc, unit: seen.append((value, unit)))  # fmt: skip
+    assert status.startswith("Generated") and "(seed 4)" in status
+    assert picture.endswith(".png") and midi.endswith(".mid") and symusic.Score(midi).note_num() > 0
+    assert audio is None or audio.endswith(".wav")
+    assert seen and all(unit == "bars" and total == 1 for (done, total), unit in seen)
+
+
+def test_cancel_stops_a_long_generation_at_the_next_chunk(app):
+    started, result = threading.Event(), {}
+
+    def progress(value, desc, unit):
+        started.set()
+
+    worker = threading.Thread(target=lambda: result.update(out=app.generate(None, 0, 64, "default", 1.0, 0, "none", "session-a", progress)))
+    worker.start()
+    assert started.wait(300), "no progress reported"
+    app.cancel("session-a")
+    worker.join(300)
+    assert result["out"] == ("Cancelled.", None, None, None)
+    assert app.stops == {}
+
+
+def test_bad_uploads(app, tmp_path):
+    empty, big, text = tmp_path / "empty.mid", tmp_path / "big.mid", tmp_path / "notes.mid"
+    empty.write_bytes(b"")
+    big.write_bytes(b"MThd" + bytes(2_000_000))
+    text.write_text("not music")
+    with pytest.raises(BadUpload, match="empty.mid is empty"):
+        read_upload(str(empty), 1000)
+    with pytest.raises(BadUpload, match=r"big.mid is too large \(2.0 MB; the limit is 1.0 MB\)"):
+        read_upload(str(big), 1_000_000)
+    assert read_upload(None, 10) is None
+    status, *files = app.generate(str(text), 4, 2, "default", 1.0, 0, "none")
+    assert status.startswith("**Error:** notes.mid: not a readable MIDI file") and files == [None, None, None]
