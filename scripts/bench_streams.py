@@ -46,7 +46,7 @@ def train_steps(mode: str, settings: TrainSettings, corpus, steps: int, seed: in
     settings = replace(settings, train_mode=mode, max_steps=steps, seed=seed)
     torch.manual_seed(seed)
     model = MusicXLForCausalLM(MusicXLConfig.from_preset(settings.preset))
-    data, dataset = training_data(settings, corpus["train"], model.config.segment_len, world_size=1)
+    data, dataset = training_data(settings, corpus["train"], model.config, world_size=1)
     counter = CountingCollate()
     args = replace(training_arguments(settings, steps), eval_strategy="no", save_strategy="no", logging_steps=10**6,
                    disable_tqdm=True)  # fmt: skip

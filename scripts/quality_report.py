@@ -133,7 +133,7 @@ def run_one(name: str, seed: int, steps: int, out_dir: Path, corpus: str = "bach
     else:
         model = xl
         model.generation_config = generation_config_for(config)
-    train_data, train_set = training_data(settings, chorales["train"], config.segment_len, world_size=1)
+    train_data, train_set = training_data(settings, chorales["train"], config, world_size=1)
     args = replace(training_arguments(settings, steps), eval_strategy="no", save_strategy="no")
     trainer = MusicXLTrainer(model=model, args=args, data_collator=collate, train_dataset=train_set,
                              warmup_fraction=settings.warmup_fraction, callbacks=[EpochSeed(train_data)],

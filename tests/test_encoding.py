@@ -32,19 +32,72 @@ def test_ids_match_the_reference_layout():
     assert [E.VOCAB[i] for i in (0, 1, 2, 8, 9, 136, 137, 297, 298)] == [
         "xxbos", "xxpad", "xxeos", "xxsep", "n0", "n127", "d0", "d160", "xxunk"
     ]
-    assert E.VOCAB_SIZE == 299 and len(set(E.VOCAB)) == 299
+    # time signatures come after: ids 0..298 keep their meaning
+    assert E.VOCAB_SIZE == 379 and len(set(E.VOCAB)) == 379 and E.LEGACY_VOCAB_SIZE == 299
+    assert E.VOCAB[299] == "ts1/1" and E.VOCAB[378] == "ts16/16"
+    needed = ["2/4", "3/4", "4/4", "5/4", "6/4", "2/2", "3/2", "3/8", "6/8", "9/8", "12/8"]
+    assert all(f"ts{meter}" in E.TOKEN_TO_ID for meter in needed)
 
 
 def test_reference_example():
-    # musicautobot's own example: a chord (highest first), then one note a quarter later.
+    # musicautobot's own example: a chord (highest first), then one note a quarter later; without a time signature
+    # the file is in 4/4, as MIDI defines it, and says so after xxbos xxpad
     ids = E.encode_midi(score_of([(0, 60, 1), (0, 52, 2), (0, 45, 2), (1, 62, 1)], tracks=2))
-    assert text(ids) == "xxbos xxpad n60 d4 n52 d8 n45 d8 xxsep d4 n62 d4"
+    assert text(ids) == "xxbos xxpad ts4/4 n60 d4 n52 d8 n45 d8 xxsep d4 n62 d4"
+    # the reference's ids exactly, for vocabularies saved before time signatures
+    legacy = E.encode_midi(score_of([(0, 60, 1), (0, 52, 2), (0, 45, 2), (1, 62, 1)], tracks=2), meter=False)
+    assert text(legacy) == "xxbos xxpad n60 d4 n52 d8 n45 d8 xxsep d4 n62 d4"
+
+
+def with_meters(score, *meters):
+    """The score with time signatures (time in quarters, numerator, denominator)."""
+    for quarters, num, den in meters:
+        score.time_signatures.append(symusic.TimeSignature(round(quarters * score.ticks_per_quarter), num, den))
+    return score
+
+
+def test_time_signatures_at_the_start_and_at_each_change():
+    # 3/4 for two bars (24 steps), then 6/8 from step 24: the rest that crosses the change is split there
+    score = with_meters(score_of([(0, 60, 1), (5, 62, 1), (8, 64, 1)]), (0, 3, 4), (6, 6, 8))
+    ids = E.encode_midi(score)
+    assert text(ids) == "xxbos xxpad ts3/4 n60 d4 xxsep d20 n62 d4 xxsep d4 ts6/8 xxsep d8 n64 d4"
+    notes = E.ids_to_notes(ids, strict=True)
+    assert notes.meters.tolist() == [[0, 3, 4], [24, 6, 8]] and notes.onset.tolist() == [0, 20, 32]
+    decoded = E.decode_ids(ids)  # the decoder writes them back into the MIDI
+    assert [(ts.time, ts.numerator, ts.denominator) for ts in decoded.time_signatures] == [(0, 3, 4), (2880, 6, 8)]
+    assert E.encode_midi(decoded).tolist() == ids.tolist()
+    # a change at a note: the time signature first; repeated or replaced ones count once
+    same = with_meters(score_of([(0, 60, 1), (3, 62, 1)]), (0, 4, 4), (0, 2, 4), (3, 2, 4), (3, 3, 8))
+    assert text(E.encode_midi(same)) == "xxbos xxpad ts2/4 n60 d4 xxsep d12 ts3/8 n62 d4"
+
+
+def test_other_meters_keep_their_bar_length():
+    assert E.VOCAB[E.meter_token(6, 8)] == "ts6/8" and E.meter_token(6, 8) != E.meter_token(3, 4)  # same bar, other beats
+    assert E.VOCAB[E.meter_token(24, 16)] == "ts12/8"  # 24 sixteenths: numerator over 16, as twelve eighths
+    assert E.VOCAB[E.meter_token(7, 32)] == "ts4/16"  # 3.5 steps, on a 16th grid: 4
+    assert E.bar_steps(*E.token_meter(E.meter_token(40, 8))) == 80  # 40/8 = 80 steps, as 5/1
+    # odd lengths past 16 steps have no token: the nearest length (17/16: 16 steps)
+    assert E.bar_steps(*E.token_meter(E.meter_token(17, 16))) == 16
+
+
+def test_bars_follow_meters_and_a_pickup_moves_nothing_after_it():
+    # a pickup of one quarter written as a 1/4 bar, then 4/4: bar lines at 0, 4, 20, 36
+    bars = E.Bars(np.array([[0, 1, 4], [4, 4, 4]]))
+    bar, step, length = bars.locate([0, 3, 4, 19, 20, 36])
+    assert bar.tolist() == [0, 0, 1, 1, 2, 3] and step.tolist() == [0, 3, 0, 15, 0, 0] and length.tolist()[-1] == 16
+    assert bars.bar_lines(40).tolist() == [0, 4, 20, 36]
+    # a change off the bar line ends that bar short: 3/4 from 0, 2/4 at 30 (mid-bar 2): bars 0, 12, 24, 30, 38
+    bars = E.Bars(np.array([[0, 3, 4], [30, 2, 4]]))
+    assert bars.bar_lines(46).tolist() == [0, 12, 24, 30, 38, 46]
+    # beats: 3/4 has three of 4 steps, 6/8 two of 6
+    assert [column.tolist() for column in E.Bars(np.array([[0, 3, 4]])).beat_of([0, 5, 11])] == [[0, 0, 0], [0, 1, 2], [0, 1, 3]]
+    assert [column.tolist() for column in E.Bars(np.array([[0, 6, 8]])).beat_of([0, 5, 11])] == [[0, 0, 0], [0, 0, 1], [0, 5, 5]]
 
 
 def test_long_rests_split_and_leading_rest_kept():
     # 100 quarters = 400 steps of rest after the first note; the piece starts after a 2-bar (32 step) rest.
     ids = E.encode_midi(score_of([(8, 60, 1), (108, 62, 1)]))
-    assert text(ids) == "xxbos xxpad xxsep d32 n60 d4 xxsep d160 xxsep d160 xxsep d80 n62 d4"
+    assert text(ids) == "xxbos xxpad ts4/4 xxsep d32 n60 d4 xxsep d160 xxsep d160 xxsep d80 n62 d4"
     assert ids.max() < E.VOCAB_SIZE
     assert E.ids_to_notes(ids).onset.tolist() == [32, 432]
 
@@ -52,25 +105,25 @@ def test_long_rests_split_and_leading_rest_kept():
 def test_durations_clamp_round_and_never_vanish():
     # 50 quarters clamps to d160; a 64th note rounds up to one step; a 32nd note (half a step) rounds half up.
     ids = E.encode_midi(score_of([(0, 60, 50), (1, 61, 1 / 16), (2, 62, 1 / 8), (3.125, 63, 1)]))
-    assert text(ids) == "xxbos xxpad n60 d160 xxsep d4 n61 d1 xxsep d4 n62 d1 xxsep d5 n63 d4"
+    assert text(ids) == "xxbos xxpad ts4/4 n60 d160 xxsep d4 n61 d1 xxsep d4 n62 d1 xxsep d5 n63 d4"
 
 
 def test_full_pitch_range_and_duplicates_collapse_to_longest():
     ids = E.encode_midi(score_of([(0, 0, 1), (0, 127, 1), (1, 64, 1), (1, 64, 3)], tracks=2))
-    assert text(ids) == "xxbos xxpad n127 d4 n0 d4 xxsep d4 n64 d12"
+    assert text(ids) == "xxbos xxpad ts4/4 n127 d4 n0 d4 xxsep d4 n64 d12"
 
 
 def test_drum_tracks_dropped_and_tracks_merged():
     score = score_of([(0, 60, 1), (1, 64, 1)], tracks=2)
     score.tracks.append(score_of([(0, 36, 1)], drum=True).tracks[0])
-    assert text(E.encode_midi(score)) == "xxbos xxpad n60 d4 xxsep d4 n64 d4"
+    assert text(E.encode_midi(score)) == "xxbos xxpad ts4/4 n60 d4 xxsep d4 n64 d4"
 
 
 def test_eos_and_inputs_in_all_forms(tmp_path):
     score = score_of([(0, 60, 1)])
     path = tmp_path / "one.mid"
     score.dump_midi(str(path))
-    expected = [E.BOS_ID, E.PAD_ID, E.NOTE_OFFSET + 60, E.DURATION_OFFSET + 4, E.EOS_ID]
+    expected = [E.BOS_ID, E.PAD_ID, E.TOKEN_TO_ID["ts4/4"], E.NOTE_OFFSET + 60, E.DURATION_OFFSET + 4, E.EOS_ID]
     for source in (path, str(path), path.read_bytes(), score, score.to("quarter")):
         assert E.encode_midi(source, add_eos=True).tolist() == expected
 
@@ -84,7 +137,7 @@ def test_bad_input_raises_one_error_type_naming_the_file(tmp_path):
         with pytest.raises(E.MidiReadError, match=problem) as error:
             E.encode_midi(path)
         assert str(path) in str(error.value) and isinstance(error.value, ValueError)
-    assert E.encode_midi(silent, allow_empty=True).tolist() == [E.BOS_ID, E.PAD_ID]
+    assert E.encode_midi(silent, allow_empty=True).tolist() == [E.BOS_ID, E.PAD_ID, E.TOKEN_TO_ID["ts4/4"]]
 
 
 def reference_notes(path, ticks_per_step=120):
@@ -153,8 +206,11 @@ def test_beat_positions_follow_the_reference_rule():
            80, E.DURATION_OFFSET + 2, 0, 1, 80, E.DURATION_OFFSET + 2, E.SEP_ID, E.DURATION_OFFSET + 16, 80]
     # xxsep(0) d2(0) n71(2) d2(2) xxsep(2) d2(2) n71(4) d2(4), then a new piece restarts at 0.
     assert E.beat_positions(ids).tolist() == [0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 0, 0, 0, 0, 0, 0, 16]
-    bar, step = E.bar_and_step([0, 15, 16, 37])
-    assert bar.tolist() == [0, 0, 1, 2] and step.tolist() == [0, 15, 0, 5]
+    # features: (bar, beat, step in beat) in 4/4 (no time signature) and, for old vocabularies, (bar, step, 0)
+    assert E.position_features(ids)[-1].tolist() == [1, 0, 0] and E.position_features(ids)[8].tolist() == [0, 1, 0]
+    assert E.position_features(ids, meter=False)[8].tolist() == [0, 4, 0]
+    three = [0, 1, E.TOKEN_TO_ID["ts3/4"], 80, E.DURATION_OFFSET + 2, E.SEP_ID, E.DURATION_OFFSET + 13, 80]
+    assert E.position_features(three)[-1].tolist() == [1, 0, 1]  # step 13 of 3/4: bar 1, beat 0, step 1
 
 
 def test_beat_positions_match_decoded_onsets_on_real_music(chorale_midi_files):
@@ -169,8 +225,8 @@ def test_transposition_stays_in_range():
     ids = E.encode_midi(score_of([(0, 3, 1), (1, 120, 1)]))
     assert E.transposition_range(ids) == (-3, 7)
     up = E.transpose_ids(ids, 7)
-    assert text(up) == "xxbos xxpad n10 d4 xxsep d4 n127 d4"
-    assert E.transpose_ids(ids, -3)[2] == E.NOTE_OFFSET
+    assert text(up) == "xxbos xxpad ts4/4 n10 d4 xxsep d4 n127 d4"  # time signatures are not notes
+    assert E.transpose_ids(ids, -3)[3] == E.NOTE_OFFSET
     for shift in (8, -4):
         with pytest.raises(ValueError, match="allowed -3..7"):
             E.transpose_ids(ids, shift)
@@ -196,6 +252,23 @@ def test_round_trip_property(triples):
     assert ids.max() < E.VOCAB_SIZE and E.first_invalid_position(ids) is None
     assert notes_as_set(E.ids_to_notes(ids)) == notes_as_set(notes)
     assert notes_as_set(E.score_to_notes(E.decode_ids(ids))) == notes_as_set(notes)
+
+
+@settings(max_examples=60, deadline=None)
+@given(grid_notes, st.lists(st.tuples(st.integers(0, 2_500), st.sampled_from(E.METERS)), max_size=6))
+def test_round_trip_with_meter_changes_property(triples, changes):
+    longest = {}
+    for onset, pitch, duration in triples:
+        longest[(onset, pitch)] = max(longest.get((onset, pitch), 0), duration)
+    onset, pitch, duration = (np.array(column) for column in zip(*[(o, p, d) for (o, p), d in longest.items()]))
+    order = np.lexsort((-pitch, onset))
+    meters = E.meter_table(sorted((time, *meter) for time, meter in changes))
+    notes = E.Notes(onset[order], pitch[order], duration[order], meters[meters[:, 0] <= onset.max()])
+    ids = E.notes_to_ids(notes, add_eos=True)
+    assert E.first_invalid_position(ids) is None and ids.max() < E.VOCAB_SIZE
+    decoded = E.ids_to_notes(ids)
+    assert notes_as_set(decoded) == notes_as_set(notes) and decoded.meters.tolist() == notes.meters.tolist()
+    assert E.notes_to_ids(E.score_to_notes(E.decode_ids(ids)), add_eos=True).tolist() == ids.tolist()
 
 
 @settings(max_examples=100, deadline=None)

@@ -21,7 +21,7 @@ from hf_music_xl.evaluate import (
     scale_consistency,
     summarize,
 )
-from hf_music_xl.modeling_music_xl import compute_beat_positions
+from hf_music_xl.modeling_music_xl import compute_positions
 
 
 def notes(onset, pitch, duration):
@@ -83,7 +83,7 @@ def test_corpus_nll_is_the_model_loss_over_whole_pieces(tiny_model_dir, chorale_
     assert abs(result["nll_per_token"] - math.log(299)) < 0.5  # random weights: about uniform
     without = corpus_nll(model, split, mem_len=0, progress=False)
     assert without["mem_len"] == 0 and without["nll_per_token"] != pytest.approx(loss, rel=1e-4)
-    positions, _ = compute_beat_positions(ids, model.config)  # the piece's own, in every segment
+    positions, _ = compute_positions(ids, model.config)  # the piece's own, in every segment
     with torch.no_grad():  # mem_len 0: the segments on their own (each segment's last token still predicts the next)
         logits = torch.cat([model(part, beat_positions=where).logits
                             for part, where in zip(ids.split(16, dim=1), positions.split(16, dim=1))], dim=1)  # fmt: skip

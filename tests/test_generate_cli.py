@@ -105,7 +105,15 @@ def test_streamer_prints_each_note_with_bar_and_beat():
         "bar 2 beat 2.5: G4 (8th)",
         "bar 2 beat 2.5: C5 (whole)",
     ]
-    assert describe_note(35, 61, 5) == "bar 3 beat 1.75: C#4 (5/16)"
+    assert describe_note(2, 0.75, 61, 5) == "bar 3 beat 1.75: C#4 (5/16)"
+    # beats of the meter: in 6/8 a beat is a dotted quarter (6 steps), so step 9 is beat 2.5
+    six_eight = [encoding.BOS_ID, encoding.PAD_ID, encoding.TOKEN_TO_ID["ts6/8"], encoding.SEP_ID, 137 + 9]
+    out = io.StringIO()
+    streamer = NoteStreamer(out)
+    streamer.put(torch.tensor([six_eight]))
+    for token in (9 + 62, 137 + 3):
+        streamer.put(torch.tensor([token]))
+    assert out.getvalue().splitlines() == ["bar 1 beat 2.5: D4 (dotted 8th)"]
 
 
 def test_presets():

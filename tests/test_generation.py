@@ -6,7 +6,12 @@ import torch
 from hf_music_xl import MaxBarsCriteria, MusicGrammarProcessor, MusicXLConfig, MusicXLForCausalLM
 from hf_music_xl.generation_music_xl import scale_pitch_classes
 
+from hf_music_xl import encoding
+
 from helpers import BOS, DURATIONS, EOS, NOTES, PAD, SEP, dur, note, tiny_model
+
+METERS = range(299, 379)
+V = 379
 
 
 PROMPTS = torch.tensor(
@@ -140,13 +145,17 @@ def test_cache_keeps_running_positions_and_bounded_memory():
 def grammar_errors(sequence, prompt_length):
     """Ungrammatical generated tokens of one sequence (stops at the first xxeos: generate pads after it)."""
     errors = []
+    step_in_bar = encoding.token_bars(sequence)[1]
     for i in range(prompt_length, len(sequence)):
         previous, token = sequence[i - 1], sequence[i]
+        at_bar_line_meter = token in METERS and step_in_bar[i] == 0
         if previous in NOTES or previous == SEP:
             ok = token in DURATIONS and token != dur(0)
         elif previous in DURATIONS:
-            ok = token in NOTES or token in (SEP, EOS)
+            ok = token in NOTES or token in (SEP, EOS) or at_bar_line_meter
         elif previous == PAD:
+            ok = token in NOTES or token == SEP or at_bar_line_meter
+        elif previous in METERS:
             ok = token in NOTES or token == SEP
         elif previous == BOS:
             ok = token == PAD
@@ -182,20 +191,31 @@ def test_grammar_processor_temperatures_and_restrictions():
     config = MusicXLConfig()
     processor = MusicGrammarProcessor(config, note_temperature=2.0, duration_temperature=0.5, pitch_range=(48, 72),
                                       scale="D major")  # fmt: skip
-    scores = torch.ones(2, 299)
+    scores = torch.ones(2, V)
     out = processor(torch.tensor([[BOS, PAD, note(60), dur(4)], [BOS, PAD, SEP, dur(4)]]), scores)
     d_major = scale_pitch_classes("D major")
     assert d_major == {2, 4, 6, 7, 9, 11, 1}
     allowed_notes = [p for p in range(128) if 48 <= p <= 72 and p % 12 in d_major]
     finite = torch.isfinite(out[0]).nonzero().flatten().tolist()
-    assert finite == [EOS, SEP] + [note(p) for p in allowed_notes]
+    assert finite == [EOS, SEP] + [note(p) for p in allowed_notes] + list(METERS)  # at step 0: a bar line
     assert out[0, note(62)] == 0.5 and out[0, SEP] == 1.0  # notes divided by 2
-    durations = processor(torch.tensor([[note(60)]]), torch.ones(1, 299))
+    # a time signature only where a bar starts: not 4 steps into a bar, but 16, and after it a note or xxsep
+    three_four = encoding.TOKEN_TO_ID["ts3/4"]
+    for waited, meter_allowed in ((4, False), (16, True)):
+        ids = torch.tensor([[BOS, PAD, note(60), dur(4), SEP, dur(waited), note(62), dur(4)]])
+        assert bool(torch.isfinite(processor(ids, torch.ones(1, V))[0, three_four])) == meter_allowed
+    after = processor(torch.tensor([[BOS, PAD, three_four]]), torch.ones(1, V))
+    assert torch.isfinite(after[0]).nonzero().flatten().tolist() == [SEP] + [note(p) for p in allowed_notes]
+    # in 3/4 a bar is 12 steps: after 12 a time signature may come, after 16 not
+    for waited, meter_allowed in ((12, True), (16, False)):
+        ids = torch.tensor([[BOS, PAD, three_four, note(60), dur(4), SEP, dur(waited), note(62), dur(4)]])
+        assert bool(torch.isfinite(processor(ids, torch.ones(1, V))[0, three_four])) == meter_allowed
+    durations = processor(torch.tensor([[note(60)]]), torch.ones(1, V))
     assert torch.isfinite(durations[0]).nonzero().flatten().tolist() == list(DURATIONS)[1:]  # never d0
     assert durations[0, dur(3)] == 2.0  # durations divided by 0.5
-    waits = processor(torch.tensor([[SEP]]), torch.ones(1, 299))
+    waits = processor(torch.tensor([[SEP]]), torch.ones(1, V))
     assert torch.isinf(waits[0, dur(0)]) and torch.isfinite(waits[0, dur(1)])
-    closed = MusicGrammarProcessor(config, allow_end=False)(torch.tensor([[dur(2)]]), torch.ones(1, 299))
+    closed = MusicGrammarProcessor(config, allow_end=False)(torch.tensor([[dur(2)]]), torch.ones(1, V))
     assert torch.isinf(closed[0, EOS])
     with pytest.raises(ValueError):
         MusicGrammarProcessor(config, pitch_range=(61, 61), scale="C major")
@@ -223,6 +243,27 @@ def test_bars_criteria_on_a_hand_example():
     assert two_bars(more[:, :-1], None).tolist() == [False] and two_bars(more, None).tolist() == [True]
     one_more = MaxBarsCriteria(1, config, prompt_length=6)  # counted from the end of the prompt, at step 16
     assert one_more(more, None).tolist() == [True] and one_more(ids, None).tolist() == [False]
+
+
+def test_bars_follow_the_time_signature():
+    config = MusicXLConfig()
+    three_four = encoding.TOKEN_TO_ID["ts3/4"]
+    ids = torch.tensor([[BOS, PAD, three_four, note(60), dur(4), SEP, dur(12), note(62), dur(4), SEP, dur(12)]])
+    assert MaxBarsCriteria(2, config)(ids, None).tolist() == [True]  # 24 steps: two bars of 3/4
+    assert MaxBarsCriteria(2, config)(ids[:, :-1], None).tolist() == [False]
+    model = tiny_model(mem_len=32, segment_len=16)
+    torch.manual_seed(0)
+    out = model.generate(torch.tensor([[BOS, PAD, three_four]] * 3), max_new_tokens=400, do_sample=True,
+                         logits_processor=[MusicGrammarProcessor(config, allow_end=False)],
+                         stopping_criteria=[MaxBarsCriteria(3, config, prompt_length=3)])  # fmt: skip
+    for row in out.tolist():
+        while row[-1] == PAD:
+            row.pop()
+        bars, step_in_bar, _, _ = encoding.token_bars(row)
+        if len(row) < 403:  # stopped by the bars: right after the wait that reaches bar 3 of 3/4 (36 steps)
+            assert row[-2] == SEP and encoding.beat_positions(row + [SEP])[-1] >= 36 > encoding.beat_positions(row)[-1]
+        meters = [i for i, token in enumerate(row) if token in METERS]
+        assert all(step_in_bar[i] == 0 for i in meters)  # any time signature it chose stands on a bar line
 
 
 def test_generation_stops_right_after_the_wait_that_ends_the_bars():

@@ -201,7 +201,7 @@ def test_an_incomplete_model_directory_is_completed_before_pushing(model_dirs, t
     staging, again = tmp_path / "staging", tmp_path / "again"
     staging.mkdir()
     again.mkdir()
-    assert missing_pieces(model_dirs["v1"]) == ["custom_pipelines in config.json"]  # save_final writes no pipeline
+    assert missing_pieces(model_dirs["v1"]) == []  # save_final writes the pipeline too
     assert complete_model_dir(bare, staging) == staging
     assert missing_pieces(staging) == [] and CODE_FILES | PIPELINE_FILES <= {path.name for path in staging.iterdir()}
     assert complete_model_dir(staging, again) == staging  # complete: pushed as it is

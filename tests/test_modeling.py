@@ -17,11 +17,14 @@ from hf_music_xl.modeling_music_xl import (
     MusicXLCache,
     attention_block_mask,
     compute_beat_positions,
+    compute_positions,
     relative_position_scores,
     sinusoid_encodings,
 )
 
 from helpers import BOS, EOS, PAD, SEP, dur, note, tiny_model
+
+V = 379  # the vocabulary: ids 0..298 of the reference, then time signatures
 
 
 def random_ids(batch, length, seed=1):
@@ -43,7 +46,7 @@ def test_presets_sizes_and_aliases():
     base = MusicXLConfig.from_preset("base", mem_len=256)
     assert (base.n_layer, base.d_model, base.n_head, base.d_inner, base.mem_len) == (16, 512, 8, 2048, 256)
     assert (base.num_hidden_layers, base.hidden_size, base.num_attention_heads) == (16, 512, 8)
-    assert base.vocab_size == 299 and base.tie_word_embeddings and base.mask_p == 0.2
+    assert base.vocab_size == 379 and base.tie_word_embeddings and base.mask_p == 0.2 and base.position_scheme == "meter"
     with pytest.raises(ValueError):
         MusicXLConfig.from_preset("huge")
 
@@ -84,15 +87,43 @@ def test_positions_continue_across_any_split():
         assert torch.equal(end, whole_next)
 
 
+METER_POOL = [BOS, PAD, SEP, SEP, SEP, note(60), note(67), dur(0), dur(2), dur(5), dur(32), 299 + 2 + 16 * 2,
+              299 + 5 + 16 * 3, 299 + 1 + 16]  # ts3/4, ts6/8, ts2/2 among notes, waits and pieces
+
+
 def test_positions_match_the_tokenizer():
     encoding = pytest.importorskip("hf_music_xl.encoding")
-    config = MusicXLConfig()
     generator = torch.Generator().manual_seed(1)
-    pool = torch.tensor([BOS, PAD, SEP, SEP, note(60), note(67), dur(0), dur(2), dur(5), dur(32)])
-    ids = pool[torch.randint(len(pool), (8, 80), generator=generator)]
-    positions, _ = compute_beat_positions(ids, config)
-    for row, expected in zip(ids, positions):
-        assert encoding.beat_positions(row.numpy()).tolist() == expected.tolist()
+    pool = torch.tensor(METER_POOL)
+    ids = pool[torch.randint(len(pool), (8, 120), generator=generator)]
+    for scheme in ("meter", "grid"):
+        features, states = compute_positions(ids, MusicXLConfig(position_scheme=scheme))
+        for row, expected in zip(ids, features):
+            assert encoding.position_features(row.numpy(), meter=scheme == "meter").tolist() == expected.tolist()
+    times, _ = compute_beat_positions(ids, MusicXLConfig())
+    not_before_bos = ids[:, 1:] != BOS  # the state after a token holds the next token's time (xxbos resets it)
+    assert torch.equal(states[..., 0][:, :-1][not_before_bos], times[:, 1:][not_before_bos])
+
+
+def test_meter_positions_continue_across_any_split():
+    config = MusicXLConfig()
+    generator = torch.Generator().manual_seed(2)
+    ids = torch.tensor(METER_POOL)[torch.randint(len(METER_POOL), (3, 70), generator=generator)]
+    whole, states = compute_positions(ids, config)
+    for split in range(1, 70):
+        first, first_states = compute_positions(ids[:, :split], config)
+        second, second_states = compute_positions(ids[:, split:], config, first_states[:, -1])
+        assert torch.equal(torch.cat([first, second], dim=1), whole)
+        assert torch.equal(torch.cat([first_states, second_states], dim=1), states)
+
+
+def test_three_four_and_six_eight_differ_in_beats_not_bars():
+    three, six = [BOS, PAD, 299 + 2 + 16 * 2], [BOS, PAD, 299 + 5 + 16 * 3]
+    body = [note(60), dur(2), SEP, dur(6), note(62), dur(2), SEP, dur(6), note(64), dur(2)]
+    features = [compute_positions(torch.tensor([head + body]), MusicXLConfig())[0][0] for head in (three, six)]
+    notes = [3, 7, 11]  # the notes at steps 0, 6 and 12
+    assert features[0][notes].tolist() == [[0, 0, 0], [0, 1, 2], [1, 0, 0]]  # 3/4: beats of 4 steps
+    assert features[1][notes].tolist() == [[0, 0, 0], [0, 1, 0], [1, 0, 0]]  # 6/8: beats of 6 steps
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -198,12 +229,12 @@ def test_forward_shapes_and_loss():
     model = tiny_model()
     ids = random_ids(2, 40)
     out = model(ids, labels=ids)
-    assert out.logits.shape == (2, 40, 299)
+    assert out.logits.shape == (2, 40, V)
     assert out.past_key_values is None  # no cache unless asked
-    expected = F.cross_entropy(out.logits[:, :-1].reshape(-1, 299), ids[:, 1:].reshape(-1))
+    expected = F.cross_entropy(out.logits[:, :-1].reshape(-1, V), ids[:, 1:].reshape(-1))
     torch.testing.assert_close(out.loss, expected)
-    assert abs(out.loss.item() - math.log(299)) < 1.0  # near uniform at init
-    assert model(ids, logits_to_keep=1).logits.shape == (2, 1, 299)
+    assert abs(out.loss.item() - math.log(V)) < 1.0  # near uniform at init
+    assert model(ids, logits_to_keep=1).logits.shape == (2, 1, V)
     hidden = MusicXLModel(model.config)(ids).last_hidden_state
     assert hidden.shape == (2, 40, model.config.d_model)
 
@@ -216,7 +247,7 @@ def test_loss_ignores_minus_100_and_uses_num_items_in_batch():
     labels[1, 20:] = -100
     out = model(ids, labels=labels)
     targets = labels[:, 1:].reshape(-1)
-    logits = out.logits[:, :-1].reshape(-1, 299)
+    logits = out.logits[:, :-1].reshape(-1, V)
     keep = targets != -100
     torch.testing.assert_close(out.loss, F.cross_entropy(logits[keep], targets[keep]))
     # the Trainer passes the valid-label count of the whole accumulated batch: the loss becomes sum / count
@@ -374,16 +405,19 @@ def test_window_mask_in_training_only():
 def test_encode_position_switch():
     ids = torch.tensor([[BOS, PAD, note(60), dur(4), SEP, dur(4), note(62), dur(4)]])
     with_positions, without = tiny_model(), tiny_model(encode_position=False)
-    assert not hasattr(without.transformer, "embed_bar")
+    assert not hasattr(without.transformer, "embed_bar") and not hasattr(without.transformer, "embed_beat")
+    one_bar = torch.tensor([1, 0, 0])
     with torch.no_grad():
-        positions = compute_beat_positions(ids, with_positions.config)[0]
-        explicit = with_positions(ids, beat_positions=positions + 16).logits  # one bar later
+        features = compute_positions(ids, with_positions.config)[0]
+        explicit = with_positions(ids, beat_positions=features + one_bar).logits  # one bar later
         assert not torch.allclose(explicit, with_positions(ids).logits)
-        torch.testing.assert_close(without(ids, beat_positions=positions + 16).logits, without(ids).logits)
-        # no maximum length: the bar index wraps at max_bars
-        wrapped = with_positions.config.max_bars * with_positions.config.steps_per_bar
-        torch.testing.assert_close(with_positions(ids, beat_positions=positions + 3 * wrapped).logits,
+        torch.testing.assert_close(without(ids, beat_positions=features + one_bar).logits, without(ids).logits)
+        # no maximum length: the bar index wraps at max_bars (16: a phrase)
+        wrapped = 3 * with_positions.config.max_bars * one_bar
+        torch.testing.assert_close(with_positions(ids, beat_positions=features + wrapped).logits,
                                    with_positions(ids).logits)  # fmt: skip
+    no_bar = tiny_model(max_bars=0)
+    assert not hasattr(no_bar.transformer, "embed_bar") and hasattr(no_bar.transformer, "embed_step")
 
 
 def test_training_backward_reaches_every_parameter():
@@ -426,7 +460,7 @@ def test_shift_labels_are_the_targets_as_given():
     targets[0, 3] = -100
     out = model(ids, labels=ids, shift_labels=targets)
     keep = targets.reshape(-1) != -100
-    expected = F.cross_entropy(out.logits.reshape(-1, 299)[keep], targets.reshape(-1)[keep])
+    expected = F.cross_entropy(out.logits.reshape(-1, V)[keep], targets.reshape(-1)[keep])
     torch.testing.assert_close(out.loss, expected)
     assert not torch.allclose(out.loss, model(ids, labels=ids).loss)
 

@@ -138,7 +138,7 @@ def test_training_carries_the_memory_from_step_to_step(chorale_corpus_dir, tmp_p
         assert [after for after, _ in in_epoch] == [tokens * (k + 1) for k, (_, tokens) in enumerate(in_epoch)]
     checkpoint = sorted((tmp_path / "run").glob("checkpoint-*"))[-1]
     with safe_open(str(checkpoint / STREAM_MEMORY.format(0)), framework="pt") as saved:
-        assert int(saved.metadata()["epoch"]) >= 1 and saved.get_tensor("token_ids").shape[0] == 4
+        assert int(saved.metadata()["epoch"]) >= 1 and saved.get_tensor("states").shape[0] == 4
 
 
 def test_stream_training_has_no_gradient_path_into_the_previous_step():

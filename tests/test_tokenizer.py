@@ -58,7 +58,7 @@ def test_midi_methods(tokenizer, chorale_midi_files, tmp_path):
     assert ids == E.encode_midi(path).tolist() and ids[:2] == [0, 1]
     assert tokenizer.encode_midi(path, add_eos=True) == ids + [E.EOS_ID]
     for form in (ids, np.array(ids), torch.tensor([ids])):
-        assert tokenizer.beat_positions(form) == E.beat_positions(ids).tolist()
+        assert tokenizer.beat_positions(form) == E.position_features(ids).tolist()
         assert tokenizer.decode_midi(form).note_num() == len(E.ids_to_notes(ids))
     written = tokenizer.save_midi(torch.tensor(ids), tmp_path / "out" / "piece.mid")
     assert tokenizer.encode_midi(written) == ids
@@ -75,6 +75,21 @@ def test_save_and_load_round_trip(tokenizer, tmp_path):
         loaded = cls.from_pretrained(tmp_path)
         assert loaded("xxbos xxpad n60 d4")["input_ids"] == [0, 1, 69, 141]
         assert loaded.get_vocab() == E.TOKEN_TO_ID and loaded.steps_per_beat == 4
+
+
+def test_a_vocabulary_saved_before_time_signatures_encodes_as_before(tokenizer, chorale_midi_files, tmp_path):
+    """Tokenizer directories saved before time signatures (ids 0..298) load and write no time signature token,
+    so the models saved with them get only ids they know."""
+    import json
+
+    legacy = {token: index for token, index in E.TOKEN_TO_ID.items() if index < E.LEGACY_VOCAB_SIZE}
+    (tmp_path / "vocab.json").write_text(json.dumps(legacy))
+    for old in (MusicXLTokenizer(vocab_file=str(tmp_path / "vocab.json")), MusicXLTokenizerFast(vocab=legacy)):
+        assert not old.meter and old.vocab_size == 299 and old("ts3/4")["input_ids"] == [E.UNK_ID]
+        ids = old.encode_midi(chorale_midi_files[0])
+        assert ids == E.encode_midi(chorale_midi_files[0], meter=False).tolist() and max(ids) < 299
+        assert old.beat_positions(ids) == E.position_features(ids, meter=False).tolist()
+    assert tokenizer.meter and tokenizer.encode_midi(chorale_midi_files[0])[2] == E.TOKEN_TO_ID["ts4/4"]
 
 
 def test_wrong_vocab_file_is_refused(tmp_path):

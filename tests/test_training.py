@@ -41,9 +41,9 @@ def test_train_windows(chorale_corpus):
         assert len(input_ids) == len(labels) == len(positions) == 128
         start = next(s for s in bar_starts(piece) if np.array_equal(piece[s : s + 128], input_ids[: len(piece[s : s + 128])]))
         starts.add(int(start))
-        assert encoding.beat_positions(piece)[start] % encoding.STEPS_PER_BAR == 0
+        assert encoding.token_bars(piece)[1][start] == 0  # step 0 of its bar
         # positions are the piece's own (bar of the piece, as in generation), not counted from the window
-        np.testing.assert_array_equal(positions[: len(piece) - start], encoding.beat_positions(piece)[start : start + 128])
+        np.testing.assert_array_equal(positions[: len(piece) - start], encoding.position_features(piece)[start : start + 128])
     assert len(starts) > 3 and max(starts) > 0  # random, and every one on a bar line
 
 
@@ -80,7 +80,7 @@ def test_with_transform_draws_fresh_windows(chorale_corpus):
     draws = {tuple(dataset[0]["input_ids"]) for _ in range(10)}
     assert len(draws) > 1  # not frozen as a map would be
     batch = collate([dataset[i] for i in range(3)])
-    assert batch["input_ids"].shape == batch["labels"].shape == batch["beat_positions"].shape == (3, 64)
+    assert batch["input_ids"].shape == batch["labels"].shape == (3, 64) and batch["beat_positions"].shape == (3, 64, 3)
     assert batch["input_ids"].dtype == torch.long
 
 

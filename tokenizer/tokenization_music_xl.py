@@ -15,21 +15,23 @@ import numpy as np
 import symusic
 from transformers import PreTrainedTokenizer
 
-from .encoding import STEPS_PER_BEAT, TOKEN_TO_ID, beat_positions, decode_ids, encode_midi
+from .encoding import LEGACY_VOCAB_SIZE, STEPS_PER_BEAT, TOKEN_TO_ID, decode_ids, encode_midi, position_features
 
 VOCAB_FILES_NAMES = {"vocab_file": "vocab.json"}
 
 
 class MidiTokenizerMixin:
-    """MIDI in and out, shared by the slow and the fast tokenizer (both have ``steps_per_beat``)."""
+    """MIDI in and out, shared by the slow and the fast tokenizer (both have ``steps_per_beat`` and ``meter``: the
+    vocabulary has time signature tokens, as every one but those saved before them)."""
 
     steps_per_beat: int
+    meter: bool
 
     def encode_midi(self, source, add_eos: bool = False, **limits) -> list[int]:
-        """Token ids of a MIDI file path, MIDI bytes or ``symusic.Score``, starting ``xxbos xxpad``.
-        Unreadable input or a piece without notes raises ``encoding.MidiReadError`` (a ValueError naming the
-        file); ``limits`` are ``max_bytes``, ``max_notes``, ``max_tokens`` of ``encoding.encode_midi``."""
-        return encode_midi(source, steps_per_beat=self.steps_per_beat, add_eos=add_eos, **limits).tolist()
+        """Token ids of a MIDI file path, MIDI bytes or ``symusic.Score``, starting ``xxbos xxpad`` and its time
+        signature. Unreadable input or a piece without notes raises ``encoding.MidiReadError`` (a ValueError
+        naming the file); ``limits`` are ``max_bytes``, ``max_notes``, ``max_tokens`` of ``encoding.encode_midi``."""
+        return encode_midi(source, steps_per_beat=self.steps_per_beat, add_eos=add_eos, meter=self.meter, **limits).tolist()
 
     def decode_midi(self, ids, strict: bool = False) -> symusic.Score:
         """A ``symusic.Score`` from any ids (list, numpy array or tensor); invalid tokens are skipped, or with
@@ -43,9 +45,11 @@ class MidiTokenizerMixin:
         self.decode_midi(ids, strict=strict).dump_midi(str(path))
         return path
 
-    def beat_positions(self, ids) -> list[int]:
-        """Grid step of each token since the last ``xxbos`` (the rule the model's position embedding uses)."""
-        return beat_positions(_as_array(ids)).tolist()
+    def beat_positions(self, ids) -> list[list[int]]:
+        """The model's position input of each token, (bar, beat within the bar, step within the beat), bars as the
+        time signatures lay them out from the last ``xxbos`` (a vocabulary without them: (bar, step within a
+        16-step bar, 0)); the rule of ``MusicXLModel``'s ``compute_positions``."""
+        return position_features(_as_array(ids), self.meter, self.steps_per_beat).tolist()
 
 
 def _as_array(ids) -> np.ndarray:
@@ -59,7 +63,7 @@ class MusicXLTokenizer(MidiTokenizerMixin, PreTrainedTokenizer):
 
     Args:
         vocab_file: ``vocab.json`` (token -> id); it must match ``encoding.VOCAB``, whose ids the MIDI
-            encoder writes. Defaults to the built-in vocabulary.
+            encoder writes, or its first 299 ids (saved before time signatures). Defaults to the built-in one.
         steps_per_beat: grid steps per quarter note used by ``encode_midi``/``decode_midi`` (4 = 16th notes).
     """
 
@@ -80,6 +84,7 @@ class MusicXLTokenizer(MidiTokenizerMixin, PreTrainedTokenizer):
         self.encoder = load_vocab(vocab_file)
         self.decoder = {index: token for token, index in self.encoder.items()}
         self.steps_per_beat = steps_per_beat
+        self.meter = len(self.encoder) > LEGACY_VOCAB_SIZE
         super().__init__(
             bos_token=bos_token,
             eos_token=eos_token,
@@ -109,26 +114,32 @@ class MusicXLTokenizer(MidiTokenizerMixin, PreTrainedTokenizer):
         return " ".join(tokens)
 
     def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str]:
-        return (save_vocab_json(save_directory, filename_prefix),)
+        return (save_vocab_json(save_directory, filename_prefix, self.encoder),)
 
 
-def save_vocab_json(save_directory: str, filename_prefix: str | None = None) -> str:
-    """Write the fixed vocabulary as ``vocab.json`` (token -> id, in id order)."""
+def save_vocab_json(save_directory: str, filename_prefix: str | None = None, vocab: dict | None = None) -> str:
+    """Write the vocabulary (default: the full one) as ``vocab.json`` (token -> id, in id order)."""
     name = (filename_prefix + "-" if filename_prefix else "") + VOCAB_FILES_NAMES["vocab_file"]
     path = os.path.join(save_directory, name)
     with open(path, "w", encoding="utf-8") as file:
-        json.dump(TOKEN_TO_ID, file, indent=1)
+        json.dump(dict(sorted((vocab or TOKEN_TO_ID).items(), key=lambda item: item[1])), file, indent=1)
         file.write("\n")
     return path
 
 
+def check_vocab(vocab: dict, where: str) -> dict[str, int]:
+    """``vocab`` if it is the encoder's fixed layout, or its first 299 ids (saved before time signatures); a
+    different map would silently shift every id the MIDI encoder writes."""
+    legacy = {token: index for token, index in TOKEN_TO_ID.items() if index < LEGACY_VOCAB_SIZE}  # ids 0..298
+    if vocab not in (TOKEN_TO_ID, legacy):
+        raise ValueError(f"{where} does not match the vocabulary of hf_music_xl.encoding (ids 0..378, or 0..298 "
+                         "saved before time signatures)")  # fmt: skip
+    return dict(vocab)
+
+
 def load_vocab(vocab_file: str | None) -> dict[str, int]:
-    """The token -> id map, checked against the encoder's fixed layout (a different file would silently
-    shift every id the MIDI encoder writes)."""
+    """The token -> id map of a ``vocab.json`` (checked, ``check_vocab``), or the full vocabulary."""
     if vocab_file is None:
         return dict(TOKEN_TO_ID)
     with open(vocab_file, encoding="utf-8") as file:
-        vocab = json.load(file)
-    if vocab != TOKEN_TO_ID:
-        raise ValueError(f"{vocab_file} does not match the vocabulary of hf_music_xl.encoding (ids 0..298)")
-    return vocab
+        return check_vocab(json.load(file), vocab_file)

@@ -105,8 +105,7 @@ class MusicApp:
     def show(self, sample: dict, prompt_path, asked_bars: int):
         name = Path(prompt_path).stem if prompt_path else "sample"
         stem = self.output_dir / uuid.uuid4().hex[:8] / f"{name}-seed{sample['seed']}"
-        files = render_outputs(sample["ids"], sample["prompt_length"], stem, audio=self.audio,
-                               steps_per_bar=self.pipe.model.config.steps_per_bar)  # fmt: skip
+        files = render_outputs(sample["ids"], sample["prompt_length"], stem, audio=self.audio)
         new_notes = sum(not note["prompt"] for note in sample["notes"])
         prompt_notes = len(sample["notes"]) - new_notes
         bars = f"{sample['bars']} of {asked_bars}" if sample["bars"] < asked_bars else str(asked_bars)

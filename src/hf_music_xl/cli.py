@@ -151,6 +151,7 @@ def add_generate(subparsers) -> None:
     parser.add_argument("--allow-end", action="store_true", help="let the model end a piece early with xxeos")
     parser.add_argument("--pitch-range", type=int, nargs=2, metavar=("LOW", "HIGH"), help="MIDI pitches allowed for new notes")
     parser.add_argument("--scale", default="", help="keep new notes in a scale, e.g. 'D minor' or 'F# major'")
+    parser.add_argument("--meter", default="", help="time signature of a piece started from nothing, e.g. '3/4' (a prompt brings its own)")
     parser.add_argument("--output-dir", default="outputs/generated", help="where files go (default: outputs/generated)")
     parser.add_argument("--prefix", default="", help="file name prefix (default: the prompt's file stem, or 'sample')")
     parser.add_argument("--stream", nargs="?", const="-", default="", metavar="FILE", help="print notes as they are generated (or append them to FILE)")

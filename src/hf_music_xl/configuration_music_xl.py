@@ -17,6 +17,11 @@ PRESETS = {
     "base": dict(d_model=512, n_layer=16, n_head=8, d_head=64, d_inner=2048, mem_len=512, segment_len=512),
 }
 
+# Time signature tokens (the tokenizer's `encoding.METERS`): every numerator 1..16 over each of these denominators,
+# denominator by denominator, from id `meter_offset` on.
+METER_DENOMINATORS = (1, 2, 4, 8, 16)
+MAX_METER_NUMERATOR = 16
+
 
 class MusicXLConfig(PretrainedConfig):
     r"""
@@ -24,8 +29,8 @@ class MusicXLConfig(PretrainedConfig):
     `MusicXLConfig.from_preset("tiny" | "small" | "base", **overrides)`.
 
     Architecture:
-        vocab_size (`int`, defaults to 299): ids 0-8 specials, 9-136 notes n0..n127, 137-297 durations d0..d160,
-            298 xxunk.
+        vocab_size (`int`, defaults to 379): ids 0-8 specials, 9-136 notes n0..n127, 137-297 durations d0..d160,
+            298 xxunk, 299-378 time signatures ts1/1..ts16/16. Models saved before time signatures have 299.
         d_model (`int`, defaults to 512): width of the residual stream (alias `hidden_size`).
         n_layer (`int`, defaults to 16): number of transformer blocks (alias `num_hidden_layers`).
         n_head (`int`, defaults to 8): attention heads (alias `num_attention_heads`).
@@ -44,10 +49,15 @@ class MusicXLConfig(PretrainedConfig):
         use_cache (`bool`, defaults to True): generate() keeps the memory in a `MusicXLCache` and feeds one token
             per step (a direct forward call returns a cache only when passed use_cache=True).
 
-    Beat positions (see `modeling_music_xl.compute_beat_positions`):
-        encode_position (`bool`, defaults to True): add beat-in-bar and bar-index embeddings to the tokens;
-            False for ablations.
-        steps_per_bar (`int`, defaults to 16): grid steps (16th notes) in a bar, 16 for 4/4.
+    Beat positions (see `modeling_music_xl.compute_positions`):
+        encode_position (`bool`, defaults to True): add beat-position embeddings to the tokens; False for ablations.
+        position_scheme (`str`, defaults to "meter"): "meter": bars follow the time signature tokens (4/4 until the
+            first), and a token gets the embeddings of its beat within the bar, its step within the beat and its
+            bar, so 3/4 (three beats of 4 steps) and 6/8 (two of 6) differ; "grid": every bar is `steps_per_bar`
+            steps whatever the meter, a token gets its step within that bar and its bar (models saved before
+            time signatures; their config.json has no position_scheme and loads as "grid").
+        steps_per_bar (`int`, defaults to 16): grid steps (16th notes) in a bar of the "grid" scheme.
+        steps_per_beat (`int`, defaults to 4): grid steps per quarter note (bar and beat lengths of the meters).
         max_bars (`int`, defaults to 16): the bar of the piece (counted from its `xxbos`, in training as in
             generation) is embedded modulo this: a phrase of 16 bars, every row of which stream training reaches
             in every piece (so there is no maximum length and no untrained row). 0: no bar embedding, the beat
@@ -59,7 +69,8 @@ class MusicXLConfig(PretrainedConfig):
         mask_steps (`int`, defaults to 4): window sizes are drawn uniformly from 1..mask_steps.
 
     Vocabulary ids (fixed by the tokenizer): bos_token_id 0 (xxbos), pad_token_id 1 (xxpad),
-    eos_token_id 2 (xxeos), sep_token_id 8 (xxsep), note_offset 9, duration_offset 137, num_durations 161.
+    eos_token_id 2 (xxeos), sep_token_id 8 (xxsep), note_offset 9, duration_offset 137, num_durations 161,
+    meter_offset 299.
     """
 
     model_type = "music_xl"
@@ -71,7 +82,7 @@ class MusicXLConfig(PretrainedConfig):
         "intermediate_size": "d_inner",
     }
 
-    vocab_size: int = 299
+    vocab_size: int = 379
     d_model: int = 512
     n_layer: int = 16
     n_head: int = 8
@@ -84,7 +95,9 @@ class MusicXLConfig(PretrainedConfig):
     mem_len: int = 512
     segment_len: int = 512
     encode_position: bool = True
+    position_scheme: str = "meter"
     steps_per_bar: int = 16
+    steps_per_beat: int = 4
     max_bars: int = 16
     mask_p: float = 0.2
     mask_steps: int = 4
@@ -97,6 +110,7 @@ class MusicXLConfig(PretrainedConfig):
     note_offset: int = 9
     duration_offset: int = 137
     num_durations: int = 161
+    meter_offset: int = 299
 
     def __post_init__(self, **kwargs):
         if self.d_head is None:
@@ -116,6 +130,23 @@ class MusicXLConfig(PretrainedConfig):
             raise ValueError(f"max_bars must be >= 0 (0: no bar embedding), got {self.max_bars}")
         if self.duration_offset + self.num_durations > self.vocab_size:
             raise ValueError("duration ids run past vocab_size")
+        if self.position_scheme not in ("meter", "grid"):
+            raise ValueError(f"position_scheme must be 'meter' or 'grid', got {self.position_scheme!r}")
+
+    @property
+    def meters(self) -> list[tuple[int, int]]:
+        """(numerator, denominator) of each time signature token, in id order from `meter_offset`; none when the
+        vocabulary predates them."""
+        if self.vocab_size < self.meter_offset + len(METER_DENOMINATORS) * MAX_METER_NUMERATOR:
+            return []
+        return [(num, den) for den in METER_DENOMINATORS for num in range(1, MAX_METER_NUMERATOR + 1)]
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        # config.json of a model saved before time signatures has no position_scheme: its positions are the grid's
+        if "position_scheme" not in config_dict and "position_scheme" not in kwargs:
+            config_dict = {**config_dict, "position_scheme": "grid"}
+        return super().from_dict(config_dict, **kwargs)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "MusicXLConfig":

@@ -15,8 +15,8 @@ Sources (``build_corpus(source)`` and ``hf-music-xl build-corpus SOURCE``):
 - ``music21:FOLDER``: every file of a folder of music21's corpus, e.g. ``music21:palestrina`` (Humdrum),
   ``music21:oneills1850`` (ABC);
 - a directory (searched recursively), a glob, or one file: ``.mid``/``.midi`` read with symusic, ``.abc`` split
-  into tunes on ``X:`` lines (symusic reads only the first tune of a file), and the score formats music21 parses
-  (``.krn``, ``.mxl``, ``.xml``, ``.musicxml``) read as the chorales are;
+  into tunes on ``X:`` lines and each read through music21 (which knows the tune's meter changes and pickup bar),
+  and the score formats music21 parses (``.krn``, ``.mxl``, ``.xml``, ``.musicxml``) read as the chorales are;
 - several of these joined by commas (``bach-chorales,music21:palestrina``): ``load_corpus`` builds each and
   concatenates their splits.
 
@@ -56,7 +56,7 @@ from . import encoding
 logger = logging.getLogger(__name__)
 
 # Bump whenever the ids produced for the same input change (encoding or corpus rules): it is in the cache key.
-ENCODER_VERSION = "1"
+ENCODER_VERSION = "2"  # 2: time signature tokens; ABC tunes read through music21 (meters and pickups)
 DEFAULT_SOURCE = "bach-chorales"
 MIDI_SUFFIXES = (".mid", ".midi")
 ABC_SUFFIXES = (".abc",)
@@ -194,11 +194,11 @@ def read_item(item: Item, steps_per_beat: int) -> tuple[list[dict], list[dict]]:
                 source = f"{item.label}#{label.split()[0]}"
                 key = _sha1(re.sub(r"^X:.*$", "", tune, count=1, flags=re.MULTILINE).encode())  # number aside
                 try:
-                    import symusic
+                    from .music21_source import read_abc_tune
 
-                    ids = _encode(symusic.Score.from_abc(tune), steps_per_beat)
+                    ids = _encode(read_abc_tune(tune), steps_per_beat)
                     pieces.append(_piece(ids, source, f"{Path(item.path).stem} {label}", key, key))
-                except Exception as error:  # abc2midi fails on some tunes: skip that tune only
+                except Exception as error:  # music21 fails on some tunes: skip that tune only
                     skips.append({"source": source, "reason": _reason(error)})
     except Exception as error:  # any failure of one file is recorded; the build goes on
         skips.append({"source": item.label, "reason": _reason(error)})

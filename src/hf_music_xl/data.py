@@ -35,14 +35,16 @@ from . import encoding
 IGNORE_INDEX = -100
 
 
-def bar_starts(ids: np.ndarray, steps_per_bar: int = encoding.STEPS_PER_BAR) -> np.ndarray:
-    """Indices where a window may start: 0, and every first note of a chord that sounds on a bar line."""
+def bar_starts(ids: np.ndarray) -> np.ndarray:
+    """Indices where a window may start: 0, and every first note of a chord that sounds on a bar line (bars as
+    the piece's time signatures lay them out)."""
     ids = np.asarray(ids, dtype=np.int64)
-    positions = encoding.beat_positions(ids)
+    _, step_in_bar, _, _ = encoding.token_bars(ids)
     is_note = (ids >= encoding.NOTE_OFFSET) & (ids < encoding.NOTE_OFFSET + encoding.NUM_PITCHES)
     after_wait = np.r_[False, False, ids[:-2] == encoding.SEP_ID]  # the token after "xxsep d.."
+    after_meter = np.r_[False, encoding.is_meter(ids[:-1])]  # the first note after a time signature
     opens_piece = np.r_[False, False, ids[:-2] == encoding.BOS_ID]  # the first note right after "xxbos xxpad"
-    starts = np.flatnonzero(is_note & (after_wait | opens_piece) & (positions % steps_per_bar == 0))
+    starts = np.flatnonzero(is_note & (after_wait | after_meter | opens_piece) & (step_in_bar == 0))
     return np.r_[0, starts[starts > 0]]
 
 
@@ -72,6 +74,7 @@ class TrainTransform:
         augment: transpose at random; False gives plain random windows (the reference trained its last epochs so).
         transpose_p: probability that a drawn piece is transposed.
         transpose_range: (lowest, highest) shift in semitones, narrowed per piece to what stays in 0..127.
+        meter: the model's position scheme is "meter" (else "grid"): which position features windows carry.
         min_fill: a window holds at least this share of real tokens when the piece allows it, so piece
             endings (and xxeos) are seen about as often as beginnings.
         seed: None draws from torch's global generator; an int makes each draw a function of (seed, ``epoch``,
@@ -84,7 +87,7 @@ class TrainTransform:
     transpose_p: float = 0.5
     transpose_range: tuple[int, int] = (-6, 5)
     min_fill: float = 0.5
-    steps_per_bar: int = encoding.STEPS_PER_BAR
+    meter: bool = True
     seed: int | None = None
     epoch: int = 0
 
@@ -109,13 +112,15 @@ class TrainTransform:
         """(input_ids, labels, beat_positions) of one random window of the piece ``ids``."""
         if self.augment and torch.rand((), generator=generator).item() < self.transpose_p:
             ids = encoding.transpose_ids(ids, self.random_shift(ids, generator))
-        starts = bar_starts(ids, self.steps_per_bar)
+        starts = bar_starts(ids)
         last_start = max(0, len(ids) - int(self.window_len * self.min_fill))
         starts = starts[starts <= last_start]  # never empty: 0 is always a start
         start = int(starts[torch.randint(len(starts), (), generator=generator).item()])
         input_ids, labels = pad_window(ids[start : start + self.window_len], self.window_len)
-        positions = encoding.beat_positions(ids)[start : start + self.window_len]  # counted from the piece's start
-        return input_ids, labels, padded(positions, self.window_len, 0)
+        features = encoding.position_features(ids, self.meter)[start : start + self.window_len]  # the piece's own
+        positions = np.zeros((self.window_len, 3), dtype=np.int64)
+        positions[: len(features)] = features
+        return input_ids, labels, positions
 
     def random_shift(self, ids: np.ndarray, generator: torch.Generator | None = None) -> int:
         low, high = encoding.transposition_range(ids)
@@ -137,9 +142,12 @@ def eval_pieces(split: Dataset) -> Dataset:
 
 def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
     """Stack examples into LongTensors, padding to the longest: ``input_ids`` with xxpad, ``labels`` and
-    ``shift_labels`` with -100, ``beat_positions`` with 0 (padding comes after the real tokens, so no real
-    token attends to it)."""
-    fills = {"input_ids": encoding.PAD_ID, "labels": IGNORE_INDEX, "shift_labels": IGNORE_INDEX, "beat_positions": 0}
+    ``shift_labels`` with -100 (padding comes after the real tokens, so no real token attends to it);
+    ``beat_positions`` (equal lengths: windows) are stacked as they are."""
+    fills = {"input_ids": encoding.PAD_ID, "labels": IGNORE_INDEX, "shift_labels": IGNORE_INDEX}
     length = max(len(example["input_ids"]) for example in examples)
-    return {key: torch.as_tensor(np.stack([padded(np.asarray(example[key]), length, fills[key]) for example in examples]),
-                                 dtype=torch.long) for key in examples[0]}  # fmt: skip
+    batch = {key: np.stack([padded(np.asarray(example[key]), length, fills[key]) for example in examples]) for key in fills
+             if key in examples[0]}  # fmt: skip
+    if "beat_positions" in examples[0]:
+        batch["beat_positions"] = np.stack([np.asarray(example["beat_positions"]) for example in examples])
+    return {key: torch.as_tensor(value, dtype=torch.long) for key, value in batch.items()}

@@ -12,12 +12,12 @@ Musical statistics follow MusPy's definitions, on the 16th-note grid (``Notes``)
 - pitch-class entropy: Shannon entropy (bits) of the pitch-class histogram of the notes (0..log2(12)=3.58);
 - scale consistency: the largest share of notes inside one of the 24 major / natural-minor scales;
 - groove consistency: 1 - mean Hamming distance between the onset patterns (one flag per grid step) of
-  consecutive bars, divided by the steps in a bar;
+  consecutive bars, divided by the steps in a bar (a shorter bar's pattern padded to the longest);
 - polyphony: mean number of notes sounding at the grid steps where at least one sounds;
 - note density: notes per bar; pitch range: highest - lowest pitch (semitones); unique pitches.
 
-Bars are counted from the bar of the first onset to the bar of the last, so a continuation whose prompt was
-removed is measured over its own bars.
+Bars are the piece's own (its time signatures; 4/4 where it has none), counted from the bar of the first onset
+to the bar of the last, so a continuation whose prompt was removed is measured over its own bars.
 """
 
 from __future__ import annotations
@@ -63,18 +63,19 @@ def scale_consistency(notes: encoding.Notes) -> float:
     return float((SCALE_MASKS @ counts).max() / counts.sum())
 
 
-def _bar_span(notes: encoding.Notes, steps_per_bar: int) -> tuple[int, int]:
-    """(first bar, number of bars) from the bar of the first onset to the bar of the last."""
-    first, last = int(notes.onset.min()) // steps_per_bar, int(notes.onset.max()) // steps_per_bar
-    return first, last - first + 1
+def _bar_span(notes: encoding.Notes) -> tuple[int, int]:
+    """(first bar, number of bars) from the bar of the first onset to the bar of the last (bars as the piece's
+    time signatures lay them out)."""
+    bar, _, _ = notes.bars().locate(notes.onset[[0, -1]])
+    return int(bar[0]), int(bar[1] - bar[0]) + 1
 
 
-def groove_consistency(notes: encoding.Notes, steps_per_bar: int = encoding.STEPS_PER_BAR) -> float:
-    first, n_bars = _bar_span(notes, steps_per_bar)
+def groove_consistency(notes: encoding.Notes) -> float:
+    first, n_bars = _bar_span(notes)
     if n_bars < 2:
         return float("nan")  # no pair of bars to compare
-    patterns = np.zeros((n_bars, steps_per_bar), dtype=bool)  # (bars, steps) onset flags
-    bar, step = encoding.bar_and_step(notes.onset, steps_per_bar)
+    bar, step, length = notes.bars().locate(notes.onset)
+    patterns = np.zeros((n_bars, int(length.max())), dtype=bool)  # (bars, steps) onset flags (short bars padded)
     patterns[bar - first, step] = True
     return float(1.0 - (patterns[1:] != patterns[:-1]).mean())
 
@@ -87,20 +88,20 @@ def polyphony(notes: encoding.Notes) -> float:
     return float(sounding[sounding > 0].mean())
 
 
-def note_density(notes: encoding.Notes, steps_per_bar: int = encoding.STEPS_PER_BAR) -> float:
-    return len(notes) / _bar_span(notes, steps_per_bar)[1]
+def note_density(notes: encoding.Notes) -> float:
+    return len(notes) / _bar_span(notes)[1]
 
 
-def musical_statistics(notes: encoding.Notes, steps_per_bar: int = encoding.STEPS_PER_BAR) -> dict[str, float]:
+def musical_statistics(notes: encoding.Notes) -> dict[str, float]:
     """Every statistic of one piece; all NaN for a piece without notes."""
     if not len(notes):
         return dict.fromkeys(STATISTICS, float("nan"))
     return {
         "pitch_class_entropy": pitch_class_entropy(notes),
         "scale_consistency": scale_consistency(notes),
-        "groove_consistency": groove_consistency(notes, steps_per_bar),
+        "groove_consistency": groove_consistency(notes),
         "polyphony": polyphony(notes),
-        "note_density": note_density(notes, steps_per_bar),
+        "note_density": note_density(notes),
         "pitch_range": float(notes.pitch.max() - notes.pitch.min()),
         "unique_pitches": float(len(np.unique(notes.pitch))),
     }
@@ -110,9 +111,9 @@ def musical_statistics(notes: encoding.Notes, steps_per_bar: int = encoding.STEP
 # Statistics of sets of pieces
 
 
-def summarize(pieces: list[encoding.Notes], steps_per_bar: int = encoding.STEPS_PER_BAR, desc: str | None = None) -> dict:
+def summarize(pieces: list[encoding.Notes], desc: str | None = None) -> dict:
     """{"pieces": n, statistic: {"mean", "std"}} over the pieces (NaN values, e.g. one-bar grooves, left out)."""
-    rows = [musical_statistics(notes, steps_per_bar) for notes in tqdm(pieces, desc=desc, disable=desc is None, leave=False)]
+    rows = [musical_statistics(notes) for notes in tqdm(pieces, desc=desc, disable=desc is None, leave=False)]
     summary = {"pieces": len(pieces)}
     for name in STATISTICS:
         values = np.array([row[name] for row in rows], dtype=np.float64)
@@ -153,27 +154,26 @@ def midi_files(paths) -> list[Path]:
     return found
 
 
-def midi_pieces(paths, skip_bars: int = 0, steps_per_bar: int = encoding.STEPS_PER_BAR) -> list[encoding.Notes]:
+def midi_pieces(paths, skip_bars: int = 0) -> list[encoding.Notes]:
     """Notes of MIDI files (read as the tokenizer reads them), without those starting in the first
     ``skip_bars`` bars (e.g. the prompt of generated continuations)."""
     pieces = []
     for path in midi_files(paths):
         notes = encoding.score_to_notes(encoding.load_score(path))
-        keep = notes.onset >= skip_bars * steps_per_bar
-        pieces.append(encoding.Notes(notes.onset[keep], notes.pitch[keep], notes.duration[keep]))
+        keep = notes.bars().locate(notes.onset)[0] >= skip_bars
+        pieces.append(notes.select(keep))
     return pieces
 
 
-def compare_with_corpus(samples, split, path=None, corpus_name: str = "training data",
-                        steps_per_bar: int = encoding.STEPS_PER_BAR) -> dict:  # fmt: skip
+def compare_with_corpus(samples, split, path=None, corpus_name: str = "training data") -> dict:
     """Statistics of generated continuations (``generate.Sample``s, prompt notes left out) next to those of a
     corpus split; prints the table and writes ``path`` (JSON) if given. Returns {name: summary}."""
     from .render import split_notes
 
     continuations = [split_notes(sample.ids, sample.prompt_len)[1] for sample in samples]
     summaries = {
-        corpus_name: summarize(corpus_pieces(split), steps_per_bar, desc=f"{corpus_name} statistics"),
-        "generated": summarize(continuations, steps_per_bar),
+        corpus_name: summarize(corpus_pieces(split), desc=f"{corpus_name} statistics"),
+        "generated": summarize(continuations),
     }
     print(format_table(summaries))
     if path is not None:
@@ -244,22 +244,20 @@ def run_evaluate(settings: EvaluateSettings) -> dict:
         raise ValueError(f"corpus has no split {settings.split!r}; it has {', '.join(corpus)}")
     split = corpus[settings.split]
     results: dict = {"corpus": settings.corpus, "split": settings.split}
-    steps_per_bar = encoding.STEPS_PER_BAR
     if settings.model:
         from .generate import load_model_and_tokenizer
 
         model, _ = load_model_and_tokenizer(settings.model)
-        steps_per_bar = model.config.steps_per_bar
         nll = corpus_nll(model, split, settings.batch_size, settings.mem_len)
         results["nll"] = nll
         print(f"{settings.split}: NLL per token {nll['nll_per_token']:.3f} nats (perplexity {nll['perplexity']:.2f}), "
               f"per note {nll['nll_per_note']:.3f} nats; {nll['tokens']:,} tokens, {nll['notes']:,} notes; "
               f"memory {nll['mem_len']} tokens, segments of {nll['segment_len']}")  # fmt: skip
 
-    summaries = {f"corpus {settings.split}": summarize(corpus_pieces(split), steps_per_bar, desc="corpus statistics")}
+    summaries = {f"corpus {settings.split}": summarize(corpus_pieces(split), desc="corpus statistics")}
     if settings.generated:
-        pieces = midi_pieces(settings.generated, settings.skip_bars, steps_per_bar)
-        summaries["generated"] = summarize(pieces, steps_per_bar, desc="generated statistics")
+        pieces = midi_pieces(settings.generated, settings.skip_bars)
+        summaries["generated"] = summarize(pieces, desc="generated statistics")
     results["statistics"] = summaries
     print(format_table(summaries))
     if settings.output:

@@ -43,9 +43,10 @@ logger = logging.getLogger(__name__)
 PRESETS = SAMPLING_PRESETS
 
 
-def midi_prompt(tokenizer, midi_path, bars: int, steps_per_bar: int = encoding.STEPS_PER_BAR) -> np.ndarray:
-    """The first ``bars`` bars of a MIDI file, as ids starting ``xxbos xxpad``."""
-    return prompt_ids(tokenizer.encode_midi(midi_path), bars, steps_per_bar)
+def midi_prompt(tokenizer, midi_path, bars: int) -> np.ndarray:
+    """The first ``bars`` bars of a MIDI file, as ids starting ``xxbos xxpad`` (and its time signature, for a
+    tokenizer whose vocabulary has them)."""
+    return prompt_ids(tokenizer.encode_midi(midi_path), bars)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -65,11 +66,9 @@ def duration_name(steps: int) -> str:
     return DURATION_NAMES.get(steps, f"{steps}/16")
 
 
-def describe_note(onset: int, pitch: int, duration: int, steps_per_bar: int = encoding.STEPS_PER_BAR) -> str:
-    """'bar 3 beat 2.5: C4 (8th)': bars and beats counted from 1, beats of ``STEPS_PER_BEAT`` steps."""
-    bar, step = encoding.bar_and_step(onset, steps_per_bar)
-    beat = 1 + step / encoding.STEPS_PER_BEAT
-    return f"bar {bar + 1} beat {beat:g}: {pitch_name(pitch)} ({duration_name(duration)})"
+def describe_note(bar: int, beat: float, pitch: int, duration: int) -> str:
+    """'bar 3 beat 2.5: C4 (8th)': bar and beat counted from 0 here, printed from 1."""
+    return f"bar {bar + 1} beat {beat + 1:g}: {pitch_name(pitch)} ({duration_name(duration)})"
 
 
 class NoteStreamer(BaseStreamer):
@@ -83,10 +82,9 @@ class NoteStreamer(BaseStreamer):
         file: where lines go: a text file object (default stdout), flushed per note so ``tail -f`` follows.
     """
 
-    def __init__(self, file=None, steps_per_bar: int = encoding.STEPS_PER_BAR):
+    def __init__(self, file=None):
         self.file = file if file is not None else sys.stdout
-        self.steps_per_bar = steps_per_bar
-        self.ids: list[int] = []  # everything seen, for beat positions by the tokenizer's rule
+        self.ids: list[int] = []  # everything seen, for bars and beats by the tokenizer's rule (time signatures)
         self.input_pending = True  # the next put() is generate's input, not a new token
 
     def put(self, value):
@@ -102,8 +100,9 @@ class NoteStreamer(BaseStreamer):
         if len(self.ids) >= 2 and encoding.NOTE_OFFSET <= self.ids[-2] < encoding.DURATION_OFFSET:
             notes = encoding.ids_to_notes(self.ids[-2:])  # the note just completed (if its duration is > 0)
             if len(notes):
-                onset = int(encoding.beat_positions(self.ids)[-1])  # the duration sounds with its note
-                print(describe_note(onset, int(notes.pitch[0]), int(notes.duration[0]), self.steps_per_bar),
+                bar, _, beat, in_beat = (int(column[-1]) for column in encoding.token_bars(self.ids))
+                beat_length = encoding.beat_steps(*encoding.ids_to_notes(self.ids).meters[-1, 1:])
+                print(describe_note(bar, beat + in_beat / beat_length, int(notes.pitch[0]), int(notes.duration[0])),
                       file=self.file, flush=True)  # fmt: skip
 
     def end(self):
@@ -188,6 +187,7 @@ class GenerateSettings:
     allow_end: bool = field(default=False, metadata={"help": "let the model end a piece early with xxeos"})
     pitch_range: tuple[int, int] | None = field(default=None, metadata={"help": "lowest and highest MIDI pitch of new notes"})
     scale: str = field(default="", metadata={"help": "keep new notes in a scale, e.g. 'D minor'"})
+    meter: str = field(default="", metadata={"help": "time signature of a piece started from nothing, e.g. '3/4' (a prompt brings its own)"})
     output_dir: str = field(default="outputs/generated", metadata={"help": "where files are written"})
     prefix: str = field(default="", metadata={"help": "file name prefix; default: the prompt file's stem, or 'sample'"})
     stream: str = field(default="", metadata={"help": "print notes as they come: '-' for stdout or a file to append to"})
@@ -258,7 +258,6 @@ def generate_samples(model, prompt, settings: GenerateSettings, prefix: str) -> 
     sampling = sampling_settings(settings.preset, note_temperature=settings.note_temperature,
                                  duration_temperature=settings.duration_temperature, top_k=settings.top_k,
                                  top_p=settings.top_p)  # fmt: skip
-    steps_per_bar = model.config.steps_per_bar
     stream_file = None
     if settings.stream:
         stream_file = sys.stdout if settings.stream == "-" else open(settings.stream, "a", encoding="utf-8")
@@ -267,7 +266,7 @@ def generate_samples(model, prompt, settings: GenerateSettings, prefix: str) -> 
     try:
         for index in range(1, settings.num_samples + 1):
             seed = settings.seed + index - 1
-            streamer = NoteStreamer(stream_file, steps_per_bar) if stream_file else None
+            streamer = NoteStreamer(stream_file) if stream_file else None
             if stream_file:
                 print(f"# {prefix}-{index}-seed{seed}", file=stream_file, flush=True)
             ids = generate_continuation(
@@ -286,7 +285,7 @@ def generate_samples(model, prompt, settings: GenerateSettings, prefix: str) -> 
             )
             files = render_outputs(ids, len(prompt), output_stem(settings.output_dir, prefix, index, seed),
                                    picture=settings.picture, audio=settings.audio,
-                                   soundfont=settings.soundfont or None, steps_per_bar=steps_per_bar)  # fmt: skip
+                                   soundfont=settings.soundfont or None)  # fmt: skip
             samples.append(Sample(ids, len(prompt), seed, files))
             print("  ".join(str(path) for path in files.values() if path is not None))
     finally:
@@ -298,9 +297,13 @@ def generate_samples(model, prompt, settings: GenerateSettings, prefix: str) -> 
 def run_generate(settings: GenerateSettings) -> list[Sample]:
     """``hf-music-xl generate``: load the model and the prompt, then ``generate_samples``."""
     model, tokenizer = load_model_and_tokenizer(settings.model)
+    if settings.meter and settings.prompt:
+        raise ValueError("--meter chooses the time signature of a piece started from nothing; a prompt brings its own")
+    if settings.meter and not model.config.meters:
+        raise ValueError("--meter: this model's vocabulary has no time signatures (it was saved before them)")
     if settings.prompt:
-        prompt = midi_prompt(tokenizer, settings.prompt, settings.prompt_bars, model.config.steps_per_bar)
+        prompt = midi_prompt(tokenizer, settings.prompt, settings.prompt_bars)
         prefix = settings.prefix or Path(settings.prompt).stem
     else:
-        prompt, prefix = empty_prompt(), settings.prefix or "sample"
+        prompt, prefix = empty_prompt(settings.meter or None), settings.prefix or "sample"
     return generate_samples(model, prompt, settings, prefix)

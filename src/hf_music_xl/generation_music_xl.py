@@ -5,7 +5,7 @@ import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
 from .configuration_music_xl import MusicXLConfig
-from .modeling_music_xl import compute_beat_positions
+from .modeling_music_xl import STATE_ANCHOR, STATE_BAR, STATE_METER, STATE_TIME, bar_and_beat_lengths, compute_positions
 
 PITCH_CLASSES = {"C": 0, "C#": 1, "Db": 1, "D": 2, "D#": 3, "Eb": 3, "E": 4, "F": 5, "F#": 6, "Gb": 6, "G": 7,
                  "G#": 8, "Ab": 8, "A": 9, "A#": 10, "Bb": 10, "B": 11}  # fmt: skip
@@ -22,12 +22,29 @@ def scale_pitch_classes(scale):
     return {(PITCH_CLASSES[tonic] + step) % 12 for step in SCALE_STEPS[mode]}
 
 
+def bar_clock(state, config):
+    """(B,) where the next token falls, in bars (bar index + the fraction of its bar gone), from position states
+    (B, 5) of `compute_positions`: bars follow the time signatures."""
+    bar_len, _ = bar_and_beat_lengths(config, state.device)
+    length = bar_len[state[:, STATE_METER]]
+    since = state[:, STATE_TIME] - state[:, STATE_ANCHOR]
+    return state[:, STATE_BAR] + since // length + (since % length).double() / length
+
+
+def at_bar_line(state, config):
+    """(B,) True where the next token falls on a bar line (position states (B, 5) of `compute_positions`)."""
+    bar_len, _ = bar_and_beat_lengths(config, state.device)
+    return (state[:, STATE_TIME] - state[:, STATE_ANCHOR]) % bar_len[state[:, STATE_METER]] == 0
+
+
 class MusicGrammarProcessor(LogitsProcessor):
     """Only grammatical next tokens, with separate note and duration temperatures.
 
     Grammar (the tokenizer's): `xxbos xxpad`, then pairs; after a note or `xxsep` only a duration, never d0 (the
-    encoder never writes it: a note of no length does not sound and a wait of 0 does not move); after a duration a note, `xxsep` or, if `allow_end`, `xxeos`; after the
-    `xxpad` that follows `xxbos` a note or `xxsep`; after `xxeos` only `xxbos`, after `xxbos` only `xxpad`. The unused specials
+    encoder never writes it: a note of no length does not sound and a wait of 0 does not move); after a duration a
+    note, `xxsep` or, if `allow_end`, `xxeos`; after the `xxpad` that follows `xxbos` a note or `xxsep`; after
+    `xxeos` only `xxbos`, after `xxbos` only `xxpad`. A time signature (when the vocabulary has them) may come after
+    that `xxpad` or after a duration, and only where a bar starts; after it a note or `xxsep`. The unused specials
     (xxs2scls, xxmask, xxcseq, xxmseq, xxnscls, xxunk) are never produced. After any other token (e.g. a prompt
     ending in an unused special) the next token is a note or `xxsep`.
 
@@ -73,7 +90,9 @@ class MusicGrammarProcessor(LogitsProcessor):
             row[list(ids)] = True
             return row
 
-        after_duration = notes | only(config.sep_token_id)
+        meters = torch.zeros(vocab, dtype=torch.bool)
+        meters[config.meter_offset : config.meter_offset + len(config.meters)] = True
+        after_duration = notes | only(config.sep_token_id) | meters
         if allow_end:
             after_duration |= only(config.eos_token_id)
         # allowed[previous token] -> (V,) bool: a transition table, so one gather per step
@@ -81,10 +100,12 @@ class MusicGrammarProcessor(LogitsProcessor):
         allowed[config.note_offset : config.note_offset + 128] = durations
         allowed[config.sep_token_id] = durations
         allowed[config.duration_offset : config.duration_offset + config.num_durations] = after_duration
-        allowed[config.pad_token_id] = notes | only(config.sep_token_id)
+        allowed[config.pad_token_id] = notes | only(config.sep_token_id) | meters
         allowed[config.bos_token_id] = only(config.pad_token_id)
         allowed[config.eos_token_id] = only(config.bos_token_id)
         self.allowed = allowed  # (V, V)
+        self.meters = meters  # (V,): allowed only where a bar starts
+        self.config = config
         inverse_temperature = torch.ones(vocab)
         inverse_temperature[notes] = 1.0 / note_temperature
         inverse_temperature[durations] = 1.0 / duration_temperature
@@ -96,18 +117,26 @@ class MusicGrammarProcessor(LogitsProcessor):
             self.allowed = self.allowed.to(scores.device)
             self.inverse_temperature = self.inverse_temperature.to(scores.device)
         allowed = self.allowed[input_ids[:, -1]]  # (B, V)
+        if self.meters.any():
+            if self.meters.device != scores.device:
+                self.meters = self.meters.to(scores.device)
+            could = (allowed & self.meters).any(dim=1)  # rows whose last token lets a time signature follow
+            if could.any():
+                _, states = compute_positions(input_ids, self.config)
+                mid_bar = could & ~at_bar_line(states[:, -1], self.config)
+                allowed = allowed & ~(mid_bar[:, None] & self.meters)
         scores = scores * self.inverse_temperature.to(scores.dtype)
         return scores.masked_fill(~allowed, float("-inf"))
 
 
 class MaxBarsCriteria(StoppingCriteria):
-    """Stop a sequence once time has advanced `num_bars` bars past `start_bar` (bars of `config.steps_per_bar` grid
-    steps, time by the tokenizer's position rule since the last xxbos). Generation stops right after the wait
-    that crosses the boundary, so every note starts inside the bars asked for.
+    """Stop a sequence once time has advanced `num_bars` bars past the end of the prompt (or from 0), bars as the
+    time signatures lay them out (`compute_positions`; 4/4 where there is none). Generation stops right after the
+    wait that crosses the boundary, so every note starts inside the bars asked for.
 
     Args:
         num_bars: bars to generate.
-        config: a `MusicXLConfig` (ids and steps_per_bar); the default vocabulary if None.
+        config: a `MusicXLConfig` (the vocabulary's ids); the default vocabulary if None.
         prompt_length: count bars from the end of the prompt (its first this many tokens) instead of from 0.
     """
 
@@ -117,12 +146,15 @@ class MaxBarsCriteria(StoppingCriteria):
         self.prompt_length = prompt_length
 
     def __call__(self, input_ids, scores, **kwargs):
-        steps = self.num_bars * self.config.steps_per_bar
-        _, now = compute_beat_positions(input_ids, self.config)  # (B,) time after the last token
+        return self.bars_done(input_ids) >= self.num_bars  # (B,) bool
+
+    def bars_done(self, input_ids):
+        """(B,) bars (with the fraction of the current one) from the end of the prompt to after the last token."""
+        _, states = compute_positions(input_ids, self.config)
+        start = 0.0
         if self.prompt_length:
-            _, prompt_end = compute_beat_positions(input_ids[:, : self.prompt_length], self.config)
-            steps = steps + prompt_end
-        return now >= steps  # (B,) bool
+            start = bar_clock(states[:, self.prompt_length - 1], self.config)
+        return bar_clock(states[:, -1], self.config) - start
 
 
-__all__ = ["MaxBarsCriteria", "MusicGrammarProcessor", "scale_pitch_classes"]
+__all__ = ["MaxBarsCriteria", "MusicGrammarProcessor", "at_bar_line", "bar_clock", "scale_pitch_classes"]

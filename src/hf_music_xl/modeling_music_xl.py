@@ -46,12 +46,7 @@ def compute_beat_positions(input_ids, config, start_position=None, previous_toke
     Returns positions (B, T) and next_position (B,), both long.
     """
     batch, length = input_ids.shape
-    if previous_token is None:
-        previous_token = input_ids.new_full((batch,), -1)
-    previous = torch.cat([previous_token[:, None], input_ids[:, :-1]], dim=1)  # (B, T) token before each token
-    duration = input_ids - config.duration_offset
-    is_wait = (previous == config.sep_token_id) & (duration >= 0) & (duration < config.num_durations)
-    waits = torch.where(is_wait, duration, 0)  # (B, T)
+    waits = token_waits(input_ids, config, previous_token)  # (B, T)
     before = waits.cumsum(dim=1) - waits  # sum of the waits strictly before each token
     if start_position is not None:
         before = before + start_position[:, None]
@@ -61,6 +56,103 @@ def compute_beat_positions(input_ids, config, start_position=None, previous_toke
     at_last_bos = before.gather(1, last_bos.clamp(min=0))
     positions = before - torch.where(last_bos >= 0, at_last_bos, 0)
     return positions, positions[:, -1] + waits[:, -1]
+
+
+def token_waits(input_ids, config, previous_token=None):
+    """(B, T) the steps each token moves time on: its duration if it follows `xxsep`, else 0. `previous_token`
+    (B,) is the token before the first (None: no token)."""
+    if previous_token is None:
+        previous_token = input_ids.new_full((input_ids.shape[0],), -1)
+    previous = torch.cat([previous_token[:, None], input_ids[:, :-1]], dim=1)  # (B, T) token before each token
+    duration = input_ids - config.duration_offset
+    is_wait = (previous == config.sep_token_id) & (duration >= 0) & (duration < config.num_durations)
+    return torch.where(is_wait, duration, 0)
+
+
+# The running state of the position rule after a token, one row of 5 per sequence: the grid step of the next token,
+# the token itself (a wait is a duration after xxsep), the time signature in force (its token id), and where that
+# meter took effect: its time (a bar line) and the bar index there.
+STATE_TIME, STATE_TOKEN, STATE_METER, STATE_ANCHOR, STATE_BAR = range(5)
+
+
+def meter_lengths(config):
+    """(grid steps of a bar, of a beat) of each time signature of the vocabulary, in id order. A beat is the
+    denominator's note, or three of them in compound meters (6/8, 9/8, 12/8), so that 3/4 and 6/8 differ."""
+    whole = 4 * config.steps_per_beat  # grid steps in a whole note
+    lengths = []
+    for num, den in config.meters:
+        compound = den >= 8 and num > 3 and num % 3 == 0
+        lengths.append((max(1, round(num * whole / den)), max(1, round((3 if compound else 1) * whole / den))))
+    return lengths
+
+
+def bar_and_beat_lengths(config, device):
+    """(V,) grid steps of a bar and of a beat for each token id: the meter's for time signature tokens, 4/4's for
+    every other id (so a state without a time signature yet reads as 4/4)."""
+    whole = 4 * config.steps_per_beat
+    bar = torch.full((config.vocab_size,), whole, dtype=torch.long, device=device)
+    beat = torch.full((config.vocab_size,), whole // 4, dtype=torch.long, device=device)
+    lengths = meter_lengths(config)
+    if lengths:
+        meters = slice(config.meter_offset, config.meter_offset + len(lengths))
+        bar[meters] = torch.tensor([b for b, _ in lengths], dtype=torch.long, device=device)
+        beat[meters] = torch.tensor([b for _, b in lengths], dtype=torch.long, device=device)
+    return bar, beat
+
+
+def position_table_sizes(config):
+    """(beats in the longest bar, steps in the longest beat) over the vocabulary's meters (4/4's at least): the
+    sizes of the beat and step embeddings of the meter scheme."""
+    lengths = meter_lengths(config) + [(4 * config.steps_per_beat, config.steps_per_beat)]
+    return max(bar // beat for bar, beat in lengths), max(beat for _, beat in lengths)
+
+
+def compute_positions(input_ids, config, state=None):
+    """Position features of every token and the running state after each, by the tokenizer's rule.
+
+    Time: `compute_beat_positions` (waits since the last `xxbos`). Meter: a piece starts in 4/4 at bar 0; a time
+    signature token takes effect at its own time, where a bar starts (the bars before it counted up, a short last
+    one included), and the token itself counts in the new meter; `xxbos` starts over. The features are, with
+    `config.position_scheme` "meter", (bar, beat within the bar, step within the beat), and with "grid" (bar of
+    `steps_per_bar` steps, step within it, 0).
+
+    state: (B, 5) long, the state after the last token consumed (the cache keeps it), or None at a start.
+    Returns features (B, T, 3) and states (B, T, 5), both long.
+    """
+    batch, length = input_ids.shape
+    device = input_ids.device
+    if state is None:
+        state = torch.zeros(batch, 5, dtype=torch.long, device=device)
+        state[:, STATE_TOKEN] = -1
+    times, _ = compute_beat_positions(input_ids, config, state[:, STATE_TIME], state[:, STATE_TOKEN])
+    bar_len, beat_len = bar_and_beat_lengths(config, device)
+    is_bos = input_ids == config.bos_token_id
+    is_meter = (input_ids >= config.meter_offset) & (input_ids < config.meter_offset + len(config.meters))
+    # the meter, its time and its bar only change at xxbos and time signatures: walk those columns only (few)
+    meter, anchor, bar = state[:, STATE_METER], state[:, STATE_ANCHOR], state[:, STATE_BAR]
+    meter = torch.where(meter >= config.meter_offset, meter, 0)  # 0: not a meter token, read as 4/4
+    in_force = [torch.stack([meter, anchor, bar], dim=1)]  # (B, 3) before each event column, then after it
+    event_columns = (is_bos | is_meter).any(dim=0)
+    for column in event_columns.nonzero().flatten().tolist():
+        time = times[:, column]
+        bars_so_far = bar + torch.div(time - anchor + bar_len[meter] - 1, bar_len[meter], rounding_mode="floor")
+        here_meter, here_bos = is_meter[:, column], is_bos[:, column]
+        meter = torch.where(here_meter, input_ids[:, column], torch.where(here_bos, 0, meter))
+        anchor = torch.where(here_meter, time, torch.where(here_bos, 0, anchor))
+        bar = torch.where(here_meter, bars_so_far, torch.where(here_bos, 0, bar))
+        in_force.append(torch.stack([meter, anchor, bar], dim=1))
+    which = event_columns.long().cumsum(dim=0)  # (T,) entry of in_force for each token
+    meter, anchor, bar = torch.stack(in_force, dim=1)[:, which].unbind(dim=-1)  # each (B, T)
+    since = times - anchor
+    bars, steps = bar + since // bar_len[meter], since % bar_len[meter]  # (B, T)
+    if config.position_scheme == "meter":
+        features = torch.stack([bars, steps // beat_len[meter], steps % beat_len[meter]], dim=-1)
+    else:
+        grid = config.steps_per_bar
+        features = torch.stack([times // grid, times % grid, torch.zeros_like(times)], dim=-1)
+    after = times + token_waits(input_ids, config, state[:, STATE_TOKEN])  # time after each token (an xxbos next resets it)
+    states = torch.stack([after, input_ids, meter, anchor, bar], dim=-1)
+    return features, states
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -164,6 +256,9 @@ def history_fingerprint(input_ids):
     return fingerprint_terms(input_ids, 0).sum(dim=1) % FINGERPRINT_MODULUS
 
 
+RECORDS = ("states", "valid", "fingerprints")  # what the cache keeps per token, besides keys and values
+
+
 class MusicXLCache:
     """The TransformerXL memory, kept from one forward call to the next: by generate() as its cache, by stream
     training from one step to the next, and inside one call between its segments.
@@ -175,8 +270,8 @@ class MusicXLCache:
     then costs O(memory * d) instead of re-projecting the memory at O(memory * d^2), and the memory is one object in
     training and generation. They are stored detached: no gradient flows into earlier steps (the paper's SG(.)).
 
-    Per token it also keeps the id and the position of the token after it (the running beat position rule),
-    whether the token was padding (attention_mask 0), and the fingerprint of each row's history. So crop()
+    Per token it also keeps the position rule's state after it (`compute_positions`: the next grid step, the token,
+    the meter in force), whether the token was padding (attention_mask 0), and the fingerprint of each row's history. So crop()
     (assisted and prompt-lookup decoding) restores exactly the state before the removed tokens, and resuming
     generate() with sequences this cache did not consume is caught (see `MusicXLForCausalLM`).
     """
@@ -188,8 +283,9 @@ class MusicXLCache:
         self.mem_len = config.mem_len
         self.segment_len = config.segment_len
         self.keys, self.values = [], []  # per layer (B, H, capacity, Dh), detached
-        # per token (B, capacity): id, position of the next token, not padding, history fingerprint so far
-        self.token_ids = self.next_positions = self.valid = self.fingerprints = None
+        # per token: the position state after it (B, capacity, 5), not padding and the history fingerprint so far
+        # (B, capacity) each
+        self.states = self.valid = self.fingerprints = None
         self.first = 0  # absolute index (tokens since the sequence began) of buffer slot 0
         self.length = 0  # slots in use
         self.relative = []  # per layer (H, R, Dh) projected relative encodings; inference only (weights fixed)
@@ -207,13 +303,13 @@ class MusicXLCache:
     def batch_select_indices(self, indices):
         self.keys = [key.index_select(0, indices) for key in self.keys]
         self.values = [value.index_select(0, indices) for value in self.values]
-        if self.token_ids is not None:
-            for name in ("token_ids", "next_positions", "valid", "fingerprints"):
+        if self.states is not None:
+            for name in RECORDS:
                 setattr(self, name, getattr(self, name).index_select(0, indices))
 
     def batch_repeat_interleave(self, repeats):
-        if self.token_ids is not None:
-            self.batch_select_indices(torch.arange(self.token_ids.shape[0], device=self.token_ids.device).repeat_interleave(repeats))
+        if self.states is not None:
+            self.batch_select_indices(torch.arange(self.states.shape[0], device=self.states.device).repeat_interleave(repeats))
 
     def activate_past_recording(self):
         """Assisted decoding calls this before crop(); this cache always keeps what crop needs."""
@@ -230,13 +326,17 @@ class MusicXLCache:
 
     # -- running state of the position rule
 
+    def position_state(self):
+        """(B, 5) the position rule's state after the last token consumed, or None."""
+        return self.states[:, self.length - 1] if self.length else None
+
     def last_token(self):
         """(B,) the last token consumed, or None."""
-        return self.token_ids[:, self.length - 1] if self.length else None
+        return self.states[:, self.length - 1, STATE_TOKEN] if self.length else None
 
     def next_position(self):
         """(B,) the grid position of the next token, or None."""
-        return self.next_positions[:, self.length - 1] if self.length else None
+        return self.states[:, self.length - 1, STATE_TIME] if self.length else None
 
     def fingerprint(self):
         """(B,) fingerprint of each row's consumed tokens (0 before any)."""
@@ -269,17 +369,17 @@ class MusicXLCache:
         """Before a chunk: room for `new_tokens` more slots. When the buffer is full, what no later token can see
         is dropped and the rest moved to the front. Returns the slot of the first memory token the chunk sees."""
         keep_from = self.visible_start(self.get_seq_length())
-        capacity = 0 if self.token_ids is None else self.token_ids.shape[1]
+        capacity = 0 if self.states is None else self.states.shape[1]
         if self.length + new_tokens > capacity:
             kept = self.length - keep_from
             capacity = max(capacity, 2 * (self.mem_len + self.segment_len), kept + new_tokens)
             self.keys = [self._moved(key, keep_from, capacity) for key in self.keys]
             self.values = [self._moved(value, keep_from, capacity) for value in self.values]
-            if self.token_ids is None:
-                self.token_ids = torch.zeros(batch, 0, dtype=torch.long, device=device)
-                self.next_positions, self.fingerprints = torch.zeros_like(self.token_ids), torch.zeros_like(self.token_ids)
+            if self.states is None:
+                self.states = torch.zeros(batch, 0, 5, dtype=torch.long, device=device)
+                self.fingerprints = torch.zeros(batch, 0, dtype=torch.long, device=device)
                 self.valid = torch.zeros(batch, 0, dtype=torch.bool, device=device)
-            for name in ("token_ids", "next_positions", "valid", "fingerprints"):
+            for name in RECORDS:
                 setattr(self, name, self._moved(getattr(self, name), keep_from, capacity, dim=1))
             self.first, self.length, keep_from = self.first + keep_from, kept, 0
         return keep_from
@@ -301,21 +401,21 @@ class MusicXLCache:
     def write(self, layer_idx, key, value):
         """Store a chunk's keys and values (B, H, T, Dh) after the memory of one layer (detached)."""
         if layer_idx == len(self.keys):  # first chunk: allocate like the keys
-            capacity = self.token_ids.shape[1]
+            capacity = self.states.shape[1]
             self.keys.append(key.new_empty(*key.shape[:2], capacity, key.shape[3]))
             self.values.append(value.new_empty(*value.shape[:2], capacity, value.shape[3]))
         end = self.length + key.shape[2]
         self.keys[layer_idx][:, :, self.length : end] = key.detach()
         self.values[layer_idx][:, :, self.length : end] = value.detach()
 
-    def append_tokens(self, input_ids, next_positions, valid):
-        """After a chunk has been written in every layer: record its tokens (B, T) and move past them."""
+    def append_tokens(self, input_ids, states, valid):
+        """After a chunk has been written in every layer: record its tokens (B, T), the position states after them
+        (B, T, 5) and which are not padding (B, T), and move past them."""
         end = self.length + input_ids.shape[1]
         terms = fingerprint_terms(input_ids, self.get_seq_length())
         previous = self.fingerprint() if self.length else torch.zeros_like(terms[:, 0])
         self.fingerprints[:, self.length : end] = (previous[:, None] + terms.cumsum(dim=1)) % FINGERPRINT_MODULUS
-        self.token_ids[:, self.length : end] = input_ids
-        self.next_positions[:, self.length : end] = next_positions
+        self.states[:, self.length : end] = states
         self.valid[:, self.length : end] = valid
         self.length = end
 
@@ -326,10 +426,9 @@ class MusicXLCache:
     def state(self):
         """Tensors (trimmed to the slots in use) and the absolute index of the first, to save this memory with a
         training checkpoint; `from_state` rebuilds it."""
-        if self.token_ids is None:
+        if self.states is None:
             return {}, 0
-        tensors = {name: getattr(self, name)[:, : self.length].contiguous()
-                   for name in ("token_ids", "next_positions", "valid", "fingerprints")}  # fmt: skip
+        tensors = {name: getattr(self, name)[:, : self.length].contiguous() for name in RECORDS}
         for i, (key, value) in enumerate(zip(self.keys, self.values)):
             tensors[f"keys.{i}"], tensors[f"values.{i}"] = key[:, :, : self.length].contiguous(), value[:, :, : self.length].contiguous()
         return tensors, self.first
@@ -338,19 +437,19 @@ class MusicXLCache:
     def from_state(cls, config, tensors, first):
         cache = cls(config)
         if tensors:
-            for name in ("token_ids", "next_positions", "valid", "fingerprints"):
+            for name in RECORDS:
                 setattr(cache, name, tensors[name])
             layers = sum(name.startswith("keys.") for name in tensors)
             cache.keys = [tensors[f"keys.{i}"] for i in range(layers)]
             cache.values = [tensors[f"values.{i}"] for i in range(layers)]
-            cache.first, cache.length = first, tensors["token_ids"].shape[1]
+            cache.first, cache.length = first, tensors["states"].shape[1]
         return cache
 
     def nbytes(self):
         """Bytes held: key/value buffers, per-token records and relative encodings (constant once allocated)."""
         tensors = [*self.keys, *self.values, *self.relative]
-        if self.token_ids is not None:
-            tensors += [self.token_ids, self.next_positions, self.valid, self.fingerprints]
+        if self.states is not None:
+            tensors += [getattr(self, name) for name in RECORDS]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def has_padding(self):
@@ -484,10 +583,14 @@ class MusicXLModel(MusicXLPreTrainedModel):
     def __init__(self, config):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
-        if config.encode_position:
-            self.embed_beat = nn.Embedding(config.steps_per_bar, config.d_model)  # position within the bar
-            if config.max_bars:
-                self.embed_bar = nn.Embedding(config.max_bars, config.d_model)  # bar of the piece, wrapped at max_bars
+        if config.encode_position and config.position_scheme == "meter":
+            beats, steps = position_table_sizes(config)
+            self.embed_beat = nn.Embedding(beats, config.d_model)  # beat within the bar
+            self.embed_step = nn.Embedding(steps, config.d_model)  # step within the beat
+        elif config.encode_position:
+            self.embed_beat = nn.Embedding(config.steps_per_bar, config.d_model)  # step within a grid bar
+        if config.encode_position and config.max_bars:
+            self.embed_bar = nn.Embedding(config.max_bars, config.d_model)  # bar of the piece, wrapped at max_bars
         self.content_bias = nn.Parameter(torch.zeros(config.n_head, config.d_head))  # u, shared by all layers
         self.position_bias = nn.Parameter(torch.zeros(config.n_head, config.d_head))  # v, shared by all layers
         self.dropout = nn.Dropout(config.dropout)
@@ -502,14 +605,16 @@ class MusicXLModel(MusicXLPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
-    def embed(self, input_ids, positions):
-        """(B, T) ids and beat positions -> (B, T, D)"""
+    def embed(self, input_ids, features):
+        """(B, T) ids and (B, T, 3) position features (`compute_positions`) -> (B, T, D)"""
         x = self.embed_tokens(input_ids)
         if self.config.encode_position:
-            steps = self.config.steps_per_bar
-            x = x + self.embed_beat(positions % steps)
+            bar, beat, step = features.unbind(dim=-1)
+            x = x + self.embed_beat(beat.clamp(0, self.embed_beat.num_embeddings - 1))
+            if self.config.position_scheme == "meter":
+                x = x + self.embed_step(step.clamp(0, self.embed_step.num_embeddings - 1))
             if self.config.max_bars:
-                x = x + self.embed_bar(positions // steps % self.config.max_bars)
+                x = x + self.embed_bar(bar % self.config.max_bars)
         return self.dropout(x)
 
     def sample_window(self):
@@ -562,8 +667,9 @@ class MusicXLModel(MusicXLPreTrainedModel):
             cache, or stream training's memory from the previous step.
         use_cache (`bool`, *optional*, defaults to False): return the memory (`past_key_values`, a new
             `MusicXLCache` when none was given) to continue from. generate() passes it from `config.use_cache`.
-        beat_positions (`torch.LongTensor` of shape `(batch, length)`, *optional*): grid positions; computed from
-            `input_ids` by the tokenizer's rule (continuing the cache's running position) when not given.
+        beat_positions (`torch.LongTensor` of shape `(batch, length, 3)`, *optional*): position features (bar, beat
+            within the bar, step within the beat; `compute_positions`, the tokenizer's `beat_positions`); computed
+            from `input_ids` by the tokenizer's rule (continuing the cache's running state) when not given.
         output_attentions, output_hidden_states (`bool`, *optional*): also return every layer's attention
             probabilities (over the keys from the first memory token this call sees to its last token) and every
             layer's input plus the final output.
@@ -588,11 +694,8 @@ class MusicXLModel(MusicXLPreTrainedModel):
             valid = torch.ones_like(input_ids, dtype=torch.bool)
         # padding is not a wait and is no token before a wait: read it as xxpad for the position rule
         rule_ids = input_ids.masked_fill(~valid, config.pad_token_id)
-        positions, next_position = compute_beat_positions(rule_ids, config, cache.next_position(), cache.last_token())
-        next_positions = torch.cat([positions[:, 1:], next_position[:, None]], dim=1)  # (B, L) running state
-        if beat_positions is None:
-            beat_positions = positions
-        x = self.embed(input_ids, beat_positions)  # (B, L, D)
+        features, states = compute_positions(rule_ids, config, cache.position_state())  # (B, L, 3), (B, L, 5)
+        x = self.embed(input_ids, features if beat_positions is None else beat_positions)  # (B, L, D)
 
         window = self.sample_window()
         relative = self.relative_encodings(cache, x.dtype, x.device)
@@ -612,7 +715,7 @@ class MusicXLModel(MusicXLPreTrainedModel):
                                                         cache.layer_memory(i, start), output_attentions)  # fmt: skip
                 cache.write(i, *key_value)
                 chunk_attentions.append(probabilities)
-            cache.append_tokens(input_ids[:, begin:end], next_positions[:, begin:end], valid[:, begin:end])
+            cache.append_tokens(input_ids[:, begin:end], states[:, begin:end], valid[:, begin:end])
             outputs.append(chunk)
             layer_inputs.append(chunk_inputs)
             attentions.append((key_start, chunk_attentions))
@@ -755,4 +858,5 @@ __all__ = [
     "MusicXLPreTrainedModel",
     "attention_block_mask",
     "compute_beat_positions",
+    "compute_positions",
 ]

@@ -63,11 +63,16 @@ def pickup_quarters(part) -> float:
 
 
 def stream_to_score(stream, align_pickup: bool = True) -> symusic.Score:
-    """One track per part; tied notes merged; chords split into notes. With ``align_pickup`` the piece is
-    delayed by the missing part of an opening pickup bar, so grid positions count from a real bar line."""
+    """One track per part; tied notes merged; chords split into notes; the time signatures of the first part.
+    With ``align_pickup`` the piece is delayed by the missing part of an opening pickup bar, so bar lines count
+    from a real bar line (the first time signature stays at 0: the pickup is the end of a full first bar)."""
     parts = choose_parts(stream)
     shift = pickup_quarters(parts[0]) if align_pickup else 0.0
     score = symusic.Score(TICKS_PER_QUARTER)
+    for meter in parts[0].recurse().getElementsByClass("TimeSignature"):  # (flatten() can miss a measure's own)
+        offset = float(meter.getOffsetInHierarchy(parts[0]))
+        start = round((offset + shift) * TICKS_PER_QUARTER) if offset > 0 else 0
+        score.time_signatures.append(symusic.TimeSignature(start, int(meter.numerator), int(meter.denominator)))
     for part in parts:
         track = symusic.Track(_part_name(part) or "part", 0, False)
         for element in part.flatten().stripTies().notes:
@@ -82,4 +87,11 @@ def stream_to_score(stream, align_pickup: bool = True) -> symusic.Score:
 def read_music21(path: str | Path, align_pickup: bool = True) -> symusic.Score:
     """Parse one file of the music21 corpus (or any file music21 reads) into a ``symusic.Score``."""
     stream = _music21().converter.parse(str(path), forceSource=True)
+    return stream_to_score(stream, align_pickup=align_pickup)
+
+
+def read_abc_tune(text: str, align_pickup: bool = True) -> symusic.Score:
+    """One ABC tune (its text, with the file header) into a ``symusic.Score``, through music21, which knows its
+    meter changes and its pickup bar (symusic's abc2midi loses where the bars fall)."""
+    stream = _music21().converter.parse(text, format="abc", forceSource=True)
     return stream_to_score(stream, align_pickup=align_pickup)

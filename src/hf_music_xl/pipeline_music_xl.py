@@ -26,11 +26,10 @@ import torch
 from transformers import LogitsProcessorList, Pipeline, StoppingCriteriaList, set_seed
 
 from .encoding import (
-    BOS_ID, EOS_ID, NOTE_OFFSET, NUM_PITCHES, PAD_ID, SEP_ID, STEPS_PER_BAR, STEPS_PER_BEAT, beat_positions, decode_ids,
-    encode_midi, ids_to_notes,
+    BOS_ID, EOS_ID, NOTE_OFFSET, NUM_PITCHES, PAD_ID, SEP_ID, STEPS_PER_BEAT, decode_ids, encode_midi, ids_to_notes,
+    is_meter, meter_token, token_bars,
 )  # fmt: skip
 from .generation_music_xl import MaxBarsCriteria, MusicGrammarProcessor
-from .modeling_music_xl import compute_beat_positions
 
 TASK = "music-generation"
 DEFAULT_BARS = 8  # the length when neither bars nor max_new_tokens is given
@@ -72,21 +71,28 @@ def sampling_settings(preset: str = "default", **overrides) -> SamplingSettings:
 # Prompts
 
 
-def empty_prompt() -> np.ndarray:
-    """The start of every piece: ``xxbos xxpad``."""
-    return np.array([BOS_ID, PAD_ID], dtype=np.int64)
+def empty_prompt(meter: str | None = None) -> np.ndarray:
+    """The start of every piece: ``xxbos xxpad``, and with ``meter`` ("3/4", "6/8", ...) its time signature (for
+    models whose vocabulary has them; without, the model chooses)."""
+    head = [BOS_ID, PAD_ID]
+    if meter:
+        num, _, den = str(meter).partition("/")
+        if not (num.isdigit() and den.isdigit() and int(num) > 0 and int(den) > 0):
+            raise ValueError(f"a meter looks like '3/4' or '6/8', got {meter!r}")
+        head.append(meter_token(int(num), int(den)))
+    return np.array(head, dtype=np.int64)
 
 
-def prompt_ids(ids, bars: int, steps_per_bar: int = STEPS_PER_BAR) -> np.ndarray:
-    """The tokens of the first ``bars`` bars of an encoded piece: everything before the first note (or
-    ``xxsep``) that sounds at or after the bar line ``bars * steps_per_bar``. A shorter piece is kept whole,
-    without its ``xxeos`` (a prompt that ends the piece would leave nothing to continue)."""
+def prompt_ids(ids, bars: int) -> np.ndarray:
+    """The tokens of the first ``bars`` bars of an encoded piece (bars as its time signatures lay them out):
+    everything before the first note, ``xxsep`` or time signature that falls in bar ``bars`` or later. A shorter
+    piece is kept whole, without its ``xxeos`` (a prompt that ends the piece would leave nothing to continue)."""
     if bars < 0:
         raise ValueError(f"prompt bars must be >= 0, got {bars}")
     ids = np.asarray(ids, dtype=np.int64)
     is_note = (ids >= NOTE_OFFSET) & (ids < NOTE_OFFSET + NUM_PITCHES)
-    opens_pair = is_note | (ids == SEP_ID)
-    later = np.flatnonzero(opens_pair & (beat_positions(ids) >= bars * steps_per_bar))
+    opens = is_note | (ids == SEP_ID) | is_meter(ids)
+    later = np.flatnonzero(opens & (token_bars(ids)[0] >= bars))
     end = int(later[0]) if len(later) else len(ids)
     prompt = ids[:end]
     return prompt[: len(prompt) - 1] if len(prompt) and prompt[-1] == EOS_ID else prompt
@@ -164,10 +170,8 @@ def sample_chunks(
 
 
 def bars_done(sequence: torch.Tensor, prompt_length: int, config) -> int:
-    """Whole bars the first sequence has advanced past the end of the prompt."""
-    _, now = compute_beat_positions(sequence[:1], config)  # time after the last token, as MaxBarsCriteria
-    _, prompt_end = compute_beat_positions(sequence[:1, :prompt_length], config)
-    return max(0, int(now - prompt_end) // config.steps_per_bar)
+    """Whole bars the first sequence has advanced past the end of the prompt (as MaxBarsCriteria counts them)."""
+    return max(0, int(MaxBarsCriteria(0, config, prompt_length).bars_done(sequence[:1])[0]))
 
 
 def fell_short(ids, done: int, bars: int | None, config) -> bool:
@@ -195,6 +199,8 @@ class MusicXLPipeline(Pipeline):
     Call parameters (all optional):
         bars (`int`, 8): bars to generate. max_new_tokens (`int`): tokens to generate instead of bars (with
             ``bars`` too: a bound on the tokens). prompt_bars (`int`, 4): bars of the input kept as prompt.
+        meter (`str`, e.g. "3/4"): the time signature of a piece started from nothing (a prompt brings its own);
+            without it the model chooses.
         preset (`str`, "default"): "default", "conservative" or "adventurous"; note_temperature,
             duration_temperature, top_k, top_p override it.
         seed (`int`, 0): sample ``i`` uses ``seed + i``, as ``hf-music-xl generate`` does, so any sample can
@@ -205,9 +211,9 @@ class MusicXLPipeline(Pipeline):
         progress_callback: called after each chunk with (done, total) counted over all samples of a prompt,
             in bars (or tokens when ``bars`` is not given); an exception raised in it stops generation.
 
-    Prompts of a batch are generated one after another (whatever ``batch_size``): prompts differ in length and
-    the model has no attention mask (``xxpad`` is a real token), so padding would change what a sample hears.
-    The grammar processor is always on, so every sample decodes to valid notes.
+    Prompts of a batch are generated one after another (whatever ``batch_size``), so that sample ``i`` of a prompt
+    is the same whether it was asked for alone or in a batch (its own seed ``seed + i`` draws every token). The
+    grammar processor is always on, so every sample decodes to valid notes.
     """
 
     _load_tokenizer = None  # optional: the tokenizer's MIDI methods when the repo has one, else the same encoding
@@ -222,8 +228,8 @@ class MusicXLPipeline(Pipeline):
     def _sanitize_parameters(self, prompt_bars=None, bars=None, max_new_tokens=None, preset=None,
                              note_temperature=None, duration_temperature=None, top_k=None, top_p=None, seed=None,
                              num_samples=None, scale=None, pitch_range=None, allow_end=None, chunk_tokens=None,
-                             progress_callback=None):  # fmt: skip
-        preprocess = {"prompt_bars": prompt_bars} if prompt_bars is not None else {}
+                             progress_callback=None, meter=None):  # fmt: skip
+        preprocess = {key: value for key, value in dict(prompt_bars=prompt_bars, meter=meter).items() if value is not None}
         forward = {key: value for key, value in dict(
             bars=bars, max_new_tokens=max_new_tokens, preset=preset, note_temperature=note_temperature,
             duration_temperature=duration_temperature, top_k=top_k, top_p=top_p, seed=seed, num_samples=num_samples,
@@ -235,12 +241,17 @@ class MusicXLPipeline(Pipeline):
     def steps_per_beat(self) -> int:
         return getattr(self.tokenizer, "steps_per_beat", STEPS_PER_BEAT)
 
-    def preprocess(self, inputs, prompt_bars: int = 4):
+    def preprocess(self, inputs, prompt_bars: int = 4, meter: str | None = None):
+        if meter and inputs is not None:
+            raise ValueError("meter chooses the time signature of a piece started from nothing; a prompt brings its own")
+        if meter and not self.model.config.meters:
+            raise ValueError("this model's vocabulary has no time signatures (it was saved before them)")
         if inputs is None:
-            prompt = empty_prompt()
+            prompt = empty_prompt(meter)
         elif isinstance(inputs, (str, bytes, bytearray, symusic.Score)) or hasattr(inputs, "__fspath__"):
-            ids = encode_midi(inputs, steps_per_beat=self.steps_per_beat)  # MidiReadError (a ValueError) names the problem
-            prompt = prompt_ids(ids, prompt_bars, self.model.config.steps_per_bar)
+            # with time signatures only for a vocabulary that has them; MidiReadError (a ValueError) names the problem
+            ids = encode_midi(inputs, steps_per_beat=self.steps_per_beat, meter=bool(self.model.config.meters))
+            prompt = prompt_ids(ids, prompt_bars)
         else:
             raise ValueError(f"a prompt is a MIDI file path, MIDI bytes, a symusic.Score or None, not {type(inputs).__name__}")
         return {"prompt": torch.as_tensor(prompt)}

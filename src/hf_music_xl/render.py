@@ -41,44 +41,45 @@ def split_notes(ids, prompt_len: int) -> tuple[encoding.Notes, encoding.Notes]:
     ids = np.asarray(ids, dtype=np.int64)
     notes = encoding.ids_to_notes(ids)
     n_prompt = len(encoding.ids_to_notes(ids[:prompt_len]))
-    head, tail = slice(0, n_prompt), slice(n_prompt, None)
-    return (
-        encoding.Notes(notes.onset[head], notes.pitch[head], notes.duration[head]),
-        encoding.Notes(notes.onset[tail], notes.pitch[tail], notes.duration[tail]),
-    )
+    in_prompt = np.arange(len(notes)) < n_prompt
+    return notes.select(in_prompt), notes.select(~in_prompt)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Piano roll
 
 
-def piano_roll(ids, prompt_len: int, path, steps_per_bar: int = encoding.STEPS_PER_BAR, title: str | None = None,
-               continuation_label: str = "generated") -> Path:  # fmt: skip
-    """A PNG of pitch against time in bars: prompt notes blue, the continuation orange (labelled
-    ``continuation_label``), bar lines grey, the end of the prompt dashed."""
+def piano_roll(ids, prompt_len: int, path, title: str | None = None, continuation_label: str = "generated") -> Path:
+    """A PNG of pitch against time: prompt notes blue, the continuation orange (labelled ``continuation_label``),
+    bar lines grey where the time signatures put them (a meter change shows as bars of another width), bars
+    numbered, the end of the prompt dashed."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display backend needed
 
     ids = np.asarray(ids, dtype=np.int64)
     prompt, continuation = split_notes(ids, prompt_len)
+    bars = prompt.bars()
     ends = np.r_[prompt.onset + prompt.duration, continuation.onset + continuation.duration]
-    n_bars = max(1, int(np.ceil(ends.max(initial=steps_per_bar) / steps_per_bar)))
+    bar_lines = bars.bar_lines(int(ends.max(initial=1)) - 1)
+    end = max(int(ends.max(initial=1)), bars.bar_time(len(bar_lines)))  # to the end of the last bar
     pitches = np.r_[prompt.pitch, continuation.pitch]
     low, high = (int(pitches.min()) - 2, int(pitches.max()) + 2) if len(pitches) else (58, 74)
+    scale = encoding.STEPS_PER_BAR  # x in 4/4 bars' worth of grid steps, so widths compare across meters
 
-    figure = Figure(figsize=(min(max(6.0, 1.5 + 0.45 * n_bars), 30.0), 4.5), dpi=100, layout="constrained")
+    figure = Figure(figsize=(min(max(6.0, 1.5 + 0.45 * end / scale), 30.0), 4.5), dpi=100, layout="constrained")
     axes = figure.add_subplot()
-    axes.vlines(np.arange(n_bars + 1), low, high, colors="0.85", linewidth=0.8, zorder=0)
+    axes.vlines(np.r_[bar_lines, end] / scale, low, high, colors="0.85", linewidth=0.8, zorder=0)
     for notes, colour, label in ((prompt, PROMPT_COLOUR, "prompt"), (continuation, CONTINUATION_COLOUR, continuation_label)):
         if len(notes):
-            axes.barh(notes.pitch, notes.duration / steps_per_bar, left=notes.onset / steps_per_bar, height=0.8,
+            axes.barh(notes.pitch, notes.duration / scale, left=notes.onset / scale, height=0.8,
                       color=colour, edgecolor="black", linewidth=0.3, label=f"{label} ({len(notes)} notes)")  # fmt: skip
     if len(prompt) and prompt_len < len(ids):
-        prompt_end = encoding.beat_positions(ids)[prompt_len] / steps_per_bar  # time when the continuation starts
+        prompt_end = encoding.beat_positions(ids)[prompt_len] / scale  # time when the continuation starts
         axes.axvline(prompt_end, color="black", linestyle="--", linewidth=1.0)
 
-    axes.set_xlim(0, n_bars)
+    axes.set_xlim(0, end / scale)
     axes.set_ylim(low, high)
-    axes.set_xticks(np.arange(n_bars) + 0.5, [str(bar + 1) for bar in range(n_bars)], fontsize=7)
+    middles = (bar_lines + np.r_[bar_lines[1:], end]) / 2 / scale
+    axes.set_xticks(middles, [str(bar + 1) for bar in range(len(bar_lines))], fontsize=7)
     axes.tick_params(axis="x", length=0)
     c_pitches = [p for p in range(low, high + 1) if p % 12 == 0]
     axes.set_yticks(c_pitches, [f"C{p // 12 - 1}" for p in c_pitches])
@@ -173,7 +174,6 @@ def render_outputs(
     picture: bool = True,
     audio: bool = True,
     soundfont=None,
-    steps_per_bar: int = encoding.STEPS_PER_BAR,
     title: str | None = None,
     continuation_label: str = "generated",
 ) -> dict[str, Path | None]:
@@ -185,8 +185,8 @@ def render_outputs(
     encoding.decode_ids(ids).dump_midi(str(midi_path))
     paths = {"midi": midi_path, "picture": None, "audio": None}
     if picture:
-        paths["picture"] = piano_roll(ids, prompt_len, stem.with_name(stem.name + ".png"), steps_per_bar,
-                                      title or stem.name, continuation_label)  # fmt: skip
+        paths["picture"] = piano_roll(ids, prompt_len, stem.with_name(stem.name + ".png"), title or stem.name,
+                                      continuation_label)  # fmt: skip
     if audio:
         try:
             paths["audio"] = render_wav(midi_path, stem.with_name(stem.name + ".wav"), soundfont)

@@ -599,7 +599,7 @@ def train(settings: TrainSettings) -> TrainResult:
     model.generation_config = generation_config_for(config)
     tokenizer = MusicXLTokenizerFast()
 
-    train_data, train_set = training_data(settings, corpus["train"], config.segment_len, args.world_size)
+    train_data, train_set = training_data(settings, corpus["train"], config, args.world_size)
     eval_set = eval_pieces(corpus["validation"])
 
     checkpoint = None
@@ -655,16 +655,17 @@ def train(settings: TrainSettings) -> TrainResult:
     return TrainResult(final_dir, metrics, train_seconds, trainer.accelerator.unwrap_model(trainer.model))
 
 
-def training_data(settings: TrainSettings, split, segment_len: int, world_size: int):
+def training_data(settings: TrainSettings, split, config: MusicXLConfig, world_size: int):
     """(what draws the examples, the dataset the Trainer iterates): ``PieceStreams`` twice for stream training, or a
     ``TrainTransform`` and the split with it as transform for window training."""
-    step_tokens = settings.n_segments * segment_len
+    step_tokens = settings.n_segments * config.segment_len
     if settings.train_mode == "stream":
         streams = PieceStreams(split["input_ids"], settings.batch_size, step_tokens, world_size, settings.seed,
                                settings.augment, settings.transpose_p)  # fmt: skip
         return streams, streams
     if settings.train_mode == "windows":
-        transform = TrainTransform(step_tokens, augment=settings.augment, transpose_p=settings.transpose_p, seed=settings.seed)
+        transform = TrainTransform(step_tokens, augment=settings.augment, transpose_p=settings.transpose_p,
+                                   meter=config.position_scheme == "meter", seed=settings.seed)  # fmt: skip
         return transform, split.with_transform(transform)
     raise ValueError(f"unknown train mode {settings.train_mode!r}; choose stream or windows")
 
@@ -681,12 +682,15 @@ def final_metrics(trainer: Trainer) -> dict:
 def save_final(model, tokenizer, final_dir: Path, metrics: dict, settings: TrainSettings) -> None:
     """Model, tokenizer, generation config and their code in one directory for ``from_pretrained``; written next
     to it and renamed into place, so a kill during the save leaves the previous ``final_dir`` or none."""
+    from .pipeline_music_xl import MusicXLPipeline
+
     model = getattr(model, "module", model)  # unwrap DDP if needed
     final_dir = Path(final_dir)
     staged = final_dir.parent / f"_{final_dir.name}.partial"
     shutil.rmtree(staged, ignore_errors=True)
-    model.save_pretrained(staged)  # safetensors, and the code + auto_map (registered in hf_music_xl/__init__)
-    tokenizer.save_pretrained(staged)
+    # through the pipeline: safetensors, tokenizer, and the code + auto_map + custom_pipelines (registered in
+    # hf_music_xl/__init__), so pipeline(model=final_dir, trust_remote_code=True) works without this package
+    MusicXLPipeline(model=model, tokenizer=tokenizer).save_pretrained(staged)
     summary = {"settings": asdict(settings), "eval": metrics}
     (staged / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     publish_directory(staged, final_dir)
