@@ -2,6 +2,10 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/quality_report.py                      # the whole table, ~50 min
     OMP_NUM_THREADS=1 .venv/bin/python scripts/quality_report.py --steps 2 --seeds 0  # smoke run, ~1 min
+    # meters: chorales and folk tunes, scored on each corpus's validation split, by meter
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/quality_report.py --configs full,grid,no_beat,gpt2 --seeds 0,1 \
+        --corpus bach-chorales,music21:essenFolksong,music21:ryansMammoth \
+        --held-out music21:essenFolksong,music21:ryansMammoth,bach-chorales --ood "" --out outputs/meter
 
 Every configuration x seed is trained with the SAME number of optimizer steps (so the same tokens: steps x batch x
 n_segments x segment_len), not the same wall time, so the shared machine's load does not change the result; wall
@@ -13,13 +17,17 @@ count matches MusicXL's (within 2%).
 
 Configurations: ``full`` (everything on: the defaults), ``windows`` (random windows, each from no memory, instead of
 streams), ``no_bar`` (beat in bar only, no bar index: max_bars=0), ``bars_1024`` (the bar index wrapped at 1,024
-bars), ``no_beat`` (no beat positions at all: encode_position=False), ``no_mask`` (mask_p=0), ``no_transpose``
-(no augmentation), ``no_memory`` (mem_len=0), ``gpt2``.
+bars), ``grid`` (positions of 16-step bars whatever the meter, as before time signatures), ``no_beat`` (no beat
+positions at all: encode_position=False), ``no_mask`` (mask_p=0), ``no_transpose`` (no augmentation),
+``no_memory`` (mem_len=0), ``fp32`` (precision fp32 where ``auto`` picks bf16), ``gpt2``.
 
 Each final model is scored (``evaluate.corpus_nll``: every piece whole, in segments with the memory carried; GPT-2
 in consecutive chunks of its training length) on
-- the chorale validation split, and the same with the memory switched off at evaluation (mem_len 0; MusicXL only);
-- a second corpus no model saw (default: the first 4 files of O'Neill's 1850 folk tunes in music21, all splits).
+- the validation split of the training corpus (``--corpus``), and the same with the memory switched off at
+  evaluation (mem_len 0; MusicXL only);
+- the validation split of each ``--held-out`` source on its own, and of it the pieces of each meter (the meter a
+  piece starts in) that has at least 20 of them;
+- a corpus no model saw (``--ood``; default: the first 4 files of O'Neill's 1850 folk tunes in music21, all splits).
 
 Runs go in subprocesses, ``--parallel`` at a time (one thread each). Results: OUT/results.json (every run),
 OUT/report.md (mean ± spread over seeds; spread = half the range, i.e. ± to reach min and max), OUT/<run>/final
@@ -47,12 +55,29 @@ CONFIGS = {
     "windows": {"train_mode": "windows"},
     "no_bar": {"model_overrides": "max_bars=0"},
     "bars_1024": {"model_overrides": "max_bars=1024"},
+    "grid": {"model_overrides": "position_scheme=grid"},
     "no_beat": {"model_overrides": "encode_position=false"},
     "no_mask": {"model_overrides": "mask_p=0"},
     "no_transpose": {"augment": False},
     "no_memory": {"model_overrides": "mem_len=0"},
+    "fp32": {"precision": "fp32"},
     "gpt2": {"gpt2": True},
 }
+MIN_PIECES_PER_METER = 20  # a meter's own NLL is reported when a held-out set has this many pieces in it
+
+
+def by_first_meter(split) -> dict:
+    """{meter: the pieces of ``split`` that start in it} for meters with at least MIN_PIECES_PER_METER pieces."""
+    from hf_music_xl import encoding
+
+    def first_meter(ids):
+        ids = np.asarray(ids)
+        found = ids[encoding.is_meter(ids)]
+        return encoding.VOCAB[int(found[0])].removeprefix("ts") if len(found) else "none"
+
+    meters = [first_meter(ids) for ids in split["input_ids"]]
+    common = sorted({m for m in meters if meters.count(m) >= MIN_PIECES_PER_METER}, key=lambda m: -meters.count(m))
+    return {meter: split.select([i for i, m in enumerate(meters) if m == meter]) for meter in common}
 
 
 def count(model) -> int:
@@ -102,7 +127,7 @@ def gpt2_nll(model, split, batch_size: int) -> dict:
 
 def run_one(name: str, seed: int, steps: int, out_dir: Path, corpus: str = "bach-chorales", ood: str = "",
             ood_limit: int = 4, preset: str = "tiny", n_segments: int = 2, batch_size: int = 16,
-            learning_rate: float = 2e-3) -> dict:  # fmt: skip
+            learning_rate: float = 2e-3, held_out: str = "") -> dict:  # fmt: skip
     """Train one configuration for ``steps`` optimizer steps, score it, save it to OUT_DIR/final; return a dict."""
     from datasets import concatenate_datasets
     from transformers import set_seed
@@ -157,6 +182,10 @@ def run_one(name: str, seed: int, steps: int, out_dir: Path, corpus: str = "bach
     result["validation"] = score(chorales["validation"])
     if not is_gpt2:
         result["validation_no_memory"] = score(chorales["validation"], mem_len=0)
+    for source in filter(None, held_out.split(",")):
+        split = load_corpus(source)["validation"]
+        result[f"held_out {source}"] = {**score(split), "by_meter": {
+            meter: {**score(pieces), "pieces": len(pieces)} for meter, pieces in by_first_meter(split).items()}}  # fmt: skip
     if ood:
         other = load_corpus(ood, limit=ood_limit or None, num_proc=1)
         pieces = concatenate_datasets([other[split] for split in other])
@@ -215,9 +244,38 @@ def markdown(results: list[dict], command: str, wall_seconds: float) -> str:
             f"{cell(rows, 'validation', 'nll_per_note')} | {cell(rows, 'validation_no_memory', 'nll_per_note')} | "
             f"{cell(rows, 'ood', 'nll_per_token')} | {cell(rows, 'ood', 'nll_per_note')} | {minutes:.1f} |"
         )
+    lines += held_out_table(by_config)
     lines += ["", f"Command: `{command}`; wall time of this invocation: {wall_seconds / 60:.1f} min"
               + (" (runs kept by --reuse not included)." if "--reuse" in command else ".")]
     return "\n".join(lines) + "\n"
+
+
+def held_out_table(by_config: dict) -> list[str]:
+    """NLL per note on each held-out validation split, and on its pieces of each common meter (rows: configs)."""
+    first = next(iter(by_config.values()))[0]
+    sets = [key for key in first if key.startswith("held_out ")]
+    if not sets:
+        return []
+    columns = [(key, None) for key in sets] + [(key, meter) for key in sets for meter in first[key]["by_meter"]]
+    names = [key.removeprefix("held_out ") + (f" {meter} ({first[key]['by_meter'][meter]['pieces']})" if meter else "")
+             for key, meter in columns]  # fmt: skip
+    lines = ["", "NLL per note on held-out validation splits (and their pieces by the meter they start in):", "",
+             "| configuration | " + " | ".join(names) + " |", "|---|" + "---|" * len(columns)]  # fmt: skip
+    for name in CONFIGS:
+        rows = by_config.get(name)
+        if rows:
+            cells = [cell_of([r[key] if meter is None else r[key]["by_meter"].get(meter) for r in rows if key in r])
+                     for key, meter in columns]  # fmt: skip
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def cell_of(scores: list) -> str:
+    values = [score["nll_per_note"] for score in scores if score]
+    if not values:
+        return "n/a"
+    mean, half = spread(values)
+    return f"{mean:.3f} ± {half:.3f}"
 
 
 def main():
@@ -230,6 +288,8 @@ def main():
     parser.add_argument("--n-segments", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--corpus", default="bach-chorales", help="training corpus (sources joined by commas)")
+    parser.add_argument("--held-out", default="", help="sources whose validation splits are scored on their own, by meter")
     parser.add_argument("--ood", default="music21:oneills1850", help="corpus no model trains on ('' : none)")
     parser.add_argument("--ood-limit", type=int, default=4, help="files of the out-of-domain source (0: all)")
     parser.add_argument("--out", default="outputs/quality")
@@ -238,7 +298,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = Path(args.out)
-    common = dict(ood=args.ood, ood_limit=args.ood_limit, preset=args.preset, n_segments=args.n_segments,
+    common = dict(corpus=args.corpus, held_out=args.held_out, ood=args.ood, ood_limit=args.ood_limit, preset=args.preset,
+                  n_segments=args.n_segments,
                   batch_size=args.batch_size, learning_rate=args.learning_rate)  # fmt: skip
 
     if args.one:
@@ -257,13 +318,16 @@ def main():
     # build the corpora once before the runs start (each run would otherwise race to build them)
     from hf_music_xl.corpus import load_corpus
 
-    load_corpus("bach-chorales")
+    load_corpus(args.corpus)
+    for source in filter(None, args.held_out.split(",")):
+        load_corpus(source)
     if args.ood:
         load_corpus(args.ood, limit=args.ood_limit or None, num_proc=1)
 
     passthrough = [f"--steps={args.steps}", f"--preset={args.preset}", f"--n-segments={args.n_segments}",
                    f"--batch-size={args.batch_size}", f"--learning-rate={args.learning_rate}", f"--ood={args.ood}",
-                   f"--ood-limit={args.ood_limit}", f"--out={args.out}"]  # fmt: skip
+                   f"--ood-limit={args.ood_limit}", f"--out={args.out}", f"--corpus={args.corpus}",
+                   f"--held-out={args.held_out}"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     started = time.perf_counter()
 

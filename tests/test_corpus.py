@@ -151,6 +151,9 @@ def test_cli_build_corpus(chorale_corpus_dir, tmp_path, capsys):
               "--output", str(tmp_path / "chorales")])
     printed = capsys.readouterr().out
     assert "train:" in printed and str(tmp_path / "chorales") in printed
+    meters = read_report(load_corpus(tmp_path / "chorales"))["meters"]
+    assert sum(meters["first_meter"].values()) == 12 and "4/4" in meters["first_meter"]  # chorales: mostly 4/4
+    assert f"meters (at the start): 4/4 {meters['first_meter']['4/4']}" in printed
     assert len(load_corpus(tmp_path / "chorales")["train"]) + len(load_corpus(tmp_path / "chorales")["validation"]) == 12
     with pytest.raises(SystemExit, match="unknown corpus source"):
         cli_main(["build-corpus", str(tmp_path / "missing"), "--cache-dir", str(tmp_path)])

@@ -42,3 +42,13 @@ def test_markdown_reports_mean_and_half_range(quality_report):
              "validation": {"nll_per_token": value, "nll_per_note": 2 * value}} for seed, value in ((0, 1.0), (1, 2.0))]  # fmt: skip
     table = quality_report.markdown(rows, "cmd", 120.0)
     assert "| full | 1.00M | 1.500 ± 0.500 | 3.000 ± 1.000 | n/a |" in table and "2.0 min" in table
+
+
+def test_held_out_sets_are_scored_by_meter(quality_report, chorale_corpus_dir, tmp_path):
+    result = quality_report.run_one("full", seed=0, steps=1, out_dir=tmp_path / "full", corpus=str(chorale_corpus_dir),
+                                    n_segments=1, batch_size=2, held_out=str(chorale_corpus_dir))  # fmt: skip
+    held = result[f"held_out {chorale_corpus_dir}"]
+    assert held["tokens"] == result["validation"]["tokens"]  # the same split, scored on its own
+    assert held["by_meter"] == {}  # fewer than 20 pieces of any meter in one validation chorale
+    table = quality_report.markdown([{**result, "train_seconds": 1.0}], "cmd", 1.0)
+    assert "NLL per note on held-out validation splits" in table

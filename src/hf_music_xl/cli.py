@@ -77,6 +77,10 @@ def run_build_corpus(args) -> None:
     location = args.output or corpus["train"].cache_files[0]["filename"].rsplit("/", 2)[0]
     for name, stats in report.get("splits", {}).items():
         print(f"{name:>10}: {stats['pieces']} pieces, {stats['tokens']} tokens, {stats['notes']} notes")
+    meters = report.get("meters", {})
+    if meters:
+        counts = ", ".join(f"{meter} {count}" for meter, count in meters["first_meter"].items())
+        print(f"meters (at the start): {counts}; {meters['pieces_changing_meter']} pieces change meter")
     print(f"skipped {len(report.get('skipped', []))} files, {len(report.get('duplicates', []))} duplicates")
     print(f"corpus: {location}  (report: {location}/report.json; {time.perf_counter() - started:.1f} s)")
 

@@ -335,6 +335,7 @@ def _build_into(target: Path, source, items, key, steps_per_beat, validation_fra
     stats = {name: {"pieces": 0, "tokens": 0, "notes": 0} for name in SPLITS}
     seen: dict[str, str] = {}
     skips, duplicates = [], []
+    meters = MeterCounts()
     lowest_train = (2.0, -1)  # (split score, row) of the train piece closest to validation
     try:
         for pieces, skipped in read_items(items, steps_per_beat, num_proc):
@@ -352,6 +353,7 @@ def _build_into(target: Path, source, items, key, steps_per_beat, validation_fra
                 stats[split]["pieces"] += 1
                 stats[split]["tokens"] += len(piece["input_ids"])
                 stats[split]["notes"] += piece["n_notes"]
+                meters.count(piece["input_ids"])
         for writer in writers.values():
             writer.finalize()
         total = stats["train"]["pieces"] + stats["validation"]["pieces"]
@@ -373,6 +375,7 @@ def _build_into(target: Path, source, items, key, steps_per_beat, validation_fra
             "skipped": skips,
             "duplicates": duplicates,
             "splits": stats,
+            "meters": meters.report(),
             "build_seconds": round(time.perf_counter() - started, 2),
         }
         corpus.save_to_disk(str(partial))
@@ -386,6 +389,24 @@ def _build_into(target: Path, source, items, key, steps_per_beat, validation_fra
         "corpus %s: %d pieces (%d skipped, %d duplicates) in %.1f s -> %s",
         source, total, len(skips), len(duplicates), report["build_seconds"], target,
     )
+
+
+class MeterCounts:
+    """How many pieces start in each meter, and how many change meter on the way (the corpus report's "meters")."""
+
+    def __init__(self):
+        self.first: dict[str, int] = {}
+        self.changing = 0
+
+    def count(self, ids) -> None:
+        tokens = np.asarray(ids)[encoding.is_meter(np.asarray(ids))]
+        first = encoding.VOCAB[int(tokens[0])].removeprefix("ts") if len(tokens) else "none"
+        self.first[first] = self.first.get(first, 0) + 1
+        self.changing += bool(len(set(tokens.tolist())) > 1)
+
+    def report(self) -> dict:
+        ordered = dict(sorted(self.first.items(), key=lambda item: -item[1]))
+        return {"first_meter": ordered, "pieces_changing_meter": self.changing}
 
 
 def _move_to_validation(corpus: DatasetDict, stats: dict, row: int) -> tuple[DatasetDict, dict]:
