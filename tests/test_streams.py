@@ -94,6 +94,25 @@ def test_transposition_is_per_piece_within_range_and_reaches_both_ends():
         assert (stream[(stream >= 9) & (stream < 137)] <= encoding.NOTE_OFFSET + 127).all()  # shifted up to 127 only
 
 
+def test_each_epoch_draws_new_transpositions():
+    """Copies of one piece, so the shuffle cannot change a stream: what differs between epochs is the shifts drawn
+    for the pieces, seeded by (seed, epoch, stream, piece), never the same for every epoch."""
+    piece = fake_pieces(1)[0]
+    data = PieceStreams([piece] * 8, rows=2, step_tokens=16, seed=3, transpose_p=1.0)
+    plain = PieceStreams([piece] * 8, rows=2, step_tokens=16, seed=3, augment=False)
+    untransposed = stream_of(plain, 0, 0)
+    by_epoch = []
+    for epoch in range(4):
+        data.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        assert np.array_equal(stream_of(plain, 0, 0), untransposed)  # the dealing itself changes nothing
+        by_epoch.append(tuple(stream_of(data, 0, 0).tolist()) + tuple(stream_of(data, 0, 1).tolist()))
+    assert len(set(by_epoch)) == len(by_epoch)  # four epochs, four different sets of shifts
+    again = PieceStreams([piece] * 8, rows=2, step_tokens=16, seed=3, transpose_p=1.0)
+    again.set_epoch(2)
+    assert tuple(stream_of(again, 0, 0).tolist()) + tuple(stream_of(again, 0, 1).tolist()) == by_epoch[2]
+
+
 def test_plain_final_steps_are_untransposed():
     pieces = fake_pieces(6)
     data = PieceStreams(pieces, rows=1, step_tokens=8, seed=0, transpose_p=1.0)
