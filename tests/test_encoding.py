@@ -176,8 +176,37 @@ def test_decode_is_total_on_hostile_sequences():
     for ids in hostile:
         notes = E.ids_to_notes(ids)
         assert ((notes.pitch >= 0) & (notes.pitch < 128)).all() and (notes.duration >= 1).all()
-        score = E.decode_ids(ids)
-        assert sum(len(track.notes) for track in score.tracks) <= len(notes)
+        assert score_notes(E.decode_ids(ids)) == notes_in_ticks(notes)
+
+
+INT32_MAX = 2**31 - 1
+TICKS_PER_STEP = E.TICKS_PER_QUARTER // E.STEPS_PER_BEAT
+
+
+def score_notes(score):
+    """(tick, duration in ticks, pitch) of every note of every track of a score."""
+    return {(note.time, note.duration, note.pitch) for track in score.tracks for note in track.notes}
+
+
+def notes_in_ticks(notes: E.Notes):
+    """What the decoder should write: every note in ticks, but those ending past MIDI's int32 ticks."""
+    return {(onset * TICKS_PER_STEP, duration * TICKS_PER_STEP, pitch)
+            for onset, pitch, duration in notes_as_set(notes) if (onset + duration) * TICKS_PER_STEP <= INT32_MAX}  # fmt: skip
+
+
+def test_notes_past_int32_ticks_are_dropped_not_wrapped():
+    # n60 at 0, then 120,000 waits of d160 (19.2 million steps: 2.3 billion ticks), n61, a 3/4 there too
+    far = [E.SEP_ID, E.DURATION_OFFSET + 160] * 120_000
+    ids = [0, 1, 69, E.DURATION_OFFSET + 4] + far + [E.TOKEN_TO_ID["ts3/4"], 70, E.DURATION_OFFSET + 4]
+    assert len(E.ids_to_notes(ids)) == 2
+    score = E.decode_ids(ids)
+    assert score_notes(score) == {(0, 4 * TICKS_PER_STEP, 60)}  # the far note is dropped, not written at a negative tick
+    assert [(ts.time, ts.numerator, ts.denominator) for ts in score.time_signatures] == [(0, 4, 4)]
+    # just inside the limit, a note is kept where it is
+    near = [E.SEP_ID, E.DURATION_OFFSET + 160] * 111_848  # 17,895,680 steps
+    ids = [0, 1] + near + [70, E.DURATION_OFFSET + 17]
+    assert score_notes(E.decode_ids(ids)) == {(17_895_680 * TICKS_PER_STEP, 17 * TICKS_PER_STEP, 61)}
+    assert score_notes(E.decode_ids(ids[:-1] + [E.DURATION_OFFSET + 18])) == set()  # one step more: past the limit
 
 
 def test_lenient_decode_keeps_only_complete_pairs():
@@ -274,7 +303,7 @@ def test_round_trip_with_meter_changes_property(triples, changes):
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.integers(-10, 400), max_size=300))
 def test_decode_total_and_positions_monotone_property(ids):
-    E.decode_ids(ids)
+    assert score_notes(E.decode_ids(ids)) == notes_in_ticks(E.ids_to_notes(ids))  # short: every note fits
     positions = E.beat_positions(ids)
     since_bos = np.r_[True, np.array(ids[1:], dtype=np.int64) != E.BOS_ID] if ids else np.ones(0, bool)
     assert (np.diff(positions)[since_bos[1:]] >= 0).all()
