@@ -221,6 +221,33 @@ def test_grammar_processor_temperatures_and_restrictions():
         MusicGrammarProcessor(config, pitch_range=(61, 61), scale="C major")
 
 
+def expected_next_tokens(previous, allow_end=True):
+    """The grammar written out by hand: the tokens that may follow `previous` at a bar line."""
+    notes_or_wait = set(NOTES) | {SEP}
+    if previous == BOS:
+        return {PAD}
+    if previous == EOS:
+        return {BOS}
+    if previous == PAD:
+        return notes_or_wait | set(METERS)
+    if previous in NOTES or previous == SEP:
+        return set(DURATIONS) - {dur(0)}
+    if previous in DURATIONS:
+        return notes_or_wait | set(METERS) | ({EOS} if allow_end else set())
+    return notes_or_wait  # after a time signature, an unused special or xxunk
+
+
+@pytest.mark.parametrize("allow_end", [True, False])
+def test_grammar_processor_allows_exactly_the_grammar_after_every_token(allow_end):
+    """Every row of the transition table, the specials included (xxeos never after xxpad, only xxbos after xxeos)."""
+    processor = MusicGrammarProcessor(MusicXLConfig(), allow_end=allow_end)
+    previous = torch.arange(V)[:, None]  # one sequence per token, each a single token: time 0, a bar line
+    out = processor(previous, torch.zeros(V, V))
+    for token in range(V):
+        allowed = set(torch.isfinite(out[token]).nonzero().flatten().tolist())
+        assert allowed == expected_next_tokens(token, allow_end), encoding.VOCAB[token]
+
+
 def test_sampled_notes_respect_pitch_range_and_scale():
     model = tiny_model()
     processor = MusicGrammarProcessor(model.config, pitch_range=(60, 71), scale=[0, 4, 7], note_temperature=0.8)
