@@ -2,7 +2,6 @@
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -52,11 +51,44 @@ def test_chorale_split_is_by_bwv_number(chorale_corpus):
     assert report["splits"]["validation"]["pieces"] == len(chorale_corpus["validation"])
 
 
-def test_second_build_is_cached(chorale_corpus_dir):
-    started = time.perf_counter()
-    again = build_corpus("bach-chorales", limit=12, cache_dir=chorale_corpus_dir.parent)
-    assert time.perf_counter() - started < 5
+def build_identity(folder: Path) -> dict:
+    """(inode, mtime) of every file of a built corpus: a rebuild writes new files and renames a new folder in."""
+    return {path.relative_to(folder): (path.stat().st_ino, path.stat().st_mtime_ns) for path in sorted(folder.rglob("*"))}
+
+
+def test_second_build_is_cached(chorale_corpus_dir, tmp_path, monkeypatch):
+    before = build_identity(chorale_corpus_dir)
+    read = []
+    monkeypatch.setattr(corpus_module, "read_item", lambda *args: read.append(args) or ([], []))
+    again = build_corpus("bach-chorales", limit=12, cache_dir=chorale_corpus_dir.parent, num_proc=1)
+    assert read == []  # not one file read again
     assert Path(again["train"].cache_files[0]["filename"]).parent.parent == chorale_corpus_dir
+    assert build_identity(chorale_corpus_dir) == before  # the very same files
+    assert len(again["train"]) + len(again["validation"]) == 12
+    # the check can fail: a different limit is another corpus, built (here from nothing, so refused)
+    with pytest.raises(ValueError, match="no piece could be read"):
+        build_corpus("bach-chorales", limit=11, cache_dir=chorale_corpus_dir.parent, num_proc=1)
+    assert len(read) == 11
+
+
+def test_rebuild_replaces_the_cached_build(chorale_midi_files, tmp_path):
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    for path in chorale_midi_files[:3]:
+        shutil.copy(path, folder / path.name)
+    first = build_corpus(str(folder), cache_dir=tmp_path / "cache", num_proc=1)
+    built = Path(first["train"].cache_files[0]["filename"]).parent.parent
+    before = build_identity(built)
+    assert build_identity(Path(build_corpus(str(folder), cache_dir=tmp_path / "cache", num_proc=1)["train"].cache_files[0]["filename"]).parent.parent) == before
+    rebuilt = build_corpus(str(folder), cache_dir=tmp_path / "cache", num_proc=1, rebuild=True)
+    assert Path(rebuilt["train"].cache_files[0]["filename"]).parent.parent == built
+    assert build_identity(built).keys() == before.keys() and build_identity(built) != before
+    # a file that changes is a new corpus: its pieces are read again
+    shutil.copy(chorale_midi_files[3], folder / chorale_midi_files[0].name)
+    changed = build_corpus(str(folder), cache_dir=tmp_path / "cache", num_proc=1)
+    assert Path(changed["train"].cache_files[0]["filename"]).parent.parent != built
+    rows = {row["name"]: row["input_ids"] for split in changed.values() for row in split}
+    assert rows[chorale_midi_files[0].stem] == encoding.encode_midi(chorale_midi_files[3], add_eos=True).tolist()
 
 
 def test_cache_key_covers_encoder_and_quantization(monkeypatch):
