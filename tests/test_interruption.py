@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -58,46 +57,49 @@ def test_steps_per_epoch_make_the_checkpoints_mid_epoch(straight_run):
     assert not (straight_run / "_saving").exists()
 
 
-SLOW_STEPS = """
-import sys, time
+STOPS_IN_STEP_5 = """
+import sys
 from transformers import Trainer
 from hf_music_xl.cli import main
 
 training_step = Trainer.training_step
 
-def slow_training_step(self, *args, **kwargs):  # steps after checkpoint-4 take 0.3 s more: the kill lands in one
-    if self.state.global_step >= 4:
-        time.sleep(0.3)
+def step_that_stops_in_step_5(self, *args, **kwargs):
+    # inside step 5 (checkpoint-4 is written by then): say so on stdout, then wait on stdin, which the test never
+    # writes: the kill lands here, mid-step, whatever the machine's speed
+    if self.state.global_step == 4:
+        print("IN STEP 5", flush=True)
+        sys.stdin.read()
     return training_step(self, *args, **kwargs)
 
-Trainer.training_step = slow_training_step
+Trainer.training_step = step_that_stops_in_step_5
 main(["train", *sys.argv[1:]])
 """
 
 
 def test_sigkill_mid_run_then_resume_gives_the_same_weights(chorale_corpus_dir, straight_run, tmp_path, caplog):
-    """`hf-music-xl train` killed with SIGKILL as soon as checkpoint-4 appears, inside step 5 (steps from there on
-    are slowed down so that the kill lands inside one), then resumed (`--resume`, in this process to save a
-    start-up): the final weights equal the uninterrupted run's exactly."""
+    """`hf-music-xl train` killed with SIGKILL inside step 5 (the process says when it is there, then waits on a pipe,
+    so the kill lands mid-step), then resumed (`--resume`, in this process to save a start-up): the final weights
+    equal the uninterrupted run's exactly."""
     output = tmp_path / "killed"
-    command = [sys.executable, "-c", SLOW_STEPS, "--corpus", str(chorale_corpus_dir), "--output-dir", str(output), *CLI_FLAGS]
+    command = [sys.executable, "-c", STOPS_IN_STEP_5, "--corpus", str(chorale_corpus_dir), "--output-dir", str(output), *CLI_FLAGS]
     log = (tmp_path / "log.txt").open("w")
-    process = subprocess.Popen(command, env=ENV, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while not (output / "checkpoint-4").is_dir():  # appears complete, in one rename
-        assert process.poll() is None, (tmp_path / "log.txt").read_text()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint-4 after 120 s"
-        time.sleep(0.005)
+    process = subprocess.Popen(command, env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+    said = None
+    while said not in ("IN STEP 5\n", ""):  # each read blocks until a line comes: the Trainer's logs, then ours
+        said = process.stdout.readline()  # ("" once the process has ended)
+    assert said == "IN STEP 5\n", (tmp_path / "log.txt").read_text()[-3000:]
     os.kill(process.pid, signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
+    process.stdin.close()
+    process.stdout.close()
     assert not (output / "final").exists()
-    left = checkpoints(output)
-    assert left[-1] in ("checkpoint-4", "checkpoint-8"), left  # killed in step 5 (a very busy machine: a bit later)
-    assert all(checkpoint_problem(output / name) is None for name in left)  # whatever is there is complete
+    assert checkpoints(output) == ["checkpoint-4"]  # killed in step 5: checkpoint-4 and nothing after it
+    assert checkpoint_problem(output / "checkpoint-4") is None
 
     with caplog.at_level(logging.WARNING, logger="hf_music_xl.training"):
         train(settings(chorale_corpus_dir, output, resume=True))
-    assert f"continuing from {output / left[-1]}" in caplog.text
+    assert f"continuing from {output / 'checkpoint-4'}" in caplog.text
     assert_same_weights(final_weights(output), final_weights(straight_run))
 
 
