@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from datasets import load_from_disk
 from transformers import AutoModelForCausalLM, AutoTokenizer, EvalPrediction
 
-from hf_music_xl import encoding
+from hf_music_xl import MusicGrammarProcessor, encoding
 from hf_music_xl.data import IGNORE_INDEX, TrainTransform, bar_starts, collate, eval_pieces
 from hf_music_xl.training import TrainSettings, compute_metrics, resolve_precision, train, weights_digest
 
@@ -163,8 +164,18 @@ def test_train_saves_a_directory_that_loads_and_generates(chorale_corpus_dir, tm
     tokenizer = AutoTokenizer.from_pretrained(final)
     assert model.generation_config.do_sample and model.generation_config.eos_token_id == encoding.EOS_ID
     assert weights_digest(model) == weights_digest(result.model)
-    out = model.generate(torch.tensor([[0, 1]]), max_new_tokens=8)
-    assert out.shape[1] > 2 and tokenizer.decode_midi(out[0]) is not None
+    grammar = [MusicGrammarProcessor(model.config)]
+    torch.manual_seed(0)
+    out = model.generate(torch.tensor([[0, 1]]), max_new_tokens=24, logits_processor=grammar)
+    torch.manual_seed(0)  # the saved model samples what the trained one samples
+    assert torch.equal(out, result.model.eval().generate(torch.tensor([[0, 1]]), max_new_tokens=24, logits_processor=grammar))
+    assert out.shape == (1, 26) and encoding.first_invalid_position(out[0]) is None
+    notes = encoding.ids_to_notes(out[0])
+    score = tokenizer.decode_midi(out[0])
+    step = encoding.TICKS_PER_QUARTER // encoding.STEPS_PER_BEAT
+    assert sorted((n.time, n.pitch, n.duration) for track in score.tracks for n in track.notes) == sorted(
+        zip((notes.onset * step).tolist(), notes.pitch.tolist(), (notes.duration * step).tolist()))
+    assert len(notes) >= 1
 
 
 def test_resume_continues_to_the_same_weights(chorale_corpus_dir, tmp_path):
@@ -194,4 +205,52 @@ def test_ddp_two_processes_end_identical(chorale_corpus_dir, tmp_path):
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert ranks[0]["digest"] == ranks[1]["digest"]
-    assert (tmp_path / "final" / "model.safetensors").exists()
+    # ... and the steps trained them: the weights are not the initial ones
+    assert weights_digest(initial_model()) != ranks[0]["digest"]
+    assert weights_digest(AutoModelForCausalLM.from_pretrained(tmp_path / "final")) == ranks[0]["digest"]
+    assert json.loads((tmp_path / "final" / "training_summary.json").read_text())["eval"]["step"] == 4
+
+
+def initial_model():
+    """The model train() starts from with SMALL: it seeds 42, then builds it."""
+    from transformers import set_seed
+
+    from hf_music_xl import MusicXLConfig, MusicXLForCausalLM
+    from hf_music_xl.training import parse_overrides
+
+    set_seed(42)
+    return MusicXLForCausalLM(MusicXLConfig.from_preset("tiny", **parse_overrides(SMALL)))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_accelerate_launch_trains_with_two_processes(chorale_corpus_dir, tmp_path):
+    """The README's `accelerate launch --multi_gpu --num_processes 2 scripts/train.py ...`: on a CPU-only machine it
+    runs two DDP processes (through torchrun), each with its own streams, whose checkpoint holds both ranks' state."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
+    accelerate = Path(sys.executable).parent / "accelerate"
+    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+               str(REPO / "scripts" / "train.py"), "--corpus", str(chorale_corpus_dir), "--output-dir", str(tmp_path),
+               "--model-overrides", SMALL, "--n-segments", "2", "--batch-size", "2", "--max-steps", "4",
+               "--save-steps", "4", "--precision", "fp32"]  # fmt: skip
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    checkpoint = tmp_path / "checkpoint-4"
+    assert sorted(path.name for path in checkpoint.glob("rng_state_*.pth")) == ["rng_state_0.pth", "rng_state_1.pth"]
+    assert sorted(path.name for path in checkpoint.glob("stream_memory-rank*")) == [
+        "stream_memory-rank0.safetensors", "stream_memory-rank1.safetensors"]  # fmt: skip
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    # 2 rows on each of 2 processes: 4 streams share the corpus, so an epoch is that many steps of 64 tokens
+    tokens = sum(len(ids) for ids in load_from_disk(str(chorale_corpus_dir))["train"]["input_ids"])
+    assert state["global_step"] == 4 and state["epoch"] == pytest.approx(4 / ((tokens // 4 - 1) // 64))
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+    assert weights_digest(final) != weights_digest(initial_model())
+    assert "final model, tokenizer and generation config" in finished.stdout  # printed once, by rank 0
+    assert finished.stdout.count("final model, tokenizer and generation config") == 1
