@@ -100,7 +100,8 @@ def load(repo_id: str, revisions: list[str]) -> dict:
         "model_class": f"{type(model).__module__}.{type(model).__name__}",
         "tokenizer_class": f"{type(tokenizer).__module__}.{type(tokenizer).__name__}",
         "generated": output.shape[1] - 2,
-        "notes": score.note_num(),
+        "ids": output[0].tolist(),  # of the last revision's model, seed 0
+        "notes": sorted((note.time, note.duration, note.pitch) for track in score.tracks for note in track.notes),
     }
 
 
