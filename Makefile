@@ -7,7 +7,7 @@ export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test bench quality-report constraints
+.PHONY: install demo test bench quality-report constraints mutation
 
 install: $(VENV)/.installed
 
@@ -35,3 +35,15 @@ quality-report: install
 constraints:
 	$(BIN)/python -m pip freeze --exclude-editable | sed -e 's/^torch==\([0-9.]*\)+cpu/torch==\1/' > constraints.txt.new
 	(head -2 constraints.txt; cat constraints.txt.new) > constraints.txt.tmp && rm constraints.txt.new && mv constraints.txt.tmp constraints.txt
+
+# Mutation testing of the core (slow: not part of `make test` or CI; see TESTING.md). mutmut mutates each module in
+# turn and runs, per mutant, only the tests of the pool in pyproject.toml ([tool.mutmut]) that call the mutated
+# function. Starts from scratch each time; the chorale MIDI files are made once for all its pytest sessions.
+MUTATE = generation_music_xl data encoding modeling_music_xl
+CORPUS_CACHE = default_cache_dir cache_key _slug build_corpus _copy_corpus load_corpus read_report
+mutation: install
+	rm -rf mutants
+	export HF_MUSIC_XL_TEST_MIDI_CACHE=$(CURDIR)/mutants/midi-cache; \
+	for module in $(MUTATE); do nice -n 19 $(BIN)/mutmut run --max-children 2 "hf_music_xl.$$module.*" || exit 1; done; \
+	nice -n 19 $(BIN)/mutmut run --max-children 2 $(foreach f,$(CORPUS_CACHE),"hf_music_xl.corpus.x_$(f)__mutmut_*")
+	$(BIN)/python scripts/mutation_report.py --survivors

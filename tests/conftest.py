@@ -4,6 +4,7 @@ Nothing here is committed: the chorales are read from music21 at test time into 
 """
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -22,14 +23,31 @@ def chorale_scores():
 
 
 @pytest.fixture(scope="session")
-def chorale_midi_files(chorale_scores, tmp_path_factory):
-    """The same chorales as real .mid files on disk."""
-    folder = tmp_path_factory.mktemp("chorale_midi")
+def chorale_midi_files(request, tmp_path_factory):
+    """The same chorales as real .mid files on disk.
+
+    With $HF_MUSIC_XL_TEST_MIDI_CACHE (set by `make mutation`, which starts thousands of short pytest sessions) they
+    are written once into that folder and read from there after: they come from music21 and symusic only, never
+    from the code under test, so reusing them changes no result and saves parsing 12 chorales per session."""
+    cache = os.environ.get("HF_MUSIC_XL_TEST_MIDI_CACHE")
+    if cache:
+        from importlib.metadata import version
+
+        folder = Path(cache) / f"music21-{version('music21')}-{N_CHORALES}"
+        if (folder / "order.txt").exists():  # written last: the set is complete
+            return [folder / name for name in (folder / "order.txt").read_text().split()]
+    else:
+        folder = tmp_path_factory.mktemp("chorale_midi")
+    folder.mkdir(parents=True, exist_ok=True)
     files = []
-    for name, score in chorale_scores:
+    for name, score in request.getfixturevalue("chorale_scores"):
         path = folder / f"{name}.mid"
-        score.dump_midi(str(path))
+        score.dump_midi(str(path.with_suffix(f".{os.getpid()}")))
+        os.replace(path.with_suffix(f".{os.getpid()}"), path)  # sessions may write the cache at once: whole files
         files.append(path)
+    order = folder / f"order.{os.getpid()}"
+    order.write_text(" ".join(path.name for path in files))
+    os.replace(order, folder / "order.txt")
     return files
 
 

@@ -1,0 +1,66 @@
+"""Mutation score per module from mutmut's results (run `make mutation` first), and the surviving mutants.
+
+    python scripts/mutation_report.py                 # scores per module
+    python scripts/mutation_report.py --survivors     # and every surviving mutant's name
+
+Reads mutants/src/hf_music_xl/*.meta (mutmut 3 writes one per mutated file). A module's score is killed / (killed +
+survived) over the mutants that were run, and the mutants that no test reaches are counted apart. For corpus.py only
+the cache logic is mutation-tested (CORPUS_CACHE_FUNCTIONS), as `make mutation` runs it.
+"""
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+MUTANTS = Path("mutants/src/hf_music_xl")
+MODULES = ("encoding", "modeling_music_xl", "generation_music_xl", "data", "corpus")
+# the corpus cache: where a build goes, its key, and whether it is reused, replaced or copied
+CORPUS_CACHE_FUNCTIONS = ("default_cache_dir", "cache_key", "_slug", "build_corpus", "_copy_corpus", "load_corpus",
+                          "read_report")  # fmt: skip
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", None: "not run", 36: "timeout",
+          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout"}  # fmt: skip
+
+
+def function_of(mutant: str) -> str:
+    """'hf_music_xl.data.xǁTrainTransformǁwindow__mutmut_3' -> 'TrainTransform.window'."""
+    name = mutant.split(".")[-1].rsplit("__mutmut_", 1)[0].removeprefix("x_").removeprefix("x")
+    return ".".join(part for part in name.split("ǁ") if part)
+
+
+def selected(module: str, mutant: str) -> bool:
+    return module != "corpus" or function_of(mutant) in CORPUS_CACHE_FUNCTIONS
+
+
+def results(module: str) -> dict[str, str]:
+    """mutant name -> status, for the mutants of the module that `make mutation` runs."""
+    meta = MUTANTS / f"{module}.py.meta"
+    if not meta.exists():
+        return {}
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    return {name: STATUS.get(code, "suspicious") for name, code in codes.items() if selected(module, name)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--survivors", action="store_true", help="list every surviving mutant")
+    args = parser.parse_args()
+    print("| module | mutants | run | killed | survived | no tests | timeout | score (killed / killed + survived) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for module in MODULES:
+        statuses = results(module)
+        counts = Counter(statuses.values())
+        run = len(statuses) - counts["not run"]
+        decided = counts["killed"] + counts["survived"]
+        score = f"{100 * counts['killed'] / decided:.1f}%" if decided else "-"
+        print(f"| {module}.py | {len(statuses)} | {run} | {counts['killed']} | {counts['survived']} | "
+              f"{counts['no tests']} | {counts['timeout']} | {score} |")  # fmt: skip
+    if args.survivors:
+        for module in MODULES:
+            for name, status in results(module).items():
+                if status in ("survived", "no tests", "suspicious"):
+                    print(f"{status:9} {name}")
+
+
+if __name__ == "__main__":
+    main()
