@@ -248,6 +248,33 @@ def test_grammar_processor_allows_exactly_the_grammar_after_every_token(allow_en
         assert allowed == expected_next_tokens(token, allow_end), encoding.VOCAB[token]
 
 
+def allowed_after_a_duration(processor):
+    scores = processor(torch.tensor([[BOS, PAD, note(60), dur(4)]]), torch.zeros(1, V))
+    return [token - note(0) for token in torch.isfinite(scores[0]).nonzero().flatten().tolist() if token in NOTES]
+
+
+def test_pitch_range_is_inclusive_and_scales_are_pitch_classes():
+    assert allowed_after_a_duration(MusicGrammarProcessor(pitch_range=(60, 72))) == list(range(60, 73))
+    assert allowed_after_a_duration(MusicGrammarProcessor(scale=[0, 4, 7])) == [p for p in range(128) if p % 12 in (0, 4, 7)]
+    assert scale_pitch_classes([0, 4, 19, -1, 26]) == {0, 4, 7, 11, 2}  # any integers, taken modulo 12
+    assert scale_pitch_classes(" F# minor ") == {6, 8, 9, 11, 1, 2, 4}
+    for bad in ("H major", "C dorian", "C", ""):
+        with pytest.raises(ValueError, match="scale must look like 'C major' or 'F# minor', got"):
+            scale_pitch_classes(bad)
+    with pytest.raises(ValueError, match="pitch_range and scale leave no note"):
+        MusicGrammarProcessor(pitch_range=(61, 61), scale="C major")
+
+
+def test_temperatures_default_to_one_and_must_be_positive():
+    scores = torch.randn(1, V, generator=torch.Generator().manual_seed(0))
+    out = MusicGrammarProcessor()(torch.tensor([[BOS, PAD, note(60), dur(4)]]), scores.clone())  # default vocabulary
+    finite = torch.isfinite(out[0])
+    assert finite.sum() > 100 and torch.equal(out[0, finite], scores[0, finite])  # allowed scores untouched
+    for temperatures in ((0.0, 1.0), (1.0, 0.0), (-1.0, 1.0)):
+        with pytest.raises(ValueError, match="temperatures must be positive"):
+            MusicGrammarProcessor(note_temperature=temperatures[0], duration_temperature=temperatures[1])
+
+
 def test_sampled_notes_respect_pitch_range_and_scale():
     model = tiny_model()
     processor = MusicGrammarProcessor(model.config, pitch_range=(60, 71), scale=[0, 4, 7], note_temperature=0.8)
@@ -270,6 +297,23 @@ def test_bars_criteria_on_a_hand_example():
     assert two_bars(more[:, :-1], None).tolist() == [False] and two_bars(more, None).tolist() == [True]
     one_more = MaxBarsCriteria(1, config, prompt_length=6)  # counted from the end of the prompt, at step 16
     assert one_more(more, None).tolist() == [True] and one_more(ids, None).tolist() == [False]
+
+
+def test_bars_done_counts_fractions_of_bars_from_a_meter_change():
+    # 4/4 for a bar, then 3/4 from step 16: 12-step bars counted from there
+    three_four = encoding.TOKEN_TO_ID["ts3/4"]
+    ids = torch.tensor([[BOS, PAD, note(60), dur(4), SEP, dur(16), three_four, note(62), dur(4), SEP, dur(6),
+                         note(64), dur(2), SEP, dur(14)]])  # fmt: skip
+    criteria = MaxBarsCriteria(3)  # the default vocabulary
+    done = [criteria.bars_done(ids[:, :n]).item() for n in (4, 6, 11, 15)]
+    assert done == pytest.approx([0.0, 1.0, 1.5, 1 + 20 / 12])  # steps 0, 16, 22 and 36
+    from_prompt = MaxBarsCriteria(1, prompt_length=11)  # from step 22 (bar 1.5) to step 36 (bar 2.67)
+    assert from_prompt.bars_done(ids).item() == pytest.approx(20 / 12 - 0.5)
+    assert criteria(ids, None).tolist() == [False] and MaxBarsCriteria(2)(ids, None).tolist() == [True]
+    # bars follow the vocabulary's grid: with 8 steps a quarter, a 4/4 bar is 32 steps
+    fine = MaxBarsCriteria(1, MusicXLConfig(steps_per_beat=8))
+    plain = torch.tensor([[BOS, PAD, note(60), dur(4), SEP, dur(16)]])
+    assert fine.bars_done(plain).item() == pytest.approx(0.5) and MaxBarsCriteria(1).bars_done(plain).item() == 1.0
 
 
 def test_bars_follow_the_time_signature():
