@@ -118,6 +118,20 @@ def test_evaluation_scores_every_piece_whole(chorale_corpus):
     assert (batch["input_ids"][2, shortest:] == encoding.PAD_ID).all() and (batch["labels"][2, shortest:] == IGNORE_INDEX).all()
 
 
+def test_evaluation_pieces_are_only_ids_and_labels_kept_in_memory_longest_first_ties_in_order(chorale_corpus):
+    from datasets import Dataset
+
+    assert eval_pieces(chorale_corpus["validation"]).cache_files == []  # a corpus on disk: no cache file beside it
+
+    # 40 pieces of two lengths: equal lengths keep their order (a stable sort; numpy's default is not, past 16)
+    pieces = [[0, 1] + [9 + k] * (2 + k % 2) for k in range(40)]
+    split = Dataset.from_dict({"input_ids": pieces, "name": [f"p{k}" for k in range(40)]})
+    examples = eval_pieces(split)
+    assert examples.column_names == ["input_ids", "labels"] and examples.cache_files == []  # nothing written to disk
+    assert examples["input_ids"] == [pieces[k] for k in range(1, 40, 2)] + [pieces[k] for k in range(0, 40, 2)]
+    assert examples["labels"] == examples["input_ids"]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Metrics and settings
 
