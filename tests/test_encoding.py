@@ -138,6 +138,11 @@ def test_bad_input_raises_one_error_type_naming_the_file(tmp_path):
             E.encode_midi(path)
         assert str(path) in str(error.value) and isinstance(error.value, ValueError)
     assert E.encode_midi(silent, allow_empty=True).tolist() == [E.BOS_ID, E.PAD_ID, E.TOKEN_TO_ID["ts4/4"]]
+    # inputs that are not files are named by what they are
+    with pytest.raises(E.MidiReadError, match=r"^<symusic\.Score>: no notes outside drum tracks$"):
+        E.encode_midi(symusic.Score(480))
+    with pytest.raises(E.MidiReadError, match=r"^<30 bytes of MIDI>: not a readable MIDI file"):
+        E.encode_midi(garbage.read_bytes())
 
 
 def reference_notes(path, ticks_per_step=120):

@@ -56,6 +56,22 @@ def test_short_piece_is_padded_with_ignored_labels():
     np.testing.assert_array_equal(labels[:9], piece)
 
 
+def test_transform_pads_input_with_xxpad_and_labels_with_ignore_index():
+    piece = [0, 1, 69, 141, 8, 141, 71, 141, 2]
+    rows = TrainTransform(window_len=12, augment=False, min_fill=1.0)({"input_ids": [piece]})  # from the start
+    assert rows["input_ids"][0].tolist() == piece + [encoding.PAD_ID] * 3
+    assert rows["labels"][0].tolist() == piece + [IGNORE_INDEX] * 3
+
+
+def test_seeded_draws_depend_on_the_pieces_tokens():
+    # twelve pieces with the same safe range: each gets its own shift, and a piece the same shift wherever it is
+    pieces = [[0, 1, 9 + 60 + k, 141, 2] for k in range(12)]
+    transform = TrainTransform(window_len=8, transpose_p=1.0, seed=3)
+    shifted = transform({"input_ids": pieces + pieces[:1]})["input_ids"]
+    shifts = [int(row[2]) - piece[2] for row, piece in zip(shifted, pieces + pieces[:1])]
+    assert len(set(shifts[:12])) > 3 and shifts[12] == shifts[0]
+
+
 def test_transposition_stays_in_range_and_changes(chorale_corpus):
     piece = np.asarray(chorale_corpus["train"][0]["input_ids"], dtype=np.int64)
     transform = TrainTransform(window_len=4096, transpose_p=1.0)  # the whole piece in one window
@@ -104,6 +120,16 @@ def test_seeded_windows_depend_on_seed_epoch_and_piece_only(chorale_corpus):
     for piece in range(len(pieces)):  # each piece: new windows or shifts as the epochs go
         assert len({first[piece]} | {epoch[piece] for epoch in by_epoch}) > 1
     assert draws(0, seed=8) != first  # and the seed matters
+
+
+def test_collate_pads_stream_targets_and_takes_a_batch_of_one():
+    examples = [{"input_ids": np.array([0, 1, 69]), "labels": np.array([0, 1, 69]), "shift_labels": np.array([1, 69, 141])},
+                {"input_ids": np.array([0, 1]), "labels": np.array([0, 1]), "shift_labels": np.array([1, 70])}]  # fmt: skip
+    batch = collate(examples)
+    assert batch["shift_labels"].tolist() == [[1, 69, 141], [1, 70, IGNORE_INDEX]]
+    assert batch["input_ids"].tolist() == [[0, 1, 69], [0, 1, encoding.PAD_ID]] and batch["labels"][1, 2] == IGNORE_INDEX
+    alone = collate([{"input_ids": [0, 1], "labels": [0, 1], "beat_positions": [[0, 0, 0], [0, 0, 0]]}])
+    assert set(alone) == {"input_ids", "labels", "beat_positions"} and alone["beat_positions"].shape == (1, 2, 3)
 
 
 def test_evaluation_scores_every_piece_whole(chorale_corpus):
