@@ -48,6 +48,28 @@ def test_train_windows(chorale_corpus):
     assert len(starts) > 3 and max(starts) > 0  # random, and every one on a bar line
 
 
+def test_bar_starts_on_a_hand_example():
+    ts44, sep, eos = encoding.TOKEN_TO_ID["ts4/4"], encoding.SEP_ID, encoding.EOS_ID
+    d = lambda steps: encoding.DURATION_OFFSET + steps  # noqa: E731
+    n = lambda pitch: encoding.NOTE_OFFSET + pitch  # noqa: E731
+    #       0  1  2     3      4     5      6     7    8      9      10    11   12    13     14    15   16
+    piece = [0, 1, ts44, n(60), d(4), n(64), d(4), sep, d(16), n(62), d(4), sep, d(8), n(65), d(8), sep, d(8),
+             sep, d(16), n(0), d(4), eos]  # fmt: skip
+    #        17   18     19    20    21
+    # starts: 0; the first note after the time signature (3); notes after a wait on a bar line (9 at step 16, 19 at
+    # step 48); not the chord's second note (5), the note mid-bar (13), the rest that crosses bar 2 (17), the meter (2)
+    assert bar_starts(piece).tolist() == [0, 3, 9, 19]
+
+
+def test_transposition_range_outside_the_pieces_safe_range_gives_no_shift():
+    transform = TrainTransform(window_len=8, transpose_range=(3, 5))
+    high = np.array([0, 1, encoding.NOTE_OFFSET + 126, encoding.DURATION_OFFSET + 1, 2])  # may only go up by 1
+    assert {transform.random_shift(high, torch.Generator().manual_seed(k)) for k in range(20)} == {0}
+    middle = high.copy()
+    middle[2] = encoding.NOTE_OFFSET + 60
+    assert {transform.random_shift(middle, torch.Generator().manual_seed(k)) for k in range(40)} == {3, 4, 5}
+
+
 def test_short_piece_is_padded_with_ignored_labels():
     piece = np.array([0, 1, 69, 141, 8, 141, 71, 141, 2])
     input_ids, labels, _ = TrainTransform(window_len=16, augment=False).window(piece)
