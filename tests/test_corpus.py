@@ -176,6 +176,12 @@ def test_output_refuses_to_overwrite_other_things(chorale_corpus_dir, tmp_path):
     with pytest.raises(ValueError, match="not a corpus directory"):
         build_corpus("bach-chorales", limit=12, cache_dir=chorale_corpus_dir.parent, output=tmp_path)
     assert (tmp_path / "precious.txt").exists()
+    # an earlier corpus there is replaced, whole
+    earlier = tmp_path / "earlier"
+    shutil.copytree(chorale_corpus_dir, earlier)
+    (earlier / "stale.txt").write_text("from the earlier corpus")
+    build_corpus("bach-chorales", limit=12, cache_dir=chorale_corpus_dir.parent, output=earlier)
+    assert sorted(p.name for p in earlier.iterdir()) == sorted(p.name for p in chorale_corpus_dir.iterdir())
 
 
 def test_cli_build_corpus(chorale_corpus_dir, tmp_path, capsys):

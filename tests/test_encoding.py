@@ -214,6 +214,12 @@ def test_notes_past_int32_ticks_are_dropped_not_wrapped():
     assert score_notes(E.decode_ids(ids[:-1] + [E.DURATION_OFFSET + 18])) == set()  # one step more: past the limit
 
 
+def test_strict_positions_of_a_batch_of_one():
+    # generate() returns (1, L): the position is counted in the flattened sequence
+    assert E.first_invalid_position(np.array([[0, 1, 69, E.DURATION_OFFSET + 4, 999]])) == 4
+    assert E.first_invalid_position([[0, 1, 69, E.DURATION_OFFSET + 4]]) is None
+
+
 def test_lenient_decode_keeps_only_complete_pairs():
     ids = [0, 1, E.DURATION_OFFSET + 4, 69, 70, E.DURATION_OFFSET + 2, E.SEP_ID, E.SEP_ID, E.DURATION_OFFSET + 3,
            4, 71, E.DURATION_OFFSET + 1]
@@ -261,6 +267,8 @@ def test_transposition_stays_in_range():
     up = E.transpose_ids(ids, 7)
     assert text(up) == "xxbos xxpad ts4/4 n10 d4 xxsep d4 n127 d4"  # time signatures are not notes
     assert E.transpose_ids(ids, -3)[3] == E.NOTE_OFFSET
+    assert E.transposition_range([0, 1, E.NOTE_OFFSET, E.DURATION_OFFSET + 1, E.NOTE_OFFSET + 100]) == (0, 27)  # pitch 0
+    assert E.transposition_range([0, 1, E.SEP_ID, E.DURATION_OFFSET + 4]) == (-127, 127)  # no notes: any shift
     for shift in (8, -4):
         with pytest.raises(ValueError, match="allowed -3..7"):
             E.transpose_ids(ids, shift)
@@ -321,3 +329,4 @@ def test_overlapping_unisons_survive_a_midi_file(tmp_path):
     E.decode_ids(ids).dump_midi(str(path))
     assert E.encode_midi(path).tolist() == ids.tolist()
     assert notes_as_set(E.ids_to_notes(ids)) == {(0, 67, 64), (8, 67, 4), (12, 67, 8)}
+    assert [track.name for track in E.decode_ids(ids).tracks] == ["Piano", "Piano (overlap 1)"]

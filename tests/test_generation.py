@@ -76,7 +76,8 @@ def test_resuming_after_beam_search_continues_the_returned_sequences():
     resumed = model.generate(beams.sequences, past_key_values=beams.past_key_values, max_new_tokens=10, do_sample=False)
     assert torch.equal(resumed, model.generate(beams.sequences, max_new_tokens=10, do_sample=False))
     other = model.generate(PROMPTS.flip(0), max_new_tokens=12, do_sample=False, return_dict_in_generate=True)
-    with pytest.raises(ValueError, match="did not consume these sequences"):
+    with pytest.raises(ValueError, match=r"did not consume these sequences \(a cache returned by beam search holds "
+                       r"the final beams, which may not be the returned sequences\): generate again from the sequences"):
         model.generate(beams.sequences, past_key_values=other.past_key_values, max_new_tokens=4)
 
 

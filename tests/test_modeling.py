@@ -618,3 +618,11 @@ def test_cache_reorder_and_crop():
         assert cache.get_seq_length() == 7 and cache.last_token().tolist() == ids[:, 6].tolist()
         again = model(ids[:, 7:], past_key_values=cache, use_cache=True).logits
     torch.testing.assert_close(again, model(ids).logits[:, 7:], atol=1e-5, rtol=1e-4)
+    # crop(n), n > 0, keeps the first n tokens (n = 1 included)
+    for keep in (1, 5):
+        with torch.no_grad():
+            cache = model(ids, use_cache=True).past_key_values
+            cache.crop(keep)
+            assert cache.get_seq_length() == keep and cache.last_token().tolist() == ids[:, keep - 1].tolist()
+            again = model(ids[:, keep:], past_key_values=cache, use_cache=True).logits
+        torch.testing.assert_close(again, model(ids).logits[:, keep:], atol=1e-5, rtol=1e-4)

@@ -70,6 +70,22 @@ def test_transposition_range_outside_the_pieces_safe_range_gives_no_shift():
     assert {transform.random_shift(middle, torch.Generator().manual_seed(k)) for k in range(40)} == {3, 4, 5}
 
 
+def test_windows_leave_room_for_min_fill_and_carry_the_models_positions():
+    # eight bars of one note each: bar starts at 2, 6, 10, ..., 30 (xxbos xxpad, then "n d xxsep d" per bar)
+    n, d, sep = encoding.NOTE_OFFSET, encoding.DURATION_OFFSET, encoding.SEP_ID
+    piece = np.array([0, 1] + [token for bar in range(8) for token in (n + 60 + bar, d + 16, sep, d + 16)][:-2] + [2])
+    transform = TrainTransform(window_len=16, augment=False, min_fill=0.5)
+    drawn = {int(np.flatnonzero(piece == transform.window(piece, torch.Generator().manual_seed(k))[0][0])[0])
+             for k in range(60)}  # fmt: skip
+    # a window keeps at least 8 real tokens: starts up to len - 8 = 24
+    assert drawn == {0} | {start for start in bar_starts(piece).tolist() if 0 < start <= len(piece) - 8}
+    # a model saved before time signatures reads grid positions: step 6 is (bar 0, step 6, 0), not (bar 0, beat 1, 2)
+    offbeat = np.array([0, 1, n + 60, d + 6, sep, d + 6, n + 62, d + 4, 2])
+    _, _, positions = TrainTransform(window_len=12, augment=False, meter=False, min_fill=1.0).window(offbeat)
+    assert positions[:9].tolist() == encoding.position_features(offbeat, meter=False).tolist() and positions[6].tolist() == [0, 6, 0]
+    assert positions.dtype == np.int64
+
+
 def test_short_piece_is_padded_with_ignored_labels():
     piece = np.array([0, 1, 69, 141, 8, 141, 71, 141, 2])
     input_ids, labels, _ = TrainTransform(window_len=16, augment=False).window(piece)
