@@ -123,6 +123,11 @@ def test_size_and_note_limits(tmp_path):
         E.encode_midi(path, max_bytes=len(many) - 1)
     with pytest.raises(E.MidiReadError, match="bytes of MIDI>: larger than the limit"):
         E.encode_midi(many, max_bytes=100)
+    # the limits are inclusive: exactly at them is fine, for a path and for bytes
+    assert len(E.ids_to_notes(E.encode_midi(path, max_bytes=len(many), max_notes=50))) == 50
+    assert len(E.ids_to_notes(E.encode_midi(many, max_bytes=len(many)))) == 50
+    with pytest.raises(E.MidiReadError, match=f"bytes of MIDI>: larger than the limit of {len(many) - 1} bytes"):
+        E.encode_midi(many, max_bytes=len(many) - 1)
 
 
 @settings(max_examples=80, deadline=None)

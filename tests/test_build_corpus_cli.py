@@ -34,7 +34,8 @@ def sources(folder: Path) -> list[str]:
 
 def test_recursive_glob_finds_files_at_every_depth(midi_tree, tmp_path, capsys):
     main(["build-corpus", str(midi_tree / "**" / "*.mid"), "--num-proc", "1", "--cache-dir", str(tmp_path / "cache")])
-    assert sources(built_location(capsys.readouterr().out)) == ["a.mid", "x/b.mid", "x/y/c.mid"]
+    folder = built_location(capsys.readouterr().out)
+    assert folder.parent == tmp_path / "cache" and sources(folder) == ["a.mid", "x/b.mid", "x/y/c.mid"]
 
 
 def test_cache_goes_to_hf_music_xl_cache(midi_tree, tmp_path, monkeypatch, capsys):

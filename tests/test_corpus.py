@@ -1,6 +1,7 @@
 """Corpus building: real chorales from music21, real MIDI/ABC files, real Arrow caches."""
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def test_chorale_corpus_rows(chorale_corpus):
 def test_chorale_split_is_by_bwv_number(chorale_corpus):
     report = read_report(chorale_corpus)
     assert report["source"] == "bach-chorales" and report["skipped"] == []
+    folder = Path(chorale_corpus["train"].cache_files[0]["filename"]).parent.parent
+    assert folder.name == f"bach-chorales-{report['cache_key']}"  # the cache key names the folder and the report
     # the split key of a chorale is its BWV number ("bwv153.1"), which is also its name
     assert all(split_score(name) >= 0.1 for name in chorale_corpus["train"]["name"])
     # 12 chorales may hash none below 0.1: then the lowest-scoring one is moved to validation
@@ -56,12 +59,14 @@ def build_identity(folder: Path) -> dict:
     return {path.relative_to(folder): (path.stat().st_ino, path.stat().st_mtime_ns) for path in sorted(folder.rglob("*"))}
 
 
-def test_second_build_is_cached(chorale_corpus_dir, tmp_path, monkeypatch):
+def test_second_build_is_cached(chorale_corpus_dir, tmp_path, monkeypatch, caplog):
     before = build_identity(chorale_corpus_dir)
     read = []
     monkeypatch.setattr(corpus_module, "read_item", lambda *args: read.append(args) or ([], []))
-    again = build_corpus("bach-chorales", limit=12, cache_dir=chorale_corpus_dir.parent, num_proc=1)
+    with caplog.at_level(logging.INFO, logger="hf_music_xl.corpus"):
+        again = build_corpus("bach-chorales", limit=12, cache_dir=chorale_corpus_dir.parent, num_proc=1)
     assert read == []  # not one file read again
+    assert f"corpus bach-chorales: using the cached build in {chorale_corpus_dir}" in caplog.messages
     assert Path(again["train"].cache_files[0]["filename"]).parent.parent == chorale_corpus_dir
     assert build_identity(chorale_corpus_dir) == before  # the very same files
     assert len(again["train"]) + len(again["validation"]) == 12
@@ -89,6 +94,21 @@ def test_rebuild_replaces_the_cached_build(chorale_midi_files, tmp_path):
     assert Path(changed["train"].cache_files[0]["filename"]).parent.parent != built
     rows = {row["name"]: row["input_ids"] for split in changed.values() for row in split}
     assert rows[chorale_midi_files[0].stem] == encoding.encode_midi(chorale_midi_files[3], add_eos=True).tolist()
+
+
+def test_cache_folder_names(chorale_midi_files, tmp_path):
+    assert corpus_module._slug("/data/midi/**/*.mid") == "data-midi-mid"
+    assert corpus_module._slug("XMAS/") == "XMAS" and corpus_module._slug("???") == "corpus"
+    assert corpus_module._slug("a" * 30 + "/" + "b" * 30) == "a" * 9 + "-" + "b" * 30  # the last 40 characters
+    # corpora that differ only in their validation share are two builds, each with its own split
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    for path in chorale_midi_files[:8]:
+        shutil.copy(path, folder / path.name)
+    tenth = build_corpus(str(folder), cache_dir=tmp_path / "cache", num_proc=1, validation_fraction=0.1)
+    half = build_corpus(str(folder), cache_dir=tmp_path / "cache", num_proc=1, validation_fraction=0.5)
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    assert len(half["validation"]) > len(tenth["validation"])
 
 
 def test_cache_key_covers_encoder_and_quantization(monkeypatch):
@@ -157,7 +177,8 @@ def test_music21_folders_of_score_formats(tmp_path):
     assert sorted(row["source"] for split in folder.values() for row in split) == ["agnus.krn", "tune.abc#X:1", "tune.abc#X:2"]
     assert [skip["source"] for skip in report["skipped"]] == ["broken.mxl"] and report["skipped"][0]["reason"]
     joined = load_corpus(f"music21:palestrina,{mixed}", limit=3, cache_dir=tmp_path / "cache", num_proc=1)
-    assert sum(len(split) for split in joined.values()) == 6
+    assert sorted(source for split in joined.values() for source in split["source"]) == sorted(
+        [row["source"] for row in rows] + ["agnus.krn", "tune.abc#X:1", "tune.abc#X:2"])  # fmt: skip
 
 
 def test_bad_sources_are_clear_errors(tmp_path):

@@ -94,6 +94,13 @@ def test_bars_follow_meters_and_a_pickup_moves_nothing_after_it():
     assert [column.tolist() for column in E.Bars(np.array([[0, 6, 8]])).beat_of([0, 5, 11])] == [[0, 0, 0], [0, 0, 1], [0, 5, 5]]
 
 
+def test_bars_of_notes_follow_their_meters_and_grid():
+    notes = E.ids_to_notes([0, 1, E.TOKEN_TO_ID["ts3/4"], 69, E.DURATION_OFFSET + 4, E.SEP_ID, E.DURATION_OFFSET + 30, 70,
+                            E.DURATION_OFFSET + 4])  # fmt: skip
+    assert notes.bars().bar_lines(30).tolist() == [0, 12, 24] and notes.bars().lengths.tolist() == [12]
+    assert notes.bars(steps_per_beat=8).lengths.tolist() == [24]  # 3/4 with 8 steps a quarter
+
+
 def test_long_rests_split_and_leading_rest_kept():
     # 100 quarters = 400 steps of rest after the first note; the piece starts after a 2-bar (32 step) rest.
     ids = E.encode_midi(score_of([(8, 60, 1), (108, 62, 1)]))
