@@ -115,7 +115,19 @@ def test_cache_key_covers_encoder_and_quantization(monkeypatch):
     items = corpus_module.list_items("bach-chorales")[:3]
     key = corpus_module.cache_key("bach-chorales", items, 4, 3, 0.1)
     assert key != corpus_module.cache_key("bach-chorales", items, 8, 3, 0.1)
+    assert key != corpus_module.cache_key("bach-chorales", items, 4, 3, 0.2)  # the validation share
+    assert key != corpus_module.cache_key("bach-chorales", items, 4, 2, 0.1)  # the limit
+    assert corpus_module.cache_key("music21:a", items, 4, 3, 0.1) != corpus_module.cache_key("music21:b", items, 4, 3, 0.1)
+    assert key == corpus_module.cache_key("bach-chorales", items, 4, 3, 0.1)  # and nothing else
     monkeypatch.setattr(corpus_module, "ENCODER_VERSION", "test")
+    assert key != corpus_module.cache_key("bach-chorales", items, 4, 3, 0.1)
+    monkeypatch.undo()
+    # music21's own corpus changes with its version: a new music21 is a new corpus
+    import types
+
+    import hf_music_xl.music21_source as music21_source
+
+    monkeypatch.setattr(music21_source, "_music21", lambda: types.SimpleNamespace(__version__="0.0-test"))
     assert key != corpus_module.cache_key("bach-chorales", items, 4, 3, 0.1)
 
 
