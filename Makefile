@@ -38,12 +38,15 @@ constraints:
 
 # Mutation testing of the core (slow: not part of `make test` or CI; see TESTING.md). mutmut mutates each module in
 # turn and runs, per mutant, only the tests of the pool in pyproject.toml ([tool.mutmut]) that call the mutated
-# function. Starts from scratch each time; the chorale MIDI files are made once for all its pytest sessions.
+# function. Starts from scratch each time; the chorale MIDI files are made once for all its pytest sessions. HOME and
+# $HF_MUSIC_XL_CACHE point into mutants/: a mutant of the corpus cache must not write into the real ~/.cache.
 MUTATE = generation_music_xl data encoding modeling_music_xl
 CORPUS_CACHE = default_cache_dir cache_key _slug build_corpus _copy_corpus load_corpus read_report
 mutation: install
 	rm -rf mutants
-	export HF_MUSIC_XL_TEST_MIDI_CACHE=$(CURDIR)/mutants/midi-cache; \
+	mkdir -p mutants/home
+	export HF_MUSIC_XL_TEST_MIDI_CACHE=$(CURDIR)/mutants/midi-cache HOME=$(CURDIR)/mutants/home \
+		HF_MUSIC_XL_CACHE=$(CURDIR)/mutants/home/cache; \
 	for module in $(MUTATE); do nice -n 19 $(BIN)/mutmut run --max-children 2 "hf_music_xl.$$module.*" || exit 1; done; \
 	nice -n 19 $(BIN)/mutmut run --max-children 2 $(foreach f,$(CORPUS_CACHE),"hf_music_xl.corpus.x_$(f)__mutmut_*")
 	$(BIN)/python scripts/mutation_report.py --survivors
