@@ -12,15 +12,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from hf_music_xl import MusicXLConfig, MusicXLForCausalLM, MusicXLModel
-from hf_music_xl.modeling_music_xl import (
-    MusicXLCache,
-    attention_block_mask,
-    compute_beat_positions,
-    compute_positions,
-    relative_position_scores,
-    sinusoid_encodings,
-)
+from hf_music_xl import MusicXLCache, MusicXLConfig, MusicXLForCausalLM, MusicXLModel
+from hf_music_xl.modeling_music_xl import attention_block_mask, relative_position_scores, sinusoid_encodings
+from hf_music_xl.positions_music_xl import compute_beat_positions, compute_positions
 
 from helpers import BOS, EOS, PAD, SEP, dur, note, tiny_model
 
