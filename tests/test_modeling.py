@@ -494,10 +494,11 @@ def _layer_inputs(model, length):
 
 
 def test_left_padding_changes_nothing_for_the_real_tokens():
-    """attention_mask 0 marks padding: never attended to, no beat position moved, nothing left in the cache."""
+    """attention_mask 0 marks padding: never attended to, no beat position moved, nothing left in the cache. (The
+    prompts here continue a piece, no xxbos: before an xxbos the padding would be another piece anyway.)"""
     model = tiny_model(segment_len=16, mem_len=16)
-    short = torch.tensor([[BOS, PAD, note(60), dur(4), SEP, dur(4), note(64), dur(2)]])
-    long = torch.tensor([[BOS, PAD, note(67), dur(8), SEP, dur(8), note(69), dur(4), SEP, dur(4), note(71), dur(4)]])
+    short = torch.tensor([[note(60), dur(4), SEP, dur(4), note(64), dur(2), SEP, dur(2)]])
+    long = torch.tensor([[note(67), dur(8), SEP, dur(8), note(69), dur(4), SEP, dur(4), note(71), dur(4), SEP, dur(4)]])
     padded = torch.cat([torch.full((1, 4), PAD), short], dim=1)
     batch = torch.cat([long, padded])
     mask = torch.ones_like(batch)
@@ -514,7 +515,21 @@ def test_left_padding_changes_nothing_for_the_real_tokens():
                               past_key_values=together.past_key_values, use_cache=True)  # fmt: skip
         next_alone = model(step[1:], past_key_values=alone.past_key_values, use_cache=True)
     torch.testing.assert_close(next_together.logits[1], next_alone.logits[0])
-    assert together.past_key_values.next_position().tolist() == [12, 4]
+    assert together.past_key_values.next_position().tolist() == [16, 6]
+
+
+def test_a_token_sees_only_its_own_piece():
+    """Stream training runs piece after piece in one row: a piece starts from nothing, as it is evaluated and
+    generated, whatever came before its xxbos (even within the memory or the same segment)."""
+    model = tiny_model(segment_len=8, mem_len=8)
+    first = [BOS, PAD, note(60), dur(4), SEP, dur(4), note(64), dur(2), EOS]
+    second = [BOS, PAD, note(67), dur(8), SEP, dur(8), note(69), dur(4)]
+    with torch.no_grad():
+        after = model(torch.tensor([first + second])).logits[0, len(first) :]
+        alone = model(torch.tensor([second])).logits[0]
+        other = model(torch.tensor([[BOS, PAD, note(50), dur(2), SEP, dur(2), note(52), dur(2), EOS] + second])).logits[0, 9:]
+    torch.testing.assert_close(after, alone, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(other, alone, atol=1e-5, rtol=1e-4)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

@@ -10,7 +10,7 @@ numpy and its sibling files (relative imports), and must do nothing at import ti
 
 import torch
 
-from .positions_music_xl import STATE_TIME, STATE_TOKEN
+from .positions_music_xl import STATE_PIECE, STATE_SIZE, STATE_TIME, STATE_TOKEN
 
 
 # A fingerprint of each row's whole history: sum over tokens of (id + 1) * P^t mod Q. Additive over chunks, so it
@@ -61,7 +61,7 @@ class MusicXLCache:
         self.mem_len = config.mem_len
         self.segment_len = config.segment_len
         self.keys, self.values = [], []  # per layer (B, H, capacity, Dh), detached
-        # per token: the position state after it (B, capacity, 5), not padding and the history fingerprint so far
+        # per token: the position state after it (B, capacity, STATE_SIZE), not padding and the history fingerprint
         # (B, capacity) each
         self.states = self.valid = self.fingerprints = None
         self.first = 0  # absolute index (tokens since the sequence began) of buffer slot 0
@@ -105,7 +105,7 @@ class MusicXLCache:
     # -- running state of the position rule
 
     def position_state(self):
-        """(B, 5) the position rule's state after the last token consumed, or None."""
+        """(B, STATE_SIZE) the position rule's state after the last token consumed, or None."""
         return self.states[:, self.length - 1] if self.length else None
 
     def last_token(self):
@@ -154,7 +154,7 @@ class MusicXLCache:
             self.keys = [self._moved(key, keep_from, capacity) for key in self.keys]
             self.values = [self._moved(value, keep_from, capacity) for value in self.values]
             if self.states is None:
-                self.states = torch.zeros(batch, 0, 5, dtype=torch.long, device=device)
+                self.states = torch.zeros(batch, 0, STATE_SIZE, dtype=torch.long, device=device)
                 self.fingerprints = torch.zeros(batch, 0, dtype=torch.long, device=device)
                 self.valid = torch.zeros(batch, 0, dtype=torch.bool, device=device)
             for name in RECORDS:
@@ -188,7 +188,7 @@ class MusicXLCache:
 
     def append_tokens(self, input_ids, states, valid):
         """After a chunk has been written in every layer: record its tokens (B, T), the position states after them
-        (B, T, 5) and which are not padding (B, T), and move past them."""
+        (B, T, STATE_SIZE) and which are not padding (B, T), and move past them."""
         end = self.length + input_ids.shape[1]
         terms = fingerprint_terms(input_ids, self.get_seq_length())
         previous = self.fingerprint() if self.length else torch.zeros_like(terms[:, 0])
@@ -200,6 +200,10 @@ class MusicXLCache:
     def key_valid(self, start):
         """(B, M) False where a memory token from slot `start` on was padding."""
         return self.valid[:, start : self.length]
+
+    def key_pieces(self, start):
+        """(B, M) the piece (count of xxbos) of each memory token from slot `start` on."""
+        return self.states[:, start : self.length, STATE_PIECE]
 
     def state(self):
         """Tensors (trimmed to the slots in use) and the absolute index of the first, to save this memory with a

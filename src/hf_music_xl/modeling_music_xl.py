@@ -29,21 +29,22 @@ from transformers.utils.generic import can_return_tuple
 
 from .cache_music_xl import MusicXLCache, history_fingerprint
 from .configuration_music_xl import MusicXLConfig
-from .positions_music_xl import compute_positions, position_table_sizes
+from .positions_music_xl import STATE_PIECE, compute_positions, position_table_sizes
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Attention masks
 
 
-def attention_block_mask(query_len, memory_len, window, device, key_valid=None):
+def attention_block_mask(query_len, memory_len, window, device, key_valid=None, same_piece=None):
     """Where a query may NOT attend: (T, M + T) bool over [memory, current chunk] keys, or (B, T, M + T) with
-    `key_valid` (B, M + T) (False for padding, i.e. attention_mask 0).
+    `key_valid` (B, M + T) (False for padding, i.e. attention_mask 0) or `same_piece` (B, T, M + T) (False where a
+    key belongs to another piece than the query: an earlier one, before the query's `xxbos`).
 
     window == 0: the causal mask. window = s >= 1 (training only): the chunk is cut into blocks of s positions and
     a query sees the memory and the earlier blocks but not its own block (musicautobot's window mask); the first
-    position of the chunk stays visible. Padding keys are never seen, except that a query always sees itself, so
-    that no row is empty (a padded query's output is never used).
+    position of the chunk stays visible. Padding keys and keys of another piece are never seen, except that a query
+    always sees itself, so that no row is empty (a padded query's output is never used).
     """
     query = torch.arange(query_len, device=device)[:, None]
     key = torch.arange(query_len, device=device)[None, :]
@@ -54,9 +55,12 @@ def attention_block_mask(query_len, memory_len, window, device, key_valid=None):
         blocked[:, 0] = False
     visible_memory = torch.zeros(query_len, memory_len, dtype=torch.bool, device=device)
     blocked = torch.cat([visible_memory, blocked], dim=1)  # (T, M+T)
-    if key_valid is None:
+    if key_valid is None and same_piece is None:
         return blocked
-    blocked = blocked | ~key_valid[:, None, :]  # (B, T, M+T)
+    if key_valid is not None:
+        blocked = blocked | ~key_valid[:, None, :]  # (B, T, M+T)
+    if same_piece is not None:
+        blocked = blocked | ~same_piece  # (B, T, M+T)
     is_self = torch.zeros_like(blocked[0])
     is_self[:, memory_len:] = torch.eye(query_len, dtype=torch.bool, device=device)
     return blocked & ~(is_self & blocked.all(dim=-1, keepdim=True))
@@ -289,11 +293,11 @@ class MusicXLModel(MusicXLPreTrainedModel):
             cache.relative = tables
         return tables
 
-    def chunk_mask(self, query_len, memory_len, window, key_valid, device):
+    def chunk_mask(self, query_len, memory_len, window, key_valid, same_piece, device):
         """Keys a chunk's queries do not see: (T, M+T) or (B, 1, T, M+T) bool, or None when they see every key."""
-        if not window and query_len == 1 and key_valid is None:
+        if not window and query_len == 1 and key_valid is None and same_piece is None:
             return None
-        blocked = attention_block_mask(query_len, memory_len, window, device, key_valid)
+        blocked = attention_block_mask(query_len, memory_len, window, device, key_valid, same_piece)
         return blocked[:, None] if blocked.dim() == 3 else blocked  # (B, 1, T, M+T): one mask for all heads
 
     @can_return_tuple
@@ -357,7 +361,15 @@ class MusicXLModel(MusicXLPreTrainedModel):
             start = cache.make_room(end - begin, batch, x.device)
             memory_len = cache.length - start
             key_valid = torch.cat([cache.key_valid(start), valid[:, begin:end]], dim=1) if has_padding else None
-            mask = self.chunk_mask(end - begin, memory_len, window, key_valid, x.device)
+            # a token sees only its own piece: stream training runs piece after piece, and a piece starts from
+            # nothing (as it is evaluated and generated); pieces never decrease, so one row spans one piece when
+            # its first key and its last query agree
+            key_piece = torch.cat([cache.key_pieces(start), states[:, begin:end, STATE_PIECE]], dim=1)  # (B, M+T)
+            query_piece = states[:, begin:end, STATE_PIECE]  # (B, T)
+            same_piece = None
+            if bool((key_piece[:, 0] != query_piece[:, -1]).any()):
+                same_piece = key_piece[:, None, :] == query_piece[:, :, None]  # (B, T, M+T)
+            mask = self.chunk_mask(end - begin, memory_len, window, key_valid, same_piece, x.device)
             key_start = cache.first + start  # absolute index of the chunk's first key (for attention outputs)
             chunk_inputs, chunk_attentions = [], []
             for i, layer in enumerate(self.layers):

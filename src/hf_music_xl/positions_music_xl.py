@@ -47,10 +47,12 @@ def token_waits(input_ids, config, previous_token=None):
     return torch.where(is_wait, duration, 0)
 
 
-# The running state of the position rule after a token, one row of 5 per sequence: the grid step of the next token,
-# the token itself (a wait is a duration after xxsep), the time signature in force (its token id), and where that
-# meter took effect: its time (a bar line) and the bar index there.
-STATE_TIME, STATE_TOKEN, STATE_METER, STATE_ANCHOR, STATE_BAR = range(5)
+# The running state of the position rule after a token, one row of STATE_SIZE per sequence: the grid step of the next
+# token, the token itself (a wait is a duration after xxsep), the time signature in force (its token id), where that
+# meter took effect (its time, a bar line, and the bar index there), and the piece the token belongs to (the number
+# of xxbos so far: a token attends only to its own piece).
+STATE_TIME, STATE_TOKEN, STATE_METER, STATE_ANCHOR, STATE_BAR, STATE_PIECE = range(6)
+STATE_SIZE = 6
 
 
 def meter_lengths(config):
@@ -94,13 +96,13 @@ def compute_positions(input_ids, config, state=None):
     `config.position_scheme` "meter", (bar, beat within the bar, step within the beat), and with "grid" (bar of
     `steps_per_bar` steps, step within it, 0).
 
-    state: (B, 5) long, the state after the last token consumed (the cache keeps it), or None at a start.
-    Returns features (B, T, 3) and states (B, T, 5), both long.
+    state: (B, STATE_SIZE) long, the state after the last token consumed (the cache keeps it), or None at a start.
+    Returns features (B, T, 3) and states (B, T, STATE_SIZE), both long.
     """
     batch, length = input_ids.shape
     device = input_ids.device
     if state is None:
-        state = torch.zeros(batch, 5, dtype=torch.long, device=device)
+        state = torch.zeros(batch, STATE_SIZE, dtype=torch.long, device=device)
         state[:, STATE_TOKEN] = -1
     times, _ = compute_beat_positions(input_ids, config, state[:, STATE_TIME], state[:, STATE_TOKEN])
     bar_len, beat_len = bar_and_beat_lengths(config, device)
@@ -129,9 +131,10 @@ def compute_positions(input_ids, config, state=None):
         grid = config.steps_per_bar
         features = torch.stack([times // grid, times % grid, torch.zeros_like(times)], dim=-1)
     after = times + token_waits(input_ids, config, state[:, STATE_TOKEN])  # time after each token (an xxbos next resets it)
-    states = torch.stack([after, input_ids, meter, anchor, bar], dim=-1)
+    piece = state[:, STATE_PIECE, None] + is_bos.long().cumsum(dim=1)  # an xxbos opens its own piece
+    states = torch.stack([after, input_ids, meter, anchor, bar, piece], dim=-1)
     return features, states
 
 
-__all__ = ["STATE_ANCHOR", "STATE_BAR", "STATE_METER", "STATE_TIME", "STATE_TOKEN", "bar_and_beat_lengths",
+__all__ = ["STATE_ANCHOR", "STATE_BAR", "STATE_METER", "STATE_PIECE", "STATE_SIZE", "STATE_TIME", "STATE_TOKEN", "bar_and_beat_lengths",
            "compute_beat_positions", "compute_positions", "meter_lengths", "position_table_sizes", "token_waits"]  # fmt: skip
