@@ -16,8 +16,8 @@ no memory) with the same schedule, batch, learning rate and dropout, its feed-fo
 count matches MusicXL's (within 2%).
 
 Configurations: ``full`` (everything on: the defaults), ``windows`` (random windows, each from no memory, instead of
-streams), ``no_bar`` (beat in bar only, no bar index: max_bars=0), ``bars_1024`` (the bar index wrapped at 1,024
-bars), ``grid`` (positions of 16-step bars whatever the meter, as before time signatures), ``no_beat`` (no beat
+streams), ``bars_16`` (the bar index wrapped at 16 bars), ``bars_1024`` (wrapped at 1,024 bars; the default has no
+bar embedding, max_bars=0), ``grid`` (positions of 16-step bars whatever the meter, as before time signatures), ``no_beat`` (no beat
 positions at all: encode_position=False), ``no_mask`` (mask_p=0), ``no_transpose`` (no augmentation),
 ``no_memory`` (mem_len=0), ``fp32`` (precision fp32 where ``auto`` picks bf16), ``gpt2``.
 
@@ -53,7 +53,7 @@ import torch
 CONFIGS = {
     "full": {},
     "windows": {"train_mode": "windows"},
-    "no_bar": {"model_overrides": "max_bars=0"},
+    "bars_16": {"model_overrides": "max_bars=16"},
     "bars_1024": {"model_overrides": "max_bars=1024"},
     "grid": {"model_overrides": "position_scheme=grid"},
     "no_beat": {"model_overrides": "encode_position=false"},

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from hf_music_xl import MusicGrammarProcessor, MusicXLConfig, encoding
 from hf_music_xl.generate import generate_continuation
-from hf_music_xl.modeling_music_xl import compute_positions
+from hf_music_xl.positions_music_xl import compute_positions
 
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy_model"
 

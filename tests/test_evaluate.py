@@ -21,7 +21,7 @@ from hf_music_xl.evaluate import (
     scale_consistency,
     summarize,
 )
-from hf_music_xl.modeling_music_xl import compute_positions
+from hf_music_xl.positions_music_xl import compute_positions
 
 
 def notes(onset, pitch, duration):

@@ -14,7 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_music_xl.training import TrainSettings, checkpoint_problem, resumable_checkpoint, train
+from hf_music_xl.checkpoints import checkpoint_problem, resumable_checkpoint
+from hf_music_xl.training import TrainSettings, train
 
 SMALL = "n_layer=1,d_model=32,n_head=2,d_head=16,d_inner=64,segment_len=32,mem_len=32"
 # batch 2 over the 11 training chorales: 6 steps an epoch; a checkpoint every 4 steps lands mid-epoch (4, 8).

@@ -7,7 +7,8 @@ from safetensors import safe_open
 
 from hf_music_xl import encoding
 from hf_music_xl.streams import PieceStreams
-from hf_music_xl.training import STREAM_MEMORY, TrainSettings, train
+from hf_music_xl.checkpoints import STREAM_MEMORY
+from hf_music_xl.training import TrainSettings, train
 
 from helpers import BOS, EOS
 

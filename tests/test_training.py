@@ -1,5 +1,6 @@
 """Examples, metrics and training with the real Trainer on a handful of real chorales (tiny models)."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -263,6 +264,20 @@ def test_resume_continues_to_the_same_weights(chorale_corpus_dir, tmp_path):
     resumed = train(small_settings(chorale_corpus_dir, interrupted, resume=True, save_steps=3))
     assert (interrupted / "checkpoint-6").exists()
     assert weights_digest(resumed.model) == weights_digest(straight.model)
+
+
+def test_a_bf16_trained_model_generates_with_its_cache_as_without(chorale_corpus_dir, tmp_path):
+    """bf16 autocast training; its model's cached generation equals full recomputation, in fp32 and in bf16, far
+    past the memory (32 tokens)."""
+    result = train(small_settings(chorale_corpus_dir, tmp_path / "bf16", precision="bf16"))
+    assert json.loads((tmp_path / "bf16" / "final" / "training_summary.json").read_text())["settings"]["precision"] == "bf16"
+    model = result.model.eval()
+    prompt = torch.tensor([[0, 1, encoding.TOKEN_TO_ID["ts3/4"], 69, 141]])
+    for context in (contextlib.nullcontext(), torch.autocast("cpu", dtype=torch.bfloat16)):
+        with context:
+            cached = model.generate(prompt, max_new_tokens=80, do_sample=False)
+            recomputed = model.generate(prompt, max_new_tokens=80, do_sample=False, use_cache=False)
+        assert torch.equal(cached, recomputed)
 
 
 def test_gradient_checkpointing_flag_trains_to_the_same_weights(chorale_corpus_dir, tmp_path):

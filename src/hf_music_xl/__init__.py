@@ -12,7 +12,8 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from .configuration_music_xl import MusicXLConfig
 from .encoding import InvalidTokenError, MidiReadError
 from .generation_music_xl import MaxBarsCriteria, MusicGrammarProcessor
-from .modeling_music_xl import MusicXLCache, MusicXLForCausalLM, MusicXLModel
+from .cache_music_xl import MusicXLCache
+from .modeling_music_xl import MusicXLForCausalLM, MusicXLModel
 from .pipeline_music_xl import TASK as PIPELINE_TASK
 from .pipeline_music_xl import MusicXLPipeline
 from .tokenization_music_xl import MusicXLTokenizer

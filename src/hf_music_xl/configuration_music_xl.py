@@ -58,10 +58,10 @@ class MusicXLConfig(PretrainedConfig):
             time signatures; their config.json has no position_scheme and loads as "grid").
         steps_per_bar (`int`, defaults to 16): grid steps (16th notes) in a bar of the "grid" scheme.
         steps_per_beat (`int`, defaults to 4): grid steps per quarter note (bar and beat lengths of the meters).
-        max_bars (`int`, defaults to 16): the bar of the piece (counted from its `xxbos`, in training as in
-            generation) is embedded modulo this: a phrase of 16 bars, every row of which stream training reaches
-            in every piece (so there is no maximum length and no untrained row). 0: no bar embedding, the beat
-            within the bar only. Models saved before used 1,024 (BENCHMARKS.md compares the three).
+        max_bars (`int`, defaults to 0): with N > 0, the bar of the piece (counted from its `xxbos`, in training as
+            in generation) is embedded modulo N (every row reached in training when N is a phrase, say 16; no
+            maximum length). 0: no bar embedding, the beat within the bar only, which measured best (BENCHMARKS.md
+            compares 0, 16 and the 1,024 of models saved before).
 
     Window masks (training only, see `modeling_music_xl.attention_block_mask`):
         mask_p (`float`, defaults to 0.2): probability per training batch of a window mask instead of the causal
@@ -98,7 +98,7 @@ class MusicXLConfig(PretrainedConfig):
     position_scheme: str = "meter"
     steps_per_bar: int = 16
     steps_per_beat: int = 4
-    max_bars: int = 16
+    max_bars: int = 0
     mask_p: float = 0.2
     mask_steps: int = 4
     use_cache: bool = True

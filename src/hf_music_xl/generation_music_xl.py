@@ -5,7 +5,7 @@ import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
 from .configuration_music_xl import MusicXLConfig
-from .modeling_music_xl import STATE_ANCHOR, STATE_BAR, STATE_METER, STATE_TIME, bar_and_beat_lengths, compute_positions
+from .positions_music_xl import STATE_ANCHOR, STATE_BAR, STATE_METER, STATE_TIME, bar_and_beat_lengths, compute_positions
 
 PITCH_CLASSES = {"C": 0, "C#": 1, "Db": 1, "D": 2, "D#": 3, "Eb": 3, "E": 4, "F": 5, "F#": 6, "Gb": 6, "G": 7,
                  "G#": 8, "Ab": 8, "A": 9, "A#": 10, "Bb": 10, "B": 11}  # fmt: skip

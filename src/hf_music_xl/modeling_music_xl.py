@@ -1,8 +1,9 @@
 """MusicXL: a TransformerXL (Dai et al. 2019) music language model over the musicautobot vocabulary.
 
-Read top to bottom: beat positions from token ids, the attention mask, sinusoidal relative encodings and the
-relative shift, the memory (one cache for training, evaluation and generation), the attention layer, the block,
-the base model (segments with memory) and the causal LM head.
+Read top to bottom: the attention mask, sinusoidal relative encodings and the relative shift, the attention layer,
+the block, the base model (positions, then segments with memory) and the causal LM head. Beat positions from
+token ids are in `positions_music_xl.py`, the memory (one cache for training, evaluation and generation) in
+`cache_music_xl.py`.
 
 What a token sees is one rule, everywhere: a sequence is cut into segments of `segment_len` tokens counted from
 its first token, and a token attends to the earlier tokens of its segment and to the `mem_len` tokens before the
@@ -26,147 +27,24 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils.generic import can_return_tuple
 
+from .cache_music_xl import MusicXLCache, history_fingerprint
 from .configuration_music_xl import MusicXLConfig
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Beat positions
-
-
-def compute_beat_positions(input_ids, config, start_position=None, previous_token=None):
-    """Grid position of every token, by the tokenizer's rule, and the position the next token would get.
-
-    A duration token directly after `xxsep` is a wait. A token's position is the sum of the waits strictly before
-    it since the last `xxbos` (the `xxbos` itself is at 0), so `xxsep d2` keep the old position and the token after
-    them carries the new one: `xxsep(0) d2(0) n71(2) d2(2) xxsep(2) d2(2) n71(4)`.
-
-    `start_position` (B,) and `previous_token` (B,) continue a sequence whose earlier tokens were already consumed
-    (the cache keeps both); without them the input starts at position 0.
-
-    Returns positions (B, T) and next_position (B,), both long.
-    """
-    batch, length = input_ids.shape
-    waits = token_waits(input_ids, config, previous_token)  # (B, T)
-    before = waits.cumsum(dim=1) - waits  # sum of the waits strictly before each token
-    if start_position is not None:
-        before = before + start_position[:, None]
-    # restart at every xxbos: subtract the running sum found at the latest xxbos at or before each token
-    index = torch.arange(length, device=input_ids.device).expand(batch, length)
-    last_bos = torch.where(input_ids == config.bos_token_id, index, -1).cummax(dim=1).values  # (B, T), -1 = none
-    at_last_bos = before.gather(1, last_bos.clamp(min=0))
-    positions = before - torch.where(last_bos >= 0, at_last_bos, 0)
-    return positions, positions[:, -1] + waits[:, -1]
-
-
-def token_waits(input_ids, config, previous_token=None):
-    """(B, T) the steps each token moves time on: its duration if it follows `xxsep`, else 0. `previous_token`
-    (B,) is the token before the first (None: no token)."""
-    if previous_token is None:
-        previous_token = input_ids.new_full((input_ids.shape[0],), -1)
-    previous = torch.cat([previous_token[:, None], input_ids[:, :-1]], dim=1)  # (B, T) token before each token
-    duration = input_ids - config.duration_offset
-    is_wait = (previous == config.sep_token_id) & (duration >= 0) & (duration < config.num_durations)
-    return torch.where(is_wait, duration, 0)
-
-
-# The running state of the position rule after a token, one row of 5 per sequence: the grid step of the next token,
-# the token itself (a wait is a duration after xxsep), the time signature in force (its token id), and where that
-# meter took effect: its time (a bar line) and the bar index there.
-STATE_TIME, STATE_TOKEN, STATE_METER, STATE_ANCHOR, STATE_BAR = range(5)
-
-
-def meter_lengths(config):
-    """(grid steps of a bar, of a beat) of each time signature of the vocabulary, in id order. A beat is the
-    denominator's note, or three of them in compound meters (6/8, 9/8, 12/8), so that 3/4 and 6/8 differ."""
-    whole = 4 * config.steps_per_beat  # grid steps in a whole note
-    lengths = []
-    for num, den in config.meters:
-        compound = den >= 8 and num > 3 and num % 3 == 0
-        lengths.append((max(1, round(num * whole / den)), max(1, round((3 if compound else 1) * whole / den))))
-    return lengths
-
-
-def bar_and_beat_lengths(config, device):
-    """(V,) grid steps of a bar and of a beat for each token id: the meter's for time signature tokens, 4/4's for
-    every other id (so a state without a time signature yet reads as 4/4)."""
-    whole = 4 * config.steps_per_beat
-    bar = torch.full((config.vocab_size,), whole, dtype=torch.long, device=device)
-    beat = torch.full((config.vocab_size,), whole // 4, dtype=torch.long, device=device)
-    lengths = meter_lengths(config)
-    if lengths:
-        meters = slice(config.meter_offset, config.meter_offset + len(lengths))
-        bar[meters] = torch.tensor([b for b, _ in lengths], dtype=torch.long, device=device)
-        beat[meters] = torch.tensor([b for _, b in lengths], dtype=torch.long, device=device)
-    return bar, beat
-
-
-def position_table_sizes(config):
-    """(beats in the longest bar, steps in the longest beat) over the vocabulary's meters (4/4's at least): the
-    sizes of the beat and step embeddings of the meter scheme."""
-    lengths = meter_lengths(config) + [(4 * config.steps_per_beat, config.steps_per_beat)]
-    return max(bar // beat for bar, beat in lengths), max(beat for _, beat in lengths)
-
-
-def compute_positions(input_ids, config, state=None):
-    """Position features of every token and the running state after each, by the tokenizer's rule.
-
-    Time: `compute_beat_positions` (waits since the last `xxbos`). Meter: a piece starts in 4/4 at bar 0; a time
-    signature token takes effect at its own time, where a bar starts (the bars before it counted up, a short last
-    one included), and the token itself counts in the new meter; `xxbos` starts over. The features are, with
-    `config.position_scheme` "meter", (bar, beat within the bar, step within the beat), and with "grid" (bar of
-    `steps_per_bar` steps, step within it, 0).
-
-    state: (B, 5) long, the state after the last token consumed (the cache keeps it), or None at a start.
-    Returns features (B, T, 3) and states (B, T, 5), both long.
-    """
-    batch, length = input_ids.shape
-    device = input_ids.device
-    if state is None:
-        state = torch.zeros(batch, 5, dtype=torch.long, device=device)
-        state[:, STATE_TOKEN] = -1
-    times, _ = compute_beat_positions(input_ids, config, state[:, STATE_TIME], state[:, STATE_TOKEN])
-    bar_len, beat_len = bar_and_beat_lengths(config, device)
-    is_bos = input_ids == config.bos_token_id
-    is_meter = (input_ids >= config.meter_offset) & (input_ids < config.meter_offset + len(config.meters))
-    # the meter, its time and its bar only change at xxbos and time signatures: walk those columns only (few)
-    meter, anchor, bar = state[:, STATE_METER], state[:, STATE_ANCHOR], state[:, STATE_BAR]
-    meter = torch.where(meter >= config.meter_offset, meter, 0)  # 0: not a meter token, read as 4/4
-    in_force = [torch.stack([meter, anchor, bar], dim=1)]  # (B, 3) before each event column, then after it
-    event_columns = (is_bos | is_meter).any(dim=0)
-    for column in event_columns.nonzero().flatten().tolist():
-        time = times[:, column]
-        bars_so_far = bar + torch.div(time - anchor + bar_len[meter] - 1, bar_len[meter], rounding_mode="floor")
-        here_meter, here_bos = is_meter[:, column], is_bos[:, column]
-        meter = torch.where(here_meter, input_ids[:, column], torch.where(here_bos, 0, meter))
-        anchor = torch.where(here_meter, time, torch.where(here_bos, 0, anchor))
-        bar = torch.where(here_meter, bars_so_far, torch.where(here_bos, 0, bar))
-        in_force.append(torch.stack([meter, anchor, bar], dim=1))
-    which = event_columns.long().cumsum(dim=0)  # (T,) entry of in_force for each token
-    meter, anchor, bar = torch.stack(in_force, dim=1)[:, which].unbind(dim=-1)  # each (B, T)
-    since = times - anchor
-    bars, steps = bar + since // bar_len[meter], since % bar_len[meter]  # (B, T)
-    if config.position_scheme == "meter":
-        features = torch.stack([bars, steps // beat_len[meter], steps % beat_len[meter]], dim=-1)
-    else:
-        grid = config.steps_per_bar
-        features = torch.stack([times // grid, times % grid, torch.zeros_like(times)], dim=-1)
-    after = times + token_waits(input_ids, config, state[:, STATE_TOKEN])  # time after each token (an xxbos next resets it)
-    states = torch.stack([after, input_ids, meter, anchor, bar], dim=-1)
-    return features, states
+from .positions_music_xl import STATE_PIECE, compute_positions, position_table_sizes
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Attention masks
 
 
-def attention_block_mask(query_len, memory_len, window, device, key_valid=None):
+def attention_block_mask(query_len, memory_len, window, device, key_valid=None, same_piece=None):
     """Where a query may NOT attend: (T, M + T) bool over [memory, current chunk] keys, or (B, T, M + T) with
-    `key_valid` (B, M + T) (False for padding, i.e. attention_mask 0).
+    `key_valid` (B, M + T) (False for padding, i.e. attention_mask 0) or `same_piece` (B, T, M + T) (False where a
+    key belongs to another piece than the query: an earlier one, before the query's `xxbos`).
 
     window == 0: the causal mask. window = s >= 1 (training only): the chunk is cut into blocks of s positions and
     a query sees the memory and the earlier blocks but not its own block (musicautobot's window mask); the first
-    position of the chunk stays visible. Padding keys are never seen, except that a query always sees itself, so
-    that no row is empty (a padded query's output is never used).
+    position of the chunk stays visible. Padding keys and keys of another piece are never seen, except that a query
+    always sees itself, so that no row is empty (a padded query's output is never used).
     """
     query = torch.arange(query_len, device=device)[:, None]
     key = torch.arange(query_len, device=device)[None, :]
@@ -177,9 +55,12 @@ def attention_block_mask(query_len, memory_len, window, device, key_valid=None):
         blocked[:, 0] = False
     visible_memory = torch.zeros(query_len, memory_len, dtype=torch.bool, device=device)
     blocked = torch.cat([visible_memory, blocked], dim=1)  # (T, M+T)
-    if key_valid is None:
+    if key_valid is None and same_piece is None:
         return blocked
-    blocked = blocked | ~key_valid[:, None, :]  # (B, T, M+T)
+    if key_valid is not None:
+        blocked = blocked | ~key_valid[:, None, :]  # (B, T, M+T)
+    if same_piece is not None:
+        blocked = blocked | ~same_piece  # (B, T, M+T)
     is_self = torch.zeros_like(blocked[0])
     is_self[:, memory_len:] = torch.eye(query_len, dtype=torch.bool, device=device)
     return blocked & ~(is_self & blocked.all(dim=-1, keepdim=True))
@@ -229,231 +110,6 @@ def relative_position_scores(query, relative):
         return torch.matmul(query, relative.transpose(1, 2))
     padded = torch.matmul(query, F.pad(relative, (0, 0, 1, 0)).transpose(1, 2))  # (B, H, T, K+1), column 0 zero
     return RelativeShift.apply(padded)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The memory
-
-
-# A fingerprint of each row's whole history: sum over tokens of (id + 1) * P^t mod Q. Additive over chunks, so it
-# costs one multiply-add per token, and it tells a cache apart from one that consumed other tokens (beam search
-# returns its best sequences but leaves the cache on its final beams).
-FINGERPRINT_BASE, FINGERPRINT_MODULUS = 1_000_003, 2**31 - 1
-
-
-def fingerprint_terms(input_ids, start):
-    """(B, T) terms (id + 1) * P^(start + t) mod Q of tokens at absolute positions start, start + 1, ..."""
-    power, powers = pow(FINGERPRINT_BASE, start, FINGERPRINT_MODULUS), []
-    for _ in range(input_ids.shape[1]):
-        powers.append(power)
-        power = power * FINGERPRINT_BASE % FINGERPRINT_MODULUS
-    powers = torch.tensor(powers, dtype=torch.long, device=input_ids.device)
-    return (input_ids.long() + 1) * powers % FINGERPRINT_MODULUS
-
-
-def history_fingerprint(input_ids):
-    """(B,) fingerprint of whole sequences, as `MusicXLCache.fingerprint()` keeps it for the tokens it consumed."""
-    return fingerprint_terms(input_ids, 0).sum(dim=1) % FINGERPRINT_MODULUS
-
-
-RECORDS = ("states", "valid", "fingerprints")  # what the cache keeps per token, besides keys and values
-
-
-class MusicXLCache:
-    """The TransformerXL memory, kept from one forward call to the next: by generate() as its cache, by stream
-    training from one step to the next, and inside one call between its segments.
-
-    Per layer it keeps the keys and values of the consumed tokens that a later token may still see (the mem_len
-    tokens before the current segment and the segment so far, at most mem_len + segment_len - 1), in a buffer with
-    room to spare: a step writes in place and the buffer is compacted only when full, so a step costs the same
-    however long the sequence. Keys and values are kept rather than the hidden states they come from: a new token
-    then costs O(memory * d) instead of re-projecting the memory at O(memory * d^2), and the memory is one object in
-    training and generation. They are stored detached: no gradient flows into earlier steps (the paper's SG(.)).
-
-    Per token it also keeps the position rule's state after it (`compute_positions`: the next grid step, the token,
-    the meter in force), whether the token was padding (attention_mask 0), and the fingerprint of each row's history. So crop()
-    (assisted and prompt-lookup decoding) restores exactly the state before the removed tokens, and resuming
-    generate() with sequences this cache did not consume is caught (see `MusicXLForCausalLM`).
-    """
-
-    is_compileable = False
-    is_croppable = True
-
-    def __init__(self, config):
-        self.mem_len = config.mem_len
-        self.segment_len = config.segment_len
-        self.keys, self.values = [], []  # per layer (B, H, capacity, Dh), detached
-        # per token: the position state after it (B, capacity, 5), not padding and the history fingerprint so far
-        # (B, capacity) each
-        self.states = self.valid = self.fingerprints = None
-        self.first = 0  # absolute index (tokens since the sequence began) of buffer slot 0
-        self.length = 0  # slots in use
-        self.relative = []  # per layer (H, R, Dh) projected relative encodings; inference only (weights fixed)
-
-    # -- what generate() asks of a cache
-
-    def get_seq_length(self, layer_idx=0):
-        """Tokens consumed so far (generate slices a resumed prompt with it)."""
-        return self.first + self.length
-
-    def reorder_cache(self, beam_idx):
-        """Beam search: keep the rows (flattened batch x beams) that survive."""
-        self.batch_select_indices(beam_idx)
-
-    def batch_select_indices(self, indices):
-        self.keys = [key.index_select(0, indices) for key in self.keys]
-        self.values = [value.index_select(0, indices) for value in self.values]
-        if self.states is not None:
-            for name in RECORDS:
-                setattr(self, name, getattr(self, name).index_select(0, indices))
-
-    def batch_repeat_interleave(self, repeats):
-        if self.states is not None:
-            self.batch_select_indices(torch.arange(self.states.shape[0], device=self.states.device).repeat_interleave(repeats))
-
-    def activate_past_recording(self):
-        """Assisted decoding calls this before crop(); this cache always keeps what crop needs."""
-
-    def crop(self, max_length):
-        """Forget the last -max_length tokens (max_length <= 0, as generate() calls it) or all but the first
-        max_length (> 0)."""
-        keep = self.get_seq_length() + max_length if max_length <= 0 else max_length
-        needed = max(0, keep // self.segment_len * self.segment_len - self.mem_len)  # first token `keep` sees
-        if needed < self.first or keep > self.get_seq_length():
-            raise ValueError(f"cannot crop a cache of {self.get_seq_length()} tokens to {keep}: the memory that "
-                             "token needs was already dropped")  # fmt: skip
-        self.length = keep - self.first
-
-    # -- running state of the position rule
-
-    def position_state(self):
-        """(B, 5) the position rule's state after the last token consumed, or None."""
-        return self.states[:, self.length - 1] if self.length else None
-
-    def last_token(self):
-        """(B,) the last token consumed, or None."""
-        return self.states[:, self.length - 1, STATE_TOKEN] if self.length else None
-
-    def next_position(self):
-        """(B,) the grid position of the next token, or None."""
-        return self.states[:, self.length - 1, STATE_TIME] if self.length else None
-
-    def fingerprint(self):
-        """(B,) fingerprint of each row's consumed tokens (0 before any)."""
-        if not self.length:
-            return None
-        return self.fingerprints[:, self.length - 1]
-
-    # -- segments and memory
-
-    def memory_length(self):
-        """Tokens the next token attends to besides itself."""
-        return self.get_seq_length() - self.first - self.visible_start(self.get_seq_length())
-
-    def visible_start(self, position):
-        """Buffer slot of the first token seen by a token at absolute `position`: mem_len before its segment."""
-        segment_start = position // self.segment_len * self.segment_len
-        return max(0, segment_start - self.mem_len - self.first)
-
-    def chunks(self, new_tokens):
-        """(begin, end) of the pieces of `new_tokens` inputs that fall in one segment each."""
-        bounds, position = [], self.get_seq_length()
-        begin = 0
-        while begin < new_tokens:
-            end = min(new_tokens, begin + self.segment_len - (position + begin) % self.segment_len)
-            bounds.append((begin, end))
-            begin = end
-        return bounds
-
-    def make_room(self, new_tokens, batch, device):
-        """Before a chunk: room for `new_tokens` more slots. When the buffer is full, what no later token can see
-        is dropped and the rest moved to the front. Returns the slot of the first memory token the chunk sees."""
-        keep_from = self.visible_start(self.get_seq_length())
-        capacity = 0 if self.states is None else self.states.shape[1]
-        if self.length + new_tokens > capacity:
-            kept = self.length - keep_from
-            capacity = max(capacity, 2 * (self.mem_len + self.segment_len), kept + new_tokens)
-            self.keys = [self._moved(key, keep_from, capacity) for key in self.keys]
-            self.values = [self._moved(value, keep_from, capacity) for value in self.values]
-            if self.states is None:
-                self.states = torch.zeros(batch, 0, 5, dtype=torch.long, device=device)
-                self.fingerprints = torch.zeros(batch, 0, dtype=torch.long, device=device)
-                self.valid = torch.zeros(batch, 0, dtype=torch.bool, device=device)
-            for name in RECORDS:
-                setattr(self, name, self._moved(getattr(self, name), keep_from, capacity, dim=1))
-            self.first, self.length, keep_from = self.first + keep_from, kept, 0
-        return keep_from
-
-    def _moved(self, buffer, keep_from, capacity, dim=2):
-        """A new buffer of `capacity` slots along `dim` holding buffer's slots keep_from..length at the front."""
-        shape = list(buffer.shape)
-        shape[dim] = capacity
-        moved = buffer.new_empty(shape)  # slots past the kept ones are written before they are read
-        moved.narrow(dim, 0, self.length - keep_from).copy_(buffer.narrow(dim, keep_from, self.length - keep_from))
-        return moved
-
-    def layer_memory(self, layer_idx, start):
-        """Keys and values (B, H, M, Dh) of the memory a chunk sees in one layer (views), or None."""
-        if start == self.length or layer_idx >= len(self.keys):
-            return None
-        return self.keys[layer_idx][:, :, start : self.length], self.values[layer_idx][:, :, start : self.length]
-
-    def write(self, layer_idx, key, value):
-        """Store a chunk's keys and values (B, H, T, Dh) after the memory of one layer (detached)."""
-        if layer_idx == len(self.keys):  # first chunk: allocate like the keys
-            capacity = self.states.shape[1]
-            self.keys.append(key.new_empty(*key.shape[:2], capacity, key.shape[3]))
-            self.values.append(value.new_empty(*value.shape[:2], capacity, value.shape[3]))
-        end = self.length + key.shape[2]
-        self.keys[layer_idx][:, :, self.length : end] = key.detach()
-        self.values[layer_idx][:, :, self.length : end] = value.detach()
-
-    def append_tokens(self, input_ids, states, valid):
-        """After a chunk has been written in every layer: record its tokens (B, T), the position states after them
-        (B, T, 5) and which are not padding (B, T), and move past them."""
-        end = self.length + input_ids.shape[1]
-        terms = fingerprint_terms(input_ids, self.get_seq_length())
-        previous = self.fingerprint() if self.length else torch.zeros_like(terms[:, 0])
-        self.fingerprints[:, self.length : end] = (previous[:, None] + terms.cumsum(dim=1)) % FINGERPRINT_MODULUS
-        self.states[:, self.length : end] = states
-        self.valid[:, self.length : end] = valid
-        self.length = end
-
-    def key_valid(self, start):
-        """(B, M) False where a memory token from slot `start` on was padding."""
-        return self.valid[:, start : self.length]
-
-    def state(self):
-        """Tensors (trimmed to the slots in use) and the absolute index of the first, to save this memory with a
-        training checkpoint; `from_state` rebuilds it."""
-        if self.states is None:
-            return {}, 0
-        tensors = {name: getattr(self, name)[:, : self.length].contiguous() for name in RECORDS}
-        for i, (key, value) in enumerate(zip(self.keys, self.values)):
-            tensors[f"keys.{i}"], tensors[f"values.{i}"] = key[:, :, : self.length].contiguous(), value[:, :, : self.length].contiguous()
-        return tensors, self.first
-
-    @classmethod
-    def from_state(cls, config, tensors, first):
-        cache = cls(config)
-        if tensors:
-            for name in RECORDS:
-                setattr(cache, name, tensors[name])
-            layers = sum(name.startswith("keys.") for name in tensors)
-            cache.keys = [tensors[f"keys.{i}"] for i in range(layers)]
-            cache.values = [tensors[f"values.{i}"] for i in range(layers)]
-            cache.first, cache.length = first, tensors["states"].shape[1]
-        return cache
-
-    def nbytes(self):
-        """Bytes held: key/value buffers, per-token records and relative encodings (constant once allocated)."""
-        tensors = [*self.keys, *self.values, *self.relative]
-        if self.states is not None:
-            tensors += [getattr(self, name) for name in RECORDS]
-        return sum(t.numel() * t.element_size() for t in tensors)
-
-    def has_padding(self):
-        return bool(self.length) and not bool(self.valid[:, : self.length].all())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -637,11 +293,11 @@ class MusicXLModel(MusicXLPreTrainedModel):
             cache.relative = tables
         return tables
 
-    def chunk_mask(self, query_len, memory_len, window, key_valid, device):
+    def chunk_mask(self, query_len, memory_len, window, key_valid, same_piece, device):
         """Keys a chunk's queries do not see: (T, M+T) or (B, 1, T, M+T) bool, or None when they see every key."""
-        if not window and query_len == 1 and key_valid is None:
+        if not window and query_len == 1 and key_valid is None and same_piece is None:
             return None
-        blocked = attention_block_mask(query_len, memory_len, window, device, key_valid)
+        blocked = attention_block_mask(query_len, memory_len, window, device, key_valid, same_piece)
         return blocked[:, None] if blocked.dim() == 3 else blocked  # (B, 1, T, M+T): one mask for all heads
 
     @can_return_tuple
@@ -705,7 +361,15 @@ class MusicXLModel(MusicXLPreTrainedModel):
             start = cache.make_room(end - begin, batch, x.device)
             memory_len = cache.length - start
             key_valid = torch.cat([cache.key_valid(start), valid[:, begin:end]], dim=1) if has_padding else None
-            mask = self.chunk_mask(end - begin, memory_len, window, key_valid, x.device)
+            # a token sees only its own piece: stream training runs piece after piece, and a piece starts from
+            # nothing (as it is evaluated and generated); pieces never decrease, so one row spans one piece when
+            # its first key and its last query agree
+            key_piece = torch.cat([cache.key_pieces(start), states[:, begin:end, STATE_PIECE]], dim=1)  # (B, M+T)
+            query_piece = states[:, begin:end, STATE_PIECE]  # (B, T)
+            same_piece = None
+            if bool((key_piece[:, 0] != query_piece[:, -1]).any()):
+                same_piece = key_piece[:, None, :] == query_piece[:, :, None]  # (B, T, M+T)
+            mask = self.chunk_mask(end - begin, memory_len, window, key_valid, same_piece, x.device)
             key_start = cache.first + start  # absolute index of the chunk's first key (for attention outputs)
             chunk_inputs, chunk_attentions = [], []
             for i, layer in enumerate(self.layers):
@@ -851,12 +515,4 @@ class MusicXLForCausalLM(MusicXLPreTrainedModel, GenerationMixin):
         cache.batch_select_indices(matches.float().argmax(dim=1))
 
 
-__all__ = [
-    "MusicXLCache",
-    "MusicXLForCausalLM",
-    "MusicXLModel",
-    "MusicXLPreTrainedModel",
-    "attention_block_mask",
-    "compute_beat_positions",
-    "compute_positions",
-]
+__all__ = ["MusicXLForCausalLM", "MusicXLModel", "MusicXLPreTrainedModel", "attention_block_mask"]
