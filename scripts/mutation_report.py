@@ -2,19 +2,23 @@
 
     python scripts/mutation_report.py                 # scores per module
     python scripts/mutation_report.py --survivors     # and every surviving mutant's name
+    python scripts/mutation_report.py --sample 80     # names of a seeded random sample of 80 mutants per module
 
 Reads mutants/src/hf_music_xl/*.meta (mutmut 3 writes one per mutated file). A module's score is the share of the mutants
 run that a test caught (failed, crashed or timed out); a mutant that no test of the pool reaches counts as survived. For corpus.py only
-the cache logic is mutation-tested (CORPUS_CACHE_FUNCTIONS), as `make mutation` runs it.
+the cache logic is mutation-tested (CORPUS_CACHE_FUNCTIONS), as `make mutation` runs it. A sampled run
+(`make mutation SAMPLE=N`) scores the sampled mutants only: the score is an estimate of the module's, within about
++-1/sqrt(N) at worst (95%).
 """
 
 import argparse
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
 MUTANTS = Path("mutants/src/hf_music_xl")
-MODULES = ("encoding", "modeling_music_xl", "generation_music_xl", "data", "corpus")
+MODULES = ("encoding", "modeling_music_xl", "positions_music_xl", "cache_music_xl", "generation_music_xl", "data", "corpus")
 # the corpus cache: where a build goes, its key, and whether it is reused, replaced or copied
 CORPUS_CACHE_FUNCTIONS = ("default_cache_dir", "cache_key", "_slug", "build_corpus", "_copy_corpus", "load_corpus",
                           "read_report")  # fmt: skip
@@ -46,7 +50,14 @@ def results(module: str) -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--survivors", action="store_true", help="list every surviving mutant")
+    parser.add_argument("--sample", type=int, default=0, help="print the names of N mutants per module, drawn at random")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --sample")
     args = parser.parse_args()
+    if args.sample:
+        for module in MODULES:
+            names = sorted(results(module))
+            print("\n".join(random.Random(f"{args.seed}-{module}").sample(names, min(args.sample, len(names)))))
+        return
     print("| module | mutants | run | killed | survived | no tests | timeout | caught (killed + timeout) / run |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for module in MODULES:
