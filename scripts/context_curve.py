@@ -163,10 +163,11 @@ def main():
         sys.exit(f"{sum(map(bool, codes))} trainings failed; see the logs in {out}")
 
     sets = held_out_sets(args.min_tokens, args.eval_limit)
-    results = {}
-    for mode, seed in jobs:
-        name = f"{mode}-seed{seed}"
-        results[name] = evaluate_run(out / name, sets, args.mem_lens, args.eval_batch_size)
+    names = [f"{mode}-seed{seed}" for mode, seed in jobs]
+    with ThreadPoolExecutor(args.parallel) as pool:  # torch releases the GIL: one thread per run, as training
+        evaluations = pool.map(lambda name: evaluate_run(out / name, sets, args.mem_lens, args.eval_batch_size), names)
+    results = dict(zip(names, evaluations))
+    for name in names:
         print(f"{name}: " + "; ".join(f"{s}: " + " ".join(f"{r['nll_per_note']:.3f}" for r in by_mem.values())
                                        for s, by_mem in results[name]["nll"].items()), flush=True)  # fmt: skip
     wall = time.perf_counter() - started
