@@ -53,9 +53,9 @@ mutation: install
 		HF_MUSIC_XL_CACHE=$(CURDIR)/mutants/home/cache; \
 	if [ "$(SAMPLE)" != 0 ]; then \
 		$(MUTMUT) "hf_music_xl.corpus.x__slug__mutmut_*" && \
-		$(MUTMUT) $$($(BIN)/python scripts/mutation_report.py --sample $(SAMPLE)) || exit 1; \
+		$(MUTMUT) $$($(BIN)/python scripts/mutation_report.py --sample $(SAMPLE) --names) || exit 1; \
 	else \
 		for module in $(MUTATE); do $(MUTMUT) "hf_music_xl.$$module.*" || exit 1; done; \
 		$(MUTMUT) $(foreach f,$(CORPUS_CACHE),"hf_music_xl.corpus.x_$(f)__mutmut_*"); \
 	fi
-	$(BIN)/python scripts/mutation_report.py --survivors
+	$(BIN)/python scripts/mutation_report.py --sample $(SAMPLE) --survivors

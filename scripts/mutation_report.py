@@ -2,7 +2,8 @@
 
     python scripts/mutation_report.py                 # scores per module
     python scripts/mutation_report.py --survivors     # and every surviving mutant's name
-    python scripts/mutation_report.py --sample 80     # names of a seeded random sample of 80 mutants per module
+    python scripts/mutation_report.py --sample 80 --names   # a seeded random sample of 80 mutants per module
+    python scripts/mutation_report.py --sample 80 --survivors   # the scores and survivors of that sample only
 
 Reads mutants/src/hf_music_xl/*.meta (mutmut 3 writes one per mutated file). A module's score is the share of the mutants
 run that a test caught (failed, crashed or timed out); a mutant that no test of the pool reaches counts as survived. For corpus.py only
@@ -38,30 +39,33 @@ def selected(module: str, mutant: str) -> bool:
     return module != "corpus" or function_of(mutant) in CORPUS_CACHE_FUNCTIONS
 
 
-def results(module: str) -> dict[str, str]:
-    """mutant name -> status, for the mutants of the module that `make mutation` runs."""
+def results(module: str, sample: int = 0, seed: int = 0) -> dict[str, str]:
+    """mutant name -> status, for the mutants of the module that `make mutation` runs (a seeded random sample of
+    ``sample`` of them, if given)."""
     meta = MUTANTS / f"{module}.py.meta"
     if not meta.exists():
         return {}
     codes = json.loads(meta.read_text())["exit_code_by_key"]
-    return {name: STATUS.get(code, "suspicious") for name, code in codes.items() if selected(module, name)}
+    names = sorted(name for name in codes if selected(module, name))
+    if sample:
+        names = random.Random(f"{seed}-{module}").sample(names, min(sample, len(names)))
+    return {name: STATUS.get(codes[name], "suspicious") for name in names}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--survivors", action="store_true", help="list every surviving mutant")
-    parser.add_argument("--sample", type=int, default=0, help="print the names of N mutants per module, drawn at random")
+    parser.add_argument("--sample", type=int, default=0, help="only N mutants per module, drawn at random (0: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample")
+    parser.add_argument("--names", action="store_true", help="print the names of the mutants, not the scores")
     args = parser.parse_args()
-    if args.sample:
-        for module in MODULES:
-            names = sorted(results(module))
-            print("\n".join(random.Random(f"{args.seed}-{module}").sample(names, min(args.sample, len(names)))))
+    if args.names:
+        print("\n".join(name for module in MODULES for name in results(module, args.sample, args.seed)))
         return
     print("| module | mutants | run | killed | survived | no tests | timeout | caught (killed + timeout) / run |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for module in MODULES:
-        statuses = results(module)
+        statuses = results(module, args.sample, args.seed)
         counts = Counter(statuses.values())
         run = len(statuses) - counts["not run"]
         caught = counts["killed"] + counts["timeout"]
@@ -71,7 +75,7 @@ def main() -> None:
               f"{counts['no tests']} | {counts['timeout']} | {score} |")  # fmt: skip
     if args.survivors:
         for module in MODULES:
-            for name, status in results(module).items():
+            for name, status in results(module, args.sample, args.seed).items():
                 if status in ("survived", "no tests", "suspicious"):
                     print(f"{status:9} {name}")
 
