@@ -108,6 +108,9 @@ def test_cache_folder_names(chorale_midi_files, tmp_path):
     tenth = build_corpus(str(folder), cache_dir=tmp_path / "cache", num_proc=1, validation_fraction=0.1)
     half = build_corpus(str(folder), cache_dir=tmp_path / "cache", num_proc=1, validation_fraction=0.5)
     assert len(list((tmp_path / "cache").iterdir())) == 2
+    for built in (tenth, half):  # a fresh build's report names its own folder's key
+        folder = Path(built["train"].cache_files[0]["filename"]).parents[1]
+        assert folder.name.endswith(f"-midi-{read_report(built)['cache_key']}")  # the slug of the path, then the key
     assert len(half["validation"]) > len(tenth["validation"])
 
 

@@ -246,6 +246,11 @@ def test_strict_decode_names_the_first_invalid_position():
         assert E.first_invalid_position(ids) == position
         with pytest.raises(E.InvalidTokenError, match=f"position {position}"):
             E.decode_ids(ids, strict=True)
+    # the message shows the tokens around the bad one (three before it, itself and two after)
+    ids = (0, 1, 69, E.DURATION_OFFSET + 4, 71, E.DURATION_OFFSET + 2, 4, 72, E.DURATION_OFFSET + 1)
+    near = " ".join(E.id_to_token(i) for i in ids[3:9])
+    with pytest.raises(E.InvalidTokenError, match=f"at position 6 \\(near: {near}\\)$"):
+        E.decode_ids(ids, strict=True)
 
 
 def test_beat_positions_follow_the_reference_rule():

@@ -79,6 +79,9 @@ def test_resuming_after_beam_search_continues_the_returned_sequences():
     with pytest.raises(ValueError, match=r"did not consume these sequences \(a cache returned by beam search holds "
                        r"the final beams, which may not be the returned sequences\): generate again from the sequences"):
         model.generate(beams.sequences, past_key_values=other.past_key_values, max_new_tokens=4)
+    consumed = beams.past_key_values.get_seq_length()
+    with pytest.raises(ValueError, match=f"the cache has consumed {consumed} tokens: pass the sequences it continues"):
+        model.generate(beams.sequences[:, :consumed], past_key_values=beams.past_key_values, max_new_tokens=4)
 
 
 def test_prompt_lookup_and_assisted_decoding_equal_greedy():

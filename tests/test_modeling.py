@@ -660,3 +660,19 @@ def test_cache_state_round_trip_repeat_rows_and_size():
         assert empty.get_seq_length() == 0 and empty.nbytes() == 0
     held = [*cache.keys, *cache.values, *cache.relative, cache.states, cache.valid, cache.fingerprints]
     assert cache.nbytes() == sum(t.numel() * t.element_size() for t in held) > 0
+
+
+def test_the_last_beat_of_the_longest_bar_has_its_own_embedding():
+    """16/4 has the most beats of the vocabulary's meters: its last beat uses the last row of the beat table (the
+    clamp that guards the table must not fold it onto the beat before)."""
+    from hf_music_xl import encoding
+
+    model = tiny_model()
+    ids = [BOS, PAD, encoding.meter_token(16, 4)] + [note(60), dur(4), SEP, dur(4)] * 16
+    seen = []
+    handle = model.transformer.embed_beat.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    with torch.no_grad():
+        model(torch.tensor([ids]))
+    handle.remove()
+    assert model.transformer.embed_beat.num_embeddings == 16
+    assert sorted(seen[0].unique().tolist()) == list(range(16))
