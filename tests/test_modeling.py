@@ -676,3 +676,25 @@ def test_the_last_beat_of_the_longest_bar_has_its_own_embedding():
     handle.remove()
     assert model.transformer.embed_beat.num_embeddings == 16
     assert sorted(seen[0].unique().tolist()) == list(range(16))
+
+
+def test_beats_of_simple_and_compound_meters():
+    """A beat is the denominator's note, or three of them in compound meters (6/8, 9/8, 12/8, 9/16): 3/8 and 3/16
+    are three beats, not one."""
+    from hf_music_xl.positions_music_xl import meter_lengths
+
+    config = MusicXLConfig.from_preset("tiny")
+    lengths = dict(zip(config.meters, meter_lengths(config)))  # (bar, beat) in sixteenths
+    expected = {(3, 4): (12, 4), (6, 8): (12, 6), (3, 8): (6, 2), (9, 8): (18, 6), (12, 8): (24, 6), (2, 2): (16, 8),
+                (3, 16): (3, 1), (9, 16): (9, 3), (5, 4): (20, 4), (1, 1): (16, 16)}  # fmt: skip
+    assert {meter: lengths[meter] for meter in expected} == expected
+
+
+def test_only_a_duration_after_xxsep_is_a_wait():
+    """The id right past the durations (the first time signature) after xxsep moves no time."""
+    from hf_music_xl.positions_music_xl import token_waits
+
+    config = MusicXLConfig.from_preset("tiny")
+    past_durations = config.duration_offset + config.num_durations
+    ids = torch.tensor([[BOS, PAD, SEP, dur(4), SEP, past_durations, SEP, config.duration_offset]])
+    assert token_waits(ids, config).tolist() == [[0, 0, 0, 4, 0, 0, 0, 0]]
