@@ -342,3 +342,12 @@ def test_overlapping_unisons_survive_a_midi_file(tmp_path):
     assert E.encode_midi(path).tolist() == ids.tolist()
     assert notes_as_set(E.ids_to_notes(ids)) == {(0, 67, 64), (8, 67, 4), (12, 67, 8)}
     assert [track.name for track in E.decode_ids(ids).tracks] == ["Piano", "Piano (overlap 1)"]
+
+
+def test_transposition_moves_notes_only():
+    """Every id that is not a note (specials, every duration from d0, right past n127, time signatures) is kept."""
+    others = [i for i in range(E.VOCAB_SIZE) if not E.NOTE_OFFSET <= i < E.NOTE_OFFSET + E.NUM_PITCHES]
+    ids = np.array([0, 1, E.NOTE_OFFSET + 60] + others)
+    for shift in (-6, 5):
+        moved = E.transpose_ids(ids, shift)
+        assert moved[2] == E.NOTE_OFFSET + 60 + shift and moved[3:].tolist() == others

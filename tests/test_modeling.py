@@ -698,3 +698,14 @@ def test_only_a_duration_after_xxsep_is_a_wait():
     past_durations = config.duration_offset + config.num_durations
     ids = torch.tensor([[BOS, PAD, SEP, dur(4), SEP, past_durations, SEP, config.duration_offset]])
     assert token_waits(ids, config).tolist() == [[0, 0, 0, 4, 0, 0, 0, 0]]
+
+
+def test_attention_dropout_acts_in_training_only():
+    ids = torch.tensor([[BOS, PAD, note(60), dur(4), SEP, dur(4), note(64), dur(2)]])
+    for attn_dropout in (0.0, 0.5):
+        model = tiny_model(attn_dropout=attn_dropout, mask_p=0.0)  # no window masks: the only randomness is dropout
+        with torch.no_grad():
+            assert torch.equal(model(ids).logits, model(ids).logits)  # eval: no dropout
+            model.train()
+            first, second = model(ids).logits, model(ids).logits
+        assert torch.equal(first, second) == (attn_dropout == 0.0)
