@@ -1,4 +1,5 @@
-"""MusicXL model: shapes, loss, positions, masks, relative attention, memory recurrence, saving and remote code."""
+"""MusicXL model: shapes, loss, embeddings, masks, relative attention, memory recurrence, saving and remote code
+(the position rule: test_positions.py; the cache object: test_cache.py)."""
 
 import math
 import os
@@ -14,7 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from hf_music_xl import MusicXLCache, MusicXLConfig, MusicXLForCausalLM, MusicXLModel
 from hf_music_xl.modeling_music_xl import attention_block_mask, relative_position_scores, sinusoid_encodings
-from hf_music_xl.positions_music_xl import compute_beat_positions, compute_positions
+from hf_music_xl.positions_music_xl import compute_positions
 
 from helpers import BOS, EOS, PAD, SEP, dur, note, tiny_model
 
@@ -48,76 +49,6 @@ def test_presets_sizes_and_aliases():
 def test_tied_embeddings():
     model = tiny_model()
     assert model.lm_head.weight.data_ptr() == model.transformer.embed_tokens.weight.data_ptr()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Beat positions
-
-
-def test_positions_hand_example():
-    config = MusicXLConfig()
-    ids = torch.tensor([[SEP, dur(2), note(71), dur(2), SEP, dur(2), note(71)]])
-    positions, next_position = compute_beat_positions(ids, config)
-    assert positions.tolist() == [[0, 0, 2, 2, 2, 2, 4]]
-    assert next_position.tolist() == [4]
-    # the xxbos resets to 0 at itself; a note duration is not a wait
-    ids = torch.tensor([[BOS, PAD, note(60), dur(4), SEP, dur(4), note(62), dur(8), SEP, dur(3), BOS, PAD, note(60)]])
-    positions, next_position = compute_beat_positions(ids, config)
-    assert positions.tolist() == [[0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 0, 0, 0]]
-    assert next_position.tolist() == [0]
-
-
-def test_positions_continue_across_any_split():
-    config = MusicXLConfig()
-    generator = torch.Generator().manual_seed(0)
-    # a grammar-free mix with many separators, durations and a few xxbos
-    pool = torch.tensor([BOS, SEP, SEP, SEP, note(60), note(64), dur(0), dur(1), dur(3), dur(16), dur(160)])
-    ids = pool[torch.randint(len(pool), (3, 60), generator=generator)]
-    whole, whole_next = compute_beat_positions(ids, config)
-    for split in range(1, 60):
-        first, start = compute_beat_positions(ids[:, :split], config)
-        second, end = compute_beat_positions(ids[:, split:], config, start, ids[:, split - 1])
-        assert torch.equal(torch.cat([first, second], dim=1), whole)
-        assert torch.equal(end, whole_next)
-
-
-METER_POOL = [BOS, PAD, SEP, SEP, SEP, note(60), note(67), dur(0), dur(2), dur(5), dur(32), 299 + 2 + 16 * 2,
-              299 + 5 + 16 * 3, 299 + 1 + 16]  # ts3/4, ts6/8, ts2/2 among notes, waits and pieces
-
-
-def test_positions_match_the_tokenizer():
-    encoding = pytest.importorskip("hf_music_xl.encoding")
-    generator = torch.Generator().manual_seed(1)
-    pool = torch.tensor(METER_POOL)
-    ids = pool[torch.randint(len(pool), (8, 120), generator=generator)]
-    for scheme in ("meter", "grid"):
-        features, states = compute_positions(ids, MusicXLConfig(position_scheme=scheme))
-        for row, expected in zip(ids, features):
-            assert encoding.position_features(row.numpy(), meter=scheme == "meter").tolist() == expected.tolist()
-    times, _ = compute_beat_positions(ids, MusicXLConfig())
-    not_before_bos = ids[:, 1:] != BOS  # the state after a token holds the next token's time (xxbos resets it)
-    assert torch.equal(states[..., 0][:, :-1][not_before_bos], times[:, 1:][not_before_bos])
-
-
-def test_meter_positions_continue_across_any_split():
-    config = MusicXLConfig()
-    generator = torch.Generator().manual_seed(2)
-    ids = torch.tensor(METER_POOL)[torch.randint(len(METER_POOL), (3, 70), generator=generator)]
-    whole, states = compute_positions(ids, config)
-    for split in range(1, 70):
-        first, first_states = compute_positions(ids[:, :split], config)
-        second, second_states = compute_positions(ids[:, split:], config, first_states[:, -1])
-        assert torch.equal(torch.cat([first, second], dim=1), whole)
-        assert torch.equal(torch.cat([first_states, second_states], dim=1), states)
-
-
-def test_three_four_and_six_eight_differ_in_beats_not_bars():
-    three, six = [BOS, PAD, 299 + 2 + 16 * 2], [BOS, PAD, 299 + 5 + 16 * 3]
-    body = [note(60), dur(2), SEP, dur(6), note(62), dur(2), SEP, dur(6), note(64), dur(2)]
-    features = [compute_positions(torch.tensor([head + body]), MusicXLConfig())[0][0] for head in (three, six)]
-    notes = [3, 7, 11]  # the notes at steps 0, 6 and 12
-    assert features[0][notes].tolist() == [[0, 0, 0], [0, 1, 2], [1, 0, 0]]  # 3/4: beats of 4 steps
-    assert features[1][notes].tolist() == [[0, 0, 0], [0, 1, 0], [1, 0, 0]]  # 6/8: beats of 6 steps
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -610,58 +541,6 @@ def test_trust_remote_code_in_a_fresh_interpreter_without_the_package(tmp_path):
     assert lines[2] == str(expected)
 
 
-def test_cache_reorder_and_crop():
-    model = tiny_model(segment_len=4, mem_len=4)
-    ids, following = random_ids(3, 10), random_ids(3, 1, seed=9)
-    rows = torch.tensor([2, 2, 0])
-    with torch.no_grad():
-        cache = model(ids, use_cache=True).past_key_values
-        cache.reorder_cache(rows)  # beam search keeps rows 2, 2 and 0
-        reordered = model(following[rows], past_key_values=cache, use_cache=True).logits
-        fresh = model(torch.cat([ids[rows], following[rows]], dim=1)).logits[:, -1:]
-    torch.testing.assert_close(reordered, fresh, atol=1e-5, rtol=1e-4)
-    # crop(-n) forgets the last n tokens: running on after it equals never having seen them
-    with torch.no_grad():
-        cache = model(ids, use_cache=True).past_key_values
-        cache.crop(-3)
-        assert cache.get_seq_length() == 7 and cache.last_token().tolist() == ids[:, 6].tolist()
-        again = model(ids[:, 7:], past_key_values=cache, use_cache=True).logits
-    torch.testing.assert_close(again, model(ids).logits[:, 7:], atol=1e-5, rtol=1e-4)
-    # crop(n), n > 0, keeps the first n tokens (n = 1 included)
-    for keep in (1, 5):
-        with torch.no_grad():
-            cache = model(ids, use_cache=True).past_key_values
-            cache.crop(keep)
-            assert cache.get_seq_length() == keep and cache.last_token().tolist() == ids[:, keep - 1].tolist()
-            again = model(ids[:, keep:], past_key_values=cache, use_cache=True).logits
-        torch.testing.assert_close(again, model(ids).logits[:, keep:], atol=1e-5, rtol=1e-4)
-
-
-def test_cache_state_round_trip_repeat_rows_and_size():
-    """What stream training saves with a checkpoint (state, from_state), what sampling several sequences per prompt
-    does to a cache (batch_repeat_interleave), and what it holds (nbytes)."""
-    model = tiny_model(segment_len=4, mem_len=4)
-    ids, following = random_ids(2, 10), random_ids(2, 3, seed=5)
-    with torch.no_grad():
-        cache = model(ids, use_cache=True).past_key_values
-        tensors, first = cache.state()
-        restored = MusicXLCache.from_state(model.config, tensors, first)
-        assert restored.get_seq_length() == 10 and len(restored.keys) == model.config.n_layer
-        torch.testing.assert_close(model(following, past_key_values=restored).logits,
-                                   model(torch.cat([ids, following], dim=1)).logits[:, 10:], atol=1e-5, rtol=1e-4)  # fmt: skip
-        assert MusicXLCache.from_state(model.config, {}, 0).get_seq_length() == 0  # a memory not written yet
-        cache = model(ids, use_cache=True).past_key_values
-        cache.batch_repeat_interleave(2)  # rows 0, 0, 1, 1
-        repeated = model(following.repeat_interleave(2, dim=0), past_key_values=cache).logits
-        torch.testing.assert_close(repeated, model(torch.cat([ids, following], dim=1)).logits[:, 10:].repeat_interleave(2, dim=0),
-                                   atol=1e-5, rtol=1e-4)  # fmt: skip
-        empty = MusicXLCache(model.config)
-        empty.batch_repeat_interleave(3)  # nothing consumed yet: nothing to repeat
-        assert empty.get_seq_length() == 0 and empty.nbytes() == 0
-    held = [*cache.keys, *cache.values, *cache.relative, cache.states, cache.valid, cache.fingerprints]
-    assert cache.nbytes() == sum(t.numel() * t.element_size() for t in held) > 0
-
-
 def test_the_last_beat_of_the_longest_bar_has_its_own_embedding():
     """16/4 has the most beats of the vocabulary's meters: its last beat uses the last row of the beat table (the
     clamp that guards the table must not fold it onto the beat before)."""
@@ -676,28 +555,6 @@ def test_the_last_beat_of_the_longest_bar_has_its_own_embedding():
     handle.remove()
     assert model.transformer.embed_beat.num_embeddings == 16
     assert sorted(seen[0].unique().tolist()) == list(range(16))
-
-
-def test_beats_of_simple_and_compound_meters():
-    """A beat is the denominator's note, or three of them in compound meters (6/8, 9/8, 12/8, 9/16): 3/8 and 3/16
-    are three beats, not one."""
-    from hf_music_xl.positions_music_xl import meter_lengths
-
-    config = MusicXLConfig.from_preset("tiny")
-    lengths = dict(zip(config.meters, meter_lengths(config)))  # (bar, beat) in sixteenths
-    expected = {(3, 4): (12, 4), (6, 8): (12, 6), (3, 8): (6, 2), (9, 8): (18, 6), (12, 8): (24, 6), (2, 2): (16, 8),
-                (3, 16): (3, 1), (9, 16): (9, 3), (5, 4): (20, 4), (1, 1): (16, 16)}  # fmt: skip
-    assert {meter: lengths[meter] for meter in expected} == expected
-
-
-def test_only_a_duration_after_xxsep_is_a_wait():
-    """The id right past the durations (the first time signature) after xxsep moves no time."""
-    from hf_music_xl.positions_music_xl import token_waits
-
-    config = MusicXLConfig.from_preset("tiny")
-    past_durations = config.duration_offset + config.num_durations
-    ids = torch.tensor([[BOS, PAD, SEP, dur(4), SEP, past_durations, SEP, config.duration_offset]])
-    assert token_waits(ids, config).tolist() == [[0, 0, 0, 4, 0, 0, 0, 0]]
 
 
 def test_attention_dropout_acts_in_training_only():
