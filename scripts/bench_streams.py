@@ -1,6 +1,6 @@
 """Cost of stream training against window training at the same segment length, through the real Trainer (CPU).
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_streams.py            # about 5 minutes
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_streams.py            # about 2 minutes on a quiet machine
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_streams.py --steps 4 --rounds 1   # a quick check
 
 Both modes train the same model (``--preset``, default ``tiny``) on the Bach chorales with the same rows, segments
