@@ -361,3 +361,29 @@ def test_generation_stops_right_after_the_wait_that_ends_the_bars():
         assert MaxBarsCriteria(1, config, prompt_length=6)(ids, None).item()
         assert not MaxBarsCriteria(1, config, prompt_length=6)(ids[:, :-1], None).item()
     assert stopped >= 3
+
+
+def test_position_tracker_reads_only_new_tokens_and_equals_a_full_read(monkeypatch):
+    """Extended sequences are read from where the last call stopped; reordered or other ones whole. Either way the
+    state is that of reading everything (meter changes included)."""
+    import hf_music_xl.generation_music_xl as generation_module
+    from hf_music_xl.positions_music_xl import compute_positions
+
+    config = MusicXLConfig()
+    generator = torch.Generator().manual_seed(3)
+    pool = torch.tensor([SEP, SEP, note(60), note(67), dur(2), dur(4), dur(6), 299 + 2 + 16 * 2, 299 + 5 + 16 * 3])
+    ids = torch.cat([torch.tensor([[BOS, PAD]] * 3), pool[torch.randint(len(pool), (3, 60), generator=generator)]], 1)
+    read = []  # tokens read by each compute_positions call
+
+    def counting(input_ids, *args, **kwargs):
+        read.append(input_ids.shape[1])
+        return compute_positions(input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(generation_module, "compute_positions", counting)
+    tracker = generation_module.PositionTracker(config)
+    for length, rows, tokens_read in ((10, [0, 1, 2], 10), (11, [0, 1, 2], 1), (30, [0, 1, 2], 19), (30, [0, 1, 2], None),
+                                      (31, [2, 0, 1], 31), (62, [2, 0, 1], 31)):  # fmt: skip
+        read.clear()
+        state = tracker.last_state(ids[rows, :length])
+        assert read == ([] if tokens_read is None else [tokens_read])
+        assert torch.equal(state, compute_positions(ids[rows, :length], config)[1][:, -1])

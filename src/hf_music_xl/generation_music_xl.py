@@ -22,9 +22,33 @@ def scale_pitch_classes(scale):
     return {(PITCH_CLASSES[tonic] + step) % 12 for step in SCALE_STEPS[mode]}
 
 
+class PositionTracker:
+    """The position state after the last token of each sequence, kept from call to call: when the sequences extend
+    those of the call before (a generation step), only the new tokens are read, so a step costs the same however
+    long the piece is; anything else (other sequences, beams reordered) is read whole."""
+
+    def __init__(self, config):
+        self.config = config
+        self.ids = None  # (B, T) the sequences of the last call
+        self.state = None  # (B, STATE_SIZE) the state after their last token
+
+    def last_state(self, input_ids):
+        """(B, STATE_SIZE) the position state after the last token of each row of `input_ids` (B, T)."""
+        seen = 0 if self.ids is None else self.ids.shape[1]
+        extends = (self.ids is not None and self.ids.shape[0] == input_ids.shape[0] and seen <= input_ids.shape[1]
+                   and torch.equal(input_ids[:, :seen], self.ids))  # fmt: skip
+        if not extends:
+            seen, self.state = 0, None
+        if input_ids.shape[1] > seen:
+            _, states = compute_positions(input_ids[:, seen:], self.config, self.state)
+            self.state = states[:, -1]
+        self.ids = input_ids.clone()
+        return self.state
+
+
 def bar_clock(state, config):
     """(B,) where the next token falls, in bars (bar index + the fraction of its bar gone), from position states
-    (B, 5) of `compute_positions`: bars follow the time signatures."""
+    (B, STATE_SIZE) of `compute_positions`: bars follow the time signatures."""
     bar_len, _ = bar_and_beat_lengths(config, state.device)
     length = bar_len[state[:, STATE_METER]]
     since = state[:, STATE_TIME] - state[:, STATE_ANCHOR]
@@ -32,7 +56,7 @@ def bar_clock(state, config):
 
 
 def at_bar_line(state, config):
-    """(B,) True where the next token falls on a bar line (position states (B, 5) of `compute_positions`)."""
+    """(B,) True where the next token falls on a bar line (position states (B, STATE_SIZE) of `compute_positions`)."""
     bar_len, _ = bar_and_beat_lengths(config, state.device)
     return (state[:, STATE_TIME] - state[:, STATE_ANCHOR]) % bar_len[state[:, STATE_METER]] == 0
 
@@ -106,6 +130,7 @@ class MusicGrammarProcessor(LogitsProcessor):
         self.allowed = allowed  # (V, V)
         self.meters = meters  # (V,): allowed only where a bar starts
         self.config = config
+        self.positions = PositionTracker(config)
         inverse_temperature = torch.ones(vocab)
         inverse_temperature[notes] = 1.0 / note_temperature
         inverse_temperature[durations] = 1.0 / duration_temperature
@@ -122,8 +147,7 @@ class MusicGrammarProcessor(LogitsProcessor):
                 self.meters = self.meters.to(scores.device)
             could = (allowed & self.meters).any(dim=1)  # rows whose last token lets a time signature follow
             if could.any():
-                _, states = compute_positions(input_ids, self.config)
-                mid_bar = could & ~at_bar_line(states[:, -1], self.config)
+                mid_bar = could & ~at_bar_line(self.positions.last_state(input_ids), self.config)
                 allowed = allowed & ~(mid_bar[:, None] & self.meters)
         scores = scores * self.inverse_temperature.to(scores.dtype)
         return scores.masked_fill(~allowed, float("-inf"))
@@ -144,17 +168,18 @@ class MaxBarsCriteria(StoppingCriteria):
         self.num_bars = num_bars
         self.config = config if config is not None else MusicXLConfig()
         self.prompt_length = prompt_length
+        self.positions = PositionTracker(self.config)
+        self.prompt_positions = PositionTracker(self.config)
 
     def __call__(self, input_ids, scores, **kwargs):
         return self.bars_done(input_ids) >= self.num_bars  # (B,) bool
 
     def bars_done(self, input_ids):
         """(B,) bars (with the fraction of the current one) from the end of the prompt to after the last token."""
-        _, states = compute_positions(input_ids, self.config)
         start = 0.0
         if self.prompt_length:
-            start = bar_clock(states[:, self.prompt_length - 1], self.config)
-        return bar_clock(states[:, -1], self.config) - start
+            start = bar_clock(self.prompt_positions.last_state(input_ids[:, : self.prompt_length]), self.config)
+        return bar_clock(self.positions.last_state(input_ids), self.config) - start
 
 
-__all__ = ["MaxBarsCriteria", "MusicGrammarProcessor", "at_bar_line", "bar_clock", "scale_pitch_classes"]
+__all__ = ["MaxBarsCriteria", "MusicGrammarProcessor", "PositionTracker", "at_bar_line", "bar_clock", "scale_pitch_classes"]
