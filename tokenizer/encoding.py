@@ -542,16 +542,12 @@ def token_bars(ids, steps_per_beat: int = STEPS_PER_BEAT) -> tuple[np.ndarray, .
         piece = slice(begin, end)
         changes = begin + np.flatnonzero(is_meter(ids[piece]))
         meters = [DEFAULT_METER] + [token_meter(token) for token in ids[changes]]
-        lengths = np.array([bar_steps(num, den, steps_per_beat) for num, den in meters])
-        beats = np.array([beat_steps(num, den, steps_per_beat) for num, den in meters])
-        anchors = np.r_[0, times[changes]]  # where each meter took effect
-        first_bar = np.zeros(len(meters), np.int64)
-        for k in range(1, len(meters)):  # the bars of the meter before, the last one counted even if short
-            first_bar[k] = first_bar[k - 1] + -(-(anchors[k] - anchors[k - 1]) // lengths[k - 1])
-        which = np.cumsum(is_meter(ids[piece]))  # the meter each token counts in: the last one up to it
-        since = times[piece] - anchors[which]
-        step = since % lengths[which]
-        values = (first_bar[which] + since // lengths[which], step, step // beats[which], step % beats[which])
+        bars = Bars(np.c_[np.r_[0, times[changes]], meters], steps_per_beat)  # each meter from where it stands
+        which = np.cumsum(is_meter(ids[piece]))  # the meter each token counts in: the last token up to it
+        since = times[piece] - bars.times[which]
+        step = since % bars.lengths[which]
+        values = (bars.first_bar[which] + since // bars.lengths[which], step, step // bars.beats[which],
+                  step % bars.beats[which])  # fmt: skip
         for column, value in zip(columns, values):
             column[piece] = value
     return tuple(columns)
