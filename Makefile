@@ -7,7 +7,7 @@ export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test bench quality-report constraints mutation
+.PHONY: install demo test lint format bench quality-report constraints mutation
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,15 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# ruff, the house style (configured in pyproject.toml): `make lint` checks, `make format` rewrites.
+lint: install
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+
+format: install
+	$(BIN)/ruff check --fix src tests scripts
+	$(BIN)/ruff format src tests scripts
 
 bench: install
 	$(BIN)/python scripts/bench_tokenizer.py

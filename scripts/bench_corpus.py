@@ -73,7 +73,9 @@ def child(method: str, folder: str, cache: str) -> dict:
                 n_notes = int(((ids >= encoding.NOTE_OFFSET) & (ids < encoding.NOTE_OFFSET + 128)).sum())
                 yield {"input_ids": ids.astype("int16"), "source": str(path), "n_notes": n_notes}
 
-        features = Features({"input_ids": Sequence(Value("int16")), "source": Value("string"), "n_notes": Value("int32")})
+        features = Features(
+            {"input_ids": Sequence(Value("int16")), "source": Value("string"), "n_notes": Value("int32")}
+        )
         dataset = Dataset.from_generator(rows, features=features, cache_dir=str(Path(cache) / "generator"))
         pieces = len(dataset)
     elif method == "miditok":
@@ -82,13 +84,24 @@ def child(method: str, folder: str, cache: str) -> dict:
     else:
         raise ValueError(method)
     seconds = time.perf_counter() - started
-    return {"method": method, "files": len(paths), "pieces": pieces, "seconds": seconds,
-            "baseline_mb": baseline, "peak_mb": vm("VmHWM"), "added_mb": vm("VmHWM") - baseline}  # fmt: skip
+    return {
+        "method": method,
+        "files": len(paths),
+        "pieces": pieces,
+        "seconds": seconds,
+        "baseline_mb": baseline,
+        "peak_mb": vm("VmHWM"),
+        "added_mb": vm("VmHWM") - baseline,
+    }
 
 
 def run_child(method: str, folder: Path, cache: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", method, str(folder), str(cache)],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", method, str(folder), str(cache)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -147,9 +160,11 @@ def main():
         tmp = Path(tmp)
         chorales = bench_chorales(args.chorales, tmp / "cache-chorales")
         c = chorales
-        print(f"1. chorales ({c['files']} files -> {c['pieces']} pieces): build {c['pieces'] / c['ours_seconds']:.1f} "
-              f"pieces/s; music21 parse alone {c['files'] / c['parse_seconds']:.1f} files/s; build / parse time "
-              f"{c['ours_seconds'] / c['parse_seconds']:.2f}x")  # fmt: skip
+        print(
+            f"1. chorales ({c['files']} files -> {c['pieces']} pieces): build {c['pieces'] / c['ours_seconds']:.1f} "
+            f"pieces/s; music21 parse alone {c['files'] / c['parse_seconds']:.1f} files/s; build / parse time "
+            f"{c['ours_seconds'] / c['parse_seconds']:.2f}x"
+        )
 
         scores = [music21_source.read_music21(p) for p in music21_source.bach_chorale_paths()[: args.chorales]]
         rows = []
@@ -160,14 +175,19 @@ def main():
             found = {m: run_child(m, folder, tmp / f"cache-{size}-{m}") for m in methods}
             rows.append((size, found))
             ours, naive = found["ours"], found["naive"]
-            line = (f"2. MIDI folder of {size} files: ours {ours['pieces'] / ours['seconds']:.0f} pieces/s, "
-                    f"+{ours['added_mb']:.1f} MB peak RSS; naive lists+from_dict {naive['pieces'] / naive['seconds']:.0f} "
-                    f"pieces/s, +{naive['added_mb']:.1f} MB; speed ours/naive {naive['seconds'] / ours['seconds']:.2f}x")  # fmt: skip
+            line = (
+                f"2. MIDI folder of {size} files: ours {ours['pieces'] / ours['seconds']:.0f} pieces/s, "
+                f"+{ours['added_mb']:.1f} MB peak RSS; naive lists+from_dict {naive['pieces'] / naive['seconds']:.0f} "
+                f"pieces/s, +{naive['added_mb']:.1f} MB; speed ours/naive {naive['seconds'] / ours['seconds']:.2f}x"
+            )
             gen = found["generator"]
-            line += f"; streamed from_generator {gen['pieces'] / gen['seconds']:.0f} pieces/s, +{gen['added_mb']:.1f} MB"
+            line += (
+                f"; streamed from_generator {gen['pieces'] / gen['seconds']:.0f} pieces/s, +{gen['added_mb']:.1f} MB"
+            )
             if "miditok" in found:
                 tok = found["miditok"]
-                line += f"; MidiTok REMI {tok['pieces'] / tok['seconds']:.0f} files/s, ours/MidiTok {tok['seconds'] / ours['seconds']:.2f}x"
+                line += f"; MidiTok REMI {tok['pieces'] / tok['seconds']:.0f} files/s"
+                line += f", ours/MidiTok {tok['seconds'] / ours['seconds']:.2f}x"
             print(line, flush=True)
             import shutil
 
@@ -175,9 +195,11 @@ def main():
         (s0, f0), (s1, f1) = rows[0], rows[-1]
         for method in ("ours", "naive", "generator"):
             growth = (f1[method]["added_mb"] - f0[method]["added_mb"]) / (s1 - s0) * 1000
-            print(f"3. {method}: peak RSS added {f0[method]['added_mb']:.1f} MB at {s0} files -> "
-                  f"{f1[method]['added_mb']:.1f} MB at {s1} files ({growth:.2f} MB per 1,000 files; "
-                  f"RSS after imports {f1[method]['baseline_mb']:.0f} MB)")  # fmt: skip
+            print(
+                f"3. {method}: peak RSS added {f0[method]['added_mb']:.1f} MB at {s0} files -> "
+                f"{f1[method]['added_mb']:.1f} MB at {s1} files ({growth:.2f} MB per 1,000 files; "
+                f"RSS after imports {f1[method]['baseline_mb']:.0f} MB)"
+            )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,17 @@ def rss_kb(field: str = "VmRSS") -> int:
 
 
 def tiny_model(mem_len: int = 64) -> MusicXLForCausalLM:
-    config = MusicXLConfig.from_preset("tiny", n_layer=1, d_model=32, n_head=2, d_head=16, d_inner=64,
-                                       segment_len=mem_len, mem_len=mem_len, dropout=0.0)  # fmt: skip
+    config = MusicXLConfig.from_preset(
+        "tiny",
+        n_layer=1,
+        d_model=32,
+        n_head=2,
+        d_head=16,
+        d_inner=64,
+        segment_len=mem_len,
+        mem_len=mem_len,
+        dropout=0.0,
+    )
     torch.manual_seed(0)
     return MusicXLForCausalLM(config).eval()
 
@@ -58,12 +67,19 @@ def run(tokens: int, chunk: int, sample_every: int, mem_len: int = 64, report=pr
         done = out.sequences.shape[1] - 2
         if done // sample_every > (done - chunk) // sample_every or done >= tokens:
             cache = out.past_key_values
-            sample = dict(tokens=done, cache_rows=cache.keys[0].shape[2], cache_bytes=cache.nbytes(),
-                          rss_mb=rss_kb() / 1024, peak_mb=rss_kb("VmHWM") / 1024,
-                          seconds=time.perf_counter() - started)  # fmt: skip
+            sample = dict(
+                tokens=done,
+                cache_rows=cache.keys[0].shape[2],
+                cache_bytes=cache.nbytes(),
+                rss_mb=rss_kb() / 1024,
+                peak_mb=rss_kb("VmHWM") / 1024,
+                seconds=time.perf_counter() - started,
+            )
             samples.append(sample)
-            report(f"{sample['tokens']:>8} {sample['cache_rows']:>6} {sample['cache_bytes']:>9} {sample['rss_mb']:>9.1f} "
-                   f"{sample['peak_mb']:>9.1f} {sample['seconds']:>8.1f}")  # fmt: skip
+            report(
+                f"{sample['tokens']:>8} {sample['cache_rows']:>6} {sample['cache_bytes']:>9} {sample['rss_mb']:>9.1f} "
+                f"{sample['peak_mb']:>9.1f} {sample['seconds']:>8.1f}"
+            )
         return out
 
     model.generate = recording_generate
@@ -87,12 +103,19 @@ def run_loop(tokens: int, sample_every: int, mem_len: int = 64, report=print) ->
         out = model(next_token, past_key_values=cache, use_cache=True)
         cache = out.past_key_values
         if done % sample_every == 0:
-            sample = dict(tokens=done, cache_rows=cache.keys[0].shape[2], cache_bytes=cache.nbytes(),
-                          rss_mb=rss_kb() / 1024, peak_mb=rss_kb("VmHWM") / 1024,
-                          seconds=time.perf_counter() - started)  # fmt: skip
+            sample = dict(
+                tokens=done,
+                cache_rows=cache.keys[0].shape[2],
+                cache_bytes=cache.nbytes(),
+                rss_mb=rss_kb() / 1024,
+                peak_mb=rss_kb("VmHWM") / 1024,
+                seconds=time.perf_counter() - started,
+            )
             samples.append(sample)
-            report(f"{sample['tokens']:>8} {sample['cache_rows']:>6} {sample['cache_bytes']:>9} {sample['rss_mb']:>9.1f} "
-                   f"{sample['peak_mb']:>9.1f} {sample['seconds']:>8.1f}")  # fmt: skip
+            report(
+                f"{sample['tokens']:>8} {sample['cache_rows']:>6} {sample['cache_bytes']:>9} {sample['rss_mb']:>9.1f} "
+                f"{sample['peak_mb']:>9.1f} {sample['seconds']:>8.1f}"
+            )
     return samples
 
 
@@ -109,9 +132,11 @@ def main() -> None:
     else:
         samples = run(args.tokens, args.chunk, args.sample_every, args.mem_len)
     first, last = samples[0], samples[-1]
-    print(f"cache: {first['cache_bytes']} B at {first['tokens']} tokens, {last['cache_bytes']} B at {last['tokens']}; "
-          f"RSS {first['rss_mb']:.1f} -> {last['rss_mb']:.1f} MB ({last['rss_mb'] - first['rss_mb']:+.1f} MB), "
-          f"peak {last['peak_mb']:.1f} MB; {1000 * last['seconds'] / last['tokens']:.2f} ms a token")  # fmt: skip
+    print(
+        f"cache: {first['cache_bytes']} B at {first['tokens']} tokens, {last['cache_bytes']} B at {last['tokens']}; "
+        f"RSS {first['rss_mb']:.1f} -> {last['rss_mb']:.1f} MB ({last['rss_mb'] - first['rss_mb']:+.1f} MB), "
+        f"peak {last['peak_mb']:.1f} MB; {1000 * last['seconds'] / last['tokens']:.2f} ms a token"
+    )
 
 
 if __name__ == "__main__":

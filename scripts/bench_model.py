@@ -168,17 +168,28 @@ def main():
         f"GPT-2 {count(gpt2) / 1e6:.2f}M"
     )
 
-    runs = {f"{model} {dtype}": (module, dtype, False) for dtype in ("fp32", "bf16")
-            for model, module in (("MusicXL", xl), ("GPT-2", gpt2))}  # fmt: skip
+    runs = {
+        f"{model} {dtype}": (module, dtype, False)
+        for dtype in ("fp32", "bf16")
+        for model, module in (("MusicXL", xl), ("GPT-2", gpt2))
+    }
     rates = bench_training(runs, args.batch, args.length, args.train_steps)
-    print(f"1. training (batch {args.batch} x {args.length}), tokens/s: " + ", ".join(f"{n} {r:.0f}" for n, r in rates.items()))
+    print(
+        f"1. training (batch {args.batch} x {args.length}), tokens/s: "
+        + ", ".join(f"{n} {r:.0f}" for n, r in rates.items())
+    )
     for dtype in ("fp32", "bf16"):
         print(f"   {dtype}: MusicXL / GPT-2 {rates[f'MusicXL {dtype}'] / rates[f'GPT-2 {dtype}']:.2f}x (target >= 1.0)")
     print(f"   MusicXL bf16 / fp32 {rates['MusicXL bf16'] / rates['MusicXL fp32']:.2f}x (target >= 1.6)")
     best = "bf16" if torch.cpu._is_avx512_bf16_supported() else "fp32"
-    carry = bench_training({"stream": (xl, best, True), "windows": (xl, best, False)}, args.batch, args.length, args.train_steps)
-    print(f"1s. stream training ({best}, memory carried from the step before) {carry['stream']:.0f} tok/s, window training "
-          f"(first segment without memory) {carry['windows']:.0f} tok/s: stream / windows {carry['stream'] / carry['windows']:.2f}x")
+    carry = bench_training(
+        {"stream": (xl, best, True), "windows": (xl, best, False)}, args.batch, args.length, args.train_steps
+    )
+    print(
+        f"1s. stream training ({best}, memory carried from the step before) {carry['stream']:.0f} tok/s, "
+        f"window training (first segment without memory) {carry['windows']:.0f} tok/s: "
+        f"stream / windows {carry['stream'] / carry['windows']:.2f}x"
+    )
 
     with torch.no_grad():
         # the uncached run takes minutes: time the cached one before and after it, to share the machine's load
@@ -219,8 +230,10 @@ def main():
                 with precision(dtype):
                     seconds[dtype] += timed_generate(xl, args.new_tokens)[0]
         print(
-            f"5. generation of {args.new_tokens} tokens in bf16 autocast {2 * args.new_tokens / seconds['bf16']:.1f} tok/s, "
-            f"fp32 {2 * args.new_tokens / seconds['fp32']:.1f} tok/s: bf16 / fp32 {seconds['fp32'] / seconds['bf16']:.2f}x"
+            f"5. generation of {args.new_tokens} tokens in bf16 autocast "
+            f"{2 * args.new_tokens / seconds['bf16']:.1f} tok/s, "
+            f"fp32 {2 * args.new_tokens / seconds['fp32']:.1f} tok/s: "
+            f"bf16 / fp32 {seconds['fp32'] / seconds['bf16']:.2f}x"
         )
 
 

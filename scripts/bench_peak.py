@@ -64,14 +64,18 @@ def main():
     peak_after = matmul_peak()
     peak = (peak_before + peak_after) / 2
     c = xl.config
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; preset {args.preset} (d_model {c.d_model}, "
-          f"layers {c.n_layer}, segment_len {c.segment_len}, mem_len {c.mem_len}); batch {args.batch} x {args.length}")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}; preset {args.preset} (d_model {c.d_model}, "
+        f"layers {c.n_layer}, segment_len {c.segment_len}, mem_len {c.mem_len}); batch {args.batch} x {args.length}"
+    )
     print(f"matmul peak: {peak_before:.1f} GFLOP/s before, {peak_after:.1f} after, mean {peak:.1f}")
     for name, rate in rates.items():
         per_token = flops[name] / (args.batch * args.length)
         achieved = rate * per_token / 1e9
-        print(f"{name}: {per_token / 1e6:.2f} MFLOP per token (fwd+bwd matmuls), {rate:.0f} tokens/s, "
-              f"{achieved:.1f} GFLOP/s = {achieved / peak:.0%} of the matmul peak")  # fmt: skip
+        print(
+            f"{name}: {per_token / 1e6:.2f} MFLOP per token (fwd+bwd matmuls), {rate:.0f} tokens/s, "
+            f"{achieved:.1f} GFLOP/s = {achieved / peak:.0%} of the matmul peak"
+        )
     ratio = (rates["musicxl"] * flops["musicxl"]) / (rates["gpt2"] * flops["gpt2"])
     print(f"MusicXL / GPT-2: tokens/s {rates['musicxl'] / rates['gpt2']:.2f}x, achieved GFLOP/s {ratio:.2f}x")
 

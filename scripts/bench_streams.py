@@ -48,10 +48,21 @@ def train_steps(mode: str, settings: TrainSettings, corpus, steps: int, seed: in
     model = MusicXLForCausalLM(MusicXLConfig.from_preset(settings.preset))
     data, dataset = training_data(settings, corpus["train"], model.config, world_size=1)
     counter = CountingCollate()
-    args = replace(training_arguments(settings, steps), eval_strategy="no", save_strategy="no", logging_steps=10**6,
-                   disable_tqdm=True)  # fmt: skip
-    trainer = MusicXLTrainer(model=model, args=args, data_collator=counter, train_dataset=dataset,
-                             callbacks=[EpochSeed(data)], carry_memory=mode == "stream")  # fmt: skip
+    args = replace(
+        training_arguments(settings, steps),
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=10**6,
+        disable_tqdm=True,
+    )
+    trainer = MusicXLTrainer(
+        model=model,
+        args=args,
+        data_collator=counter,
+        train_dataset=dataset,
+        callbacks=[EpochSeed(data)],
+        carry_memory=mode == "stream",
+    )
     started = time.perf_counter()
     trainer.train()
     return time.perf_counter() - started, counter.fed, counter.trained
@@ -68,21 +79,29 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
     corpus = load_corpus("bach-chorales")
-    settings = TrainSettings(output_dir=args.output_dir, preset=args.preset, batch_size=args.batch_size,
-                             n_segments=args.n_segments)  # fmt: skip
+    settings = TrainSettings(
+        output_dir=args.output_dir, preset=args.preset, batch_size=args.batch_size, n_segments=args.n_segments
+    )
     config = MusicXLConfig.from_preset(args.preset)
-    print(f"preset {args.preset}: {args.batch_size} rows x {args.n_segments} segments of {config.segment_len} tokens, "
-          f"mem_len {config.mem_len}; {args.rounds} rounds of {args.steps} steps per mode")  # fmt: skip
+    print(
+        f"preset {args.preset}: {args.batch_size} rows x {args.n_segments} segments of {config.segment_len} tokens, "
+        f"mem_len {config.mem_len}; {args.rounds} rounds of {args.steps} steps per mode"
+    )
     totals = {mode: [0.0, 0, 0] for mode in ("stream", "windows")}
     for round_index in range(args.rounds):
         for mode in totals:
             seconds, fed, trained = train_steps(mode, settings, corpus, args.steps, seed=round_index)
             totals[mode] = [a + b for a, b in zip(totals[mode], (seconds, fed, trained))]
-            print(f"round {round_index + 1} {mode}: {fed / seconds:.0f} tokens/s fed, {trained / seconds:.0f} trained "
-                  f"({trained / fed:.1%} of the fed tokens have a target)", flush=True)  # fmt: skip
+            print(
+                f"round {round_index + 1} {mode}: {fed / seconds:.0f} tokens/s fed, {trained / seconds:.0f} trained "
+                f"({trained / fed:.1%} of the fed tokens have a target)",
+                flush=True,
+            )
     rates = {mode: (fed / seconds, trained / seconds) for mode, (seconds, fed, trained) in totals.items()}
-    print(f"stream / windows, tokens fed per second: {rates['stream'][0] / rates['windows'][0]:.2f}x; "
-          f"trained tokens per second: {rates['stream'][1] / rates['windows'][1]:.2f}x")
+    print(
+        f"stream / windows, tokens fed per second: {rates['stream'][0] / rates['windows'][0]:.2f}x; "
+        f"trained tokens per second: {rates['stream'][1] / rates['windows'][1]:.2f}x"
+    )
 
 
 if __name__ == "__main__":

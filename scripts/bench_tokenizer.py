@@ -79,12 +79,16 @@ def main() -> None:
 
     print(f"{'tokenizer':<14}{'encode notes/s':>16}{'decode notes/s':>16}{'tokens/note':>13}")
     for name, seconds in best.items():
-        print(f"{name:<14}{notes / seconds['encode']:>16,.0f}{notes / seconds['decode']:>16,.0f}"
-              f"{tokens[name] / notes:>13.2f}")
+        print(
+            f"{name:<14}{notes / seconds['encode']:>16,.0f}{notes / seconds['decode']:>16,.0f}"
+            f"{tokens[name] / notes:>13.2f}"
+        )
     ours_best = best["hf_music_xl"]
     for name in ("MidiTok REMI", "MidiTok TSD", "REMI default"):
-        print(f"\nhf_music_xl vs {name}: encode {best[name]['encode'] / ours_best['encode']:.1f}x, "
-              f"decode {best[name]['decode'] / ours_best['decode']:.1f}x faster")
+        print(
+            f"\nhf_music_xl vs {name}: encode {best[name]['encode'] / ours_best['encode']:.1f}x, "
+            f"decode {best[name]['decode'] / ours_best['decode']:.1f}x faster"
+        )
 
 
 if __name__ == "__main__":

@@ -45,7 +45,10 @@ def held_out_sets(min_tokens: int, limit: int = 0) -> dict:
     quartets = load_corpus(QUARTETS)
     quartets = concatenate_datasets([quartets[name] for name in quartets])  # none trained on: all of them
     if limit:
-        long_ones, quartets = long_ones.select(range(min(limit, len(long_ones)))), quartets.select(range(min(limit, len(quartets))))
+        long_ones, quartets = (
+            long_ones.select(range(min(limit, len(long_ones)))),
+            quartets.select(range(min(limit, len(quartets)))),
+        )
     return {f"Palestrina validation, >= {min_tokens} tokens": long_ones, "Beethoven quartets": quartets}
 
 
@@ -54,15 +57,44 @@ def train_run(mode: str, seed: int, args, out: Path) -> int:
     if (run_dir / "final" / "model.safetensors").exists() and args.reuse:
         print(f"{mode} seed {seed}: kept from an earlier run", flush=True)
         return 0
-    command = [sys.executable, "-m", "hf_music_xl.cli", "train", "--corpus", TRAIN_CORPUS, "--train-mode", mode,
-               "--preset", args.preset, "--model-overrides", args.model_overrides, "--batch-size", str(args.batch_size),
-               "--n-segments", str(args.n_segments), "--max-steps", str(args.steps), "--seed", str(seed),
-               "--eval-steps", str(args.steps), "--save-steps", str(args.steps), "--logging-steps", "50",
-               "--output-dir", str(run_dir)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "hf_music_xl.cli",
+        "train",
+        "--corpus",
+        TRAIN_CORPUS,
+        "--train-mode",
+        mode,
+        "--preset",
+        args.preset,
+        "--model-overrides",
+        args.model_overrides,
+        "--batch-size",
+        str(args.batch_size),
+        "--n-segments",
+        str(args.n_segments),
+        "--max-steps",
+        str(args.steps),
+        "--seed",
+        str(seed),
+        "--eval-steps",
+        str(args.steps),
+        "--save-steps",
+        str(args.steps),
+        "--logging-steps",
+        "50",
+        "--output-dir",
+        str(run_dir),
+    ]
     started = time.perf_counter()
     with open(out / f"{mode}-seed{seed}.log", "w") as log:
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})  # fmt: skip
+        code = subprocess.call(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"},
+        )
     print(f"{mode} seed {seed}: exit {code} after {(time.perf_counter() - started) / 60:.1f} min", flush=True)
     return code
 
@@ -83,14 +115,20 @@ def evaluate_run(run_dir: Path, sets: dict, mem_lens: list[int], batch_size: int
 
 def report(results: dict, args, sets: dict, wall: float) -> str:
     """The markdown tables: NLL per note (mean over seeds, and each seed) per memory length, per held-out set."""
-    lines = [f"Trained on {TRAIN_CORPUS} (train split), preset {args.preset} ({args.model_overrides}), "
-             f"{args.steps} steps of {args.batch_size} rows x {args.n_segments} segments; seeds {args.seeds}. "
-             "NLL per note in nats (lower is better); columns: memory length at evaluation.", ""]  # fmt: skip
+    lines = [
+        f"Trained on {TRAIN_CORPUS} (train split), preset {args.preset} ({args.model_overrides}), "
+        f"{args.steps} steps of {args.batch_size} rows x {args.n_segments} segments; seeds {args.seeds}. "
+        "NLL per note in nats (lower is better); columns: memory length at evaluation.",
+        "",
+    ]
     for name, split in sets.items():
         tokens = sum(len(ids) for ids in split["input_ids"])
-        lines += [f"**{name}** ({len(split)} pieces, {tokens:,} tokens)", "",
-                  "| training | " + " | ".join(f"mem {m}" for m in args.mem_lens) + " | 1,024 vs 0 |",
-                  "|---|" + "---|" * (len(args.mem_lens) + 1)]  # fmt: skip
+        lines += [
+            f"**{name}** ({len(split)} pieces, {tokens:,} tokens)",
+            "",
+            "| training | " + " | ".join(f"mem {m}" for m in args.mem_lens) + " | 1,024 vs 0 |",
+            "|---|" + "---|" * (len(args.mem_lens) + 1),
+        ]
         for mode in MODES:
             runs = [results[f"{mode}-seed{seed}"] for seed in args.seed_list if f"{mode}-seed{seed}" in results]
             if not runs:
@@ -118,8 +156,14 @@ def plot(results: dict, args, sets: dict, path: Path) -> None:
                 run = results.get(f"{mode}-seed{seed}")
                 if run:
                     values = [run["nll"][name][str(m)]["nll_per_note"] for m in args.mem_lens]
-                    axis.plot(range(len(args.mem_lens)), values, "o-", color=color, alpha=0.8,
-                              label=f"{mode}-trained" if seed == args.seed_list[0] else None)  # fmt: skip
+                    axis.plot(
+                        range(len(args.mem_lens)),
+                        values,
+                        "o-",
+                        color=color,
+                        alpha=0.8,
+                        label=f"{mode}-trained" if seed == args.seed_list[0] else None,
+                    )
         axis.set_xticks(range(len(args.mem_lens)), [str(m) for m in args.mem_lens])
         axis.set_xlabel("memory length at evaluation (tokens)")
         axis.set_ylabel("NLL per note (nats)")
@@ -168,12 +212,19 @@ def main():
         evaluations = pool.map(lambda name: evaluate_run(out / name, sets, args.mem_lens, args.eval_batch_size), names)
     results = dict(zip(names, evaluations))
     for name in names:
-        print(f"{name}: " + "; ".join(f"{s}: " + " ".join(f"{r['nll_per_note']:.3f}" for r in by_mem.values())
-                                       for s, by_mem in results[name]["nll"].items()), flush=True)  # fmt: skip
+        print(
+            f"{name}: "
+            + "; ".join(
+                f"{s}: " + " ".join(f"{r['nll_per_note']:.3f}" for r in by_mem.values())
+                for s, by_mem in results[name]["nll"].items()
+            ),
+            flush=True,
+        )
     wall = time.perf_counter() - started
     command = "OMP_NUM_THREADS=1 .venv/bin/python scripts/context_curve.py " + " ".join(sys.argv[1:])
-    (out / "results.json").write_text(json.dumps({"command": command.strip(), "wall_seconds": round(wall, 1),
-                                                  "runs": results}, indent=2) + "\n")  # fmt: skip
+    (out / "results.json").write_text(
+        json.dumps({"command": command.strip(), "wall_seconds": round(wall, 1), "runs": results}, indent=2) + "\n"
+    )
     table = report(results, args, sets, wall)
     (out / "report.md").write_text(table)
     plot(results, args, sets, out / "context_curve.png")

@@ -5,11 +5,11 @@
     python scripts/mutation_report.py --sample 80 --names   # a seeded random sample of 80 mutants per module
     python scripts/mutation_report.py --sample 80 --survivors   # the scores and survivors of that sample only
 
-Reads mutants/src/hf_music_xl/*.meta (mutmut 3 writes one per mutated file). A module's score is the share of the mutants
-run that a test caught (failed, crashed or timed out); a mutant that no test of the pool reaches counts as survived. For corpus.py only
-the cache logic is mutation-tested (CORPUS_CACHE_FUNCTIONS), as `make mutation` runs it. A sampled run
-(`make mutation SAMPLE=N`) scores the sampled mutants only: the score is an estimate of the module's, within about
-+-1/sqrt(N) at worst (95%).
+Reads mutants/src/hf_music_xl/*.meta (mutmut 3 writes one per mutated file). A module's score is the share of the
+mutants run that a test caught (failed, crashed or timed out); a mutant that no test of the pool reaches counts as
+survived. For corpus.py only the cache logic is mutation-tested (CORPUS_CACHE_FUNCTIONS), as `make mutation` runs
+it. A sampled run (`make mutation SAMPLE=N`) scores the sampled mutants only: the score is an estimate of the
+module's, within about +-1/sqrt(N) at worst (95%).
 """
 
 import argparse
@@ -19,14 +19,42 @@ from collections import Counter
 from pathlib import Path
 
 MUTANTS = Path("mutants/src/hf_music_xl")
-MODULES = ("encoding", "modeling_music_xl", "positions_music_xl", "cache_music_xl", "generation_music_xl", "data", "corpus")
+MODULES = (
+    "encoding",
+    "modeling_music_xl",
+    "positions_music_xl",
+    "cache_music_xl",
+    "generation_music_xl",
+    "data",
+    "corpus",
+)
 # the corpus cache: where a build goes, its key, and whether it is reused, replaced or copied
-CORPUS_CACHE_FUNCTIONS = ("default_cache_dir", "cache_key", "_slug", "build_corpus", "_copy_corpus", "load_corpus",
-                          "read_report")  # fmt: skip
+CORPUS_CACHE_FUNCTIONS = (
+    "default_cache_dir",
+    "cache_key",
+    "_slug",
+    "build_corpus",
+    "_copy_corpus",
+    "load_corpus",
+    "read_report",
+)
 # mutmut's exit codes; a test run that crashed (killed by a signal: -9, -11) or ran out of time did not pass: the
 # mutant is caught, and counted killed (the timeouts are also shown apart)
-STATUS = {1: "killed", 3: "killed", -9: "killed", -11: "killed", 0: "survived", 5: "no tests", 33: "no tests",
-          None: "not run", 36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout"}  # fmt: skip
+STATUS = {
+    1: "killed",
+    3: "killed",
+    -9: "killed",
+    -11: "killed",
+    0: "survived",
+    5: "no tests",
+    33: "no tests",
+    None: "not run",
+    36: "timeout",
+    -24: "timeout",
+    24: "timeout",
+    152: "timeout",
+    255: "timeout",
+}
 
 
 def function_of(mutant: str) -> str:
@@ -71,8 +99,10 @@ def main() -> None:
         caught = counts["killed"] + counts["timeout"]
         decided = caught + counts["survived"] + counts["no tests"]
         score = f"{100 * caught / decided:.1f}%" if decided else "-"
-        print(f"| {module}.py | {len(statuses)} | {run} | {counts['killed']} | {counts['survived']} | "
-              f"{counts['no tests']} | {counts['timeout']} | {score} |")  # fmt: skip
+        print(
+            f"| {module}.py | {len(statuses)} | {run} | {counts['killed']} | {counts['survived']} | "
+            f"{counts['no tests']} | {counts['timeout']} | {score} |"
+        )
     if args.survivors:
         for module in MODULES:
             for name, status in results(module, args.sample, args.seed).items():

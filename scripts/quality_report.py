@@ -17,9 +17,9 @@ count matches MusicXL's (within 2%).
 
 Configurations: ``full`` (everything on: the defaults), ``windows`` (random windows, each from no memory, instead of
 streams), ``bars_16`` (the bar index wrapped at 16 bars), ``bars_1024`` (wrapped at 1,024 bars; the default has no
-bar embedding, max_bars=0), ``grid`` (positions of 16-step bars whatever the meter, as before time signatures), ``no_beat`` (no beat
-positions at all: encode_position=False), ``no_mask`` (mask_p=0), ``no_transpose`` (no augmentation),
-``no_memory`` (mem_len=0), ``fp32`` (precision fp32 where ``auto`` picks bf16), ``gpt2``.
+bar embedding, max_bars=0), ``grid`` (positions of 16-step bars whatever the meter, as before time signatures),
+``no_beat`` (no beat positions at all: encode_position=False), ``no_mask`` (mask_p=0), ``no_transpose`` (no
+augmentation), ``no_memory`` (mem_len=0), ``fp32`` (precision fp32 where ``auto`` picks bf16), ``gpt2``.
 
 Each final model is scored (``evaluate.corpus_nll``: every piece whole, in segments with the memory carried; GPT-2
 in consecutive chunks of its training length) on
@@ -91,11 +91,20 @@ def gpt2_like(config, n_positions: int, target_params: int):
 
     def build(n_inner):
         return GPT2Config(
-            vocab_size=config.vocab_size, n_positions=n_positions, n_embd=config.d_model, n_layer=config.n_layer,
-            n_head=config.n_head, n_inner=n_inner, resid_pdrop=config.dropout, embd_pdrop=config.dropout,
-            attn_pdrop=config.attn_dropout, bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
-            pad_token_id=config.pad_token_id, tie_word_embeddings=True,
-        )  # fmt: skip
+            vocab_size=config.vocab_size,
+            n_positions=n_positions,
+            n_embd=config.d_model,
+            n_layer=config.n_layer,
+            n_head=config.n_head,
+            n_inner=n_inner,
+            resid_pdrop=config.dropout,
+            embd_pdrop=config.dropout,
+            attn_pdrop=config.attn_dropout,
+            bos_token_id=config.bos_token_id,
+            eos_token_id=config.eos_token_id,
+            pad_token_id=config.pad_token_id,
+            tie_word_embeddings=True,
+        )
 
     base = count(GPT2LMHeadModel(build(config.d_inner)))
     per_unit = 2 * config.d_model + 1  # one more hidden unit of the MLP, per layer
@@ -112,8 +121,12 @@ def gpt2_nll(model, split, batch_size: int) -> dict:
     from hf_music_xl.training import compute_metrics, token_scores
 
     length = model.config.n_positions
-    chunks = [ids[begin : begin + length] for ids in split["input_ids"] for begin in range(0, len(ids), length - 1)
-              if len(ids[begin : begin + length]) > 1]  # overlapping by one token, so every token is predicted once
+    chunks = [
+        ids[begin : begin + length]
+        for ids in split["input_ids"]
+        for begin in range(0, len(ids), length - 1)
+        if len(ids[begin : begin + length]) > 1
+    ]  # overlapping by one token, so every token is predicted once
     scores, labels = [], []
     for start in range(0, len(chunks), batch_size):
         batch = collate([{"input_ids": c, "labels": c} for c in chunks[start : start + batch_size]])
@@ -125,9 +138,20 @@ def gpt2_nll(model, split, batch_size: int) -> dict:
     return {**metrics, "chunk_len": length}
 
 
-def run_one(name: str, seed: int, steps: int, out_dir: Path, corpus: str = "bach-chorales", ood: str = "",
-            ood_limit: int = 4, preset: str = "tiny", n_segments: int = 2, batch_size: int = 16,
-            learning_rate: float = 2e-3, held_out: str = "") -> dict:  # fmt: skip
+def run_one(
+    name: str,
+    seed: int,
+    steps: int,
+    out_dir: Path,
+    corpus: str = "bach-chorales",
+    ood: str = "",
+    ood_limit: int = 4,
+    preset: str = "tiny",
+    n_segments: int = 2,
+    batch_size: int = 16,
+    learning_rate: float = 2e-3,
+    held_out: str = "",
+) -> dict:
     """Train one configuration for ``steps`` optimizer steps, score it, save it to OUT_DIR/final; return a dict."""
     from datasets import concatenate_datasets
     from transformers import set_seed
@@ -137,14 +161,32 @@ def run_one(name: str, seed: int, steps: int, out_dir: Path, corpus: str = "bach
     from hf_music_xl.data import collate
     from hf_music_xl.evaluate import corpus_nll
     from hf_music_xl.modeling_music_xl import MusicXLForCausalLM
-    from hf_music_xl.training import (EpochSeed, MusicXLTrainer, TrainSettings, generation_config_for,
-                                      parse_overrides, training_arguments, training_data)  # fmt: skip
+    from hf_music_xl.training import (
+        EpochSeed,
+        MusicXLTrainer,
+        TrainSettings,
+        generation_config_for,
+        parse_overrides,
+        training_arguments,
+        training_data,
+    )
 
     spec = dict(CONFIGS[name])
     is_gpt2 = spec.pop("gpt2", False)
-    settings = replace(TrainSettings(corpus=corpus, output_dir=str(out_dir), preset=preset, n_segments=n_segments,
-                                     max_steps=steps, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-                                     logging_steps=max(1, steps // 10)), **spec)  # fmt: skip
+    settings = replace(
+        TrainSettings(
+            corpus=corpus,
+            output_dir=str(out_dir),
+            preset=preset,
+            n_segments=n_segments,
+            max_steps=steps,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            seed=seed,
+            logging_steps=max(1, steps // 10),
+        ),
+        **spec,
+    )
     started = time.perf_counter()
     chorales = load_corpus(settings.corpus)
     set_seed(seed)
@@ -160,32 +202,66 @@ def run_one(name: str, seed: int, steps: int, out_dir: Path, corpus: str = "bach
         model.generation_config = generation_config_for(config)
     train_data, train_set = training_data(settings, chorales["train"], config, world_size=1)
     args = replace(training_arguments(settings, steps), eval_strategy="no", save_strategy="no")
-    trainer = MusicXLTrainer(model=model, args=args, data_collator=collate, train_dataset=train_set,
-                             warmup_fraction=settings.warmup_fraction, callbacks=[EpochSeed(train_data)],
-                             carry_memory=settings.train_mode == "stream" and not is_gpt2)  # fmt: skip
+    trainer = MusicXLTrainer(
+        model=model,
+        args=args,
+        data_collator=collate,
+        train_dataset=train_set,
+        warmup_fraction=settings.warmup_fraction,
+        callbacks=[EpochSeed(train_data)],
+        carry_memory=settings.train_mode == "stream" and not is_gpt2,
+    )
     train_started = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - train_started
     model = trainer.model.eval()
 
-    result = {"config": name, "seed": seed, "steps": steps, "params": count(model),
-              "train_tokens": steps * batch_size * window_len, "train_seconds": round(train_seconds, 1),
-              "final_train_loss": next((e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None),
-              "model_config": model.config.to_diff_dict() if is_gpt2 else {k: getattr(config, k) for k in
-                  ("d_model", "n_layer", "n_head", "d_inner", "mem_len", "segment_len", "encode_position", "max_bars",
-                   "mask_p")},
-              "train_mode": "stream (no memory)" if is_gpt2 and settings.train_mode == "stream" else settings.train_mode,
-              "augment": settings.augment, "window_len": window_len, "batch_size": batch_size,
-              "learning_rate": learning_rate}  # fmt: skip
-    score = (lambda split: gpt2_nll(model, split, batch_size)) if is_gpt2 else (
-        lambda split, **kw: corpus_nll(model, split, batch_size, progress=False, **kw))  # fmt: skip
+    result = {
+        "config": name,
+        "seed": seed,
+        "steps": steps,
+        "params": count(model),
+        "train_tokens": steps * batch_size * window_len,
+        "train_seconds": round(train_seconds, 1),
+        "final_train_loss": next((e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None),
+        "model_config": model.config.to_diff_dict()
+        if is_gpt2
+        else {
+            k: getattr(config, k)
+            for k in (
+                "d_model",
+                "n_layer",
+                "n_head",
+                "d_inner",
+                "mem_len",
+                "segment_len",
+                "encode_position",
+                "max_bars",
+                "mask_p",
+            )
+        },
+        "train_mode": "stream (no memory)" if is_gpt2 and settings.train_mode == "stream" else settings.train_mode,
+        "augment": settings.augment,
+        "window_len": window_len,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+    }
+    score = (
+        (lambda split: gpt2_nll(model, split, batch_size))
+        if is_gpt2
+        else (lambda split, **kw: corpus_nll(model, split, batch_size, progress=False, **kw))
+    )
     result["validation"] = score(chorales["validation"])
     if not is_gpt2:
         result["validation_no_memory"] = score(chorales["validation"], mem_len=0)
     for source in filter(None, held_out.split(",")):
         split = load_corpus(source)["validation"]
-        result[f"held_out {source}"] = {**score(split), "by_meter": {
-            meter: {**score(pieces), "pieces": len(pieces)} for meter, pieces in by_first_meter(split).items()}}  # fmt: skip
+        result[f"held_out {source}"] = {
+            **score(split),
+            "by_meter": {
+                meter: {**score(pieces), "pieces": len(pieces)} for meter, pieces in by_first_meter(split).items()
+            },
+        }
     if ood:
         other = load_corpus(ood, limit=ood_limit or None, num_proc=1)
         pieces = concatenate_datasets([other[split] for split in other])
@@ -245,8 +321,11 @@ def markdown(results: list[dict], command: str, wall_seconds: float) -> str:
             f"{cell(rows, 'ood', 'nll_per_token')} | {cell(rows, 'ood', 'nll_per_note')} | {minutes:.1f} |"
         )
     lines += held_out_table(by_config)
-    lines += ["", f"Command: `{command}`; wall time of this invocation: {wall_seconds / 60:.1f} min"
-              + (" (runs kept by --reuse not included)." if "--reuse" in command else ".")]
+    lines += [
+        "",
+        f"Command: `{command}`; wall time of this invocation: {wall_seconds / 60:.1f} min"
+        + (" (runs kept by --reuse not included)." if "--reuse" in command else "."),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -257,15 +336,24 @@ def held_out_table(by_config: dict) -> list[str]:
     if not sets:
         return []
     columns = [(key, None) for key in sets] + [(key, meter) for key in sets for meter in first[key]["by_meter"]]
-    names = [key.removeprefix("held_out ") + (f" {meter} ({first[key]['by_meter'][meter]['pieces']})" if meter else "")
-             for key, meter in columns]  # fmt: skip
-    lines = ["", "NLL per note on held-out validation splits (and their pieces by the meter they start in):", "",
-             "| configuration | " + " | ".join(names) + " |", "|---|" + "---|" * len(columns)]  # fmt: skip
+    names = [
+        key.removeprefix("held_out ") + (f" {meter} ({first[key]['by_meter'][meter]['pieces']})" if meter else "")
+        for key, meter in columns
+    ]
+    lines = [
+        "",
+        "NLL per note on held-out validation splits (and their pieces by the meter they start in):",
+        "",
+        "| configuration | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
     for name in CONFIGS:
         rows = by_config.get(name)
         if rows:
-            cells = [cell_of([r[key] if meter is None else r[key]["by_meter"].get(meter) for r in rows if key in r])
-                     for key, meter in columns]  # fmt: skip
+            cells = [
+                cell_of([r[key] if meter is None else r[key]["by_meter"].get(meter) for r in rows if key in r])
+                for key, meter in columns
+            ]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -289,18 +377,29 @@ def main():
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--corpus", default="bach-chorales", help="training corpus (sources joined by commas)")
-    parser.add_argument("--held-out", default="", help="sources whose validation splits are scored on their own, by meter")
+    parser.add_argument(
+        "--held-out", default="", help="sources whose validation splits are scored on their own, by meter"
+    )
     parser.add_argument("--ood", default="music21:oneills1850", help="corpus no model trains on ('' : none)")
     parser.add_argument("--ood-limit", type=int, default=4, help="files of the out-of-domain source (0: all)")
     parser.add_argument("--out", default="outputs/quality")
-    parser.add_argument("--reuse", action="store_true", help="keep runs whose result.json has the same steps (adding seeds)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep runs whose result.json has the same steps (adding seeds)"
+    )
     parser.add_argument("--one", default="", help=argparse.SUPPRESS)  # internal: run one configuration
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = Path(args.out)
-    common = dict(corpus=args.corpus, held_out=args.held_out, ood=args.ood, ood_limit=args.ood_limit, preset=args.preset,
-                  n_segments=args.n_segments,
-                  batch_size=args.batch_size, learning_rate=args.learning_rate)  # fmt: skip
+    common = dict(
+        corpus=args.corpus,
+        held_out=args.held_out,
+        ood=args.ood,
+        ood_limit=args.ood_limit,
+        preset=args.preset,
+        n_segments=args.n_segments,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+    )
 
     if args.one:
         import torch
@@ -324,10 +423,18 @@ def main():
     if args.ood:
         load_corpus(args.ood, limit=args.ood_limit or None, num_proc=1)
 
-    passthrough = [f"--steps={args.steps}", f"--preset={args.preset}", f"--n-segments={args.n_segments}",
-                   f"--batch-size={args.batch_size}", f"--learning-rate={args.learning_rate}", f"--ood={args.ood}",
-                   f"--ood-limit={args.ood_limit}", f"--out={args.out}", f"--corpus={args.corpus}",
-                   f"--held-out={args.held_out}"]  # fmt: skip
+    passthrough = [
+        f"--steps={args.steps}",
+        f"--preset={args.preset}",
+        f"--n-segments={args.n_segments}",
+        f"--batch-size={args.batch_size}",
+        f"--learning-rate={args.learning_rate}",
+        f"--ood={args.ood}",
+        f"--ood-limit={args.ood_limit}",
+        f"--out={args.out}",
+        f"--corpus={args.corpus}",
+        f"--held-out={args.held_out}",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     started = time.perf_counter()
 
@@ -340,10 +447,17 @@ def main():
         log = out / f"{name}-seed{seed}.log"
         t0 = time.perf_counter()
         with open(log, "w") as handle:
-            code = subprocess.call([sys.executable, __file__, f"--one={name}", f"--seed={seed}", *passthrough],
-                                   stdout=handle, stderr=subprocess.STDOUT, env=env)  # fmt: skip
-        print(f"{name} seed {seed}: exit {code} after {(time.perf_counter() - t0) / 60:.1f} min "
-              f"(t+{(time.perf_counter() - started) / 60:.1f} min)", flush=True)  # fmt: skip
+            code = subprocess.call(
+                [sys.executable, __file__, f"--one={name}", f"--seed={seed}", *passthrough],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        print(
+            f"{name} seed {seed}: exit {code} after {(time.perf_counter() - t0) / 60:.1f} min "
+            f"(t+{(time.perf_counter() - started) / 60:.1f} min)",
+            flush=True,
+        )
         return code
 
     jobs = [(name, seed) for seed in seeds for name in configs]  # seed-major: a first full seed comes early
@@ -356,8 +470,9 @@ def main():
         if path.exists():
             results.append(json.loads(path.read_text()))
     command = "OMP_NUM_THREADS=1 .venv/bin/python scripts/quality_report.py " + " ".join(sys.argv[1:])
-    (out / "results.json").write_text(json.dumps({"command": command.strip(), "wall_seconds": round(wall, 1),
-                                                  "runs": results}, indent=2) + "\n")  # fmt: skip
+    (out / "results.json").write_text(
+        json.dumps({"command": command.strip(), "wall_seconds": round(wall, 1), "runs": results}, indent=2) + "\n"
+    )
     if results:
         table = markdown(results, command.strip(), wall)
         (out / "report.md").write_text(table)

@@ -1,6 +1,6 @@
 """Run by test_training.py under torchrun: a few DDP steps, then each rank writes a hash of its weights.
 
-    torchrun --standalone --nproc_per_node 2 tests/ddp_worker.py CORPUS_DIR OUTPUT_DIR
+torchrun --standalone --nproc_per_node 2 tests/ddp_worker.py CORPUS_DIR OUTPUT_DIR
 """
 
 import json

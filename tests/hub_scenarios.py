@@ -30,7 +30,8 @@ def weights_digest(model) -> str:
 
 
 def publish(v1: str, v2: str, repo_id: str) -> dict:
-    """Push v1 to a new private repo, push it again (no change), push v2 over it, push v1 to a new branch ``dev``: all with the CLI."""
+    """Push v1 to a new private repo, push it again (no change), push v2 over it, push v1 to a new branch ``dev``:
+    all with the CLI."""
     import contextlib
     import io
 
@@ -93,7 +94,9 @@ def load(repo_id: str, revisions: list[str]) -> dict:
         digests[revision] = weights_digest(model)
     tokenizer = AutoTokenizer.from_pretrained(repo_id, trust_remote_code=True)
     torch.manual_seed(0)
-    output = model.generate(torch.tensor([[tokenizer.bos_token_id, tokenizer.pad_token_id]]), max_new_tokens=12, do_sample=True)
+    output = model.generate(
+        torch.tensor([[tokenizer.bos_token_id, tokenizer.pad_token_id]]), max_new_tokens=12, do_sample=True
+    )
     score = tokenizer.decode_midi(output[0])
     return {
         "digests": digests,
@@ -123,7 +126,13 @@ def trainer(corpus_dir: str, work: str, repo_id: str, overrides: str) -> dict:
     from hf_music_xl.modeling_music_xl import MusicXLForCausalLM
     from hf_music_xl.tokenization_music_xl_fast import MusicXLTokenizerFast
     from hf_music_xl.training import (
-        MusicXLTrainer, TrainSettings, compute_metrics, generation_config_for, parse_overrides, token_scores, train,
+        MusicXLTrainer,
+        TrainSettings,
+        compute_metrics,
+        generation_config_for,
+        parse_overrides,
+        token_scores,
+        train,
         training_arguments,
     )
 
@@ -132,19 +141,34 @@ def trainer(corpus_dir: str, work: str, repo_id: str, overrides: str) -> dict:
             control.should_training_stop = True
 
     work = Path(work)
-    settings = TrainSettings(corpus=corpus_dir, output_dir=str(work / "run"), model_overrides=overrides, n_segments=2,
-                             batch_size=4, max_steps=6, logging_steps=1, train_mode="windows")
-    args = dataclasses.replace(training_arguments(settings, settings.max_steps), **hub_training_arguments(repo_id, "checkpoint"))
+    settings = TrainSettings(
+        corpus=corpus_dir,
+        output_dir=str(work / "run"),
+        model_overrides=overrides,
+        n_segments=2,
+        batch_size=4,
+        max_steps=6,
+        logging_steps=1,
+        train_mode="windows",
+    )
+    args = dataclasses.replace(
+        training_arguments(settings, settings.max_steps), **hub_training_arguments(repo_id, "checkpoint")
+    )
     corpus = load_corpus(settings.corpus)
     config = MusicXLConfig.from_preset(settings.preset, **parse_overrides(settings.model_overrides))
     model = MusicXLForCausalLM(config)
     model.generation_config = generation_config_for(config)
     window = settings.n_segments * config.segment_len
     interrupted = MusicXLTrainer(
-        model=model, args=args, data_collator=collate, processing_class=MusicXLTokenizerFast(),
+        model=model,
+        args=args,
+        data_collator=collate,
+        processing_class=MusicXLTokenizerFast(),
         train_dataset=corpus["train"].with_transform(TrainTransform(window)),
         eval_dataset=eval_pieces(corpus["validation"]),
-        compute_metrics=compute_metrics, preprocess_logits_for_metrics=token_scores, callbacks=[StopAfterFirstSave()],
+        compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=token_scores,
+        callbacks=[StopAfterFirstSave()],
     )
     interrupted.train()
 
@@ -154,7 +178,9 @@ def trainer(corpus_dir: str, work: str, repo_id: str, overrides: str) -> dict:
     resumed_dir = work / "resumed"
     shutil.copytree(download / "last-checkpoint", resumed_dir / f"checkpoint-{state['global_step']}")
     # asking for 9 steps: a resumed run keeps the checkpoint's 6 (one-cycle schedule), a fresh one would do 9
-    resumed = train(dataclasses.replace(settings, output_dir=str(resumed_dir), resume=True, max_steps=9, hub_model_id=repo_id))
+    resumed = train(
+        dataclasses.replace(settings, output_dir=str(resumed_dir), resume=True, max_steps=9, hub_model_id=repo_id)
+    )
     history = json.loads((resumed_dir / "checkpoint-6" / "trainer_state.json").read_text())["log_history"]
     return {
         "interrupted_at": interrupted.state.global_step,
@@ -179,7 +205,11 @@ def real_hub(model_dir: str, name: str) -> dict:
         result = push_to_hub(model_dir, repo_id, private=True, commit_message="hf_music_xl test")
         model = AutoModelForCausalLM.from_pretrained(repo_id, trust_remote_code=True)
         card = api.model_info(repo_id).card_data
-        return {"url": result.repo_url, "class": type(model).__name__, "library_name": card.library_name if card else None}
+        return {
+            "url": result.repo_url,
+            "class": type(model).__name__,
+            "library_name": card.library_name if card else None,
+        }
     finally:
         api.delete_repo(repo_id, missing_ok=True)
 

@@ -46,9 +46,32 @@ LFS_SIZE_LIMIT = 10 * 1024 * 1024
 DEFAULT_GITATTRIBUTES = "".join(
     f"{pattern} filter=lfs diff=lfs merge=lfs -text\n"
     for pattern in (
-        "*.7z", "*.arrow", "*.bin", "*.bz2", "*.ckpt", "*.gz", "*.h5", "*.joblib", "*.msgpack", "*.model",
-        "*.npy", "*.npz", "*.onnx", "*.ot", "*.parquet", "*.pb", "*.pickle", "*.pkl", "*.pt", "*.pth",
-        "*.safetensors", "*.tar", "*.tflite", "*.zip", "*.zst", "*tfevents*",
+        "*.7z",
+        "*.arrow",
+        "*.bin",
+        "*.bz2",
+        "*.ckpt",
+        "*.gz",
+        "*.h5",
+        "*.joblib",
+        "*.msgpack",
+        "*.model",
+        "*.npy",
+        "*.npz",
+        "*.onnx",
+        "*.ot",
+        "*.parquet",
+        "*.pb",
+        "*.pickle",
+        "*.pkl",
+        "*.pt",
+        "*.pth",
+        "*.safetensors",
+        "*.tar",
+        "*.tflite",
+        "*.zip",
+        "*.zst",
+        "*tfevents*",
     )
 )
 
@@ -109,7 +132,14 @@ class HubStore:
         with self.lock:
             if self.load(repo_id, repo_type) is not None:
                 return False
-            repo = {"id": repo_id, "type": repo_type, "private": private, "created": now_iso(), "refs": {}, "commits": {}}
+            repo = {
+                "id": repo_id,
+                "type": repo_type,
+                "private": private,
+                "created": now_iso(),
+                "refs": {},
+                "commits": {},
+            }
             attributes = DEFAULT_GITATTRIBUTES.encode()
             files = {".gitattributes": self.put_blob(attributes)}
             self._add_commit(repo, "main", None, files, "initial commit", "")
@@ -127,7 +157,11 @@ class HubStore:
 
     def lfs_entry(self, sha256: str, size: int) -> dict:
         pointer = lfs_pointer(sha256, size)
-        return {"oid": git_blob_sha1(pointer), "size": size, "lfs": {"oid": sha256, "size": size, "pointerSize": len(pointer)}}
+        return {
+            "oid": git_blob_sha1(pointer),
+            "size": size,
+            "lfs": {"oid": sha256, "size": size, "pointerSize": len(pointer)},
+        }
 
     def lfs_path(self, sha256: str) -> Path:
         return self.root / "lfs" / sha256
@@ -156,15 +190,37 @@ class HubStore:
             return repo["refs"][name]
         return revision if revision in repo["commits"] else None
 
-    def _add_commit(self, repo: dict, branch: str, parent: str | None, files: dict, summary: str, description: str) -> str:
+    def _add_commit(
+        self, repo: dict, branch: str, parent: str | None, files: dict, summary: str, description: str
+    ) -> str:
         snapshot = {path: files[path] for path in sorted(files)}
-        identity = {"parent": parent, "summary": summary, "description": description, "files": {p: e["oid"] for p, e in snapshot.items()}}
+        identity = {
+            "parent": parent,
+            "summary": summary,
+            "description": description,
+            "files": {p: e["oid"] for p, e in snapshot.items()},
+        }
         sha = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-        repo["commits"][sha] = {"parent": parent, "summary": summary, "description": description, "date": now_iso(), "files": snapshot}
+        repo["commits"][sha] = {
+            "parent": parent,
+            "summary": summary,
+            "description": description,
+            "date": now_iso(),
+            "files": snapshot,
+        }
         repo["refs"][branch] = sha
         return sha
 
-    def commit(self, repo_id: str, repo_type: str, branch: str, operations: list[dict], summary: str, description: str, parent_commit: str | None) -> str:
+    def commit(
+        self,
+        repo_id: str,
+        repo_type: str,
+        branch: str,
+        operations: list[dict],
+        summary: str,
+        description: str,
+        parent_commit: str | None,
+    ) -> str:
         """Apply ndjson commit operations on top of ``branch`` (which must exist) and return the new commit id."""
         with self.lock:
             repo = self.load(repo_id, repo_type)
@@ -174,13 +230,19 @@ class HubStore:
             if head is None:
                 raise HubError(404, f"Invalid rev id: {branch}", "RevisionNotFound")
             if parent_commit is not None and parent_commit != head:
-                raise HubError(412, f"A commit has happened since: parent commit {parent_commit} is not the head {head}")
+                raise HubError(
+                    412, f"A commit has happened since: parent commit {parent_commit} is not the head {head}"
+                )
             files = dict(repo["commits"][head]["files"])
             for op in operations:
                 key, value = op["key"], op["value"]
                 path = value["path"]
                 if key == "file":
-                    data = base64.b64decode(value["content"]) if value.get("encoding") == "base64" else value["content"].encode()
+                    data = (
+                        base64.b64decode(value["content"])
+                        if value.get("encoding") == "base64"
+                        else value["content"].encode()
+                    )
                     files[path] = self.put_blob(data)
                 elif key == "lfsFile":
                     size = value.get("size")
@@ -297,7 +359,14 @@ class HubHandler(BaseHTTPRequestHandler):
         body = self.read_body()
         return json.loads(body) if body else {}
 
-    def send(self, status: int, body: bytes = b"", content_type: str = "application/json", headers: dict | None = None, length: int | None = None) -> None:
+    def send(
+        self,
+        status: int,
+        body: bytes = b"",
+        content_type: str = "application/json",
+        headers: dict | None = None,
+        length: int | None = None,
+    ) -> None:
         """One response; ``length`` gives a HEAD answer the size of the body a GET would send. Each connection
         serves one request (simple, and safe when an error answer leaves a request body unread)."""
         self.send_response(status)
@@ -397,7 +466,12 @@ class HubHandler(BaseHTTPRequestHandler):
         repo_type = "model"
         if parts and parts[0] in ("datasets", "spaces"):
             repo_type, parts = parts[0][:-1], parts[1:]
-        if len(parts) == 6 and parts[1].endswith(".git") and parts[2:] == ["info", "lfs", "objects", "batch"] and method == "POST":
+        if (
+            len(parts) == 6
+            and parts[1].endswith(".git")
+            and parts[2:] == ["info", "lfs", "objects", "batch"]
+            and method == "POST"
+        ):
             return self.lfs_batch(repo_type, f"{parts[0]}/{parts[1][:-4]}")
         if len(parts) >= 5 and parts[2] == "resolve" and method in ("GET", "HEAD"):
             return self.resolve_file(repo_type, f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:]))
@@ -434,8 +508,17 @@ class HubHandler(BaseHTTPRequestHandler):
         if not self.token_ok():
             raise HubError(401, "Invalid credentials in Authorization header")
         user = self.store.user
-        self.send_json(200, {"type": "user", "id": "0" * 24, "name": user, "fullname": user, "orgs": [],
-                             "auth": {"type": "access_token", "accessToken": {"displayName": "tests", "role": "write"}}})
+        self.send_json(
+            200,
+            {
+                "type": "user",
+                "id": "0" * 24,
+                "name": user,
+                "fullname": user,
+                "orgs": [],
+                "auth": {"type": "access_token", "accessToken": {"displayName": "tests", "role": "write"}},
+            },
+        )
         return True
 
     def create_repo(self) -> bool:
@@ -457,7 +540,11 @@ class HubHandler(BaseHTTPRequestHandler):
 
     def validate_yaml(self) -> bool:
         content = self.json_body().get("content", "")
-        warnings = [] if content.startswith("---\n") and "\n---" in content[3:] else [{"message": "empty or missing yaml metadata in repo card"}]
+        warnings = (
+            []
+            if content.startswith("---\n") and "\n---" in content[3:]
+            else [{"message": "empty or missing yaml metadata in repo card"}]
+        )
         self.send_json(200, {"errors": [], "warnings": warnings})
         return True
 
@@ -466,14 +553,42 @@ class HubHandler(BaseHTTPRequestHandler):
         sha = self.revision(repo, revision)
         commit = repo["commits"][sha]
         siblings = [
-            {"rfilename": path, "size": entry["size"], "blobId": entry["oid"],
-             **({"lfs": {"sha256": entry["lfs"]["oid"], "size": entry["size"], "pointerSize": entry["lfs"]["pointerSize"]}} if "lfs" in entry else {})}
+            {
+                "rfilename": path,
+                "size": entry["size"],
+                "blobId": entry["oid"],
+                **(
+                    {
+                        "lfs": {
+                            "sha256": entry["lfs"]["oid"],
+                            "size": entry["size"],
+                            "pointerSize": entry["lfs"]["pointerSize"],
+                        }
+                    }
+                    if "lfs" in entry
+                    else {}
+                ),
+            }
             for path, entry in commit["files"].items()
         ]
-        self.send_json(200, {"_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24], "id": repo_id, "author": repo_id.split("/")[0],
-                             "sha": sha, "private": repo["private"], "gated": False, "disabled": False, "tags": [],
-                             "lastModified": commit["date"], "createdAt": repo["created"], "siblings": siblings,
-                             "downloads": 0, "likes": 0})
+        self.send_json(
+            200,
+            {
+                "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24],
+                "id": repo_id,
+                "author": repo_id.split("/")[0],
+                "sha": sha,
+                "private": repo["private"],
+                "gated": False,
+                "disabled": False,
+                "tags": [],
+                "lastModified": commit["date"],
+                "createdAt": repo["created"],
+                "siblings": siblings,
+                "downloads": 0,
+                "likes": 0,
+            },
+        )
         return True
 
     def create_branch(self, repo_type: str, repo_id: str, branch: str) -> bool:
@@ -538,9 +653,25 @@ class HubHandler(BaseHTTPRequestHandler):
         if self.query.get("create_pr", ["0"])[0].lower() in ("1", "true"):
             number = self.store.open_pull_request(repo_id, repo_type, revision)
             revision, pr_url = f"refs/pr/{number}", f"{self.repo_url(repo_type, repo_id)}/discussions/{number}"
-        sha = self.store.commit(repo_id, repo_type, revision, lines[1:], header["summary"], header.get("description", ""), header.get("parentCommit"))
-        self.send_json(200, {"success": True, "commitOid": sha, "commitUrl": f"{self.repo_url(repo_type, repo_id)}/commit/{sha}",
-                             "pullRequestUrl": pr_url, "hookOutput": ""})
+        sha = self.store.commit(
+            repo_id,
+            repo_type,
+            revision,
+            lines[1:],
+            header["summary"],
+            header.get("description", ""),
+            header.get("parentCommit"),
+        )
+        self.send_json(
+            200,
+            {
+                "success": True,
+                "commitOid": sha,
+                "commitUrl": f"{self.repo_url(repo_type, repo_id)}/commit/{sha}",
+                "pullRequestUrl": pr_url,
+                "hookOutput": "",
+            },
+        )
         return True
 
     # --- listing and downloading
@@ -554,7 +685,12 @@ class HubHandler(BaseHTTPRequestHandler):
     @staticmethod
     def folder_json(path: str, files: dict) -> dict:
         inside = {name: entry["oid"] for name, entry in files.items() if name.startswith(path + "/")}
-        return {"type": "directory", "oid": hashlib.sha1(json.dumps(inside, sort_keys=True).encode()).hexdigest(), "size": 0, "path": path}
+        return {
+            "type": "directory",
+            "oid": hashlib.sha1(json.dumps(inside, sort_keys=True).encode()).hexdigest(),
+            "size": 0,
+            "path": path,
+        }
 
     @staticmethod
     def folders_of(files: dict) -> set[str]:
@@ -570,10 +706,10 @@ class HubHandler(BaseHTTPRequestHandler):
             raise HubError(404, f"{path} does not exist on {revision}", "EntryNotFound", sha)
         items = []
         for folder in sorted(self.folders_of(files)):
-            if folder.startswith(prefix) and (recursive or "/" not in folder[len(prefix):]):
+            if folder.startswith(prefix) and (recursive or "/" not in folder[len(prefix) :]):
                 items.append(self.folder_json(folder, files))
         for name, entry in files.items():
-            if name.startswith(prefix) and (recursive or "/" not in name[len(prefix):]):
+            if name.startswith(prefix) and (recursive or "/" not in name[len(prefix) :]):
                 items.append(self.entry_json(name, entry))
         self.send_json(200, items)
         return True
@@ -605,7 +741,13 @@ class HubHandler(BaseHTTPRequestHandler):
             raise HubError(404, f"Entry not found: {path} at {revision}", "EntryNotFound", sha)
         headers = {"X-Repo-Commit": sha, "Accept-Ranges": "bytes"}
         if "lfs" in entry:
-            headers.update({"ETag": f'"{entry["lfs"]["oid"]}"', "X-Linked-Etag": f'"{entry["lfs"]["oid"]}"', "X-Linked-Size": str(entry["size"])})
+            headers.update(
+                {
+                    "ETag": f'"{entry["lfs"]["oid"]}"',
+                    "X-Linked-Etag": f'"{entry["lfs"]["oid"]}"',
+                    "X-Linked-Size": str(entry["size"]),
+                }
+            )
         else:
             headers["ETag"] = f'"{entry["oid"]}"'
         if self.command == "HEAD":
@@ -639,8 +781,8 @@ class HubHTTPServer(ThreadingHTTPServer):
 class LocalHub:
     """A Hub server on 127.0.0.1 in a background thread::
 
-        with LocalHub(tmp_path / "hub", token="hf_test") as hub:
-            env = {"HF_ENDPOINT": hub.url, ...}
+    with LocalHub(tmp_path / "hub", token="hf_test") as hub:
+        env = {"HF_ENDPOINT": hub.url, ...}
     """
 
     def __init__(self, root: str | Path, token: str | None = None, user: str = "tester", port: int = 0):

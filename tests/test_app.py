@@ -17,8 +17,16 @@ def app(tiny_model_dir, tmp_path_factory):
 
 def test_generate_reports_progress_and_writes_picture_and_midi(app, chorale_midi_files):
     seen = []
-    status, picture, audio, midi = app.generate(str(chorale_midi_files[0]), 2, 1, "conservative", 0.9, 4, "G major",
-                                                progress=lambda value, desc, unit: seen.append((value, unit)))  # fmt: skip
+    status, picture, audio, midi = app.generate(
+        str(chorale_midi_files[0]),
+        2,
+        1,
+        "conservative",
+        0.9,
+        4,
+        "G major",
+        progress=lambda value, desc, unit: seen.append((value, unit)),
+    )
     assert status.startswith("Generated") and "(seed 4)" in status
     assert picture.endswith(".png") and midi.endswith(".mid") and symusic.Score(midi).note_num() > 0
     assert audio is None or audio.endswith(".wav")
@@ -31,7 +39,9 @@ def test_cancel_stops_a_long_generation_at_the_next_chunk(app):
     def progress(value, desc, unit):
         started.set()
 
-    worker = threading.Thread(target=lambda: result.update(out=app.generate(None, 0, 64, "default", 1.0, 0, "none", "session-a", progress)))
+    worker = threading.Thread(
+        target=lambda: result.update(out=app.generate(None, 0, 64, "default", 1.0, 0, "none", "session-a", progress))
+    )
     worker.start()
     assert started.wait(300), "no progress reported"
     app.cancel("session-a")

@@ -28,8 +28,11 @@ SCREENSHOTS = Path(__file__).resolve().parent.parent / "outputs" / "browser"
 WAIT_S = 120  # an upper bound for a slow, shared machine; every wait ends as soon as its condition holds
 
 if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-    pytest.skip(f"no browser: {CHROMIUM} and {CHROMEDRIVER} come from Debian's chromium and chromium-driver "
-                "(apt-get install chromium chromium-driver; .ci/run installs them)", allow_module_level=True)  # fmt: skip
+    pytest.skip(
+        f"no browser: {CHROMIUM} and {CHROMEDRIVER} come from Debian's chromium and chromium-driver "
+        "(apt-get install chromium chromium-driver; .ci/run installs them)",
+        allow_module_level=True,
+    )
 
 
 def free_port() -> int:
@@ -41,7 +44,9 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def app_url(tiny_model_dir, tmp_path_factory):
     port = free_port()
-    page = run_app(AppSettings(str(tiny_model_dir), port=port, output_dir=str(tmp_path_factory.mktemp("app_out"))), block=False)
+    page = run_app(
+        AppSettings(str(tiny_model_dir), port=port, output_dir=str(tmp_path_factory.mktemp("app_out"))), block=False
+    )
     yield f"http://127.0.0.1:{port}/"
     page.close()
 
@@ -51,10 +56,19 @@ def browser(tmp_path_factory):
     os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never fetch a browser or a driver
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1400,1100",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium_profile')}"):  # fmt: skip
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1100",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium_profile')}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
     yield driver
@@ -101,13 +115,17 @@ def test_upload_generate_and_get_picture_audio_and_midi(browser, app_url, choral
     assert re.match(r"Generated (\d of )?2 bars, \d+ new notes after \d+ prompt notes \(seed 0\)", status), status
 
     picture = WebDriverWait(browser, WAIT_S).until(lambda d: d.find_element(By.CSS_SELECTOR, "#piano-roll img"))
-    WebDriverWait(browser, WAIT_S).until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", picture))
+    WebDriverWait(browser, WAIT_S).until(
+        lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", picture)
+    )
     assert browser.execute_script("return arguments[0].naturalWidth", picture) > 300
 
     from hf_music_xl.render import find_renderer, find_soundfont
 
     if find_renderer() and find_soundfont():  # the audio extra (midirenderer + pretty_midi's soundfont)
-        wav = WebDriverWait(browser, WAIT_S).until(lambda d: d.find_element(By.CSS_SELECTOR, "#audio a[download$='.wav']"))
+        wav = WebDriverWait(browser, WAIT_S).until(
+            lambda d: d.find_element(By.CSS_SELECTOR, "#audio a[download$='.wav']")
+        )
         assert browser.find_element(By.ID, "audio").is_displayed()
         data = urllib.request.urlopen(wav.get_attribute("href"), timeout=60).read()
         assert data[:4] == b"RIFF" and data[8:12] == b"WAVE" and len(data) > 44_100  # over a quarter second of sound
@@ -139,4 +157,3 @@ def test_broken_uploads_give_a_message_and_the_server_goes_on(browser, app_url, 
     set_number(browser, "bars", 1)
     browser.find_element(By.ID, "generate").click()
     assert re.match(r"Generated (\d of )?1 bar, \d+ new notes \(seed 0\)", status_text(browser, "Generated"))
-

@@ -87,13 +87,24 @@ def test_missing_file_is_a_file_not_found_error(tmp_path):
         # A note-on without its note-off (symusic drops it); the rest of the piece survives.
         (midi(track((0, [0x90, 60, 80]), *note(62, delta=480))), "xxbos xxpad ts4/4 xxsep d4 n62 d4"),
         # Overlapping identical notes collapse to one, the longest.
-        (midi(track((0, [0x90, 60, 80]), (0, [0x90, 60, 80]), (240, [0x80, 60, 0]), (240, [0x80, 60, 0]))),
-         "xxbos xxpad ts4/4 n60 d4"),
+        (
+            midi(track((0, [0x90, 60, 80]), (0, [0x90, 60, 80]), (240, [0x80, 60, 0]), (240, [0x80, 60, 0]))),
+            "xxbos xxpad ts4/4 n60 d4",
+        ),
         # Type 2 holds independent sequences: they play one after another.
         (midi(track(*note(60)), track(*note(64)), midi_format=2), "xxbos xxpad ts4/4 n60 d4 xxsep d4 n64 d4"),
         # Time signatures: a corrupt one (numerator 0) is dropped; 7/8 then, after the last note, 5/4 (moves nothing).
-        (midi(track((0, [0xFF, 0x58, 0x04, 0, 2, 24, 8]), (0, [0xFF, 0x58, 0x04, 7, 3, 24, 8]), *note(60),
-                    (0x0FFFFFFF, [0xFF, 0x58, 0x04, 5, 2, 24, 8]))), "xxbos xxpad ts7/8 n60 d4"),
+        (
+            midi(
+                track(
+                    (0, [0xFF, 0x58, 0x04, 0, 2, 24, 8]),
+                    (0, [0xFF, 0x58, 0x04, 7, 3, 24, 8]),
+                    *note(60),
+                    (0x0FFFFFFF, [0xFF, 0x58, 0x04, 5, 2, 24, 8]),
+                )
+            ),
+            "xxbos xxpad ts7/8 n60 d4",
+        ),
         # A tiny resolution (1 tick per quarter) and an odd one (7) still land on the grid.
         (midi(track(*note(60, length=1), *note(62, length=2)), division=1), "xxbos xxpad ts4/4 n60 d4 xxsep d4 n62 d8"),
         (midi(track(*note(60, length=7), *note(62, length=7)), division=7), "xxbos xxpad ts4/4 n60 d4 xxsep d4 n62 d4"),

@@ -1,10 +1,9 @@
 """MusicXLCache (cache_music_xl.py): reordering, cropping, saved state, repeated rows, size."""
 
 import torch
+from helpers import tiny_model
 
 from hf_music_xl import MusicXLCache
-
-from helpers import tiny_model
 
 
 def random_ids(batch, length, seed=1):
@@ -49,14 +48,22 @@ def test_cache_state_round_trip_repeat_rows_and_size():
         tensors, first = cache.state()
         restored = MusicXLCache.from_state(model.config, tensors, first)
         assert restored.get_seq_length() == 10 and len(restored.keys) == model.config.n_layer
-        torch.testing.assert_close(model(following, past_key_values=restored).logits,
-                                   model(torch.cat([ids, following], dim=1)).logits[:, 10:], atol=1e-5, rtol=1e-4)  # fmt: skip
+        torch.testing.assert_close(
+            model(following, past_key_values=restored).logits,
+            model(torch.cat([ids, following], dim=1)).logits[:, 10:],
+            atol=1e-5,
+            rtol=1e-4,
+        )
         assert MusicXLCache.from_state(model.config, {}, 0).get_seq_length() == 0  # a memory not written yet
         cache = model(ids, use_cache=True).past_key_values
         cache.batch_repeat_interleave(2)  # rows 0, 0, 1, 1
         repeated = model(following.repeat_interleave(2, dim=0), past_key_values=cache).logits
-        torch.testing.assert_close(repeated, model(torch.cat([ids, following], dim=1)).logits[:, 10:].repeat_interleave(2, dim=0),
-                                   atol=1e-5, rtol=1e-4)  # fmt: skip
+        torch.testing.assert_close(
+            repeated,
+            model(torch.cat([ids, following], dim=1)).logits[:, 10:].repeat_interleave(2, dim=0),
+            atol=1e-5,
+            rtol=1e-4,
+        )
         empty = MusicXLCache(model.config)
         empty.batch_repeat_interleave(3)  # nothing consumed yet: nothing to repeat
         assert empty.get_seq_length() == 0 and empty.nbytes() == 0

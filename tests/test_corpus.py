@@ -56,7 +56,9 @@ def test_chorale_split_is_by_bwv_number(chorale_corpus):
 
 def build_identity(folder: Path) -> dict:
     """(inode, mtime) of every file of a built corpus: a rebuild writes new files and renames a new folder in."""
-    return {path.relative_to(folder): (path.stat().st_ino, path.stat().st_mtime_ns) for path in sorted(folder.rglob("*"))}
+    return {
+        path.relative_to(folder): (path.stat().st_ino, path.stat().st_mtime_ns) for path in sorted(folder.rglob("*"))
+    }
 
 
 def test_second_build_is_cached(chorale_corpus_dir, tmp_path, monkeypatch, caplog):
@@ -84,7 +86,14 @@ def test_rebuild_replaces_the_cached_build(chorale_midi_files, tmp_path):
     first = build_corpus(str(folder), cache_dir=tmp_path / "cache", num_proc=1)
     built = Path(first["train"].cache_files[0]["filename"]).parent.parent
     before = build_identity(built)
-    assert build_identity(Path(build_corpus(str(folder), cache_dir=tmp_path / "cache", num_proc=1)["train"].cache_files[0]["filename"]).parent.parent) == before
+    assert (
+        build_identity(
+            Path(
+                build_corpus(str(folder), cache_dir=tmp_path / "cache", num_proc=1)["train"].cache_files[0]["filename"]
+            ).parent.parent
+        )
+        == before
+    )
     rebuilt = build_corpus(str(folder), cache_dir=tmp_path / "cache", num_proc=1, rebuild=True)
     assert Path(rebuilt["train"].cache_files[0]["filename"]).parent.parent == built
     assert build_identity(built).keys() == before.keys() and build_identity(built) != before
@@ -120,7 +129,9 @@ def test_cache_key_covers_encoder_and_quantization(monkeypatch):
     assert key != corpus_module.cache_key("bach-chorales", items, 8, 3, 0.1)
     assert key != corpus_module.cache_key("bach-chorales", items, 4, 3, 0.2)  # the validation share
     assert key != corpus_module.cache_key("bach-chorales", items, 4, 2, 0.1)  # the limit
-    assert corpus_module.cache_key("music21:a", items, 4, 3, 0.1) != corpus_module.cache_key("music21:b", items, 4, 3, 0.1)
+    assert corpus_module.cache_key("music21:a", items, 4, 3, 0.1) != corpus_module.cache_key(
+        "music21:b", items, 4, 3, 0.1
+    )
     assert key == corpus_module.cache_key("bach-chorales", items, 4, 3, 0.1)  # and nothing else
     monkeypatch.setattr(corpus_module, "ENCODER_VERSION", "test")
     assert key != corpus_module.cache_key("bach-chorales", items, 4, 3, 0.1)
@@ -179,7 +190,9 @@ def test_music21_folders_of_score_formats(tmp_path):
     folder mixing formats reads each; a comma joins corpora."""
     built = build_corpus("music21:palestrina", limit=3, cache_dir=tmp_path / "cache", num_proc=2)
     rows = [row for split in built.values() for row in split]
-    assert len(rows) == 3 and all(row["source"].startswith("music21:palestrina/") and row["source"].endswith(".krn") for row in rows)
+    assert len(rows) == 3 and all(
+        row["source"].startswith("music21:palestrina/") and row["source"].endswith(".krn") for row in rows
+    )
     assert all(row["n_notes"] > 200 and row["input_ids"][:2] == [0, 1] and row["input_ids"][-1] == 2 for row in rows)
     mixed = tmp_path / "mixed"
     mixed.mkdir()
@@ -189,11 +202,16 @@ def test_music21_folders_of_score_formats(tmp_path):
     (mixed / "tune.abc").write_text(TWO_TUNES)
     folder = build_corpus(str(mixed), cache_dir=tmp_path / "cache", num_proc=1)
     report = read_report(folder)
-    assert sorted(row["source"] for split in folder.values() for row in split) == ["agnus.krn", "tune.abc#X:1", "tune.abc#X:2"]
+    assert sorted(row["source"] for split in folder.values() for row in split) == [
+        "agnus.krn",
+        "tune.abc#X:1",
+        "tune.abc#X:2",
+    ]
     assert [skip["source"] for skip in report["skipped"]] == ["broken.mxl"] and report["skipped"][0]["reason"]
     joined = load_corpus(f"music21:palestrina,{mixed}", limit=3, cache_dir=tmp_path / "cache", num_proc=1)
     assert sorted(source for split in joined.values() for source in split["source"]) == sorted(
-        [row["source"] for row in rows] + ["agnus.krn", "tune.abc#X:1", "tune.abc#X:2"])  # fmt: skip
+        [row["source"] for row in rows] + ["agnus.krn", "tune.abc#X:1", "tune.abc#X:2"]
+    )
 
 
 def test_bad_sources_are_clear_errors(tmp_path):
@@ -221,13 +239,25 @@ def test_output_refuses_to_overwrite_other_things(chorale_corpus_dir, tmp_path):
 
 
 def test_cli_build_corpus(chorale_corpus_dir, tmp_path, capsys):
-    cli_main(["build-corpus", "bach-chorales", "--limit", "12", "--cache-dir", str(chorale_corpus_dir.parent),
-              "--output", str(tmp_path / "chorales")])
+    cli_main(
+        [
+            "build-corpus",
+            "bach-chorales",
+            "--limit",
+            "12",
+            "--cache-dir",
+            str(chorale_corpus_dir.parent),
+            "--output",
+            str(tmp_path / "chorales"),
+        ]
+    )
     printed = capsys.readouterr().out
     assert "train:" in printed and str(tmp_path / "chorales") in printed
     meters = read_report(load_corpus(tmp_path / "chorales"))["meters"]
     assert sum(meters["first_meter"].values()) == 12 and "4/4" in meters["first_meter"]  # chorales: mostly 4/4
     assert f"meters (at the start): 4/4 {meters['first_meter']['4/4']}" in printed
-    assert len(load_corpus(tmp_path / "chorales")["train"]) + len(load_corpus(tmp_path / "chorales")["validation"]) == 12
+    assert (
+        len(load_corpus(tmp_path / "chorales")["train"]) + len(load_corpus(tmp_path / "chorales")["validation"]) == 12
+    )
     with pytest.raises(SystemExit, match="unknown corpus source"):
         cli_main(["build-corpus", str(tmp_path / "missing"), "--cache-dir", str(tmp_path)])

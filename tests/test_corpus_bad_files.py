@@ -5,11 +5,11 @@ import json
 import shutil
 
 import numpy as np
+from test_bad_midi import test_odd_but_usable_files_encode_sensibly as odd_cases_test
+from test_bad_midi import test_unusable_files_raise_one_error_naming_the_file as unusable_cases_test
 
 from hf_music_xl import encoding
 from hf_music_xl.corpus import build_corpus
-from test_bad_midi import test_odd_but_usable_files_encode_sensibly as odd_cases_test
-from test_bad_midi import test_unusable_files_raise_one_error_naming_the_file as unusable_cases_test
 
 
 def parametrized(test) -> list[tuple]:
@@ -43,7 +43,11 @@ def test_mixed_folder_every_good_file_lands_every_bad_one_is_reported(chorale_mi
     # the counts add up: every file seen is a piece, a skip or a duplicate of a piece, and nothing twice
     seen = len(chorale_midi_files[:5]) + len(UNUSABLE) + len(ODD)
     assert report["items_read"] == seen
-    accounted = [*rows, *(skip["source"] for skip in report["skipped"]), *(dup["source"] for dup in report["duplicates"])]
+    accounted = [
+        *rows,
+        *(skip["source"] for skip in report["skipped"]),
+        *(dup["source"] for dup in report["duplicates"]),
+    ]
     assert sorted(accounted) == sorted(set(accounted)) and len(accounted) == seen
     assert report["pieces_kept"] == len(rows) == sum(split["pieces"] for split in report["splits"].values())
 
@@ -51,7 +55,9 @@ def test_mixed_folder_every_good_file_lands_every_bad_one_is_reported(chorale_mi
     reasons = {skip["source"]: skip["reason"] for skip in report["skipped"]}
     assert set(reasons) == {f"bad/{name}" for name, _, _ in UNUSABLE}
     for name, _, problem in UNUSABLE:
-        assert reasons[f"bad/{name}"].startswith("MidiReadError: ") and problem in reasons[f"bad/{name}"], reasons[f"bad/{name}"]
+        assert reasons[f"bad/{name}"].startswith("MidiReadError: ") and problem in reasons[f"bad/{name}"], reasons[
+            f"bad/{name}"
+        ]
         assert name in reasons[f"bad/{name}"]  # the message names the file
 
     # every good (or odd but usable) file landed with its own tokens, or as a duplicate of a piece that did

@@ -15,7 +15,11 @@ def test_checks_compare_each_figure_with_its_allowance():
     assert close["note_density"]["value"] == 0.25 and abs(close["polyphony"]["value"] - 0.9) < 1e-9
     off = look_like_the_chorales(chorales, summary(8.6, 3.30, 32.0), 1.76)  # the clusters of a load-starved run
     assert {name for name, check in off.items() if not check["within"]} == {
-        "polyphony", "pitch_class_entropy", "note_density", "validation_nll_per_token"}
+        "polyphony",
+        "pitch_class_entropy",
+        "note_density",
+        "validation_nll_per_token",
+    }
     assert set(close) == {name for name, _, _ in CHECKS} | {"validation_nll_per_token"}
 
 

@@ -30,7 +30,15 @@ def notes_as_set(notes: E.Notes):
 
 def test_ids_match_the_reference_layout():
     assert [E.VOCAB[i] for i in (0, 1, 2, 8, 9, 136, 137, 297, 298)] == [
-        "xxbos", "xxpad", "xxeos", "xxsep", "n0", "n127", "d0", "d160", "xxunk"
+        "xxbos",
+        "xxpad",
+        "xxeos",
+        "xxsep",
+        "n0",
+        "n127",
+        "d0",
+        "d160",
+        "xxunk",
     ]
     # time signatures come after: ids 0..298 keep their meaning
     assert E.VOCAB_SIZE == 379 and len(set(E.VOCAB)) == 379 and E.LEGACY_VOCAB_SIZE == 299
@@ -72,7 +80,9 @@ def test_time_signatures_at_the_start_and_at_each_change():
 
 
 def test_other_meters_keep_their_bar_length():
-    assert E.VOCAB[E.meter_token(6, 8)] == "ts6/8" and E.meter_token(6, 8) != E.meter_token(3, 4)  # same bar, other beats
+    assert E.VOCAB[E.meter_token(6, 8)] == "ts6/8" and E.meter_token(6, 8) != E.meter_token(
+        3, 4
+    )  # same bar, other beats
     assert E.VOCAB[E.meter_token(24, 16)] == "ts12/8"  # 24 sixteenths: numerator over 16, as twelve eighths
     assert E.VOCAB[E.meter_token(7, 32)] == "ts4/16"  # 3.5 steps, on a 16th grid: 4
     assert E.bar_steps(*E.token_meter(E.meter_token(40, 8))) == 80  # 40/8 = 80 steps, as 5/1
@@ -90,13 +100,32 @@ def test_bars_follow_meters_and_a_pickup_moves_nothing_after_it():
     bars = E.Bars(np.array([[0, 3, 4], [30, 2, 4]]))
     assert bars.bar_lines(46).tolist() == [0, 12, 24, 30, 38, 46]
     # beats: 3/4 has three of 4 steps, 6/8 two of 6
-    assert [column.tolist() for column in E.Bars(np.array([[0, 3, 4]])).beat_of([0, 5, 11])] == [[0, 0, 0], [0, 1, 2], [0, 1, 3]]
-    assert [column.tolist() for column in E.Bars(np.array([[0, 6, 8]])).beat_of([0, 5, 11])] == [[0, 0, 0], [0, 0, 1], [0, 5, 5]]
+    assert [column.tolist() for column in E.Bars(np.array([[0, 3, 4]])).beat_of([0, 5, 11])] == [
+        [0, 0, 0],
+        [0, 1, 2],
+        [0, 1, 3],
+    ]
+    assert [column.tolist() for column in E.Bars(np.array([[0, 6, 8]])).beat_of([0, 5, 11])] == [
+        [0, 0, 0],
+        [0, 0, 1],
+        [0, 5, 5],
+    ]
 
 
 def test_bars_of_notes_follow_their_meters_and_grid():
-    notes = E.ids_to_notes([0, 1, E.TOKEN_TO_ID["ts3/4"], 69, E.DURATION_OFFSET + 4, E.SEP_ID, E.DURATION_OFFSET + 30, 70,
-                            E.DURATION_OFFSET + 4])  # fmt: skip
+    notes = E.ids_to_notes(
+        [
+            0,
+            1,
+            E.TOKEN_TO_ID["ts3/4"],
+            69,
+            E.DURATION_OFFSET + 4,
+            E.SEP_ID,
+            E.DURATION_OFFSET + 30,
+            70,
+            E.DURATION_OFFSET + 4,
+        ]
+    )
     assert notes.bars().bar_lines(30).tolist() == [0, 12, 24] and notes.bars().lengths.tolist() == [12]
     assert notes.bars(steps_per_beat=8).lengths.tolist() == [24]  # 3/4 with 8 steps a quarter
 
@@ -181,7 +210,11 @@ def test_round_trip_is_exact_on_real_chorales(chorale_midi_files, tmp_path):
 def test_decode_is_total_on_hostile_sequences():
     rng = np.random.default_rng(0)
     hostile = [
-        [], [E.SEP_ID], [E.DURATION_OFFSET + 4], [9, 9, 9], [E.SEP_ID, E.SEP_ID, E.DURATION_OFFSET + 2],
+        [],
+        [E.SEP_ID],
+        [E.DURATION_OFFSET + 4],
+        [9, 9, 9],
+        [E.SEP_ID, E.SEP_ID, E.DURATION_OFFSET + 2],
         [E.DURATION_OFFSET + 4, 70, E.DURATION_OFFSET + 4, E.UNK_ID, -5, 10_000, 70],
         [0, 1, 69, E.DURATION_OFFSET] + [E.SEP_ID, E.DURATION_OFFSET + 160] * 200_000 + [69, 141],
     ] + [rng.integers(-3, E.VOCAB_SIZE + 3, size).tolist() for size in (1, 2, 7, 1001, 20_000)]
@@ -202,8 +235,11 @@ def score_notes(score):
 
 def notes_in_ticks(notes: E.Notes):
     """What the decoder should write: every note in ticks, but those ending past MIDI's int32 ticks."""
-    return {(onset * TICKS_PER_STEP, duration * TICKS_PER_STEP, pitch)
-            for onset, pitch, duration in notes_as_set(notes) if (onset + duration) * TICKS_PER_STEP <= INT32_MAX}  # fmt: skip
+    return {
+        (onset * TICKS_PER_STEP, duration * TICKS_PER_STEP, pitch)
+        for onset, pitch, duration in notes_as_set(notes)
+        if (onset + duration) * TICKS_PER_STEP <= INT32_MAX
+    }
 
 
 def test_notes_past_int32_ticks_are_dropped_not_wrapped():
@@ -212,7 +248,9 @@ def test_notes_past_int32_ticks_are_dropped_not_wrapped():
     ids = [0, 1, 69, E.DURATION_OFFSET + 4] + far + [E.TOKEN_TO_ID["ts3/4"], 70, E.DURATION_OFFSET + 4]
     assert len(E.ids_to_notes(ids)) == 2
     score = E.decode_ids(ids)
-    assert score_notes(score) == {(0, 4 * TICKS_PER_STEP, 60)}  # the far note is dropped, not written at a negative tick
+    assert score_notes(score) == {
+        (0, 4 * TICKS_PER_STEP, 60)
+    }  # the far note is dropped, not written at a negative tick
     assert [(ts.time, ts.numerator, ts.denominator) for ts in score.time_signatures] == [(0, 4, 4)]
     # just inside the limit, a note is kept where it is
     near = [E.SEP_ID, E.DURATION_OFFSET + 160] * 111_848  # 17,895,680 steps
@@ -228,8 +266,20 @@ def test_strict_positions_of_a_batch_of_one():
 
 
 def test_lenient_decode_keeps_only_complete_pairs():
-    ids = [0, 1, E.DURATION_OFFSET + 4, 69, 70, E.DURATION_OFFSET + 2, E.SEP_ID, E.SEP_ID, E.DURATION_OFFSET + 3,
-           4, 71, E.DURATION_OFFSET + 1]
+    ids = [
+        0,
+        1,
+        E.DURATION_OFFSET + 4,
+        69,
+        70,
+        E.DURATION_OFFSET + 2,
+        E.SEP_ID,
+        E.SEP_ID,
+        E.DURATION_OFFSET + 3,
+        4,
+        71,
+        E.DURATION_OFFSET + 1,
+    ]
     assert notes_as_set(E.ids_to_notes(ids)) == {(0, 61, 2), (3, 62, 1)}
 
 
@@ -254,8 +304,25 @@ def test_strict_decode_names_the_first_invalid_position():
 
 
 def test_beat_positions_follow_the_reference_rule():
-    ids = [0, 1, E.SEP_ID, E.DURATION_OFFSET + 2, 80, E.DURATION_OFFSET + 2, E.SEP_ID, E.DURATION_OFFSET + 2,
-           80, E.DURATION_OFFSET + 2, 0, 1, 80, E.DURATION_OFFSET + 2, E.SEP_ID, E.DURATION_OFFSET + 16, 80]
+    ids = [
+        0,
+        1,
+        E.SEP_ID,
+        E.DURATION_OFFSET + 2,
+        80,
+        E.DURATION_OFFSET + 2,
+        E.SEP_ID,
+        E.DURATION_OFFSET + 2,
+        80,
+        E.DURATION_OFFSET + 2,
+        0,
+        1,
+        80,
+        E.DURATION_OFFSET + 2,
+        E.SEP_ID,
+        E.DURATION_OFFSET + 16,
+        80,
+    ]
     # xxsep(0) d2(0) n71(2) d2(2) xxsep(2) d2(2) n71(4) d2(4), then a new piece restarts at 0.
     assert E.beat_positions(ids).tolist() == [0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 0, 0, 0, 0, 0, 0, 16]
     # features: (bar, beat, step in beat) in 4/4 (no time signature) and, for old vocabularies, (bar, step, 0)
@@ -279,7 +346,10 @@ def test_transposition_stays_in_range():
     up = E.transpose_ids(ids, 7)
     assert text(up) == "xxbos xxpad ts4/4 n10 d4 xxsep d4 n127 d4"  # time signatures are not notes
     assert E.transpose_ids(ids, -3)[3] == E.NOTE_OFFSET
-    assert E.transposition_range([0, 1, E.NOTE_OFFSET, E.DURATION_OFFSET + 1, E.NOTE_OFFSET + 100]) == (0, 27)  # pitch 0
+    assert E.transposition_range([0, 1, E.NOTE_OFFSET, E.DURATION_OFFSET + 1, E.NOTE_OFFSET + 100]) == (
+        0,
+        27,
+    )  # pitch 0
     assert E.transposition_range([0, 1, E.SEP_ID, E.DURATION_OFFSET + 4]) == (-127, 127)  # no notes: any shift
     for shift in (8, -4):
         with pytest.raises(ValueError, match="allowed -3..7"):

@@ -57,7 +57,9 @@ def test_chorales_look_like_bach_and_random_notes_do_not(chorale_scores):
     random = []
     for piece in bach:
         n = len(piece)
-        random.append(notes(np.sort(rng.integers(0, piece.onset.max() + 1, n)), rng.integers(36, 100, n), rng.integers(1, 9, n)))
+        random.append(
+            notes(np.sort(rng.integers(0, piece.onset.max() + 1, n)), rng.integers(36, 100, n), rng.integers(1, 9, n))
+        )
     bach_stats, random_stats = summarize(bach), summarize(random)
     assert 2.8 < bach_stats["pitch_class_entropy"]["mean"] < 3.2 < 3.4 < random_stats["pitch_class_entropy"]["mean"]
     assert random_stats["scale_consistency"]["mean"] < 0.7 < 0.88 < bach_stats["scale_consistency"]["mean"]
@@ -85,28 +87,62 @@ def test_corpus_nll_is_the_model_loss_over_whole_pieces(tiny_model_dir, chorale_
     assert without["mem_len"] == 0 and without["nll_per_token"] != pytest.approx(loss, rel=1e-4)
     positions, _ = compute_positions(ids, model.config)  # the piece's own, in every segment
     with torch.no_grad():  # mem_len 0: the segments on their own (each segment's last token still predicts the next)
-        logits = torch.cat([model(part, beat_positions=where).logits
-                            for part, where in zip(ids.split(16, dim=1), positions.split(16, dim=1))], dim=1)  # fmt: skip
+        logits = torch.cat(
+            [
+                model(part, beat_positions=where).logits
+                for part, where in zip(ids.split(16, dim=1), positions.split(16, dim=1))
+            ],
+            dim=1,
+        )
     expected = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:]).item()
     assert without["nll_per_token"] == pytest.approx(expected, rel=1e-5)
     assert model.config.mem_len == 16  # restored
     # several pieces of different lengths in one batch: the padding is not scored
     three = chorale_corpus["train"].select([0, 1, 2])
-    batched, one_by_one = corpus_nll(model, three, batch_size=8, progress=False), corpus_nll(model, three, batch_size=1, progress=False)
+    batched, one_by_one = (
+        corpus_nll(model, three, batch_size=8, progress=False),
+        corpus_nll(model, three, batch_size=1, progress=False),
+    )
     assert batched["tokens"] == one_by_one["tokens"] == sum(len(x) - 1 for x in three["input_ids"])
     assert batched["nll_per_token"] == pytest.approx(one_by_one["nll_per_token"], rel=1e-5)
 
 
-def test_evaluate_command_prints_a_table_and_writes_json(tiny_model_dir, chorale_corpus_dir, chorale_midi_files, tmp_path, capsys):
+def test_evaluate_command_prints_a_table_and_writes_json(
+    tiny_model_dir, chorale_corpus_dir, chorale_midi_files, tmp_path, capsys
+):
     output = tmp_path / "results" / "evaluation.json"
-    main(["evaluate", "--model", str(tiny_model_dir), "--corpus", str(chorale_corpus_dir), "--generated",
-          *map(str, chorale_midi_files[:3]), "--skip-bars", "1", "--output", str(output)])  # fmt: skip
+    main(
+        [
+            "evaluate",
+            "--model",
+            str(tiny_model_dir),
+            "--corpus",
+            str(chorale_corpus_dir),
+            "--generated",
+            *map(str, chorale_midi_files[:3]),
+            "--skip-bars",
+            "1",
+            "--output",
+            str(output),
+        ]
+    )
     printed = capsys.readouterr().out
     results = json.loads(output.read_text())
     assert results["nll"]["tokens"] > 0 and results["nll"]["nll_per_note"] > results["nll"]["nll_per_token"]
     assert results["nll"]["mem_len"] == 16  # the model's own
-    main(["evaluate", "--model", str(tiny_model_dir), "--corpus", str(chorale_corpus_dir), "--mem-len", "0",
-          "--output", str(output)])  # fmt: skip
+    main(
+        [
+            "evaluate",
+            "--model",
+            str(tiny_model_dir),
+            "--corpus",
+            str(chorale_corpus_dir),
+            "--mem-len",
+            "0",
+            "--output",
+            str(output),
+        ]
+    )
     without_memory = json.loads(output.read_text())["nll"]
     assert without_memory["mem_len"] == 0 and without_memory["nll_per_token"] != results["nll"]["nll_per_token"]
     statistics = results["statistics"]
@@ -122,11 +158,15 @@ def test_compare_with_corpus_leaves_the_prompt_out(tiny_model_dir, chorale_corpu
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     prompt = prompt_ids(chorale_corpus["train"][0]["input_ids"], 2)
-    settings = GenerateSettings(max_new_tokens=40, bars=0, num_samples=2, output_dir=str(tmp_path), audio=False, picture=False)
+    settings = GenerateSettings(
+        max_new_tokens=40, bars=0, num_samples=2, output_dir=str(tmp_path), audio=False, picture=False
+    )
     samples = generate_samples(model, prompt, settings, prefix="demo")
     assert [sample.seed for sample in samples] == [0, 1] and samples[1].files["midi"].name == "demo-2-seed1.mid"
     summaries = compare_with_corpus(samples, chorale_corpus["train"], tmp_path / "statistics.json")
-    assert summaries["generated"]["pieces"] == 2 and summaries["training data"]["pieces"] == len(chorale_corpus["train"])
+    assert summaries["generated"]["pieces"] == 2 and summaries["training data"]["pieces"] == len(
+        chorale_corpus["train"]
+    )
     # 40 tokens are at most 20 new notes: nothing of the prompt is counted
     assert summaries["generated"]["unique_pitches"]["mean"] <= 20
     assert json.loads((tmp_path / "statistics.json").read_text())["generated"]["pieces"] == 2

@@ -44,7 +44,9 @@ def test_prompt_is_the_first_bars_of_the_piece(chorale_ids):
     assert len(inside) + len(after) == len(whole) and whole.onset[len(inside)] >= 32
     assert prompt_ids(chorale_ids, 0).tolist() == empty_prompt().tolist()
     everything = prompt_ids(chorale_ids, 10_000)
-    assert everything.tolist() == chorale_ids[:-1].tolist() if chorale_ids[-1] == encoding.EOS_ID else chorale_ids.tolist()
+    assert (
+        everything.tolist() == chorale_ids[:-1].tolist() if chorale_ids[-1] == encoding.EOS_ID else chorale_ids.tolist()
+    )
     with pytest.raises(ValueError):
         prompt_ids(chorale_ids, -1)
 
@@ -126,9 +128,23 @@ def test_presets():
 def test_generate_command_writes_named_files_that_read_back(tiny_model_dir, chorale_midi_files, tmp_path, capsys):
     prompt_file = chorale_midi_files[1]
     stream_file = tmp_path / "notes.txt"
-    common = ["generate", str(tiny_model_dir), "--prompt", str(prompt_file), "--prompt-bars", "2", "--bars", "2",
-              "--chunk-tokens", "16", "--no-audio"]  # fmt: skip
-    main(common + ["--num-samples", "2", "--seed", "5", "--output-dir", str(tmp_path / "out"), "--stream", str(stream_file)])
+    common = [
+        "generate",
+        str(tiny_model_dir),
+        "--prompt",
+        str(prompt_file),
+        "--prompt-bars",
+        "2",
+        "--bars",
+        "2",
+        "--chunk-tokens",
+        "16",
+        "--no-audio",
+    ]
+    main(
+        common
+        + ["--num-samples", "2", "--seed", "5", "--output-dir", str(tmp_path / "out"), "--stream", str(stream_file)]
+    )
     stem = prompt_file.stem
     for index, seed in ((1, 5), (2, 6)):
         for suffix in (".mid", ".png"):
@@ -155,12 +171,25 @@ def test_generate_command_writes_named_files_that_read_back(tiny_model_dir, chor
 
 
 def test_generate_from_nothing_in_tokens_and_bad_input(tiny_model_dir, tmp_path):
-    main(["generate", str(tiny_model_dir), "--max-new-tokens", "20", "--no-picture", "--no-audio", "--output-dir", str(tmp_path)])
+    main(
+        [
+            "generate",
+            str(tiny_model_dir),
+            "--max-new-tokens",
+            "20",
+            "--no-picture",
+            "--no-audio",
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
     ids = encoding.encode_midi(tmp_path / "sample-1-seed0.mid")
     assert len(encoding.ids_to_notes(ids)) >= 1 and not (tmp_path / "sample-1-seed0.png").exists()
     with pytest.raises(SystemExit, match="cannot load model"):
         main(["generate", str(tmp_path / "no-such-model")])
     with pytest.raises(SystemExit, match="no-such.mid"):
-        main(["generate", str(tiny_model_dir), "--prompt", str(tmp_path / "no-such.mid"), "--output-dir", str(tmp_path)])
+        main(
+            ["generate", str(tiny_model_dir), "--prompt", str(tmp_path / "no-such.mid"), "--output-dir", str(tmp_path)]
+        )
     with pytest.raises(SystemExit):  # argparse: --bars and --max-new-tokens exclude each other
         main(["generate", str(tiny_model_dir), "--bars", "2", "--max-new-tokens", "5"])

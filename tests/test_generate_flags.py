@@ -16,8 +16,21 @@ from hf_music_xl.generation_music_xl import scale_pitch_classes
 
 def generate(model_dir, out_dir, *flags, tokens=40, seed=0):
     """Run the command from nothing (no picture, no audio unless asked) and return the notes of its MIDI file."""
-    main(["generate", str(model_dir), "--max-new-tokens", str(tokens), "--seed", str(seed), "--no-picture",
-          "--no-audio", "--output-dir", str(out_dir), *flags])  # fmt: skip
+    main(
+        [
+            "generate",
+            str(model_dir),
+            "--max-new-tokens",
+            str(tokens),
+            "--seed",
+            str(seed),
+            "--no-picture",
+            "--no-audio",
+            "--output-dir",
+            str(out_dir),
+            *flags,
+        ]
+    )
     return encoding.score_to_notes(symusic.Score(str(out_dir / f"sample-1-seed{seed}.mid")))
 
 
@@ -40,7 +53,9 @@ def test_top_k_and_top_p_flags_reach_the_sampler(tiny_model_dir, tmp_path):
     # so does a tiny top-p (it always keeps the most likely token)
     assert as_rows(generate(tiny_model_dir, tmp_path / "p", "--top-p", "0.0001", seed=3)) == first
     # and without them two seeds differ
-    assert as_rows(generate(tiny_model_dir, tmp_path / "free", seed=0)) != as_rows(generate(tiny_model_dir, tmp_path / "free", seed=1))
+    assert as_rows(generate(tiny_model_dir, tmp_path / "free", seed=0)) != as_rows(
+        generate(tiny_model_dir, tmp_path / "free", seed=1)
+    )
 
 
 def test_preset_and_the_flags_that_override_it(tiny_model_dir, tmp_path):
@@ -55,7 +70,9 @@ def test_preset_and_the_flags_that_override_it(tiny_model_dir, tmp_path):
     assert as_rows(generate(tiny_model_dir, tmp_path / "b", "--preset", "conservative", *back)) == default
     # each temperature on its own changes the piece (0.01: that kind of token is all but chosen by argmax)
     for flag in ("--note-temperature", "--duration-temperature"):
-        assert as_rows(generate(tiny_model_dir, tmp_path / flag, "--preset", "conservative", flag, "0.01")) != conservative
+        assert (
+            as_rows(generate(tiny_model_dir, tmp_path / flag, "--preset", "conservative", flag, "0.01")) != conservative
+        )
 
 
 def test_stream_to_stdout_prints_each_new_note_as_the_file_has_it(tiny_model_dir, tmp_path, capsys):
@@ -65,8 +82,10 @@ def test_stream_to_stdout_prints_each_new_note_as_the_file_has_it(tiny_model_dir
     assert printed[-1] == str(tmp_path / "sample-1-seed0.mid")  # then the file written
     bar, beat, in_beat = notes.bars().beat_of(notes.onset)
     beat_length = notes.bars().beats[np.maximum(np.searchsorted(notes.meters[:, 0], notes.onset, side="right") - 1, 0)]
-    expected = [describe_note(int(b), float(k + s / n), int(p), int(d))
-                for b, k, s, n, p, d in zip(bar, beat, in_beat, beat_length, notes.pitch, notes.duration)]  # fmt: skip
+    expected = [
+        describe_note(int(b), float(k + s / n), int(p), int(d))
+        for b, k, s, n, p, d in zip(bar, beat, in_beat, beat_length, notes.pitch, notes.duration)
+    ]
     streamed = printed[1:-1]
     assert len(notes) >= 5 and all(line.startswith("bar ") for line in streamed)
     # every note the file holds, streamed as it came (a note sampled twice at one onset is one in the file,

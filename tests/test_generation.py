@@ -2,13 +2,10 @@
 
 import pytest
 import torch
-
-from hf_music_xl import MaxBarsCriteria, MusicGrammarProcessor, MusicXLConfig, MusicXLForCausalLM
-from hf_music_xl.generation_music_xl import scale_pitch_classes
-
-from hf_music_xl import encoding
-
 from helpers import BOS, DURATIONS, EOS, NOTES, PAD, SEP, dur, note, tiny_model
+
+from hf_music_xl import MaxBarsCriteria, MusicGrammarProcessor, MusicXLConfig, encoding
+from hf_music_xl.generation_music_xl import scale_pitch_classes
 
 METERS = range(299, 379)
 V = 379
@@ -76,8 +73,11 @@ def test_resuming_after_beam_search_continues_the_returned_sequences():
     resumed = model.generate(beams.sequences, past_key_values=beams.past_key_values, max_new_tokens=10, do_sample=False)
     assert torch.equal(resumed, model.generate(beams.sequences, max_new_tokens=10, do_sample=False))
     other = model.generate(PROMPTS.flip(0), max_new_tokens=12, do_sample=False, return_dict_in_generate=True)
-    with pytest.raises(ValueError, match=r"did not consume these sequences \(a cache returned by beam search holds "
-                       r"the final beams, which may not be the returned sequences\): generate again from the sequences"):
+    with pytest.raises(
+        ValueError,
+        match=r"did not consume these sequences \(a cache returned by beam search holds "
+        r"the final beams, which may not be the returned sequences\): generate again from the sequences",
+    ):
         model.generate(beams.sequences, past_key_values=other.past_key_values, max_new_tokens=4)
     consumed = beams.past_key_values.get_seq_length()
     with pytest.raises(ValueError, match=f"the cache has consumed {consumed} tokens: pass the sequences it continues"):
@@ -115,9 +115,16 @@ def test_generate_returns_scores_hidden_states_and_attentions(mode):
     config = model.config
     beams = 2 if mode.startswith("beam") else 1
     torch.manual_seed(0)
-    out = model.generate(PROMPTS, max_new_tokens=5, do_sample=mode in ("sample", "beam_sample"), num_beams=beams,
-                         return_dict_in_generate=True, output_scores=True, output_hidden_states=True,
-                         output_attentions=True)  # fmt: skip
+    out = model.generate(
+        PROMPTS,
+        max_new_tokens=5,
+        do_sample=mode in ("sample", "beam_sample"),
+        num_beams=beams,
+        return_dict_in_generate=True,
+        output_scores=True,
+        output_hidden_states=True,
+        output_attentions=True,
+    )
     rows = 2 * beams
     assert len(out.scores) == len(out.attentions) == len(out.hidden_states) == 5
     prompt_length = PROMPTS.shape[1]
@@ -193,8 +200,9 @@ def test_grammar_processor_makes_every_sampled_token_grammatical():
 
 def test_grammar_processor_temperatures_and_restrictions():
     config = MusicXLConfig()
-    processor = MusicGrammarProcessor(config, note_temperature=2.0, duration_temperature=0.5, pitch_range=(48, 72),
-                                      scale="D major")  # fmt: skip
+    processor = MusicGrammarProcessor(
+        config, note_temperature=2.0, duration_temperature=0.5, pitch_range=(48, 72), scale="D major"
+    )
     scores = torch.ones(2, V)
     out = processor(torch.tensor([[BOS, PAD, note(60), dur(4)], [BOS, PAD, SEP, dur(4)]]), scores)
     d_major = scale_pitch_classes("D major")
@@ -259,7 +267,9 @@ def allowed_after_a_duration(processor):
 
 def test_pitch_range_is_inclusive_and_scales_are_pitch_classes():
     assert allowed_after_a_duration(MusicGrammarProcessor(pitch_range=(60, 72))) == list(range(60, 73))
-    assert allowed_after_a_duration(MusicGrammarProcessor(scale=[0, 4, 7])) == [p for p in range(128) if p % 12 in (0, 4, 7)]
+    assert allowed_after_a_duration(MusicGrammarProcessor(scale=[0, 4, 7])) == [
+        p for p in range(128) if p % 12 in (0, 4, 7)
+    ]
     assert scale_pitch_classes([0, 4, 19, -1, 26]) == {0, 4, 7, 11, 2}  # any integers, taken modulo 12
     assert scale_pitch_classes(" F# minor ") == {6, 8, 9, 11, 1, 2, 4}
     for bad in ("H major", "C dorian", "C", ""):
@@ -306,8 +316,27 @@ def test_bars_criteria_on_a_hand_example():
 def test_bars_done_counts_fractions_of_bars_from_a_meter_change():
     # 4/4 for a bar, then 3/4 from step 16: 12-step bars counted from there
     three_four = encoding.TOKEN_TO_ID["ts3/4"]
-    ids = torch.tensor([[BOS, PAD, note(60), dur(4), SEP, dur(16), three_four, note(62), dur(4), SEP, dur(6),
-                         note(64), dur(2), SEP, dur(14)]])  # fmt: skip
+    ids = torch.tensor(
+        [
+            [
+                BOS,
+                PAD,
+                note(60),
+                dur(4),
+                SEP,
+                dur(16),
+                three_four,
+                note(62),
+                dur(4),
+                SEP,
+                dur(6),
+                note(64),
+                dur(2),
+                SEP,
+                dur(14),
+            ]
+        ]
+    )
     criteria = MaxBarsCriteria(3)  # the default vocabulary
     done = [criteria.bars_done(ids[:, :n]).item() for n in (4, 6, 11, 15)]
     assert done == pytest.approx([0.0, 1.0, 1.5, 1 + 20 / 12])  # steps 0, 16, 22 and 36
@@ -328,9 +357,13 @@ def test_bars_follow_the_time_signature():
     assert MaxBarsCriteria(2, config)(ids[:, :-1], None).tolist() == [False]
     model = tiny_model(mem_len=32, segment_len=16)
     torch.manual_seed(0)
-    out = model.generate(torch.tensor([[BOS, PAD, three_four]] * 3), max_new_tokens=400, do_sample=True,
-                         logits_processor=[MusicGrammarProcessor(config, allow_end=False)],
-                         stopping_criteria=[MaxBarsCriteria(3, config, prompt_length=3)])  # fmt: skip
+    out = model.generate(
+        torch.tensor([[BOS, PAD, three_four]] * 3),
+        max_new_tokens=400,
+        do_sample=True,
+        logits_processor=[MusicGrammarProcessor(config, allow_end=False)],
+        stopping_criteria=[MaxBarsCriteria(3, config, prompt_length=3)],
+    )
     for row in out.tolist():
         while row[-1] == PAD:
             row.pop()
@@ -347,8 +380,13 @@ def test_generation_stops_right_after_the_wait_that_ends_the_bars():
     processor = MusicGrammarProcessor(config, pitch_range=(60, 62), allow_end=False)  # xxsep is likely
     torch.manual_seed(0)
     prompts = torch.tensor([[BOS, PAD, note(60), dur(4), SEP, dur(8)]] * 6)
-    out = model.generate(prompts, max_new_tokens=300, do_sample=True, logits_processor=[processor],
-                         stopping_criteria=[MaxBarsCriteria(1, config, prompt_length=6)])  # fmt: skip
+    out = model.generate(
+        prompts,
+        max_new_tokens=300,
+        do_sample=True,
+        logits_processor=[processor],
+        stopping_criteria=[MaxBarsCriteria(1, config, prompt_length=6)],
+    )
     stopped = 0
     for row in out.tolist():
         while row[-1] == PAD:  # generate pads rows that finished early
@@ -381,8 +419,14 @@ def test_position_tracker_reads_only_new_tokens_and_equals_a_full_read(monkeypat
 
     monkeypatch.setattr(generation_module, "compute_positions", counting)
     tracker = generation_module.PositionTracker(config)
-    for length, rows, tokens_read in ((10, [0, 1, 2], 10), (11, [0, 1, 2], 1), (30, [0, 1, 2], 19), (30, [0, 1, 2], None),
-                                      (31, [2, 0, 1], 31), (62, [2, 0, 1], 31)):  # fmt: skip
+    for length, rows, tokens_read in (
+        (10, [0, 1, 2], 10),
+        (11, [0, 1, 2], 1),
+        (30, [0, 1, 2], 19),
+        (30, [0, 1, 2], None),
+        (31, [2, 0, 1], 31),
+        (62, [2, 0, 1], 31),
+    ):
         read.clear()
         state = tracker.last_state(ids[rows, :length])
         assert read == ([] if tokens_read is None else [tokens_read])

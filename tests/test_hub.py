@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from hub_scenarios import weights_digest
 from hub_server import LocalHub
 
@@ -33,26 +32,64 @@ TOKEN = "hf_local_test_token"
 REPO = "tester/music-xl-tiny"
 TAGS = ["music", "midi", "symbolic-music", "transformer-xl", "hf_music_xl", "custom_code"]
 METRICS = {
-    "v1": {"eval_loss": 4.56, "eval_perplexity": 95.74, "eval_token_accuracy": 0.135, "eval_nll_per_token": 4.56,
-           "eval_nll_per_note": 12.98, "eval_tokens": 726, "eval_notes": 255, "epoch": 2.0, "step": 6},
-    "v2": {"eval_loss": 3.9, "eval_perplexity": 49.4, "eval_token_accuracy": 0.2, "eval_nll_per_token": 3.9,
-           "eval_nll_per_note": 11.1, "eval_tokens": 726, "eval_notes": 255, "epoch": 4.0, "step": 12},
+    "v1": {
+        "eval_loss": 4.56,
+        "eval_perplexity": 95.74,
+        "eval_token_accuracy": 0.135,
+        "eval_nll_per_token": 4.56,
+        "eval_nll_per_note": 12.98,
+        "eval_tokens": 726,
+        "eval_notes": 255,
+        "epoch": 2.0,
+        "step": 6,
+    },
+    "v2": {
+        "eval_loss": 3.9,
+        "eval_perplexity": 49.4,
+        "eval_token_accuracy": 0.2,
+        "eval_nll_per_token": 3.9,
+        "eval_nll_per_note": 11.1,
+        "eval_tokens": 726,
+        "eval_notes": 255,
+        "epoch": 4.0,
+        "step": 12,
+    },
 }
 PIPELINE_FILES = {"pipeline_music_xl.py", "generation_music_xl.py"}
-CODE_FILES = {"configuration_music_xl.py", "modeling_music_xl.py", "tokenization_music_xl.py", "tokenization_music_xl_fast.py", "encoding.py"}
+CODE_FILES = {
+    "configuration_music_xl.py",
+    "modeling_music_xl.py",
+    "tokenization_music_xl.py",
+    "tokenization_music_xl_fast.py",
+    "encoding.py",
+}
 
 
 def hub_env(hub: LocalHub, home: Path, token: str = TOKEN) -> dict:
     """This process's environment without Hub settings, plus the local Hub's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
-    env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_HOME=str(home), HF_TOKEN=token,
-               HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.update(
+        HF_ENDPOINT=hub.url,
+        HF_HUB_DISABLE_XET="1",
+        HF_HOME=str(home),
+        HF_TOKEN=token,
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
     return env
 
 
 def run_scenario(name: str, env: dict, cwd: Path, **arguments) -> dict:
-    result = subprocess.run([sys.executable, str(HERE / "hub_scenarios.py"), name, json.dumps(arguments)],
-                            env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, str(HERE / "hub_scenarios.py"), name, json.dumps(arguments)],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, f"{name} failed:\n{result.stderr[-5000:]}"
     return json.loads(next(line for line in reversed(result.stdout.splitlines()) if line.startswith("RESULT "))[7:])
 
@@ -90,7 +127,9 @@ def model_dirs(tmp_path_factory):
         torch.manual_seed(seed)
         model = MusicXLForCausalLM(config)
         model.generation_config = generation_config_for(config)
-        settings = TrainSettings(corpus="bach-chorales", output_dir=str(root / name), model_overrides=SMALL, max_steps=METRICS[name]["step"])
+        settings = TrainSettings(
+            corpus="bach-chorales", output_dir=str(root / name), model_overrides=SMALL, max_steps=METRICS[name]["step"]
+        )
         save_final(model, MusicXLTokenizerFast(), root / name / "final", METRICS[name], settings)
         (root / name / "final" / "training_args.bin").write_bytes(b"a pickle that must not be published")
         dirs[name] = root / name / "final"
@@ -101,7 +140,14 @@ def model_dirs(tmp_path_factory):
 def published(hub, model_dirs, tmp_path_factory):
     """With the CLI: v1 to a new private repo, v1 again, v2, then v1 to a new branch `dev`."""
     work = tmp_path_factory.mktemp("publish")
-    result = run_scenario("publish", hub_env(hub, work / "hf_home"), work, v1=str(model_dirs["v1"]), v2=str(model_dirs["v2"]), repo_id=REPO)
+    result = run_scenario(
+        "publish",
+        hub_env(hub, work / "hf_home"),
+        work,
+        v1=str(model_dirs["v1"]),
+        v2=str(model_dirs["v2"]),
+        repo_id=REPO,
+    )
     main = hub.store.history(REPO, "main")  # newest first: v2, v1, the repo's initial commit
     return {"lines": result["lines"], "v1": main[1], "v2": main[0], "dev": hub.store.history(REPO, "dev")[0]}
 
@@ -119,9 +165,19 @@ def test_push_uploads_model_tokenizer_code_and_card_with_weights_through_lfs(hub
     files = hub.store.files(REPO, published["v1"])
     local = model_dirs["v1"]
     # training's final directory gets the pipeline added (complete_model_dir) before it is pushed
-    expected = {path.name for path in local.iterdir()} - {"training_args.bin"} | {"README.md", ".gitattributes"} | PIPELINE_FILES
+    expected = (
+        {path.name for path in local.iterdir()} - {"training_args.bin"}
+        | {"README.md", ".gitattributes"}
+        | PIPELINE_FILES
+    )
     assert set(files) == expected
-    assert CODE_FILES | {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"} <= set(files)
+    assert CODE_FILES | {
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors",
+    } <= set(files)
 
     weights = files["model.safetensors"]
     assert weights["lfs"]["oid"] == sha256(local / "model.safetensors")  # stored as an LFS object...
@@ -136,22 +192,35 @@ def test_push_uploads_model_tokenizer_code_and_card_with_weights_through_lfs(hub
 def test_model_card_metadata_is_what_we_meant(hub, published):
     readme = hub.store.read(REPO, "README.md", published["v1"])
     metrics = METRICS["v1"]
-    names = [("nll_per_note", "NLL per note (nats)", "eval_nll_per_note"), ("nll_per_token", "NLL per token (nats)", "eval_nll_per_token"),
-             ("perplexity", "Perplexity", "eval_perplexity"), ("accuracy", "Token accuracy", "eval_token_accuracy"), ("loss", "Loss", "eval_loss")]
+    names = [
+        ("nll_per_note", "NLL per note (nats)", "eval_nll_per_note"),
+        ("nll_per_token", "NLL per token (nats)", "eval_nll_per_token"),
+        ("perplexity", "Perplexity", "eval_perplexity"),
+        ("accuracy", "Token accuracy", "eval_token_accuracy"),
+        ("loss", "Loss", "eval_loss"),
+    ]
     assert front_matter(readme) == {
         "library_name": "transformers",
         "license": "mit",
         "pipeline_tag": "text-generation",
         "tags": TAGS,
         "datasets": ["tester/chorales"],
-        "model-index": [{
-            "name": "music-xl-tiny",
-            "results": [{
-                "task": {"type": "text-generation", "name": "Symbolic music generation"},
-                "dataset": {"name": "Bach chorales (music21 corpus)", "type": "tester/chorales", "split": "validation"},
-                "metrics": [{"type": kind, "value": metrics[key], "name": name} for kind, name, key in names],
-            }],
-        }],
+        "model-index": [
+            {
+                "name": "music-xl-tiny",
+                "results": [
+                    {
+                        "task": {"type": "text-generation", "name": "Symbolic music generation"},
+                        "dataset": {
+                            "name": "Bach chorales (music21 corpus)",
+                            "type": "tester/chorales",
+                            "split": "validation",
+                        },
+                        "metrics": [{"type": kind, "value": metrics[key], "name": name} for kind, name, key in names],
+                    }
+                ],
+            }
+        ],
     }
     text = readme.decode()
     assert "{{" not in text
@@ -163,7 +232,11 @@ def test_model_card_metadata_is_what_we_meant(hub, published):
 
 def test_pushing_again_without_changes_makes_no_commit(hub, published):
     assert "no new commit" in published["lines"][1] and published["v1"] in published["lines"][1]
-    assert [hub.store.load(REPO)["commits"][sha]["summary"] for sha in hub.store.history(REPO, "main")] == ["v2", "v1", "initial commit"]
+    assert [hub.store.load(REPO)["commits"][sha]["summary"] for sha in hub.store.history(REPO, "main")] == [
+        "v2",
+        "v1",
+        "initial commit",
+    ]
 
 
 def test_revision_option_pushes_to_a_new_branch_from_main(hub, published):
@@ -176,19 +249,27 @@ def test_loads_from_the_hub_without_the_package_pins_revisions_and_generates(hub
 
     local = {name: weights_digest(AutoModelForCausalLM.from_pretrained(path)) for name, path in model_dirs.items()}
     assert local["v1"] != local["v2"]
-    result = run_scenario("load", hub_env(hub, tmp_path / "hf_home"), tmp_path, repo_id=REPO, revisions=["main", published["v1"], "dev"])
+    result = run_scenario(
+        "load", hub_env(hub, tmp_path / "hf_home"), tmp_path, repo_id=REPO, revisions=["main", published["v1"], "dev"]
+    )
     assert result["digests"] == {"main": local["v2"], published["v1"]: local["v1"], "dev": local["v1"]}
-    assert result["model_class"].startswith("transformers_modules.") and result["model_class"].endswith(".MusicXLForCausalLM")
+    assert result["model_class"].startswith("transformers_modules.") and result["model_class"].endswith(
+        ".MusicXLForCausalLM"
+    )
     assert result["tokenizer_class"].startswith("transformers_modules.")
     assert result["generated"] == 12
     # the model from the Hub samples what the local one samples, and the remote tokenizer decodes it as we do
     torch.manual_seed(0)
-    local = AutoModelForCausalLM.from_pretrained(model_dirs["v1"]).generate(torch.tensor([[0, 1]]), max_new_tokens=12, do_sample=True)
+    local = AutoModelForCausalLM.from_pretrained(model_dirs["v1"]).generate(
+        torch.tensor([[0, 1]]), max_new_tokens=12, do_sample=True
+    )
     assert result["ids"] == local[0].tolist()
     from hf_music_xl import encoding
 
     decoded = encoding.decode_ids(local[0])
-    assert result["notes"] == sorted([note.time, note.duration, note.pitch] for track in decoded.tracks for note in track.notes)
+    assert result["notes"] == sorted(
+        [note.time, note.duration, note.pitch] for track in decoded.tracks for note in track.notes
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -232,7 +313,12 @@ def test_a_card_without_a_training_record_has_no_model_index(model_dirs, tmp_pat
         if path.name != "training_summary.json":
             (tmp_path / path.name).write_bytes(path.read_bytes())
     card = build_model_card(tmp_path, "tester/plain", license="apache-2.0")
-    assert card.data.to_dict() == {"library_name": "transformers", "license": "apache-2.0", "pipeline_tag": "text-generation", "tags": TAGS}
+    assert card.data.to_dict() == {
+        "library_name": "transformers",
+        "license": "apache-2.0",
+        "pipeline_tag": "text-generation",
+        "tags": TAGS,
+    }
     assert "No evaluation results were recorded" in card.text and "tester/plain" in card.text
 
 
@@ -242,10 +328,19 @@ def test_a_card_without_a_training_record_has_no_model_index(model_dirs, tmp_pat
 
 def test_trainer_pushes_a_resumable_last_checkpoint_and_training_ends_with_our_card(hub, chorale_corpus_dir, tmp_path):
     repo = "tester/trainer-run"
-    result = run_scenario("trainer", hub_env(hub, tmp_path / "hf_home"), tmp_path, corpus_dir=str(chorale_corpus_dir),
-                          work=str(tmp_path), repo_id=repo, overrides=SMALL)
+    result = run_scenario(
+        "trainer",
+        hub_env(hub, tmp_path / "hf_home"),
+        tmp_path,
+        corpus_dir=str(chorale_corpus_dir),
+        work=str(tmp_path),
+        repo_id=repo,
+        overrides=SMALL,
+    )
     assert result["interrupted_at"] == result["checkpoint_step"] == 3  # the first epoch's checkpoint
-    assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"} <= set(result["checkpoint_files"])
+    assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"} <= set(
+        result["checkpoint_files"]
+    )
     assert result["resumed_steps"] == [1, 2, 3, 4, 5, 6]  # steps 1-3 from the checkpoint; its 6-step schedule kept
 
     summaries = [hub.store.load(repo)["commits"][sha]["summary"] for sha in hub.store.history(repo)]
@@ -276,11 +371,17 @@ def real_hub_reachable() -> bool:
     return True
 
 
-@pytest.mark.skipif(not os.environ.get("HF_TOKEN_REAL"), reason="set HF_TOKEN_REAL to a write token to test against the real Hub")
+@pytest.mark.skipif(
+    not os.environ.get("HF_TOKEN_REAL"), reason="set HF_TOKEN_REAL to a write token to test against the real Hub"
+)
 def test_real_hub(model_dirs, tmp_path):
     if not real_hub_reachable():
         pytest.skip("the real Hub is not reachable")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-    env.update(HF_TOKEN=os.environ["HF_TOKEN_REAL"], HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_PROGRESS_BARS="1")
-    result = run_scenario("real_hub", env, tmp_path, model_dir=str(model_dirs["v1"]), name=f"hf-music-xl-test-{uuid.uuid4().hex[:8]}")
+    env.update(
+        HF_TOKEN=os.environ["HF_TOKEN_REAL"], HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_PROGRESS_BARS="1"
+    )
+    result = run_scenario(
+        "real_hub", env, tmp_path, model_dir=str(model_dirs["v1"]), name=f"hf-music-xl-test-{uuid.uuid4().hex[:8]}"
+    )
     assert result["class"] == "MusicXLForCausalLM" and result["library_name"] == "transformers"

@@ -1,8 +1,6 @@
 """Publishing, continued: pull requests, files an earlier push left behind, one-line Hub errors, and the Space
 (`hf-music-xl push-space`), all with the real huggingface_hub client against the local Hub server."""
 
-import json
-import os
 import re
 import subprocess
 import sys
@@ -13,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from hub_server import LocalHub
 from test_hub import SMALL, TOKEN, hub_env, run_scenario
 
@@ -65,8 +62,11 @@ def hub_env_for(url: str, home: Path) -> dict:
 
 def test_push_deletes_what_an_earlier_push_left_and_create_pr_leaves_the_branch_alone(hub, sharded_and_whole, tmp_path):
     v1, v2 = str(sharded_and_whole["v1"]), str(sharded_and_whole["v2"])
-    runs = [{"argv": ["push", v1, USER_REPO], "token": TOKEN}, {"argv": ["push", v2, USER_REPO], "token": TOKEN},
-            {"argv": ["push", v1, USER_REPO, "--create-pr", "--commit-message", "back to v1?"], "token": TOKEN}]
+    runs = [
+        {"argv": ["push", v1, USER_REPO], "token": TOKEN},
+        {"argv": ["push", v2, USER_REPO], "token": TOKEN},
+        {"argv": ["push", v1, USER_REPO, "--create-pr", "--commit-message", "back to v1?"], "token": TOKEN},
+    ]
     first, second, pr = cli(hub, tmp_path / "home", runs)
     assert first["code"] == second["code"] == pr["code"] == 0, (first, second, pr)
 
@@ -74,11 +74,16 @@ def test_push_deletes_what_an_earlier_push_left_and_create_pr_leaves_the_branch_
     v1_files, v2_files = set(hub.store.files(USER_REPO, history[1])), set(hub.store.files(USER_REPO, history[0]))
     shards = {name for name in v1_files if re.fullmatch(r"model-\d+-of-\d+\.safetensors", name)}
     assert shards and "model.safetensors.index.json" in v1_files
-    assert v2_files == v1_files - shards - {"model.safetensors.index.json"} | {"model.safetensors"}  # nothing stale left
+    assert v2_files == v1_files - shards - {"model.safetensors.index.json"} | {
+        "model.safetensors"
+    }  # nothing stale left
     assert {"pipeline_music_xl.py", "README.md", ".gitattributes"} <= v2_files
 
     # the pull request: main still at v2, refs/pr/1 holds v1 again
-    assert pr["stdout"].strip() == f"opened a pull request on {hub.url}/{USER_REPO} (main): {hub.url}/{USER_REPO}/discussions/1"
+    assert (
+        pr["stdout"].strip()
+        == f"opened a pull request on {hub.url}/{USER_REPO} (main): {hub.url}/{USER_REPO}/discussions/1"
+    )
     assert hub.store.history(USER_REPO)[0] == history[0]
     assert set(hub.store.files(USER_REPO, "refs/pr/1")) == v1_files
     assert hub.store.history(USER_REPO, "refs/pr/1")[1] == history[0]
@@ -119,15 +124,19 @@ def assert_one_line(result: dict, command: str, *fragments: str) -> None:
 def test_hub_errors_are_one_clear_line(hub, not_a_hub, sharded_and_whole, tmp_path):
     model = str(sharded_and_whole["v2"])
     gen = ["--bars", "1", "--output-dir", str(tmp_path / "out")]
-    pushed, *good = cli(hub, tmp_path / "home", [
-        {"argv": ["push", model, "tester/errors-model"], "token": TOKEN},
-        {"argv": ["push", model, "tester/x"], "token": "hf_wrong"},
-        {"argv": ["push", model, "tester/x"], "token": None},
-        {"argv": ["push", model, "someone-else/x"], "token": TOKEN},
-        {"argv": ["generate", "tester/does-not-exist", *gen], "token": TOKEN},
-        {"argv": ["push-space", "tester/does-not-exist", "tester/demo"], "token": TOKEN},
-        {"argv": ["push-space", "tester/errors-model", "someone-else/demo"], "token": TOKEN},
-    ])  # fmt: skip
+    pushed, *good = cli(
+        hub,
+        tmp_path / "home",
+        [
+            {"argv": ["push", model, "tester/errors-model"], "token": TOKEN},
+            {"argv": ["push", model, "tester/x"], "token": "hf_wrong"},
+            {"argv": ["push", model, "tester/x"], "token": None},
+            {"argv": ["push", model, "someone-else/x"], "token": TOKEN},
+            {"argv": ["generate", "tester/does-not-exist", *gen], "token": TOKEN},
+            {"argv": ["push-space", "tester/does-not-exist", "tester/demo"], "token": TOKEN},
+            {"argv": ["push-space", "tester/errors-model", "someone-else/demo"], "token": TOKEN},
+        ],
+    )
     assert pushed["code"] == 0, pushed
     assert_one_line(good[0], "push", "refused your token (401)")
     assert_one_line(good[1], "push", "needs a token and none is set", "hf auth login")
@@ -137,18 +146,26 @@ def test_hub_errors_are_one_clear_line(hub, not_a_hub, sharded_and_whole, tmp_pa
     assert_one_line(good[5], "push-space", "may not write to someone-else/demo (403)")
 
     down = "http://127.0.0.1:9"  # nothing listens on the discard port
-    unreachable = cli(down, tmp_path / "home2", [
-        {"argv": ["push", model, "tester/x"], "token": TOKEN},
-        {"argv": ["generate", "tester/x", *gen], "token": TOKEN},
-        {"argv": ["push-space", "tester/x", "tester/demo"], "token": TOKEN},
-    ])  # fmt: skip
+    unreachable = cli(
+        down,
+        tmp_path / "home2",
+        [
+            {"argv": ["push", model, "tester/x"], "token": TOKEN},
+            {"argv": ["generate", "tester/x", *gen], "token": TOKEN},
+            {"argv": ["push-space", "tester/x", "tester/demo"], "token": TOKEN},
+        ],
+    )
     for result, command in zip(unreachable, ("push", "generate", "push-space")):
         assert_one_line(result, command, f"cannot reach the Hub at {down}")
 
-    wrong = cli(not_a_hub, tmp_path / "home3", [
-        {"argv": ["push", model, "tester/x"], "token": TOKEN},
-        {"argv": ["generate", "tester/x", *gen], "token": TOKEN},
-    ])  # fmt: skip
+    wrong = cli(
+        not_a_hub,
+        tmp_path / "home3",
+        [
+            {"argv": ["push", model, "tester/x"], "token": TOKEN},
+            {"argv": ["generate", "tester/x", *gen], "token": TOKEN},
+        ],
+    )
     for result, command in zip(wrong, ("push", "generate")):
         assert_one_line(result, command, f"{not_a_hub} does not answer like the Hugging Face Hub")
     bad_address = cli("hub.example", tmp_path / "home4", [{"argv": ["push", model, "tester/x"], "token": TOKEN}])
@@ -165,15 +182,23 @@ def test_push_space_then_the_space_runs_the_app_on_the_model_from_the_hub(hub, s
 
     model_id, space_id = "tester/space-model", "tester/space-demo"
     home = tmp_path / "home"
-    pushed, space, again = cli(hub, home, [{"argv": ["push", str(sharded_and_whole["v2"]), model_id], "token": TOKEN},
-                                           {"argv": ["push-space", model_id, space_id], "token": TOKEN},
-                                           {"argv": ["push-space", model_id, space_id], "token": TOKEN}])  # fmt: skip
+    pushed, space, again = cli(
+        hub,
+        home,
+        [
+            {"argv": ["push", str(sharded_and_whole["v2"]), model_id], "token": TOKEN},
+            {"argv": ["push-space", model_id, space_id], "token": TOKEN},
+            {"argv": ["push-space", model_id, space_id], "token": TOKEN},
+        ],
+    )
     assert pushed["code"] == space["code"] == again["code"] == 0, (pushed, space, again)
     assert space["stdout"].startswith(f"pushed the Space {hub.url}/spaces/{space_id}: ")
     assert "already runs this app" in again["stdout"]
 
     files = hub.store.files(space_id, repo_type="space")
-    assert {"README.md", "app.py", "requirements.txt", "hf_music_xl/app.py", "hf_music_xl/pipeline_music_xl.py"} <= set(files)
+    assert {"README.md", "app.py", "requirements.txt", "hf_music_xl/app.py", "hf_music_xl/pipeline_music_xl.py"} <= set(
+        files
+    )
     assert "hf_music_xl/training.py" not in files  # only what the app imports
     card = hub.store.read(space_id, "README.md", repo_type="space").decode()
     assert "sdk: gradio" in card and f"- {model_id}" in card and "app_file: app.py" in card
@@ -181,11 +206,29 @@ def test_push_space_then_the_space_runs_the_app_on_the_model_from_the_hub(hub, s
     assert "transformers==5.23.0" in requirements and all("+" not in line for line in requirements)
 
     # run the Space's app.py as a Space would, where hf_music_xl is not installed: -I -S hide the editable install
-    checkout = run_scenario("space_app", hub_env(hub, home), tmp_path, space_id=space_id, work=str(tmp_path / "space"))["dir"]
+    checkout = run_scenario("space_app", hub_env(hub, home), tmp_path, space_id=space_id, work=str(tmp_path / "space"))[
+        "dir"
+    ]
     port = free_port()
-    script = f"import runpy, sys; sys.path[:0] = [{checkout!r}]; sys.path.append({sysconfig.get_paths()['purelib']!r}); runpy.run_path('app.py', run_name='__main__')"
-    env = {**hub_env(hub, home), "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}  # -I ignores PYTHON* variables: -u, not PYTHONUNBUFFERED
-    server = subprocess.Popen([sys.executable, "-I", "-S", "-u", "-c", script], cwd=checkout, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    purelib = sysconfig.get_paths()["purelib"]
+    script = (
+        f"import runpy, sys; sys.path[:0] = [{checkout!r}]; sys.path.append({purelib!r}); "
+        "runpy.run_path('app.py', run_name='__main__')"
+    )
+    env = {
+        **hub_env(hub, home),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+    }  # -I ignores PYTHON* variables: -u, not PYTHONUNBUFFERED
+    server = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-u", "-c", script],
+        cwd=checkout,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         lines = []
         for line in server.stdout:  # wait for gradio's start-up line (or the process's end)

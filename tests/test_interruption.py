@@ -20,8 +20,20 @@ from hf_music_xl.training import TrainSettings, train
 SMALL = "n_layer=1,d_model=32,n_head=2,d_head=16,d_inner=64,segment_len=32,mem_len=32"
 # batch 2 over the 11 training chorales: 6 steps an epoch; a checkpoint every 4 steps lands mid-epoch (4, 8).
 RUN = dict(model_overrides=SMALL, n_segments=2, batch_size=2, max_steps=12, save_steps=4, logging_steps=1)
-CLI_FLAGS = ["--model-overrides", SMALL, "--n-segments", "2", "--batch-size", "2", "--max-steps", "12",
-             "--save-steps", "4", "--logging-steps", "1"]  # fmt: skip
+CLI_FLAGS = [
+    "--model-overrides",
+    SMALL,
+    "--n-segments",
+    "2",
+    "--batch-size",
+    "2",
+    "--max-steps",
+    "12",
+    "--save-steps",
+    "4",
+    "--logging-steps",
+    "1",
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -83,7 +95,16 @@ def test_sigkill_mid_run_then_resume_gives_the_same_weights(chorale_corpus_dir, 
     so the kill lands mid-step), then resumed (`--resume`, in this process to save a start-up): the final weights
     equal the uninterrupted run's exactly."""
     output = tmp_path / "killed"
-    command = [sys.executable, "-c", STOPS_IN_STEP_5, "--corpus", str(chorale_corpus_dir), "--output-dir", str(output), *CLI_FLAGS]
+    command = [
+        sys.executable,
+        "-c",
+        STOPS_IN_STEP_5,
+        "--corpus",
+        str(chorale_corpus_dir),
+        "--output-dir",
+        str(output),
+        *CLI_FLAGS,
+    ]
     log = (tmp_path / "log.txt").open("w")
     process = subprocess.Popen(command, env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
     said = None
@@ -109,7 +130,9 @@ class Killed(BaseException):
     stays as a kill at that moment would leave it (no cleanup runs)."""
 
 
-def test_kill_during_a_save_leaves_no_checkpoint_that_loads_wrongly(chorale_corpus_dir, straight_run, tmp_path, monkeypatch):
+def test_kill_during_a_save_leaves_no_checkpoint_that_loads_wrongly(
+    chorale_corpus_dir, straight_run, tmp_path, monkeypatch
+):
     from transformers import Trainer
 
     output = tmp_path / "torn"
@@ -169,7 +192,10 @@ def test_resume_skips_torn_checkpoints_with_a_clear_message(chorale_corpus_dir, 
     assert "checkpoint-9 is incomplete (model.safetensors is unreadable" in messages
     assert f"continuing from {output / 'checkpoint-8'}" in messages
     assert sorted(p.name.rsplit("-", 2)[0] for p in (output / "_incomplete").iterdir()) == [
-        "checkpoint-10", "checkpoint-11", "checkpoint-9"]  # fmt: skip
+        "checkpoint-10",
+        "checkpoint-11",
+        "checkpoint-9",
+    ]
     assert_same_weights(final_weights(output), final_weights(straight_run))
 
 

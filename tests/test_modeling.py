@@ -11,13 +11,12 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import BOS, EOS, PAD, SEP, dur, note, tiny_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from hf_music_xl import MusicXLCache, MusicXLConfig, MusicXLForCausalLM, MusicXLModel
 from hf_music_xl.modeling_music_xl import attention_block_mask, relative_position_scores, sinusoid_encodings
 from hf_music_xl.positions_music_xl import compute_positions
-
-from helpers import BOS, EOS, PAD, SEP, dur, note, tiny_model
 
 V = 379  # the vocabulary: ids 0..298 of the reference, then time signatures
 
@@ -41,7 +40,9 @@ def test_presets_sizes_and_aliases():
     base = MusicXLConfig.from_preset("base", mem_len=256)
     assert (base.n_layer, base.d_model, base.n_head, base.d_inner, base.mem_len) == (16, 512, 8, 2048, 256)
     assert (base.num_hidden_layers, base.hidden_size, base.num_attention_heads) == (16, 512, 8)
-    assert base.vocab_size == 379 and base.tie_word_embeddings and base.mask_p == 0.2 and base.position_scheme == "meter"
+    assert (
+        base.vocab_size == 379 and base.tie_word_embeddings and base.mask_p == 0.2 and base.position_scheme == "meter"
+    )
     with pytest.raises(ValueError):
         MusicXLConfig.from_preset("huge")
 
@@ -123,8 +124,9 @@ def test_attention_matches_the_relative_position_formula():
             memory = split_memory(memory_keys), split_memory(memory_values)
             keys = memory_len + length
             table = attention.project_positions(sinusoid_encodings(keys, d_model, "cpu", torch.float32))
-            got, _, probabilities = attention(x, table, base.content_bias, base.position_bias, blocked, memory,
-                                              output_attentions=window == 2)  # fmt: skip
+            got, _, probabilities = attention(
+                x, table, base.content_bias, base.position_bias, blocked, memory, output_attentions=window == 2
+            )
 
             q, k, v = attention.qkv_proj(torch.cat([memory_states, x], dim=1)).chunk(3, dim=-1)
             split = lambda t: t.view(2, -1, heads, d_head).transpose(1, 2)  # noqa: E731
@@ -294,7 +296,9 @@ def test_residual_projections_start_scaled_as_gpt2():
             assert abs(projection.std().item() - expected) < 0.08 * expected
         assert abs(layer.attention.qkv_proj.weight.std().item() - 0.02) < 0.08 * 0.02
     saved_and_loaded = MusicXLForCausalLM.from_pretrained(_saved(model))  # loading keeps the weights as saved
-    torch.testing.assert_close(saved_and_loaded.transformer.layers[0].ff_out.weight, model.transformer.layers[0].ff_out.weight)
+    torch.testing.assert_close(
+        saved_and_loaded.transformer.layers[0].ff_out.weight, model.transformer.layers[0].ff_out.weight
+    )
 
 
 def _saved(model):
@@ -339,8 +343,9 @@ def test_encode_position_switch():
         torch.testing.assert_close(without(ids, beat_positions=features + one_bar).logits, without(ids).logits)
         # no maximum length: the bar index wraps at max_bars (16: a phrase)
         wrapped = 3 * with_positions.config.max_bars * one_bar
-        torch.testing.assert_close(with_positions(ids, beat_positions=features + wrapped).logits,
-                                   with_positions(ids).logits)  # fmt: skip
+        torch.testing.assert_close(
+            with_positions(ids, beat_positions=features + wrapped).logits, with_positions(ids).logits
+        )
     no_bar = tiny_model()  # the default: no bar embedding
     assert not hasattr(no_bar.transformer, "embed_bar") and hasattr(no_bar.transformer, "embed_step")
 
@@ -420,7 +425,8 @@ def _layer_inputs(model, length):
     """relative, u, v and the causal mask of a first segment of `length` tokens."""
     base = model.transformer
     table = base.layers[0].attention.project_positions(
-        sinusoid_encodings(length, model.config.d_model, "cpu", torch.float32))
+        sinusoid_encodings(length, model.config.d_model, "cpu", torch.float32)
+    )
     return table, base.content_bias, base.position_bias, attention_block_mask(length, 0, 0, "cpu")
 
 
@@ -442,8 +448,12 @@ def test_left_padding_changes_nothing_for_the_real_tokens():
         torch.testing.assert_close(together.logits[0], model(long).logits[0])
         # the caches continue alike: the next token sees the same context and the same beat position
         step = torch.tensor([[SEP], [SEP]])
-        next_together = model(step, attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1),
-                              past_key_values=together.past_key_values, use_cache=True)  # fmt: skip
+        next_together = model(
+            step,
+            attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1),
+            past_key_values=together.past_key_values,
+            use_cache=True,
+        )
         next_alone = model(step[1:], past_key_values=alone.past_key_values, use_cache=True)
     torch.testing.assert_close(next_together.logits[1], next_alone.logits[0])
     assert together.past_key_values.next_position().tolist() == [16, 6]
@@ -458,7 +468,9 @@ def test_a_token_sees_only_its_own_piece():
     with torch.no_grad():
         after = model(torch.tensor([first + second])).logits[0, len(first) :]
         alone = model(torch.tensor([second])).logits[0]
-        other = model(torch.tensor([[BOS, PAD, note(50), dur(2), SEP, dur(2), note(52), dur(2), EOS] + second])).logits[0, 9:]
+        other = model(torch.tensor([[BOS, PAD, note(50), dur(2), SEP, dur(2), note(52), dur(2), EOS] + second])).logits[
+            0, 9:
+        ]
     torch.testing.assert_close(after, alone, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(other, alone, atol=1e-5, rtol=1e-4)
 

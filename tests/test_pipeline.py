@@ -30,8 +30,12 @@ def expected_ids(model_dir, prompt, seed, **kwargs):
 
 def test_saved_model_names_its_pipeline(tiny_model_dir):
     config = json.loads((tiny_model_dir / "config.json").read_text())
-    assert config["custom_pipelines"] == {"music-generation": {"impl": "pipeline_music_xl.MusicXLPipeline", "pt": ["AutoModelForCausalLM"]}}
-    assert {"pipeline_music_xl.py", "generation_music_xl.py", "encoding.py"} <= {p.name for p in tiny_model_dir.iterdir()}
+    assert config["custom_pipelines"] == {
+        "music-generation": {"impl": "pipeline_music_xl.MusicXLPipeline", "pt": ["AutoModelForCausalLM"]}
+    }
+    assert {"pipeline_music_xl.py", "generation_music_xl.py", "encoding.py"} <= {
+        p.name for p in tiny_model_dir.iterdir()
+    }
 
 
 def test_pipeline_without_the_package_in_a_fresh_interpreter(tiny_model_dir, chorale_midi_files, tmp_path):
@@ -64,10 +68,14 @@ def test_pipeline_without_the_package_in_a_fresh_interpreter(tiny_model_dir, cho
         """
     )
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, env=env, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))[7:])
-    assert out["class"].startswith("transformers_modules.") and out["class"].endswith("pipeline_music_xl.MusicXLPipeline")
+    assert out["class"].startswith("transformers_modules.") and out["class"].endswith(
+        "pipeline_music_xl.MusicXLPipeline"
+    )
 
     # the samples are what `hf-music-xl generate --seed 5 --num-samples 2` makes
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -80,7 +88,9 @@ def test_pipeline_without_the_package_in_a_fresh_interpreter(tiny_model_dir, cho
 
     # notes: the decoded ids, the prompt's flagged; the MIDI bytes hold them
     notes = encoding.ids_to_notes(np.array(first["ids"]))
-    assert [(n["onset"], n["pitch"], n["duration"]) for n in first["notes"]] == list(zip(notes.onset, notes.pitch, notes.duration))
+    assert [(n["onset"], n["pitch"], n["duration"]) for n in first["notes"]] == list(
+        zip(notes.onset, notes.pitch, notes.duration)
+    )
     assert sum(n["prompt"] for n in first["notes"]) == len(encoding.ids_to_notes(prompt)) > 0
     assert sorted(out["midi"][0]) == sorted(n["pitch"] for n in first["notes"])
 
@@ -92,7 +102,13 @@ def test_pipeline_without_the_package_in_a_fresh_interpreter(tiny_model_dir, cho
 
 def test_progress_callback_reports_and_can_stop(pipe):
     seen = []
-    pipe(None, max_new_tokens=40, chunk_tokens=10, num_samples=2, progress_callback=lambda done, total: seen.append((done, total)))
+    pipe(
+        None,
+        max_new_tokens=40,
+        chunk_tokens=10,
+        num_samples=2,
+        progress_callback=lambda done, total: seen.append((done, total)),
+    )
     assert seen == [(10, 80), (20, 80), (30, 80), (40, 80), (50, 80), (60, 80), (70, 80), (80, 80)]
 
     class Stop(Exception):
@@ -124,8 +140,15 @@ def test_bad_prompts_are_refused_clearly(pipe, tmp_path):
 
 
 def test_every_sample_decodes_and_keeps_to_scale_and_range(pipe, chorale_midi_files):
-    samples = pipe(symusic.Score(str(chorale_midi_files[1])), bars=2, num_samples=2, scale="D minor",
-                   pitch_range=(50, 74), preset="adventurous", seed=11)  # fmt: skip
+    samples = pipe(
+        symusic.Score(str(chorale_midi_files[1])),
+        bars=2,
+        num_samples=2,
+        scale="D minor",
+        pitch_range=(50, 74),
+        preset="adventurous",
+        seed=11,
+    )
     for sample in samples:
         new = [n for n in sample["notes"] if not n["prompt"]]
         assert new and all(50 <= n["pitch"] <= 74 and n["pitch"] % 12 in {2, 4, 5, 7, 9, 10, 0} for n in new)

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from helpers import BOS, PAD, SEP, dur, note
 
 from hf_music_xl import MusicXLConfig
 from hf_music_xl.positions_music_xl import compute_beat_positions, compute_positions
-
-from helpers import BOS, PAD, SEP, dur, note
 
 
 def test_positions_hand_example():
@@ -36,8 +35,22 @@ def test_positions_continue_across_any_split():
         assert torch.equal(end, whole_next)
 
 
-METER_POOL = [BOS, PAD, SEP, SEP, SEP, note(60), note(67), dur(0), dur(2), dur(5), dur(32), 299 + 2 + 16 * 2,
-              299 + 5 + 16 * 3, 299 + 1 + 16]  # ts3/4, ts6/8, ts2/2 among notes, waits and pieces
+METER_POOL = [
+    BOS,
+    PAD,
+    SEP,
+    SEP,
+    SEP,
+    note(60),
+    note(67),
+    dur(0),
+    dur(2),
+    dur(5),
+    dur(32),
+    299 + 2 + 16 * 2,
+    299 + 5 + 16 * 3,
+    299 + 1 + 16,
+]  # ts3/4, ts6/8, ts2/2 among notes, waits and pieces
 
 
 def test_positions_match_the_tokenizer():
@@ -82,8 +95,18 @@ def test_beats_of_simple_and_compound_meters():
 
     config = MusicXLConfig.from_preset("tiny")
     lengths = dict(zip(config.meters, meter_lengths(config)))  # (bar, beat) in sixteenths
-    expected = {(3, 4): (12, 4), (6, 8): (12, 6), (3, 8): (6, 2), (9, 8): (18, 6), (12, 8): (24, 6), (2, 2): (16, 8),
-                (3, 16): (3, 1), (9, 16): (9, 3), (5, 4): (20, 4), (1, 1): (16, 16)}  # fmt: skip
+    expected = {
+        (3, 4): (12, 4),
+        (6, 8): (12, 6),
+        (3, 8): (6, 2),
+        (9, 8): (18, 6),
+        (12, 8): (24, 6),
+        (2, 2): (16, 8),
+        (3, 16): (3, 1),
+        (9, 16): (9, 3),
+        (5, 4): (20, 4),
+        (1, 1): (16, 16),
+    }
     assert {meter: lengths[meter] for meter in expected} == expected
 
 

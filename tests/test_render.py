@@ -80,7 +80,9 @@ def available_renderers():
     return found
 
 
-@pytest.mark.parametrize("renderer", available_renderers() or [pytest.param(None, marks=pytest.mark.skip("no audio renderer installed"))])
+@pytest.mark.parametrize(
+    "renderer", available_renderers() or [pytest.param(None, marks=pytest.mark.skip("no audio renderer installed"))]
+)
 def test_audio_is_rendered_with_a_local_soundfont(renderer, piece, tmp_path, monkeypatch):
     monkeypatch.delenv(render.SOUNDFONT_ENV, raising=False)
     if render.find_soundfont() is None:

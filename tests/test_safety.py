@@ -21,7 +21,21 @@ PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "joblib", "cloudpickle
 # other, by relative import): the packages a user of the Hub model has anyway.
 REMOTE_CODE_IMPORTS = {"torch", "transformers", "numpy", "symusic", "tokenizers"}
 # Calls allowed at module level of those files, inside constant definitions: pure builtins.
-PURE_BUILTINS = {"dict", "list", "tuple", "set", "frozenset", "range", "len", "enumerate", "zip", "sorted", "str", "int", "float"}
+PURE_BUILTINS = {
+    "dict",
+    "list",
+    "tuple",
+    "set",
+    "frozenset",
+    "range",
+    "len",
+    "enumerate",
+    "zip",
+    "sorted",
+    "str",
+    "int",
+    "float",
+}
 
 
 def python_files(*folders):
@@ -29,8 +43,13 @@ def python_files(*folders):
 
 
 def is_torch_load(node) -> bool:
-    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load"
-            and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch")  # fmt: skip
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "load"
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "torch"
+    )
 
 
 def keyword(node: ast.Call, name: str):
@@ -41,14 +60,18 @@ def keyword(node: ast.Call, name: str):
 # No pickles: what the code reads
 
 
-@pytest.mark.parametrize("path", python_files(REPO / "src", REPO / "scripts"), ids=lambda p: p.relative_to(REPO).as_posix())
+@pytest.mark.parametrize(
+    "path", python_files(REPO / "src", REPO / "scripts"), ids=lambda p: p.relative_to(REPO).as_posix()
+)
 def test_source_reads_no_pickles(path):
     """Every torch.load passes weights_only=True; nothing imports a pickle library or np.load(allow_pickle=True)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     for node in ast.walk(tree):
         if is_torch_load(node):
             flag = keyword(node, "weights_only")
-            assert isinstance(flag, ast.Constant) and flag.value is True, f"{path}:{node.lineno}: torch.load without weights_only=True"
+            assert isinstance(flag, ast.Constant) and flag.value is True, (
+                f"{path}:{node.lineno}: torch.load without weights_only=True"
+            )
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load":
             flag = keyword(node, "allow_pickle")
             assert not (isinstance(flag, ast.Constant) and flag.value), f"{path}:{node.lineno}: allow_pickle=True"
@@ -62,7 +85,9 @@ def test_source_reads_no_pickles(path):
 
 
 def test_the_static_check_catches_an_unsafe_load():
-    tree = ast.parse("import torch\ntorch.load('x.pt')\ntorch.load('y.pt', weights_only=False)\ntorch.load('z', weights_only=True)")
+    tree = ast.parse(
+        "import torch\ntorch.load('x.pt')\ntorch.load('y.pt', weights_only=False)\ntorch.load('z', weights_only=True)"
+    )
     flags = [keyword(node, "weights_only") for node in ast.walk(tree) if is_torch_load(node)]
     assert [getattr(flag, "value", None) for flag in flags] == [None, False, True]
 
@@ -74,8 +99,17 @@ def test_the_static_check_catches_an_unsafe_load():
 @pytest.fixture(scope="module")
 def trained(chorale_corpus_dir, tmp_path_factory):
     output = tmp_path_factory.mktemp("safety_run")
-    train(TrainSettings(corpus=str(chorale_corpus_dir), output_dir=str(output), model_overrides=SMALL, n_segments=2,
-                        batch_size=4, max_steps=3, logging_steps=1))  # fmt: skip
+    train(
+        TrainSettings(
+            corpus=str(chorale_corpus_dir),
+            output_dir=str(output),
+            model_overrides=SMALL,
+            n_segments=2,
+            batch_size=4,
+            max_steps=3,
+            logging_steps=1,
+        )
+    )
     return output
 
 
@@ -114,9 +148,15 @@ def remote_code_files(trained, saved_with_pipeline):
     """Training's final directory, the saved tokenizer, and a model saved through MusicXLPipeline (which adds the
     pipeline and the generation helpers)."""
     files = python_files(trained / "final") + python_files(REPO / "tokenizer") + python_files(saved_with_pipeline)
-    assert {path.name for path in files} >= {"configuration_music_xl.py", "modeling_music_xl.py", "encoding.py",
-                                            "tokenization_music_xl.py", "tokenization_music_xl_fast.py",
-                                            "pipeline_music_xl.py", "generation_music_xl.py"}  # fmt: skip
+    assert {path.name for path in files} >= {
+        "configuration_music_xl.py",
+        "modeling_music_xl.py",
+        "encoding.py",
+        "tokenization_music_xl.py",
+        "tokenization_music_xl_fast.py",
+        "pipeline_music_xl.py",
+        "generation_music_xl.py",
+    }
     return files
 
 
@@ -125,7 +165,9 @@ def test_remote_code_imports_only_allowed_packages_and_siblings(trained, tiny_mo
         siblings = {sibling.stem for sibling in path.parent.glob("*.py")}
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level > 0:
-                assert node.level == 1 and node.module in siblings, f"{path}:{node.lineno}: relative import of {node.module}"
+                assert node.level == 1 and node.module in siblings, (
+                    f"{path}:{node.lineno}: relative import of {node.module}"
+                )
                 continue
             if isinstance(node, ast.Import):
                 names = {alias.name.split(".")[0] for alias in node.names}
@@ -145,15 +187,19 @@ def test_remote_code_only_defines_at_import(trained, tiny_model_dir):
             where = f"{path}:{node.lineno}"
             if index == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
                 continue  # the docstring
-            assert isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign)), \
-                f"{where}: {type(node).__name__} at module level"  # fmt: skip
+            assert isinstance(
+                node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign)
+            ), f"{where}: {type(node).__name__} at module level"
             if isinstance(node, (ast.Assign, ast.AnnAssign)):
                 calls = [c for c in ast.walk(node) if isinstance(c, ast.Call)]
-                assert all(isinstance(c.func, ast.Name) and c.func.id in PURE_BUILTINS for c in calls), \
-                    f"{where}: calls {[ast.unparse(c.func) for c in calls]} at import"  # fmt: skip
+                assert all(isinstance(c.func, ast.Name) and c.func.id in PURE_BUILTINS for c in calls), (
+                    f"{where}: calls {[ast.unparse(c.func) for c in calls]} at import"
+                )
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)):  # decorators and bases run at import too
                 for expression in [*node.decorator_list, *getattr(node, "bases", [])]:
-                    assert not any(isinstance(c, ast.Call) for c in ast.walk(expression)), f"{where}: call in {ast.unparse(expression)}"
+                    assert not any(isinstance(c, ast.Call) for c in ast.walk(expression)), (
+                        f"{where}: call in {ast.unparse(expression)}"
+                    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -162,11 +208,20 @@ def test_remote_code_only_defines_at_import(trained, tiny_model_dir):
 
 def test_long_generation_keeps_a_constant_size_memory():
     """generate_continuation in chunks, each resuming the returned cache: after every chunk the cache holds the
-    same tensors, its buffers 2 * (mem_len + segment_len) rows, however long the piece (scripts/bench_memory.py runs 100,000
-    tokens and also follows the process's RSS). Only the output ids grow, 8 bytes a token."""
+    same tensors, its buffers 2 * (mem_len + segment_len) rows, however long the piece (scripts/bench_memory.py runs
+    100,000 tokens and also follows the process's RSS). Only the output ids grow, 8 bytes a token."""
     mem_len, chunk = 16, 100
-    config = MusicXLConfig.from_preset("tiny", n_layer=1, d_model=32, n_head=2, d_head=16, d_inner=64,
-                                       segment_len=mem_len, mem_len=mem_len, dropout=0.0)  # fmt: skip
+    config = MusicXLConfig.from_preset(
+        "tiny",
+        n_layer=1,
+        d_model=32,
+        n_head=2,
+        d_head=16,
+        d_inner=64,
+        segment_len=mem_len,
+        mem_len=mem_len,
+        dropout=0.0,
+    )
     torch.manual_seed(0)
     model = MusicXLForCausalLM(config)
     sizes = []
@@ -185,4 +240,6 @@ def test_long_generation_keeps_a_constant_size_memory():
     assert len(ids) == 2 + 4 * chunk and len(sizes) == 4
     assert len({(size, shape) for size, shape, _ in sizes}) == 1, sizes  # the same after 100 tokens as after 400
     assert sizes[0][1] == (1, config.n_head, 2 * (mem_len + mem_len), config.d_head)
-    assert [seen for _, _, seen in sizes] == [2 + chunk * (i + 1) - 1 for i in range(4)]  # the last token is not fed yet
+    assert [seen for _, _, seen in sizes] == [
+        2 + chunk * (i + 1) - 1 for i in range(4)
+    ]  # the last token is not fed yet

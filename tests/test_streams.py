@@ -3,14 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from helpers import BOS, EOS
 from safetensors import safe_open
 
 from hf_music_xl import encoding
-from hf_music_xl.streams import PieceStreams
 from hf_music_xl.checkpoints import STREAM_MEMORY
+from hf_music_xl.streams import PieceStreams
 from hf_music_xl.training import TrainSettings, train
-
-from helpers import BOS, EOS
 
 SMALL = "n_layer=1,d_model=32,n_head=2,d_head=16,d_inner=64,segment_len=16,mem_len=16"
 
@@ -30,8 +29,11 @@ def fake_pieces(count=9, seed=0):
 def piece_spans(stream):
     """(piece index, start, end) of the pieces in a stream (but a last one cut before its first duration)."""
     starts = list(np.flatnonzero(stream == BOS)) + [len(stream)]
-    return [(int(stream[begin + 3]) - encoding.DURATION_OFFSET - 1, begin, end)
-            for begin, end in zip(starts, starts[1:]) if end - begin > 3]  # fmt: skip
+    return [
+        (int(stream[begin + 3]) - encoding.DURATION_OFFSET - 1, begin, end)
+        for begin, end in zip(starts, starts[1:])
+        if end - begin > 3
+    ]
 
 
 def stream_of(data, process, row):
@@ -148,8 +150,17 @@ def test_training_carries_the_memory_from_step_to_step(chorale_corpus_dir, tmp_p
         return out
 
     monkeypatch.setattr(training.MusicXLTrainer, "compute_loss", recording)
-    settings = TrainSettings(corpus=str(chorale_corpus_dir), output_dir=str(tmp_path / "run"), model_overrides=SMALL,
-                             n_segments=2, batch_size=4, grad_accum=2, max_steps=30, logging_steps=5, save_steps=0)  # fmt: skip
+    settings = TrainSettings(
+        corpus=str(chorale_corpus_dir),
+        output_dir=str(tmp_path / "run"),
+        model_overrides=SMALL,
+        n_segments=2,
+        batch_size=4,
+        grad_accum=2,
+        max_steps=30,
+        logging_steps=5,
+        save_steps=0,
+    )
     train(settings)
     assert {epoch for epoch, _, _ in seen} >= {0, 1}
     for epoch in {epoch for epoch, _, _ in seen}:
@@ -168,8 +179,13 @@ def test_stream_training_has_no_gradient_path_into_the_previous_step():
 
     model = tiny_model(segment_len=8, mem_len=8, mask_p=0.0).train()
     data = PieceStreams(fake_pieces(), rows=2, step_tokens=8, seed=0, augment=False)
-    batches = [{key: torch.as_tensor(np.stack([data[s * 2 + r][key] for r in (0, 1)])) for key in ("input_ids", "labels", "shift_labels")}
-               for s in (0, 1)]  # fmt: skip
+    batches = [
+        {
+            key: torch.as_tensor(np.stack([data[s * 2 + r][key] for r in (0, 1)]))
+            for key in ("input_ids", "labels", "shift_labels")
+        }
+        for s in (0, 1)
+    ]
     memory = model(**batches[0], use_cache=True).past_key_values
     model.zero_grad()
     model(**batches[1], past_key_values=memory, use_cache=True).loss.backward()

@@ -100,8 +100,11 @@ def test_wrong_vocab_file_is_refused(tmp_path):
 
 
 def test_saved_tokenizer_is_fresh(tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "save_tokenizer.py"), "--output", str(tmp_path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "save_tokenizer.py"), "--output", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
     names = sorted(os.listdir(tmp_path))
     assert names == sorted(os.listdir(SAVED)), "tokenizer/ is stale: run python scripts/save_tokenizer.py"
     _, mismatch, errors = filecmp.cmpfiles(tmp_path, SAVED, names, shallow=False)
@@ -115,7 +118,9 @@ def test_auto_tokenizer_with_the_package_installed():
 
 
 # A fresh interpreter in which `import hf_music_xl` fails, as for a user who only has the saved directory.
-WITHOUT_PACKAGE = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import helpers; helpers.block_package()\n"
+WITHOUT_PACKAGE = (
+    f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import helpers; helpers.block_package()\n"
+)
 
 
 def test_auto_tokenizer_with_remote_code_without_the_package(chorale_midi_files, tmp_path):

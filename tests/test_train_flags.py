@@ -21,8 +21,24 @@ SMALL = "n_layer=1,d_model=32,n_head=2,d_head=16,d_inner=64,segment_len=32,mem_l
 
 def train_command(corpus_dir, output_dir, *flags):
     """`hf-music-xl train` on the test corpus: 4 rows of 64 tokens a step (24 steps an epoch)."""
-    main(["train", "--corpus", str(corpus_dir), "--output-dir", str(output_dir), "--model-overrides", SMALL,
-          "--n-segments", "2", "--batch-size", "4", "--logging-steps", "1", *flags])  # fmt: skip
+    main(
+        [
+            "train",
+            "--corpus",
+            str(corpus_dir),
+            "--output-dir",
+            str(output_dir),
+            "--model-overrides",
+            SMALL,
+            "--n-segments",
+            "2",
+            "--batch-size",
+            "4",
+            "--logging-steps",
+            "1",
+            *flags,
+        ]
+    )
 
 
 def log_history(output_dir) -> list[dict]:
@@ -87,7 +103,9 @@ def test_max_minutes_fits_the_steps_and_the_one_cycle_completes(chorale_corpus_d
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
 
 
-def test_max_minutes_stops_at_the_budget_when_steps_turn_slower(chorale_corpus_dir, tmp_path, clock, monkeypatch, caplog):
+def test_max_minutes_stops_at_the_budget_when_steps_turn_slower(
+    chorale_corpus_dir, tmp_path, clock, monkeypatch, caplog
+):
     fit = training.fit_steps_to_budget
 
     def measured_then_slower(*args, **kwargs):
@@ -126,7 +144,9 @@ def seen_rows(monkeypatch):
 def untransposed(row, pieces_text) -> bool:
     """Every part of the row (split where a piece starts) stands, token for token, in one corpus piece."""
     row = np.asarray(row)
-    row = row[: len(row) - np.argmax(row[::-1] != encoding.PAD_ID)] if (row != encoding.PAD_ID).any() else row  # window padding
+    row = (
+        row[: len(row) - np.argmax(row[::-1] != encoding.PAD_ID)] if (row != encoding.PAD_ID).any() else row
+    )  # window padding
     cuts = [0, *np.flatnonzero(row == encoding.BOS_ID).tolist(), len(row)]
     parts = [row[begin:end] for begin, end in zip(cuts, cuts[1:]) if end > begin]
     return all(any(f" {' '.join(map(str, part))} " in piece for piece in pieces_text) for part in parts)
@@ -139,16 +159,37 @@ def pieces_text(chorale_corpus_dir):
 
 @pytest.mark.parametrize("mode", ["stream", "windows"])
 def test_no_augment_trains_on_the_pieces_as_written(chorale_corpus_dir, tmp_path, seen_rows, pieces_text, mode):
-    train_command(chorale_corpus_dir, tmp_path / "run", "--train-mode", mode, "--max-steps", "4", "--no-augment",
-                  "--transpose-p", "1.0")  # fmt: skip
+    train_command(
+        chorale_corpus_dir,
+        tmp_path / "run",
+        "--train-mode",
+        mode,
+        "--max-steps",
+        "4",
+        "--no-augment",
+        "--transpose-p",
+        "1.0",
+    )
     assert sorted({step for step, _ in seen_rows}) == [0, 1, 2, 3] and len(seen_rows) >= 12
     assert all(untransposed(row, pieces_text) for _, row in seen_rows)
 
 
 @pytest.mark.parametrize("mode", ["stream", "windows"])
-def test_plain_final_fraction_switches_transposition_off_for_the_last_steps(chorale_corpus_dir, tmp_path, seen_rows, pieces_text, mode):
-    train_command(chorale_corpus_dir, tmp_path / "run", "--train-mode", mode, "--max-steps", "8",
-                  "--plain-final-fraction", "0.5", "--transpose-p", "1.0")  # fmt: skip
+def test_plain_final_fraction_switches_transposition_off_for_the_last_steps(
+    chorale_corpus_dir, tmp_path, seen_rows, pieces_text, mode
+):
+    train_command(
+        chorale_corpus_dir,
+        tmp_path / "run",
+        "--train-mode",
+        mode,
+        "--max-steps",
+        "8",
+        "--plain-final-fraction",
+        "0.5",
+        "--transpose-p",
+        "1.0",
+    )
     assert sorted({step for step, _ in seen_rows}) == list(range(8))
     first_half = [untransposed(row, pieces_text) for step, row in seen_rows if step < 4]
     assert not all(first_half)  # transposed (every piece, at p = 1, unless it drew 0)

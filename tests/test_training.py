@@ -24,8 +24,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def small_settings(corpus_dir, output_dir, **overrides):
-    values = dict(corpus=str(corpus_dir), output_dir=str(output_dir), model_overrides=SMALL, n_segments=2,
-                  batch_size=4, max_steps=6, logging_steps=1)
+    values = dict(
+        corpus=str(corpus_dir),
+        output_dir=str(output_dir),
+        model_overrides=SMALL,
+        n_segments=2,
+        batch_size=4,
+        max_steps=6,
+        logging_steps=1,
+    )
     return TrainSettings(**{**values, **overrides})
 
 
@@ -41,11 +48,15 @@ def test_train_windows(chorale_corpus):
     for _ in range(30):
         input_ids, labels, positions = transform.window(piece)
         assert len(input_ids) == len(labels) == len(positions) == 128
-        start = next(s for s in bar_starts(piece) if np.array_equal(piece[s : s + 128], input_ids[: len(piece[s : s + 128])]))
+        start = next(
+            s for s in bar_starts(piece) if np.array_equal(piece[s : s + 128], input_ids[: len(piece[s : s + 128])])
+        )
         starts.add(int(start))
         assert encoding.token_bars(piece)[1][start] == 0  # step 0 of its bar
         # positions are the piece's own (bar of the piece, as in generation), not counted from the window
-        np.testing.assert_array_equal(positions[: len(piece) - start], encoding.position_features(piece)[start : start + 128])
+        np.testing.assert_array_equal(
+            positions[: len(piece) - start], encoding.position_features(piece)[start : start + 128]
+        )
     assert len(starts) > 3 and max(starts) > 0  # random, and every one on a bar line
 
 
@@ -54,8 +65,30 @@ def test_bar_starts_on_a_hand_example():
     d = lambda steps: encoding.DURATION_OFFSET + steps  # noqa: E731
     n = lambda pitch: encoding.NOTE_OFFSET + pitch  # noqa: E731
     #       0  1  2     3      4     5      6     7    8      9      10    11   12    13     14    15   16
-    piece = [0, 1, ts44, n(60), d(4), n(64), d(4), sep, d(16), n(62), d(4), sep, d(8), n(65), d(8), sep, d(8),
-             sep, d(16), n(0), d(4), eos]  # fmt: skip
+    piece = [
+        0,
+        1,
+        ts44,
+        n(60),
+        d(4),
+        n(64),
+        d(4),
+        sep,
+        d(16),
+        n(62),
+        d(4),
+        sep,
+        d(8),
+        n(65),
+        d(8),
+        sep,
+        d(8),
+        sep,
+        d(16),
+        n(0),
+        d(4),
+        eos,
+    ]
     #        17   18     19    20    21
     # starts: 0; the first note after the time signature (3); notes after a wait on a bar line (9 at step 16, 19 at
     # step 48); not the chord's second note (5), the note mid-bar (13), the rest that crosses bar 2 (17), the meter (2)
@@ -76,14 +109,18 @@ def test_windows_leave_room_for_min_fill_and_carry_the_models_positions():
     n, d, sep = encoding.NOTE_OFFSET, encoding.DURATION_OFFSET, encoding.SEP_ID
     piece = np.array([0, 1] + [token for bar in range(8) for token in (n + 60 + bar, d + 16, sep, d + 16)][:-2] + [2])
     transform = TrainTransform(window_len=16, augment=False, min_fill=0.5)
-    drawn = {int(np.flatnonzero(piece == transform.window(piece, torch.Generator().manual_seed(k))[0][0])[0])
-             for k in range(60)}  # fmt: skip
+    drawn = {
+        int(np.flatnonzero(piece == transform.window(piece, torch.Generator().manual_seed(k))[0][0])[0])
+        for k in range(60)
+    }
     # a window keeps at least 8 real tokens: starts up to len - 8 = 24
     assert drawn == {0} | {start for start in bar_starts(piece).tolist() if 0 < start <= len(piece) - 8}
     # a model saved before time signatures reads grid positions: step 6 is (bar 0, step 6, 0), not (bar 0, beat 1, 2)
     offbeat = np.array([0, 1, n + 60, d + 6, sep, d + 6, n + 62, d + 4, 2])
     _, _, positions = TrainTransform(window_len=12, augment=False, meter=False, min_fill=1.0).window(offbeat)
-    assert positions[:9].tolist() == encoding.position_features(offbeat, meter=False).tolist() and positions[6].tolist() == [0, 6, 0]
+    assert positions[:9].tolist() == encoding.position_features(offbeat, meter=False).tolist() and positions[
+        6
+    ].tolist() == [0, 6, 0]
     assert positions.dtype == np.int64
 
 
@@ -162,11 +199,15 @@ def test_seeded_windows_depend_on_seed_epoch_and_piece_only(chorale_corpus):
 
 
 def test_collate_pads_stream_targets_and_takes_a_batch_of_one():
-    examples = [{"input_ids": np.array([0, 1, 69]), "labels": np.array([0, 1, 69]), "shift_labels": np.array([1, 69, 141])},
-                {"input_ids": np.array([0, 1]), "labels": np.array([0, 1]), "shift_labels": np.array([1, 70])}]  # fmt: skip
+    examples = [
+        {"input_ids": np.array([0, 1, 69]), "labels": np.array([0, 1, 69]), "shift_labels": np.array([1, 69, 141])},
+        {"input_ids": np.array([0, 1]), "labels": np.array([0, 1]), "shift_labels": np.array([1, 70])},
+    ]
     batch = collate(examples)
     assert batch["shift_labels"].tolist() == [[1, 69, 141], [1, 70, IGNORE_INDEX]]
-    assert batch["input_ids"].tolist() == [[0, 1, 69], [0, 1, encoding.PAD_ID]] and batch["labels"][1, 2] == IGNORE_INDEX
+    assert (
+        batch["input_ids"].tolist() == [[0, 1, 69], [0, 1, encoding.PAD_ID]] and batch["labels"][1, 2] == IGNORE_INDEX
+    )
     alone = collate([{"input_ids": [0, 1], "labels": [0, 1], "beat_positions": [[0, 0, 0], [0, 0, 0]]}])
     assert set(alone) == {"input_ids", "labels", "beat_positions"} and alone["beat_positions"].shape == (1, 2, 3)
 
@@ -180,7 +221,9 @@ def test_evaluation_scores_every_piece_whole(chorale_corpus):
     batch = collate([pieces[i] for i in range(3)])
     assert batch["input_ids"].shape == (3, lengths[0])
     shortest = lengths[2]
-    assert (batch["input_ids"][2, shortest:] == encoding.PAD_ID).all() and (batch["labels"][2, shortest:] == IGNORE_INDEX).all()
+    assert (batch["input_ids"][2, shortest:] == encoding.PAD_ID).all() and (
+        batch["labels"][2, shortest:] == IGNORE_INDEX
+    ).all()
 
 
 def test_evaluation_pieces_are_only_ids_and_labels_kept_in_memory_longest_first_ties_in_order(chorale_corpus):
@@ -247,18 +290,23 @@ def test_train_saves_a_directory_that_loads_and_generates(chorale_corpus_dir, tm
     torch.manual_seed(0)
     out = model.generate(torch.tensor([[0, 1]]), max_new_tokens=24, logits_processor=grammar)
     torch.manual_seed(0)  # the saved model samples what the trained one samples
-    assert torch.equal(out, result.model.eval().generate(torch.tensor([[0, 1]]), max_new_tokens=24, logits_processor=grammar))
+    assert torch.equal(
+        out, result.model.eval().generate(torch.tensor([[0, 1]]), max_new_tokens=24, logits_processor=grammar)
+    )
     assert out.shape == (1, 26) and encoding.first_invalid_position(out[0]) is None
     notes = encoding.ids_to_notes(out[0])
     score = tokenizer.decode_midi(out[0])
     step = encoding.TICKS_PER_QUARTER // encoding.STEPS_PER_BEAT
     assert sorted((n.time, n.pitch, n.duration) for track in score.tracks for n in track.notes) == sorted(
-        zip((notes.onset * step).tolist(), notes.pitch.tolist(), (notes.duration * step).tolist()))
+        zip((notes.onset * step).tolist(), notes.pitch.tolist(), (notes.duration * step).tolist())
+    )
     assert len(notes) >= 1
 
 
 def test_resume_continues_to_the_same_weights(chorale_corpus_dir, tmp_path):
-    straight = train(small_settings(chorale_corpus_dir, tmp_path / "straight", save_steps=3))  # mid-epoch: 24 steps an epoch
+    straight = train(
+        small_settings(chorale_corpus_dir, tmp_path / "straight", save_steps=3)
+    )  # mid-epoch: 24 steps an epoch
     interrupted = tmp_path / "interrupted"
     shutil.copytree(tmp_path / "straight" / "checkpoint-3", interrupted / "checkpoint-3")  # as if stopped at 3
     resumed = train(small_settings(chorale_corpus_dir, interrupted, resume=True, save_steps=3))
@@ -270,7 +318,10 @@ def test_a_bf16_trained_model_generates_with_its_cache_as_without(chorale_corpus
     """bf16 autocast training; its model's cached generation equals full recomputation, in fp32 and in bf16, far
     past the memory (32 tokens)."""
     result = train(small_settings(chorale_corpus_dir, tmp_path / "bf16", precision="bf16"))
-    assert json.loads((tmp_path / "bf16" / "final" / "training_summary.json").read_text())["settings"]["precision"] == "bf16"
+    assert (
+        json.loads((tmp_path / "bf16" / "final" / "training_summary.json").read_text())["settings"]["precision"]
+        == "bf16"
+    )
     model = result.model.eval()
     prompt = torch.tensor([[0, 1, encoding.TOKEN_TO_ID["ts3/4"], 69, 141]])
     for context in (contextlib.nullcontext(), torch.autocast("cpu", dtype=torch.bfloat16)):
@@ -283,7 +334,9 @@ def test_a_bf16_trained_model_generates_with_its_cache_as_without(chorale_corpus
 def test_gradient_checkpointing_flag_trains_to_the_same_weights(chorale_corpus_dir, tmp_path):
     """--gradient-checkpointing recomputes each block in the backward pass: less memory, the same training."""
     plain = train(small_settings(chorale_corpus_dir, tmp_path / "plain", max_steps=3))
-    checkpointed = train(small_settings(chorale_corpus_dir, tmp_path / "checkpointed", max_steps=3, gradient_checkpointing=True))
+    checkpointed = train(
+        small_settings(chorale_corpus_dir, tmp_path / "checkpointed", max_steps=3, gradient_checkpointing=True)
+    )
     assert all(layer.gradient_checkpointing for layer in checkpointed.model.transformer.layers)
     assert not any(layer.gradient_checkpointing for layer in plain.model.transformer.layers)
     assert weights_digest(checkpointed.model) == weights_digest(plain.model)
@@ -291,8 +344,17 @@ def test_gradient_checkpointing_flag_trains_to_the_same_weights(chorale_corpus_d
 
 def test_ddp_two_processes_end_identical(chorale_corpus_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(REPO / "tests" / "ddp_worker.py"), str(chorale_corpus_dir), str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(REPO / "tests" / "ddp_worker.py"),
+        str(chorale_corpus_dir),
+        str(tmp_path),
+    ]
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert finished.returncode == 0, finished.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
@@ -328,17 +390,46 @@ def test_accelerate_launch_trains_with_two_processes(chorale_corpus_dir, tmp_pat
     runs two DDP processes (through torchrun), each with its own streams, whose checkpoint holds both ranks' state."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
     accelerate = Path(sys.executable).parent / "accelerate"
-    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-               str(REPO / "scripts" / "train.py"), "--corpus", str(chorale_corpus_dir), "--output-dir", str(tmp_path),
-               "--model-overrides", SMALL, "--n-segments", "2", "--batch-size", "2", "--max-steps", "4",
-               "--save-steps", "4", "--precision", "fp32"]  # fmt: skip
+    command = [
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(REPO / "scripts" / "train.py"),
+        "--corpus",
+        str(chorale_corpus_dir),
+        "--output-dir",
+        str(tmp_path),
+        "--model-overrides",
+        SMALL,
+        "--n-segments",
+        "2",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "4",
+        "--save-steps",
+        "4",
+        "--precision",
+        "fp32",
+    ]
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
     checkpoint = tmp_path / "checkpoint-4"
     assert sorted(path.name for path in checkpoint.glob("rng_state_*.pth")) == ["rng_state_0.pth", "rng_state_1.pth"]
     assert sorted(path.name for path in checkpoint.glob("stream_memory-rank*")) == [
-        "stream_memory-rank0.safetensors", "stream_memory-rank1.safetensors"]  # fmt: skip
+        "stream_memory-rank0.safetensors",
+        "stream_memory-rank1.safetensors",
+    ]
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     # 2 rows on each of 2 processes: 4 streams share the corpus, so an epoch is that many steps of 64 tokens
     tokens = sum(len(ids) for ids in load_from_disk(str(chorale_corpus_dir))["train"]["input_ids"])

@@ -7,12 +7,11 @@ import unittest
 
 import pytest
 import torch
+from helpers import BOS, PAD
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING_NAMES
+from transformers_common import common_tests_package
 
 from hf_music_xl import MusicXLConfig, MusicXLForCausalLM, MusicXLModel
-
-from helpers import BOS, PAD
-from transformers_common import common_tests_package
 
 try:
     modeling_common, configuration_common = common_tests_package()
@@ -38,8 +37,16 @@ class MusicXLModelTester:
         self.hidden_size, self.num_hidden_layers, self.num_attention_heads = 32, 2, 4
 
     def get_config(self):
-        return MusicXLConfig(d_model=self.hidden_size, n_layer=self.num_hidden_layers, n_head=self.num_attention_heads,
-                             d_inner=37, segment_len=16, mem_len=16, dropout=0.1, mask_p=0.0)  # fmt: skip
+        return MusicXLConfig(
+            d_model=self.hidden_size,
+            n_layer=self.num_hidden_layers,
+            n_head=self.num_attention_heads,
+            d_inner=37,
+            segment_len=16,
+            mem_len=16,
+            dropout=0.1,
+            mask_p=0.0,
+        )
 
     def prepare_config_and_inputs(self):
         generator = torch.Generator().manual_seed(0)
@@ -47,7 +54,9 @@ class MusicXLModelTester:
         notes = torch.randint(9 + 40, 9 + 90, (self.batch_size, pairs), generator=generator)
         durations = torch.randint(137 + 1, 137 + 17, (self.batch_size, pairs), generator=generator)
         body = torch.stack([notes, durations], dim=2).view(self.batch_size, -1)
-        input_ids = torch.cat([torch.tensor([[BOS, PAD]]).expand(self.batch_size, 2), body], dim=1)[:, : self.seq_length]
+        input_ids = torch.cat([torch.tensor([[BOS, PAD]]).expand(self.batch_size, 2), body], dim=1)[
+            :, : self.seq_length
+        ]
         attention_mask = torch.ones_like(input_ids)
         return self.get_config(), input_ids, attention_mask
 
@@ -68,7 +77,9 @@ class MusicXLModelTest(ModelTesterMixin, unittest.TestCase):
     def test_config(self):
         self.config_tester.run_common_tests()
 
-    @unittest.skip("the generation mixin is not in transformers' source distribution; tests/test_generation.py covers it")
+    @unittest.skip(
+        "the generation mixin is not in transformers' source distribution; tests/test_generation.py covers it"
+    )
     def test_generation_tester_mixin_inheritance(self):
         pass
 

@@ -48,8 +48,10 @@ def common_tests_package() -> tuple[object, object]:
         unpack(download(root), package)
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    return (importlib.import_module(f"{PACKAGE}.test_modeling_common"),
-            importlib.import_module(f"{PACKAGE}.test_configuration_common"))  # fmt: skip
+    return (
+        importlib.import_module(f"{PACKAGE}.test_modeling_common"),
+        importlib.import_module(f"{PACKAGE}.test_configuration_common"),
+    )
 
 
 def download(root: Path) -> Path:
@@ -58,13 +60,26 @@ def download(root: Path) -> Path:
     archives = sorted(root.glob(f"transformers-{transformers.__version__}.tar.gz"))
     if archives:
         return archives[0]
-    command = [sys.executable, "-m", "pip", "download", f"transformers=={transformers.__version__}", "--no-binary",
-               ":all:", "--no-deps", "-d", str(root), "--quiet"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        f"transformers=={transformers.__version__}",
+        "--no-binary",
+        ":all:",
+        "--no-deps",
+        "-d",
+        str(root),
+        "--quiet",
+    ]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
     archives = sorted(root.glob(f"transformers-{transformers.__version__}.tar.gz"))
     if finished.returncode or not archives:
-        raise RuntimeError(f"pip download of the transformers {transformers.__version__} sdist failed: "
-                           f"{(finished.stderr or finished.stdout).strip().splitlines()[-1:]}")  # fmt: skip
+        raise RuntimeError(
+            f"pip download of the transformers {transformers.__version__} sdist failed: "
+            f"{(finished.stderr or finished.stdout).strip().splitlines()[-1:]}"
+        )
     return archives[0]
 
 

@@ -9,10 +9,10 @@ not installed (`trust_remote_code=True`). It also registers the `music-generatio
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .cache_music_xl import MusicXLCache
 from .configuration_music_xl import MusicXLConfig
 from .encoding import InvalidTokenError, MidiReadError
 from .generation_music_xl import MaxBarsCriteria, MusicGrammarProcessor
-from .cache_music_xl import MusicXLCache
 from .modeling_music_xl import MusicXLForCausalLM, MusicXLModel
 from .pipeline_music_xl import TASK as PIPELINE_TASK
 from .pipeline_music_xl import MusicXLPipeline

@@ -27,8 +27,11 @@ logger = logging.getLogger(__name__)
 MAX_UPLOAD_BYTES = 1_000_000  # a MIDI file of a whole symphony is a few hundred KB
 MAX_BARS = 64
 CHUNK_TOKENS = 32  # tokens per generate() call: how often progress moves and Cancel is noticed
-SCALES = ["none"] + [f"{tonic} {mode}" for mode in ("major", "minor") for tonic in
-                     ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")]  # fmt: skip
+SCALES = ["none"] + [
+    f"{tonic} {mode}"
+    for mode in ("major", "minor")
+    for tonic in ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+]
 
 
 class Cancelled(Exception):
@@ -70,7 +73,9 @@ class MusicApp:
         self.audio = find_renderer() is not None and find_soundfont() is not None
         self.stops: dict[str, threading.Event] = {}
 
-    def generate(self, prompt_path, prompt_bars, bars, preset, note_temperature, seed, scale, session: str = "", progress=None):
+    def generate(
+        self, prompt_path, prompt_bars, bars, preset, note_temperature, seed, scale, session: str = "", progress=None
+    ):
         """-> (status line, piano-roll PNG, WAV or None, MIDI file); a bad upload or a cancel gives only the status."""
         stop = self.stops[session] = threading.Event()
 
@@ -83,10 +88,17 @@ class MusicApp:
         prompt = None
         try:
             prompt = read_upload(prompt_path, self.max_upload_bytes)
-            [sample] = self.pipe(prompt, bars=int(bars), prompt_bars=int(prompt_bars), preset=preset,
-                                 note_temperature=float(note_temperature), seed=int(seed),
-                                 scale=None if scale == "none" else scale, chunk_tokens=CHUNK_TOKENS,
-                                 progress_callback=report)  # fmt: skip
+            [sample] = self.pipe(
+                prompt,
+                bars=int(bars),
+                prompt_bars=int(prompt_bars),
+                preset=preset,
+                note_temperature=float(note_temperature),
+                seed=int(seed),
+                scale=None if scale == "none" else scale,
+                chunk_tokens=CHUNK_TOKENS,
+                progress_callback=report,
+            )
         except Cancelled:
             return "Cancelled.", None, None, None
         except ValueError as error:  # BadUpload, MidiReadError (not MIDI, no notes), a bad setting
@@ -111,15 +123,32 @@ class MusicApp:
         bars = f"{sample['bars']} of {asked_bars}" if sample["bars"] < asked_bars else str(asked_bars)
         status = f"Generated {bars} bar{'s' * (asked_bars != 1)}, {new_notes} new notes"
         status += f" after {prompt_notes} prompt notes" if prompt_notes else ""
-        return status + f" (seed {sample['seed']}).", str(files["picture"]), files["audio"] and str(files["audio"]), str(files["midi"])
+        return (
+            status + f" (seed {sample['seed']}).",
+            str(files["picture"]),
+            files["audio"] and str(files["audio"]),
+            str(files["midi"]),
+        )
 
 
 def build_app(app: MusicApp, title: str):
     """The page (a ``gradio.Blocks``); element ids are what the browser test looks for."""
     import gradio as gr
 
-    def on_generate(prompt_path, prompt_bars, bars, preset, note_temperature, seed, scale, request: gr.Request, progress=gr.Progress()):
-        return app.generate(prompt_path, prompt_bars, bars, preset, note_temperature, seed, scale, request.session_hash, progress)
+    def on_generate(
+        prompt_path,
+        prompt_bars,
+        bars,
+        preset,
+        note_temperature,
+        seed,
+        scale,
+        request: gr.Request,
+        progress=gr.Progress(),  # noqa: B008 - Gradio's own idiom: it injects a tracker for this default
+    ):
+        return app.generate(
+            prompt_path, prompt_bars, bars, preset, note_temperature, seed, scale, request.session_hash, progress
+        )
 
     def on_cancel(request: gr.Request):
         app.cancel(request.session_hash)
@@ -128,7 +157,12 @@ def build_app(app: MusicApp, title: str):
         gr.Markdown(f"# {title}\nContinue the first bars of a MIDI file, or start from nothing.")
         with gr.Row():
             with gr.Column():
-                prompt = gr.File(label="Prompt (MIDI file, optional)", file_types=[".mid", ".midi"], type="filepath", elem_id="prompt")
+                prompt = gr.File(
+                    label="Prompt (MIDI file, optional)",
+                    file_types=[".mid", ".midi"],
+                    type="filepath",
+                    elem_id="prompt",
+                )
                 prompt_bars = gr.Slider(0, 16, value=4, step=1, label="Prompt bars", elem_id="prompt-bars")
                 bars = gr.Slider(1, MAX_BARS, value=8, step=1, label="Bars to generate", elem_id="bars")
                 preset = gr.Dropdown(list(SAMPLING_PRESETS), value="default", label="Preset", elem_id="preset")
@@ -144,7 +178,9 @@ def build_app(app: MusicApp, title: str):
                 audio = gr.Audio(label="Audio", type="filepath", elem_id="audio", interactive=False, visible=app.audio)
                 midi = gr.File(label="MIDI", elem_id="midi", interactive=False)
         preset.change(lambda name: sampling_settings(name).note_temperature, preset, temperature)
-        generate.click(on_generate, [prompt, prompt_bars, bars, preset, temperature, seed, scale], [status, picture, audio, midi])
+        generate.click(
+            on_generate, [prompt, prompt_bars, bars, preset, temperature, seed, scale], [status, picture, audio, midi]
+        )
         cancel.click(on_cancel, None, None)
     return page
 
@@ -154,8 +190,14 @@ def launch_kwargs(settings: AppSettings, output_dir: Path) -> dict:
 
     # system fonts: the default theme would fetch its fonts from the internet
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
-    return dict(server_name=settings.host, server_port=settings.port, ssr_mode=False, theme=theme,
-                allowed_paths=[str(output_dir)], max_file_size=4 * settings.max_upload_bytes)  # fmt: skip
+    return dict(
+        server_name=settings.host,
+        server_port=settings.port,
+        ssr_mode=False,
+        theme=theme,
+        allowed_paths=[str(output_dir)],
+        max_file_size=4 * settings.max_upload_bytes,
+    )
 
 
 def run_app(settings: AppSettings, block: bool = True):
@@ -166,7 +208,9 @@ def run_app(settings: AppSettings, block: bool = True):
     app = MusicApp(pipe, output_dir, settings.max_upload_bytes)
     if not app.audio:
         logger.warning("no audio renderer or soundfont: the page shows no audio player (see hf_music_xl.render)")
-    page = build_app(app, f"Music continuation with {Path(settings.model).name if Path(settings.model).is_dir() else settings.model}")
+    page = build_app(
+        app, f"Music continuation with {Path(settings.model).name if Path(settings.model).is_dir() else settings.model}"
+    )
     page.queue(default_concurrency_limit=1)  # one generation at a time: the model and the CPU are shared
     page.launch(prevent_thread_lock=not block, **launch_kwargs(settings, output_dir))
     return page

@@ -12,7 +12,6 @@ import torch
 
 from .positions_music_xl import STATE_PIECE, STATE_SIZE, STATE_TIME, STATE_TOKEN
 
-
 # A fingerprint of each row's whole history: sum over tokens of (id + 1) * P^t mod Q. Additive over chunks, so it
 # costs one multiply-add per token, and it tells a cache apart from one that consumed other tokens (beam search
 # returns its best sequences but leaves the cache on its final beams).
@@ -49,8 +48,8 @@ class MusicXLCache:
     training and generation. They are stored detached: no gradient flows into earlier steps (the paper's SG(.)).
 
     Per token it also keeps the position rule's state after it (`compute_positions`: the next grid step, the token,
-    the meter in force), whether the token was padding (attention_mask 0), and the fingerprint of each row's history. So crop()
-    (assisted and prompt-lookup decoding) restores exactly the state before the removed tokens, and resuming
+    the meter in force), whether the token was padding (attention_mask 0), and the fingerprint of each row's history.
+    So crop() (assisted and prompt-lookup decoding) restores exactly the state before the removed tokens, and resuming
     generate() with sequences this cache did not consume is caught (see `MusicXLForCausalLM`).
     """
 
@@ -87,7 +86,9 @@ class MusicXLCache:
 
     def batch_repeat_interleave(self, repeats):
         if self.states is not None:
-            self.batch_select_indices(torch.arange(self.states.shape[0], device=self.states.device).repeat_interleave(repeats))
+            self.batch_select_indices(
+                torch.arange(self.states.shape[0], device=self.states.device).repeat_interleave(repeats)
+            )
 
     def activate_past_recording(self):
         """Assisted decoding calls this before crop(); this cache always keeps what crop needs."""
@@ -98,8 +99,10 @@ class MusicXLCache:
         keep = self.get_seq_length() + max_length if max_length <= 0 else max_length
         needed = max(0, keep // self.segment_len * self.segment_len - self.mem_len)  # first token `keep` sees
         if needed < self.first or keep > self.get_seq_length():
-            raise ValueError(f"cannot crop a cache of {self.get_seq_length()} tokens to {keep}: the memory that "
-                             "token needs was already dropped")  # fmt: skip
+            raise ValueError(
+                f"cannot crop a cache of {self.get_seq_length()} tokens to {keep}: the memory that "
+                "token needs was already dropped"
+            )
         self.length = keep - self.first
 
     # -- running state of the position rule
@@ -212,7 +215,10 @@ class MusicXLCache:
             return {}, 0
         tensors = {name: getattr(self, name)[:, : self.length].contiguous() for name in RECORDS}
         for i, (key, value) in enumerate(zip(self.keys, self.values)):
-            tensors[f"keys.{i}"], tensors[f"values.{i}"] = key[:, :, : self.length].contiguous(), value[:, :, : self.length].contiguous()
+            tensors[f"keys.{i}"], tensors[f"values.{i}"] = (
+                key[:, :, : self.length].contiguous(),
+                value[:, :, : self.length].contiguous(),
+            )
         return tensors, self.first
 
     @classmethod

@@ -90,7 +90,12 @@ def checkpoint_problem(checkpoint) -> str | None:
     except (ValueError, KeyError) as error:
         return f"unreadable JSON: {error}"
     if (folder / "model.safetensors.index.json").exists():
-        weights = sorted({folder / shard for shard in json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"].values()})
+        weights = sorted(
+            {
+                folder / shard
+                for shard in json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"].values()
+            }
+        )
     else:
         weights = [folder / "model.safetensors"]
     torch_files = [folder / "optimizer.pt", folder / "scheduler.pt"]
@@ -118,8 +123,11 @@ def resumable_checkpoint(output_dir, set_aside: bool = True) -> str | None:
     reported and, with ``set_aside``, moved to ``OUTPUT_DIR/_incomplete/`` so that later saves and rotations do
     not mix with them."""
     folder = Path(output_dir)
-    numbered = [(int(path.name.rsplit("-", 1)[1]), path) for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-                if path.is_dir() and path.name.rsplit("-", 1)[1].isdigit()]  # fmt: skip
+    numbered = [
+        (int(path.name.rsplit("-", 1)[1]), path)
+        for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+        if path.is_dir() and path.name.rsplit("-", 1)[1].isdigit()
+    ]
     for _, path in sorted(numbered, reverse=True):
         problem = checkpoint_problem(path)
         if problem is None:

@@ -33,7 +33,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
         kind = hints[item.name]
         help_text = f"{item.metadata.get('help', '')} (default: {item.default})"
         if kind is bool:
-            parser.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction, default=item.default, help=help_text)
+            parser.add_argument(
+                flag, dest=item.name, action=argparse.BooleanOptionalAction, default=item.default, help=help_text
+            )
         else:
             parser.add_argument(flag, dest=item.name, type=kind, default=item.default, help=help_text)
 
@@ -47,8 +49,15 @@ def dataclass_from_args(cls, args: argparse.Namespace):
 
 
 def add_build_corpus(subparsers) -> None:
-    parser = subparsers.add_parser("build-corpus", help="encode a music collection into a cached train/validation DatasetDict")
-    parser.add_argument("source", nargs="?", default="bach-chorales", help="bach-chorales, music21:FOLDER, a directory, a glob or a file")
+    parser = subparsers.add_parser(
+        "build-corpus", help="encode a music collection into a cached train/validation DatasetDict"
+    )
+    parser.add_argument(
+        "source",
+        nargs="?",
+        default="bach-chorales",
+        help="bach-chorales, music21:FOLDER, a directory, a glob or a file",
+    )
     parser.add_argument("--output", help="also save the DatasetDict and report.json here")
     parser.add_argument("--validation-fraction", type=float, default=0.1)
     parser.add_argument("--steps-per-beat", type=int, default=4, help="grid steps per quarter note")
@@ -151,16 +160,41 @@ def add_generate(subparsers) -> None:
     parser.add_argument("--top-p", type=float, help="overrides the preset (1.0: off)")
     parser.add_argument("--num-samples", type=int, default=1, help="pieces to generate (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first sample (default: 0)")
-    parser.add_argument("--chunk-tokens", type=int, default=0, help="tokens per generate() call, resuming the memory cache (default: mem_len)")
+    parser.add_argument(
+        "--chunk-tokens",
+        type=int,
+        default=0,
+        help="tokens per generate() call, resuming the memory cache (default: mem_len)",
+    )
     parser.add_argument("--allow-end", action="store_true", help="let the model end a piece early with xxeos")
-    parser.add_argument("--pitch-range", type=int, nargs=2, metavar=("LOW", "HIGH"), help="MIDI pitches allowed for new notes")
+    parser.add_argument(
+        "--pitch-range", type=int, nargs=2, metavar=("LOW", "HIGH"), help="MIDI pitches allowed for new notes"
+    )
     parser.add_argument("--scale", default="", help="keep new notes in a scale, e.g. 'D minor' or 'F# major'")
-    parser.add_argument("--meter", default="", help="time signature of a piece started from nothing, e.g. '3/4' (a prompt brings its own)")
+    parser.add_argument(
+        "--meter",
+        default="",
+        help="time signature of a piece started from nothing, e.g. '3/4' (a prompt brings its own)",
+    )
     parser.add_argument("--output-dir", default="outputs/generated", help="where files go (default: outputs/generated)")
     parser.add_argument("--prefix", default="", help="file name prefix (default: the prompt's file stem, or 'sample')")
-    parser.add_argument("--stream", nargs="?", const="-", default="", metavar="FILE", help="print notes as they are generated (or append them to FILE)")
-    parser.add_argument("--picture", action=argparse.BooleanOptionalAction, default=True, help="piano-roll PNG (default: on)")
-    parser.add_argument("--audio", action=argparse.BooleanOptionalAction, default=True, help="WAV when a renderer and a local soundfont exist (default: on)")
+    parser.add_argument(
+        "--stream",
+        nargs="?",
+        const="-",
+        default="",
+        metavar="FILE",
+        help="print notes as they are generated (or append them to FILE)",
+    )
+    parser.add_argument(
+        "--picture", action=argparse.BooleanOptionalAction, default=True, help="piano-roll PNG (default: on)"
+    )
+    parser.add_argument(
+        "--audio",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="WAV when a renderer and a local soundfont exist (default: on)",
+    )
     parser.add_argument("--soundfont", default="", help="a local .sf2 file (also $HF_MUSIC_XL_SOUNDFONT)")
     parser.set_defaults(run=run_generate)
 
@@ -183,11 +217,19 @@ def add_evaluate(subparsers) -> None:
         help="NLL per token and per note on a corpus split; musical statistics of generated pieces next to the corpus",
     )
     parser.add_argument("--model", default="", help="model directory or Hub id for NLL (default: statistics only)")
-    parser.add_argument("--corpus", default="bach-chorales", help="a corpus source or built corpus directory (default: bach-chorales)")
+    parser.add_argument(
+        "--corpus", default="bach-chorales", help="a corpus source or built corpus directory (default: bach-chorales)"
+    )
     parser.add_argument("--split", default="validation", help="corpus split (default: validation)")
-    parser.add_argument("--generated", nargs="+", default=[], metavar="PATH", help="generated MIDI files or directories")
-    parser.add_argument("--skip-bars", type=int, default=0, help="ignore notes of generated files in their first N bars (the prompt)")
-    parser.add_argument("--mem-len", type=int, default=None, help="memory length for NLL, 0 for none (default: the model's own)")
+    parser.add_argument(
+        "--generated", nargs="+", default=[], metavar="PATH", help="generated MIDI files or directories"
+    )
+    parser.add_argument(
+        "--skip-bars", type=int, default=0, help="ignore notes of generated files in their first N bars (the prompt)"
+    )
+    parser.add_argument(
+        "--mem-len", type=int, default=None, help="memory length for NLL, 0 for none (default: the model's own)"
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="pieces per NLL batch (default: 8)")
     parser.add_argument("--output", default="evaluation.json", help="JSON results (default: evaluation.json)")
     parser.set_defaults(run=run_evaluate)
@@ -213,13 +255,24 @@ def add_push(subparsers) -> None:
     )
     parser.add_argument("model_dir", help="a saved model directory, e.g. runs/tiny/final")
     parser.add_argument("repo_id", help="namespace/name (or name, in your namespace)")
-    parser.add_argument("--private", action=argparse.BooleanOptionalAction, default=None, help="visibility of a new repo (default: the Hub's)")
-    parser.add_argument("--revision", default=None, help="branch to push to, created from main if needed (default: main)")
+    parser.add_argument(
+        "--private",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="visibility of a new repo (default: the Hub's)",
+    )
+    parser.add_argument(
+        "--revision", default=None, help="branch to push to, created from main if needed (default: main)"
+    )
     parser.add_argument("--commit-message", default=None, help="default: 'Upload <dir> with hf_music_xl'")
     parser.add_argument("--license", default="mit", help="license in the model card (default: mit)")
-    parser.add_argument("--dataset", dest="datasets", action="append", default=[], help="Hub dataset id trained on (repeatable)")
+    parser.add_argument(
+        "--dataset", dest="datasets", action="append", default=[], help="Hub dataset id trained on (repeatable)"
+    )
     parser.add_argument("--tag", dest="tags", action="append", default=[], help="extra model card tag (repeatable)")
-    parser.add_argument("--create-pr", action="store_true", help="open a pull request against the branch instead of committing to it")
+    parser.add_argument(
+        "--create-pr", action="store_true", help="open a pull request against the branch instead of committing to it"
+    )
     parser.set_defaults(run=run_push)
 
 
@@ -254,9 +307,16 @@ def add_app(subparsers) -> None:
         "temperature, seed and scale, press Generate; see the piano roll, hear it, download the MIDI file.",
     )
     parser.add_argument("model", help="a model directory (e.g. runs/tiny/final) or Hub id")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)"
+    )
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    parser.add_argument("--max-upload-bytes", type=int, default=MAX_UPLOAD_BYTES, help=f"largest prompt file accepted (default: {MAX_UPLOAD_BYTES})")
+    parser.add_argument(
+        "--max-upload-bytes",
+        type=int,
+        default=MAX_UPLOAD_BYTES,
+        help=f"largest prompt file accepted (default: {MAX_UPLOAD_BYTES})",
+    )
     parser.add_argument("--output-dir", default="", help="where generated files go (default: a temporary directory)")
     parser.set_defaults(run=run_app)
 
@@ -284,7 +344,12 @@ def add_push_space(subparsers) -> None:
     )
     parser.add_argument("model_repo_id", help="the model on the Hub, e.g. you/chorale-xl (push it first)")
     parser.add_argument("space_id", help="namespace/name of the Space (or name, in your namespace)")
-    parser.add_argument("--private", action=argparse.BooleanOptionalAction, default=None, help="visibility of a new Space (default: the Hub's)")
+    parser.add_argument(
+        "--private",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="visibility of a new Space (default: the Hub's)",
+    )
     parser.set_defaults(run=run_push_space)
 
 
@@ -298,7 +363,9 @@ SUBCOMMANDS = [add_build_corpus, add_train, add_demo, add_generate, add_evaluate
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-music-xl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="hf-music-xl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(subparsers)

@@ -113,7 +113,9 @@ def list_items(source: str) -> list[Item]:
         return _file_items([path], root=path.parent, prefix="", source=source)
     matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(source), recursive=True))
     if matches:
-        return _file_items(matches, root=Path(os.path.commonpath([p.parent for p in matches])), prefix="", source=source)
+        return _file_items(
+            matches, root=Path(os.path.commonpath([p.parent for p in matches])), prefix="", source=source
+        )
     raise ValueError(
         f"unknown corpus source {source!r}: give 'bach-chorales', 'music21:FOLDER', a directory, a glob or a file"
     )
@@ -121,8 +123,11 @@ def list_items(source: str) -> list[Item]:
 
 def _file_items(paths: list[Path], root: Path, prefix: str, source: str) -> list[Item]:
     items = []
-    kinds = {**dict.fromkeys(MIDI_SUFFIXES, "midi"), **dict.fromkeys(ABC_SUFFIXES, "abc"),
-             **dict.fromkeys(SCORE_SUFFIXES, "score")}  # fmt: skip
+    kinds = {
+        **dict.fromkeys(MIDI_SUFFIXES, "midi"),
+        **dict.fromkeys(ABC_SUFFIXES, "abc"),
+        **dict.fromkeys(SCORE_SUFFIXES, "score"),
+    }
     for path in paths:
         kind = kinds.get(path.suffix.lower())
         if kind and path.is_file():
@@ -257,7 +262,9 @@ def split_score(split_key: str) -> float:
 # Building, caching, loading
 
 
-def cache_key(source: str, items: list[Item], steps_per_beat: int, limit: int | None, validation_fraction: float) -> str:
+def cache_key(
+    source: str, items: list[Item], steps_per_beat: int, limit: int | None, validation_fraction: float
+) -> str:
     """Everything that changes the built corpus: the source and its files, the encoder, the quantization."""
     if source == "bach-chorales" or source.startswith("music21:"):
         from .music21_source import _music21
@@ -330,8 +337,10 @@ def _build_into(target: Path, source, items, key, steps_per_beat, validation_fra
         shutil.rmtree(folder, ignore_errors=True)
     rows_dir.mkdir()
     # Small write batches: a batch is the only part of the corpus held in memory (pieces can be long).
-    writers = {name: ArrowWriter(features=FEATURES, path=str(rows_dir / f"{name}.arrow"), writer_batch_size=64)
-               for name in SPLITS}  # fmt: skip
+    writers = {
+        name: ArrowWriter(features=FEATURES, path=str(rows_dir / f"{name}.arrow"), writer_batch_size=64)
+        for name in SPLITS
+    }
     stats = {name: {"pieces": 0, "tokens": 0, "notes": 0} for name in SPLITS}
     seen: dict[str, str] = {}
     skips, duplicates = [], []
@@ -387,7 +396,12 @@ def _build_into(target: Path, source, items, key, steps_per_beat, validation_fra
         shutil.rmtree(partial, ignore_errors=True)
     logger.info(
         "corpus %s: %d pieces (%d skipped, %d duplicates) in %.1f s -> %s",
-        source, total, len(skips), len(duplicates), report["build_seconds"], target,
+        source,
+        total,
+        len(skips),
+        len(duplicates),
+        report["build_seconds"],
+        target,
     )
 
 

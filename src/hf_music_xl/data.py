@@ -94,8 +94,11 @@ class TrainTransform:
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         pieces = [np.asarray(ids, dtype=np.int64) for ids in batch["input_ids"]]
         windows = [self.window(ids, self.generator_for(ids)) for ids in pieces]
-        return {"input_ids": [w[0] for w in windows], "labels": [w[1] for w in windows],
-                "beat_positions": [w[2] for w in windows]}  # fmt: skip
+        return {
+            "input_ids": [w[0] for w in windows],
+            "labels": [w[1] for w in windows],
+            "beat_positions": [w[2] for w in windows],
+        }
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -104,8 +107,9 @@ class TrainTransform:
         """None (torch's global generator) without a seed, else a generator seeded by (seed, epoch, tokens)."""
         if self.seed is None:
             return None
-        digest = hashlib.blake2b(np.ascontiguousarray(ids, dtype=np.int64).tobytes(), digest_size=8,
-                                 key=f"{self.seed}:{self.epoch}".encode())  # fmt: skip
+        digest = hashlib.blake2b(
+            np.ascontiguousarray(ids, dtype=np.int64).tobytes(), digest_size=8, key=f"{self.seed}:{self.epoch}".encode()
+        )
         return torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
 
     def window(self, ids: np.ndarray, generator: torch.Generator | None = None) -> tuple[np.ndarray, ...]:
@@ -146,8 +150,11 @@ def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
     ``beat_positions`` (equal lengths: windows) are stacked as they are."""
     fills = {"input_ids": encoding.PAD_ID, "labels": IGNORE_INDEX, "shift_labels": IGNORE_INDEX}
     length = max(len(example["input_ids"]) for example in examples)
-    batch = {key: np.stack([padded(np.asarray(example[key]), length, fills[key]) for example in examples]) for key in fills
-             if key in examples[0]}  # fmt: skip
+    batch = {
+        key: np.stack([padded(np.asarray(example[key]), length, fills[key]) for example in examples])
+        for key in fills
+        if key in examples[0]
+    }
     if "beat_positions" in examples[0]:
         batch["beat_positions"] = np.stack([np.asarray(example["beat_positions"]) for example in examples])
     return {key: torch.as_tensor(value, dtype=torch.long) for key, value in batch.items()}

@@ -25,7 +25,6 @@ import torch
 
 from . import encoding
 
-
 # Steps that an idle 2-core machine trains in about 5 minutes (BENCHMARKS.md, "Main job"), so that the whole job,
 # install included, stays within 10 minutes there.
 DEMO_STEPS = 600
@@ -42,15 +41,24 @@ MAX_VALIDATION_NLL = 1.25  # nats per token
 @dataclass
 class DemoSettings:
     output_dir: str = field(default="outputs/demo", metadata={"help": "where everything is written"})
-    steps: int = field(default=DEMO_STEPS, metadata={"help": "optimizer steps: a fixed amount of work, so the result does not depend on the machine's load"})
-    max_minutes: float = field(default=0.0, metadata={"help": "also stop training at this wall-clock budget (steps fitted to it); 0: none"})
+    steps: int = field(
+        default=DEMO_STEPS,
+        metadata={
+            "help": "optimizer steps: a fixed amount of work, so the result does not depend on the machine's load"
+        },
+    )
+    max_minutes: float = field(
+        default=0.0, metadata={"help": "also stop training at this wall-clock budget (steps fitted to it); 0: none"}
+    )
     preset: str = field(default="tiny", metadata={"help": "model size"})
     batch_size: int = field(default=16, metadata={"help": "windows per step"})
     n_segments: int = field(default=4, metadata={"help": "segments per training window"})
     prompt_bars: int = field(default=4, metadata={"help": "bars of the validation chorale given as the prompt"})
     generate_bars: int = field(default=8, metadata={"help": "bars to generate after the prompt"})
     num_samples: int = field(default=3, metadata={"help": "continuations to generate (sample i uses seed + i - 1)"})
-    piece: str = field(default="", metadata={"help": "validation chorale to continue (e.g. bwv153.1); default: the first"})
+    piece: str = field(
+        default="", metadata={"help": "validation chorale to continue (e.g. bwv153.1); default: the first"}
+    )
     seed: int = field(default=0, metadata={"help": "random seed for training and sampling"})
     num_proc: int = field(default=2, metadata={"help": "processes for building the corpus"})
     threads: int = field(default=0, metadata={"help": "torch threads for training; 0: all available cores"})
@@ -113,25 +121,35 @@ def run_demo(settings: DemoSettings) -> dict:
     samples = generate_samples(
         model,
         prompt,
-        GenerateSettings(bars=settings.generate_bars, num_samples=settings.num_samples, seed=settings.seed,
-                         output_dir=str(output), preset="conservative"),  # fmt: skip
+        GenerateSettings(
+            bars=settings.generate_bars,
+            num_samples=settings.num_samples,
+            seed=settings.seed,
+            output_dir=str(output),
+            preset="conservative",
+        ),
         prefix=names[index],
     )
     original = prompt_ids(piece, settings.prompt_bars + settings.generate_bars)
-    original_files = render_outputs(original, len(prompt), output / f"{names[index]}-original",
-                                    continuation_label="Bach's continuation")
+    original_files = render_outputs(
+        original, len(prompt), output / f"{names[index]}-original", continuation_label="Bach's continuation"
+    )
     for sample in samples:
         continuation = sample.ids[len(prompt) :]
         bad = encoding.first_invalid_position(sample.ids)
-        print(f"   {names[index]} seed {sample.seed}: {settings.prompt_bars} bars of prompt ({len(prompt)} tokens) + "
-              f"{len(continuation)} generated tokens, "
-              f"{int(np.sum((continuation >= encoding.NOTE_OFFSET) & (continuation < encoding.DURATION_OFFSET)))} "
-              f"notes, {'grammatical' if bad is None else f'ungrammatical at {bad}'}")
+        print(
+            f"   {names[index]} seed {sample.seed}: {settings.prompt_bars} bars of prompt ({len(prompt)} tokens) + "
+            f"{len(continuation)} generated tokens, "
+            f"{int(np.sum((continuation >= encoding.NOTE_OFFSET) & (continuation < encoding.DURATION_OFFSET)))} "
+            f"notes, {'grammatical' if bad is None else f'ungrammatical at {bad}'}"
+        )
 
     print("== 5/5 musical statistics: the generated continuations next to the training chorales")
     statistics_path = output / "statistics.json"
     summaries = compare_with_corpus(samples, corpus["train"], statistics_path, corpus_name="training chorales")
-    checks = look_like_the_chorales(summaries["training chorales"], summaries["generated"], metrics["eval_nll_per_token"])
+    checks = look_like_the_chorales(
+        summaries["training chorales"], summaries["generated"], metrics["eval_nll_per_token"]
+    )
     for name, check in checks.items():
         print(f"   {name}: {check['value']:.3f} against {check['target']} -> {'ok' if check['within'] else 'OUTSIDE'}")
     files = {}
@@ -162,9 +180,12 @@ def run_demo(settings: DemoSettings) -> dict:
         },
     }
     (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"== done in {summary['total_minutes']:.1f} min (corpus {summary['corpus_minutes']:.1f}, training "
-          f"{summary['train_minutes']:.1f}); the samples {'look' if summary['looks_like_the_chorales'] else 'do NOT look'} "
-          f"like the chorales by every check; outputs:")  # fmt: skip
+    print(
+        f"== done in {summary['total_minutes']:.1f} min (corpus {summary['corpus_minutes']:.1f}, training "
+        f"{summary['train_minutes']:.1f}); the samples "
+        f"{'look' if summary['looks_like_the_chorales'] else 'do NOT look'} "
+        f"like the chorales by every check; outputs:"
+    )
     for what, where in {**summary["outputs"], "this summary": str(output / "summary.json")}.items():
         print(f"   {what:<44} {where}")
     return summary
@@ -177,10 +198,19 @@ def look_like_the_chorales(chorales: dict, generated: dict, validation_nll: floa
     for statistic, kind, allowed in CHECKS:
         ours, theirs = generated[statistic]["mean"], chorales[statistic]["mean"]
         if kind == "difference":
-            value, target = abs(ours - theirs), f"|samples - chorales| <= {allowed} (samples {ours:.2f}, chorales {theirs:.2f})"
+            value, target = (
+                abs(ours - theirs),
+                f"|samples - chorales| <= {allowed} (samples {ours:.2f}, chorales {theirs:.2f})",
+            )
         else:
-            value, target = abs(ours / theirs - 1), f"|samples / chorales - 1| <= {allowed} (samples {ours:.2f}, chorales {theirs:.2f})"
+            value, target = (
+                abs(ours / theirs - 1),
+                f"|samples / chorales - 1| <= {allowed} (samples {ours:.2f}, chorales {theirs:.2f})",
+            )
         checks[statistic] = {"value": value, "target": target, "within": bool(value <= allowed)}
-    checks["validation_nll_per_token"] = {"value": validation_nll, "target": f"<= {MAX_VALIDATION_NLL}",
-                                          "within": bool(validation_nll <= MAX_VALIDATION_NLL)}  # fmt: skip
+    checks["validation_nll_per_token"] = {
+        "value": validation_nll,
+        "target": f"<= {MAX_VALIDATION_NLL}",
+        "within": bool(validation_nll <= MAX_VALIDATION_NLL),
+    }
     return checks

@@ -283,14 +283,19 @@ def score_meters(score: symusic.Score, steps_per_beat: int = STEPS_PER_BEAT) -> 
     """(time step, numerator, denominator) of each meter of a tick-based score, each as its token reads it back
     (``meter_token``), on the grid; 4/4 from 0 until the first time signature; a meter equal to the one before, or
     replaced at the same step, is dropped."""
-    events = sorted(((int(ts.time), int(ts.numerator), int(ts.denominator)) for ts in score.time_signatures),
-                    key=lambda event: event[0])  # stable: of two at one time, the later in the file wins
+    events = sorted(
+        ((int(ts.time), int(ts.numerator), int(ts.denominator)) for ts in score.time_signatures),
+        key=lambda event: event[0],
+    )  # stable: of two at one time, the later in the file wins
     events = [(ticks, num, den) for ticks, num, den in events if num >= 1 and den >= 1]  # corrupt ones: dropped
     if not events:
         return default_meters()
-    steps = np.maximum(quantize(np.array([ticks for ticks, _, _ in events]), score.ticks_per_quarter, steps_per_beat), 0)
-    return meter_table([(int(step), *token_meter(meter_token(num, den, steps_per_beat)))
-                        for step, (_, num, den) in zip(steps, events)])  # fmt: skip
+    steps = np.maximum(
+        quantize(np.array([ticks for ticks, _, _ in events]), score.ticks_per_quarter, steps_per_beat), 0
+    )
+    return meter_table(
+        [(int(step), *token_meter(meter_token(num, den, steps_per_beat))) for step, (_, num, den) in zip(steps, events)]
+    )
 
 
 def meter_table(changes, collapse: bool = True) -> np.ndarray:
@@ -319,15 +324,22 @@ def notes_to_ids(notes: Notes, add_bos: bool = True, add_eos: bool = False, mete
     head = [BOS_ID, PAD_ID] if add_bos else []
     tail = [EOS_ID] if add_eos else []
     if not meter:
-        return np.concatenate([np.array(head, np.int64), note_pair_ids(notes.onset, notes.pitch, notes.duration),
-                               np.array(tail, np.int64)])  # fmt: skip
+        return np.concatenate(
+            [
+                np.array(head, np.int64),
+                note_pair_ids(notes.onset, notes.pitch, notes.duration),
+                np.array(tail, np.int64),
+            ]
+        )
     # one stretch per meter: its token, its notes (waits counted from where it starts), the wait to the next one
     parts, changes = [np.array(head, np.int64)], notes.meters
     bounds = np.searchsorted(notes.onset, changes[:, 0], side="left").tolist() + [len(notes)]
     for k, (start, num, den) in enumerate(changes):
         inside = slice(bounds[k], bounds[k + 1])
-        parts += [np.array([meter_token(num, den)], np.int64),
-                  note_pair_ids(notes.onset[inside] - start, notes.pitch[inside], notes.duration[inside])]  # fmt: skip
+        parts += [
+            np.array([meter_token(num, den)], np.int64),
+            note_pair_ids(notes.onset[inside] - start, notes.pitch[inside], notes.duration[inside]),
+        ]
         if k + 1 < len(changes):
             last = int(notes.onset[inside][-1] - start) if bounds[k + 1] > bounds[k] else 0
             parts.append(wait_ids(int(changes[k + 1, 0] - start) - last))
@@ -383,8 +395,10 @@ def encode_midi(
     (drums do not count) unless ``allow_empty`` (then the result is just the prefix)."""
     score = load_score(source, max_bytes=max_bytes)
     if score.note_num() > max_notes or len(score.time_signatures) > max_notes:
-        raise MidiReadError(f"{_describe(source)}: {score.note_num()} notes and {len(score.time_signatures)} time "
-                            f"signatures, over the limit of {max_notes}")  # fmt: skip
+        raise MidiReadError(
+            f"{_describe(source)}: {score.note_num()} notes and {len(score.time_signatures)} time "
+            f"signatures, over the limit of {max_notes}"
+        )
     notes = score_to_notes(score, steps_per_beat)
     if not len(notes) and not allow_empty:
         raise MidiReadError(f"{_describe(source)}: no notes outside drum tracks")
@@ -394,8 +408,10 @@ def encode_midi(
     # Each note writes 2 tokens, each xxsep pair covers up to MAX_DURATION steps of its wait (plus one pair per
     # note or meter at most for the remainders), each meter 1: a cheap upper bound checked before anything is built.
     if 3 + 4 * len(notes) + 3 * len(notes.meters) + 2 * (last_onset // MAX_DURATION) > max_tokens:
-        raise MidiReadError(f"{_describe(source)}: the last note starts at grid step {last_onset}, which would take "
-                            f"more than the limit of {max_tokens} tokens")
+        raise MidiReadError(
+            f"{_describe(source)}: the last note starts at grid step {last_onset}, which would take "
+            f"more than the limit of {max_tokens} tokens"
+        )
     return notes_to_ids(notes, add_bos=add_bos, add_eos=add_eos, meter=meter)
 
 
@@ -546,8 +562,12 @@ def token_bars(ids, steps_per_beat: int = STEPS_PER_BEAT) -> tuple[np.ndarray, .
         which = np.cumsum(is_meter(ids[piece]))  # the meter each token counts in: the last token up to it
         since = times[piece] - bars.times[which]
         step = since % bars.lengths[which]
-        values = (bars.first_bar[which] + since // bars.lengths[which], step, step // bars.beats[which],
-                  step % bars.beats[which])  # fmt: skip
+        values = (
+            bars.first_bar[which] + since // bars.lengths[which],
+            step,
+            step // bars.beats[which],
+            step % bars.beats[which],
+        )
         for column, value in zip(columns, values):
             column[piece] = value
     return tuple(columns)

@@ -34,8 +34,15 @@ from tqdm.auto import tqdm
 from . import encoding
 from .generation_music_xl import SCALE_STEPS
 
-STATISTICS = ("pitch_class_entropy", "scale_consistency", "groove_consistency", "polyphony", "note_density",
-              "pitch_range", "unique_pitches")  # fmt: skip
+STATISTICS = (
+    "pitch_class_entropy",
+    "scale_consistency",
+    "groove_consistency",
+    "polyphony",
+    "note_density",
+    "pitch_range",
+    "unique_pitches",
+)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -118,8 +125,10 @@ def summarize(pieces: list[encoding.Notes], desc: str | None = None) -> dict:
     for name in STATISTICS:
         values = np.array([row[name] for row in rows], dtype=np.float64)
         values = values[~np.isnan(values)]
-        summary[name] = {"mean": float(values.mean()) if len(values) else float("nan"),
-                         "std": float(values.std()) if len(values) else float("nan")}  # fmt: skip
+        summary[name] = {
+            "mean": float(values.mean()) if len(values) else float("nan"),
+            "std": float(values.std()) if len(values) else float("nan"),
+        }
     return summary
 
 
@@ -127,7 +136,10 @@ def format_table(summaries: dict[str, dict]) -> str:
     """A plain-text table: one row per statistic, one column (mean ± std) per set of pieces."""
     names = list(summaries)
     header = ["statistic"] + [f"{name} ({summaries[name]['pieces']})" for name in names]
-    rows = [[stat] + [f"{summaries[n][stat]['mean']:.3f} ± {summaries[n][stat]['std']:.3f}" for n in names] for stat in STATISTICS]
+    rows = [
+        [stat] + [f"{summaries[n][stat]['mean']:.3f} ± {summaries[n][stat]['std']:.3f}" for n in names]
+        for stat in STATISTICS
+    ]
     widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in [header] + rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
@@ -203,7 +215,9 @@ def corpus_nll(model, split, batch_size: int = 8, mem_len: int | None = None, pr
     model.eval()
     try:
         scores, labels = [], []
-        for start in tqdm(range(0, len(pieces), batch_size), desc="NLL", unit="batch", disable=not progress, leave=False):
+        for start in tqdm(
+            range(0, len(pieces), batch_size), desc="NLL", unit="batch", disable=not progress, leave=False
+        ):
             batch = collate([pieces[i] for i in range(start, min(start + batch_size, len(pieces)))])
             batch = {key: value.to(model.device) for key, value in batch.items()}
             logits = model(input_ids=batch["input_ids"]).logits
@@ -215,8 +229,12 @@ def corpus_nll(model, split, batch_size: int = 8, mem_len: int | None = None, pr
     flat_scores, flat_labels = np.concatenate(scores)[None], np.concatenate(labels)
     flat_labels = np.concatenate([[IGNORE_INDEX], flat_labels])[None]  # compute_metrics drops each row's first label
     metrics = compute_metrics(EvalPrediction(predictions=flat_scores, label_ids=flat_labels))
-    return {**metrics, "mem_len": model.config.mem_len if mem_len is None else mem_len,
-            "segment_len": model.config.segment_len, "pieces": len(pieces)}  # fmt: skip
+    return {
+        **metrics,
+        "mem_len": model.config.mem_len if mem_len is None else mem_len,
+        "segment_len": model.config.segment_len,
+        "pieces": len(pieces),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -229,8 +247,12 @@ class EvaluateSettings:
     corpus: str = field(default="bach-chorales", metadata={"help": "a corpus source or a built corpus directory"})
     split: str = field(default="validation", metadata={"help": "corpus split to score and to compare with"})
     generated: list[str] = field(default_factory=list, metadata={"help": "generated MIDI files or directories"})
-    skip_bars: int = field(default=0, metadata={"help": "ignore notes of generated files starting in the first N bars (the prompt)"})
-    mem_len: int | None = field(default=None, metadata={"help": "memory length for NLL (0: none); default: the model's"})
+    skip_bars: int = field(
+        default=0, metadata={"help": "ignore notes of generated files starting in the first N bars (the prompt)"}
+    )
+    mem_len: int | None = field(
+        default=None, metadata={"help": "memory length for NLL (0: none); default: the model's"}
+    )
     batch_size: int = field(default=8, metadata={"help": "pieces per NLL batch"})
     output: str = field(default="evaluation.json", metadata={"help": "JSON file for the results"})
 
@@ -250,9 +272,11 @@ def run_evaluate(settings: EvaluateSettings) -> dict:
         model, _ = load_model_and_tokenizer(settings.model)
         nll = corpus_nll(model, split, settings.batch_size, settings.mem_len)
         results["nll"] = nll
-        print(f"{settings.split}: NLL per token {nll['nll_per_token']:.3f} nats (perplexity {nll['perplexity']:.2f}), "
-              f"per note {nll['nll_per_note']:.3f} nats; {nll['tokens']:,} tokens, {nll['notes']:,} notes; "
-              f"memory {nll['mem_len']} tokens, segments of {nll['segment_len']}")  # fmt: skip
+        print(
+            f"{settings.split}: NLL per token {nll['nll_per_token']:.3f} nats (perplexity {nll['perplexity']:.2f}), "
+            f"per note {nll['nll_per_note']:.3f} nats; {nll['tokens']:,} tokens, {nll['notes']:,} notes; "
+            f"memory {nll['mem_len']} tokens, segments of {nll['segment_len']}"
+        )
 
     summaries = {f"corpus {settings.split}": summarize(corpus_pieces(split), desc="corpus statistics")}
     if settings.generated:

@@ -53,8 +53,16 @@ def midi_prompt(tokenizer, midi_path, bars: int) -> np.ndarray:
 # Streaming
 
 PITCH_NAMES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
-DURATION_NAMES = {1: "16th", 2: "8th", 3: "dotted 8th", 4: "quarter", 6: "dotted quarter", 8: "half",
-                  12: "dotted half", 16: "whole"}  # fmt: skip  (in 16th-note steps)
+DURATION_NAMES = {
+    1: "16th",
+    2: "8th",
+    3: "dotted 8th",
+    4: "quarter",
+    6: "dotted quarter",
+    8: "half",
+    12: "dotted half",
+    16: "whole",
+}  # fmt: skip  (in 16th-note steps)
 
 
 def pitch_name(pitch: int) -> str:
@@ -102,8 +110,11 @@ class NoteStreamer(BaseStreamer):
             if len(notes):
                 bar, _, beat, in_beat = (int(column[-1]) for column in encoding.token_bars(self.ids))
                 beat_length = encoding.beat_steps(*encoding.ids_to_notes(self.ids).meters[-1, 1:])
-                print(describe_note(bar, beat + in_beat / beat_length, int(notes.pitch[0]), int(notes.duration[0])),
-                      file=self.file, flush=True)  # fmt: skip
+                print(
+                    describe_note(bar, beat + in_beat / beat_length, int(notes.pitch[0]), int(notes.duration[0])),
+                    file=self.file,
+                    flush=True,
+                )
 
     def end(self):
         self.input_pending = True
@@ -111,6 +122,7 @@ class NoteStreamer(BaseStreamer):
 
 # ----------------------------------------------------------------------------------------------------------
 # Generating
+
 
 @torch.no_grad()
 def generate_continuation(
@@ -143,18 +155,32 @@ def generate_continuation(
         pitch_range, scale: restrict new notes to (lowest, highest) MIDI pitch and to a scale ("D minor").
         streamer: receives tokens as they come (e.g. ``NoteStreamer``).
     """
-    chunks = sample_chunks(model, prompt, bars=bars, max_new_tokens=max_new_tokens, sampling=sampling, seed=seed,
-                           chunk_tokens=chunk_tokens, allow_end=allow_end, pitch_range=pitch_range, scale=scale,
-                           streamer=streamer)  # fmt: skip
+    chunks = sample_chunks(
+        model,
+        prompt,
+        bars=bars,
+        max_new_tokens=max_new_tokens,
+        sampling=sampling,
+        seed=seed,
+        chunk_tokens=chunk_tokens,
+        allow_end=allow_end,
+        pitch_range=pitch_range,
+        scale=scale,
+        streamer=streamer,
+    )
     unit, total = ("bar", bars) if bars else ("token", max_new_tokens)
     with tqdm(total=total, unit=unit, disable=not progress, leave=False) as bar:
-        for sequence, done in chunks:
+        for sequence, done in chunks:  # noqa: B007 - the last chunk's sequence is the result
             bar.update(min(done, total) - bar.n)
     ids = sequence[0].cpu().numpy()
     if fell_short(ids, done, bars, model.config):
         budget = max_new_tokens or TOKENS_PER_BAR_BOUND * bars
-        logger.warning("stopped at the bound of %d new tokens after %d of %d bars; pass max_new_tokens to raise it",
-                       budget, done, bars)  # fmt: skip
+        logger.warning(
+            "stopped at the bound of %d new tokens after %d of %d bars; pass max_new_tokens to raise it",
+            budget,
+            done,
+            bars,
+        )
     return ids
 
 
@@ -172,7 +198,9 @@ class GenerateSettings:
     """Everything ``hf-music-xl generate`` needs; each field is a flag (``--prompt-bars``)."""
 
     model: str = field(default="", metadata={"help": "a model directory or Hub id"})
-    prompt: str = field(default="", metadata={"help": "MIDI file whose first --prompt-bars bars start each sample; empty: from nothing"})
+    prompt: str = field(
+        default="", metadata={"help": "MIDI file whose first --prompt-bars bars start each sample; empty: from nothing"}
+    )
     prompt_bars: int = field(default=4, metadata={"help": "bars of the prompt file to keep"})
     bars: int = field(default=8, metadata={"help": "bars to generate (0: use --max-new-tokens)"})
     max_new_tokens: int = field(default=0, metadata={"help": "tokens to generate when --bars is 0"})
@@ -185,12 +213,19 @@ class GenerateSettings:
     seed: int = field(default=0, metadata={"help": "seed of the first sample"})
     chunk_tokens: int = field(default=0, metadata={"help": "tokens per generate() call resuming the cache; 0: mem_len"})
     allow_end: bool = field(default=False, metadata={"help": "let the model end a piece early with xxeos"})
-    pitch_range: tuple[int, int] | None = field(default=None, metadata={"help": "lowest and highest MIDI pitch of new notes"})
+    pitch_range: tuple[int, int] | None = field(
+        default=None, metadata={"help": "lowest and highest MIDI pitch of new notes"}
+    )
     scale: str = field(default="", metadata={"help": "keep new notes in a scale, e.g. 'D minor'"})
-    meter: str = field(default="", metadata={"help": "time signature of a piece started from nothing, e.g. '3/4' (a prompt brings its own)"})
+    meter: str = field(
+        default="",
+        metadata={"help": "time signature of a piece started from nothing, e.g. '3/4' (a prompt brings its own)"},
+    )
     output_dir: str = field(default="outputs/generated", metadata={"help": "where files are written"})
     prefix: str = field(default="", metadata={"help": "file name prefix; default: the prompt file's stem, or 'sample'"})
-    stream: str = field(default="", metadata={"help": "print notes as they come: '-' for stdout or a file to append to"})
+    stream: str = field(
+        default="", metadata={"help": "print notes as they come: '-' for stdout or a file to append to"}
+    )
     picture: bool = field(default=True, metadata={"help": "write a piano-roll PNG next to each MIDI file"})
     audio: bool = field(default=True, metadata={"help": "write a WAV when a renderer and a local soundfont exist"})
     soundfont: str = field(default="", metadata={"help": "a local .sf2 (also $HF_MUSIC_XL_SOUNDFONT)"})
@@ -255,9 +290,13 @@ def generate_samples(model, prompt, settings: GenerateSettings, prefix: str) -> 
         raise ValueError("--num-samples must be at least 1")
     if settings.bars <= 0 and settings.max_new_tokens <= 0:
         raise ValueError("give --bars or --max-new-tokens")
-    sampling = sampling_settings(settings.preset, note_temperature=settings.note_temperature,
-                                 duration_temperature=settings.duration_temperature, top_k=settings.top_k,
-                                 top_p=settings.top_p)  # fmt: skip
+    sampling = sampling_settings(
+        settings.preset,
+        note_temperature=settings.note_temperature,
+        duration_temperature=settings.duration_temperature,
+        top_k=settings.top_k,
+        top_p=settings.top_p,
+    )
     stream_file = None
     if settings.stream:
         stream_file = sys.stdout if settings.stream == "-" else open(settings.stream, "a", encoding="utf-8")
@@ -283,9 +322,14 @@ def generate_samples(model, prompt, settings: GenerateSettings, prefix: str) -> 
                 streamer=streamer,
                 progress=stream_file is not sys.stdout,
             )
-            files = render_outputs(ids, len(prompt), output_stem(settings.output_dir, prefix, index, seed),
-                                   picture=settings.picture, audio=settings.audio,
-                                   soundfont=settings.soundfont or None)  # fmt: skip
+            files = render_outputs(
+                ids,
+                len(prompt),
+                output_stem(settings.output_dir, prefix, index, seed),
+                picture=settings.picture,
+                audio=settings.audio,
+                soundfont=settings.soundfont or None,
+            )
             samples.append(Sample(ids, len(prompt), seed, files))
             print("  ".join(str(path) for path in files.values() if path is not None))
     finally:

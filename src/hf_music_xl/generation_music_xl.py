@@ -5,10 +5,34 @@ import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
 from .configuration_music_xl import MusicXLConfig
-from .positions_music_xl import STATE_ANCHOR, STATE_BAR, STATE_METER, STATE_TIME, bar_and_beat_lengths, compute_positions
+from .positions_music_xl import (
+    STATE_ANCHOR,
+    STATE_BAR,
+    STATE_METER,
+    STATE_TIME,
+    bar_and_beat_lengths,
+    compute_positions,
+)
 
-PITCH_CLASSES = {"C": 0, "C#": 1, "Db": 1, "D": 2, "D#": 3, "Eb": 3, "E": 4, "F": 5, "F#": 6, "Gb": 6, "G": 7,
-                 "G#": 8, "Ab": 8, "A": 9, "A#": 10, "Bb": 10, "B": 11}  # fmt: skip
+PITCH_CLASSES = {
+    "C": 0,
+    "C#": 1,
+    "Db": 1,
+    "D": 2,
+    "D#": 3,
+    "Eb": 3,
+    "E": 4,
+    "F": 5,
+    "F#": 6,
+    "Gb": 6,
+    "G": 7,
+    "G#": 8,
+    "Ab": 8,
+    "A": 9,
+    "A#": 10,
+    "Bb": 10,
+    "B": 11,
+}
 SCALE_STEPS = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}  # minor: natural minor
 
 
@@ -35,8 +59,12 @@ class PositionTracker:
     def last_state(self, input_ids):
         """(B, STATE_SIZE) the position state after the last token of each row of `input_ids` (B, T)."""
         seen = 0 if self.ids is None else self.ids.shape[1]
-        extends = (self.ids is not None and self.ids.shape[0] == input_ids.shape[0] and seen <= input_ids.shape[1]
-                   and torch.equal(input_ids[:, :seen], self.ids))  # fmt: skip
+        extends = (
+            self.ids is not None
+            and self.ids.shape[0] == input_ids.shape[0]
+            and seen <= input_ids.shape[1]
+            and torch.equal(input_ids[:, :seen], self.ids)
+        )
         if not extends:
             seen, self.state = 0, None
         if input_ids.shape[1] > seen:
@@ -182,4 +210,11 @@ class MaxBarsCriteria(StoppingCriteria):
         return bar_clock(self.positions.last_state(input_ids), self.config) - start
 
 
-__all__ = ["MaxBarsCriteria", "MusicGrammarProcessor", "PositionTracker", "at_bar_line", "bar_clock", "scale_pitch_classes"]
+__all__ = [
+    "MaxBarsCriteria",
+    "MusicGrammarProcessor",
+    "PositionTracker",
+    "at_bar_line",
+    "bar_clock",
+    "scale_pitch_classes",
+]

@@ -29,7 +29,15 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, EvalResult, HfApi, ModelCard, ModelCardData, constants
+from huggingface_hub import (
+    CommitOperationAdd,
+    CommitOperationDelete,
+    EvalResult,
+    HfApi,
+    ModelCard,
+    ModelCardData,
+    constants,
+)
 
 from .hub_errors import hub_errors
 
@@ -53,9 +61,23 @@ METRICS = {
 CORPUS_NAMES = {"bach-chorales": "Bach chorales (music21 corpus)"}
 # settings shown in the card's training configuration (machine-specific ones such as paths are left out)
 CARD_SETTINGS = (
-    "preset", "model_overrides", "n_segments", "epochs", "max_steps", "max_minutes", "batch_size", "grad_accum",
-    "learning_rate", "warmup_fraction", "weight_decay", "max_grad_norm", "augment", "transpose_p",
-    "plain_final_fraction", "precision", "seed",
+    "preset",
+    "model_overrides",
+    "n_segments",
+    "epochs",
+    "max_steps",
+    "max_minutes",
+    "batch_size",
+    "grad_accum",
+    "learning_rate",
+    "warmup_fraction",
+    "weight_decay",
+    "max_grad_norm",
+    "augment",
+    "transpose_p",
+    "plain_final_fraction",
+    "precision",
+    "seed",
 )
 
 
@@ -102,7 +124,9 @@ def read_training_record(model_dir: str | Path) -> TrainingRecord:
     for name in ("all_results.json", "eval_results.json"):
         path = model_dir / name
         if path.exists():
-            metrics = {k: v for k, v in json.loads(path.read_text()).items() if k.startswith("eval_") or k in ("epoch", "step")}
+            metrics = {
+                k: v for k, v in json.loads(path.read_text()).items() if k.startswith("eval_") or k in ("epoch", "step")
+            }
             if any(k.startswith("eval_") for k in metrics):
                 return TrainingRecord({}, metrics, name)
     state = model_dir / "trainer_state.json"
@@ -164,7 +188,9 @@ def render(template: str, values: dict[str, str]) -> str:
     return re.sub(r"{{\s*(\w+)\s*}}", lambda match: values[match[1]], template)
 
 
-def card_data_for(repo_id: str, record: TrainingRecord, license: str, datasets: list[str], tags: list[str]) -> ModelCardData:
+def card_data_for(
+    repo_id: str, record: TrainingRecord, license: str, datasets: list[str], tags: list[str]
+) -> ModelCardData:
     model_name = repo_id.split("/")[-1]
     corpus = record.corpus
     dataset_name = corpus_label(corpus) if corpus else (datasets[0] if datasets else "validation set")
@@ -219,21 +245,34 @@ def build_model_card(
 
     parameters = count_parameters(model_dir)
     description = (
-        f"`MusicXLForCausalLM`: a TransformerXL with {config.get('n_layer')} layers, `d_model` {config.get('d_model')}, "
+        f"`MusicXLForCausalLM`: a TransformerXL with {config.get('n_layer')} layers, "
+        f"`d_model` {config.get('d_model')}, "
         f"{config.get('n_head')} heads of {config.get('d_head')}, feed-forward {config.get('d_inner')}, "
         f"segments of {config.get('segment_len')} tokens with a memory of {config.get('mem_len')}; "
         f"a vocabulary of {config.get('vocab_size')} tokens"
         + (f"; {parameters:,} parameters (safetensors, {config.get('dtype', 'float32')})." if parameters else ".")
     )
     corpus = record.corpus
-    data_lines = [f"Corpus: {corpus_label(corpus)}." if corpus else "The training corpus was not recorded with the model."]
+    data_lines = [
+        f"Corpus: {corpus_label(corpus)}." if corpus else "The training corpus was not recorded with the model."
+    ]
     for split, stats in record.corpus_report.get("splits", {}).items():
-        data_lines.append(f"{split.capitalize()}: {stats['pieces']:,} pieces, {stats['tokens']:,} tokens, {stats['notes']:,} notes.")
+        data_lines.append(
+            f"{split.capitalize()}: {stats['pieces']:,} pieces, {stats['tokens']:,} tokens, {stats['notes']:,} notes."
+        )
     if datasets:
-        data_lines.append("Datasets: " + ", ".join(f"[{name}]({constants.ENDPOINT}/datasets/{name})" for name in datasets) + ".")
+        data_lines.append(
+            "Datasets: " + ", ".join(f"[{name}]({constants.ENDPOINT}/datasets/{name})" for name in datasets) + "."
+        )
     if "eval_tokens" in record.metrics and not record.corpus_report:
-        data_lines.append(f"Validation: {record.metrics['eval_tokens']:,} tokens, {record.metrics.get('eval_notes', 0):,} notes.")
-    settings_rows = [(name, f"`{record.settings[name]}`" if record.settings[name] != "" else "none") for name in CARD_SETTINGS if name in record.settings]
+        data_lines.append(
+            f"Validation: {record.metrics['eval_tokens']:,} tokens, {record.metrics.get('eval_notes', 0):,} notes."
+        )
+    settings_rows = [
+        (name, f"`{record.settings[name]}`" if record.settings[name] != "" else "none")
+        for name in CARD_SETTINGS
+        if name in record.settings
+    ]
     for key in ("step", "epoch"):
         if key in record.metrics:
             settings_rows.append((f"trained {key}s", f"`{record.metrics[key]}`"))
@@ -243,7 +282,11 @@ def build_model_card(
         if settings_rows
         else "No training configuration was recorded with the model."
     )
-    metric_rows = [(name, f"{record.metrics[key]:.4f}") for key, (_, name) in METRICS.items() if isinstance(record.metrics.get(key), (int, float))]
+    metric_rows = [
+        (name, f"{record.metrics[key]:.4f}")
+        for key, (_, name) in METRICS.items()
+        if isinstance(record.metrics.get(key), (int, float))
+    ]
     eval_results = (
         f"On the validation split ({record.source}):\n\n" + _markdown_table(metric_rows, ("metric", "value"))
         if metric_rows
@@ -291,10 +334,18 @@ def missing_pieces(model_dir: Path) -> list[str]:
     if (model_dir / "tokenizer_config.json").exists() and not tokenizer_modules:
         missing.append("auto_map in tokenizer_config.json")
     missing += [name for name in config_modules + tokenizer_modules if not (model_dir / name).exists()]
-    pipelines = json.loads((model_dir / "config.json").read_text()).get("custom_pipelines", {}) if (model_dir / "config.json").exists() else {}
+    pipelines = (
+        json.loads((model_dir / "config.json").read_text()).get("custom_pipelines", {})
+        if (model_dir / "config.json").exists()
+        else {}
+    )
     if not pipelines:
         missing.append("custom_pipelines in config.json")
-    missing += [f"{info['impl'].rsplit('.', 1)[0]}.py" for info in pipelines.values() if not (model_dir / f"{info['impl'].rsplit('.', 1)[0]}.py").exists()]
+    missing += [
+        f"{info['impl'].rsplit('.', 1)[0]}.py"
+        for info in pipelines.values()
+        if not (model_dir / f"{info['impl'].rsplit('.', 1)[0]}.py").exists()
+    ]
     return missing
 
 
@@ -363,11 +414,21 @@ def push_to_hub(
     with tempfile.TemporaryDirectory(prefix="hf_music_xl_push_") as tmp, hub_errors(repo_id):
         source = complete_model_dir(model_dir, Path(tmp))
         card = build_model_card(source, repo_id, license=license, datasets=datasets, tags=tags, template=template)
-        return commit_model_dir(HfApi(token=token), source, card, repo_id, private=private, revision=revision,
-                                create_pr=create_pr, commit_message=commit_message or f"Upload {model_dir.name} with hf_music_xl")  # fmt: skip
+        return commit_model_dir(
+            HfApi(token=token),
+            source,
+            card,
+            repo_id,
+            private=private,
+            revision=revision,
+            create_pr=create_pr,
+            commit_message=commit_message or f"Upload {model_dir.name} with hf_music_xl",
+        )
 
 
-def commit_model_dir(api: HfApi, source: Path, card: ModelCard, repo_id: str, *, private, revision, create_pr, commit_message) -> PushResult:
+def commit_model_dir(
+    api: HfApi, source: Path, card: ModelCard, repo_id: str, *, private, revision, create_pr, commit_message
+) -> PushResult:
     """The Hub side of ``push_to_hub``: repo, branch, one commit (or pull request) of the files and the card."""
     api.whoami()  # first: a missing or refused token, or a wrong address, fails here in one line
     repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
@@ -377,7 +438,11 @@ def commit_model_dir(api: HfApi, source: Path, card: ModelCard, repo_id: str, *,
         api.create_branch(repo_id, branch=branch, exist_ok=True)
     info = api.repo_info(repo_id, revision=branch)
     if private is not None and info.private is not None and info.private != private:
-        logger.warning("%s already exists and is %s: --private applies only when a repo is created", repo_id, "private" if info.private else "public")
+        logger.warning(
+            "%s already exists and is %s: --private applies only when a repo is created",
+            repo_id,
+            "private" if info.private else "public",
+        )
     head_before = info.sha
     operations = [
         CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path))
@@ -410,13 +475,21 @@ def left_behind(repo_files: list[str], pushed: set[str]) -> list[str]:
 # During and after training
 
 
-def hub_training_arguments(repo_id: str, strategy: str = "checkpoint", private: bool | None = None, revision: str | None = None) -> dict:
+def hub_training_arguments(
+    repo_id: str, strategy: str = "checkpoint", private: bool | None = None, revision: str | None = None
+) -> dict:
     """``TrainingArguments`` fields that make the Trainer push as it saves: the model files at every save and, with
     ``strategy="checkpoint"``, the latest checkpoint (optimizer, scheduler, RNG states) as ``last-checkpoint/``,
     which ``--resume`` can continue from. The Trainer creates the repo when it starts (rank 0)."""
     if strategy not in ("every_save", "checkpoint", "all_checkpoints", "end"):
         raise ValueError(f"unknown hub strategy {strategy!r}; choose every_save, checkpoint, all_checkpoints or end")
-    return {"push_to_hub": True, "hub_model_id": repo_id, "hub_strategy": strategy, "hub_private_repo": private, "hub_revision": revision}
+    return {
+        "push_to_hub": True,
+        "hub_model_id": repo_id,
+        "hub_strategy": strategy,
+        "hub_private_repo": private,
+        "hub_revision": revision,
+    }
 
 
 def push_after_training(trainer, final_dir: str | Path, **push_kwargs) -> PushResult | None:
@@ -437,5 +510,7 @@ def describe(result: PushResult) -> str:
     if result.pr_url:
         return f"opened a pull request on {result.repo_url} ({result.revision}): {result.pr_url}"
     if not result.changed:
-        return f"{result.repo_url} ({result.revision}) already holds these files: no new commit (head {result.commit_oid})"
+        return (
+            f"{result.repo_url} ({result.revision}) already holds these files: no new commit (head {result.commit_oid})"
+        )
     return f"pushed to {result.repo_url} ({result.revision}): {result.commit_url}"

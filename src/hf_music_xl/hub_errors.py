@@ -25,11 +25,21 @@ from huggingface_hub.errors import (
 logger = logging.getLogger(__name__)
 
 # httpx2's (huggingface_hub's client) and httpx's errors for an address that cannot be reached or used
-UNREACHABLE = {"ConnectError", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout", "RemoteProtocolError", "ReadError"}
+UNREACHABLE = {
+    "ConnectError",
+    "ConnectTimeout",
+    "ReadTimeout",
+    "WriteTimeout",
+    "PoolTimeout",
+    "RemoteProtocolError",
+    "ReadError",
+}
 BAD_ADDRESS = {"UnsupportedProtocol", "InvalidURL", "LocalProtocolError"}
 
 
-NO_TOKEN = "the Hub at {endpoint} needs a token and none is set: run `hf auth login` or set HF_TOKEN (a write token to push)"
+NO_TOKEN = (
+    "the Hub at {endpoint} needs a token and none is set: run `hf auth login` or set HF_TOKEN (a write token to push)"
+)
 
 
 class HubAccessError(Exception):
@@ -51,19 +61,33 @@ def explain(error: BaseException, repo_id: str | None = None) -> str | None:
     for cause in causes(error):
         name = type(cause).__name__
         if name in BAD_ADDRESS:
-            return f"HF_ENDPOINT={endpoint!r} is not a usable address ({cause}): it must look like https://huggingface.co"
+            return (
+                f"HF_ENDPOINT={endpoint!r} is not a usable address ({cause}): it must look like https://huggingface.co"
+            )
         if name in UNREACHABLE:
-            return f"cannot reach the Hub at {endpoint} ({cause or name}): check your network, or HF_ENDPOINT if you set it"
+            return (
+                f"cannot reach the Hub at {endpoint} ({cause or name}): "
+                "check your network, or HF_ENDPOINT if you set it"
+            )
         if isinstance(cause, LocalTokenNotFoundError):
             return NO_TOKEN.format(endpoint=endpoint)
         if isinstance(cause, OfflineModeIsEnabled):
-            return f"{repo} is not in the local cache and HF_HUB_OFFLINE=1 forbids asking the Hub: unset it or download the model first"
+            return (
+                f"{repo} is not in the local cache and HF_HUB_OFFLINE=1 forbids asking the Hub: "
+                "unset it or download the model first"
+            )
         if isinstance(cause, GatedRepoError):
-            return f"{repo} is gated on {endpoint}: ask for access on its page, then use a token of the account that has it"
+            return (
+                f"{repo} is gated on {endpoint}: ask for access on its page, "
+                "then use a token of the account that has it"
+            )
         if isinstance(cause, RevisionNotFoundError):
             return f"{repo} has no such branch or revision on {endpoint}"
         if isinstance(cause, RepositoryNotFoundError):
-            return f"{repo} was not found on {endpoint}: it does not exist, or it is private and your token cannot see it ({token_state()})"
+            return (
+                f"{repo} was not found on {endpoint}: it does not exist, "
+                f"or it is private and your token cannot see it ({token_state()})"
+            )
         if isinstance(cause, HfHubHTTPError) and cause.response is not None:
             return explain_status(cause, endpoint, repo)
     return None
@@ -74,9 +98,15 @@ def explain_status(error: HfHubHTTPError, endpoint: str, repo: str) -> str:
     if status == 401:
         if get_token() is None:
             return NO_TOKEN.format(endpoint=endpoint)
-        return f"the Hub at {endpoint} refused your token (401): HF_TOKEN or the token saved by `hf auth login` is invalid or expired"
+        return (
+            f"the Hub at {endpoint} refused your token (401): "
+            "HF_TOKEN or the token saved by `hf auth login` is invalid or expired"
+        )
     if status == 403:
-        return f"your token may not write to {repo} (403): it is not in your namespace, or the token is read-only; push to a repo of your own"
+        return (
+            f"your token may not write to {repo} (403): it is not in your namespace, "
+            "or the token is read-only; push to a repo of your own"
+        )
     if status in (404, 405, 501) and not error.response.headers.get("X-Error-Code"):
         return f"{endpoint} does not answer like the Hugging Face Hub ({status} for {url}): check HF_ENDPOINT"
     server_message = (getattr(error, "server_message", None) or "").strip().splitlines()

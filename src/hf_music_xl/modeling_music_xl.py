@@ -31,7 +31,6 @@ from .cache_music_xl import MusicXLCache, history_fingerprint
 from .configuration_music_xl import MusicXLConfig
 from .positions_music_xl import STATE_PIECE, compute_positions, position_table_sizes
 
-
 # ----------------------------------------------------------------------------------------------------------------
 # Attention masks
 
@@ -163,8 +162,11 @@ class MusicXLAttention(nn.Module):
         content_query = (query + content_bias[:, None].to(query.dtype)) * scale
         scores = relative_position_scores(position_query, relative).to(query.dtype)  # (B, H, T, M+T)
         key_len = keys.shape[2]
-        scores = torch.baddbmm(scores.reshape(-1, length, key_len), content_query.reshape(-1, length, self.d_head),
-                               keys.reshape(-1, key_len, self.d_head).transpose(1, 2))  # fmt: skip
+        scores = torch.baddbmm(
+            scores.reshape(-1, length, key_len),
+            content_query.reshape(-1, length, self.d_head),
+            keys.reshape(-1, key_len, self.d_head).transpose(1, 2),
+        )
         scores = scores.view(batch, self.n_head, length, key_len)
         if mask is not None:
             scores.masked_fill_(mask, float("-inf"))  # in place: baddbmm's backward does not need its output
@@ -196,8 +198,9 @@ class MusicXLBlock(GradientCheckpointingLayer):
         self.ff_out.writes_residual = True
 
     def forward(self, x, relative, content_bias, position_bias, mask, memory=None, output_attentions=False):
-        attended, key_value, probabilities = self.attention(self.attn_norm(x), relative, content_bias, position_bias,
-                                                            mask, memory, output_attentions)  # fmt: skip
+        attended, key_value, probabilities = self.attention(
+            self.attn_norm(x), relative, content_bias, position_bias, mask, memory, output_attentions
+        )
         x = x + self.dropout(attended)
         x = x + self.dropout(self.ff_out(F.gelu(self.ff_in(self.ff_norm(x)))))
         return x, key_value, probabilities
@@ -287,7 +290,9 @@ class MusicXLModel(MusicXLPreTrainedModel):
         span a token sees). Kept in the cache when no gradient is needed, so generation steps reuse them."""
         if cache.relative and not torch.is_grad_enabled():
             return cache.relative
-        encodings = sinusoid_encodings(self.config.mem_len + self.config.segment_len, self.config.d_model, device, dtype)
+        encodings = sinusoid_encodings(
+            self.config.mem_len + self.config.segment_len, self.config.d_model, device, dtype
+        )
         tables = [layer.attention.project_positions(encodings) for layer in self.layers]
         if not torch.is_grad_enabled():
             cache.relative = tables
@@ -375,8 +380,15 @@ class MusicXLModel(MusicXLPreTrainedModel):
             for i, layer in enumerate(self.layers):
                 chunk_inputs.append(chunk)
                 table = relative[i][:, -(memory_len + end - begin) :]
-                chunk, key_value, probabilities = layer(chunk, table, self.content_bias, self.position_bias, mask,
-                                                        cache.layer_memory(i, start), output_attentions)  # fmt: skip
+                chunk, key_value, probabilities = layer(
+                    chunk,
+                    table,
+                    self.content_bias,
+                    self.position_bias,
+                    mask,
+                    cache.layer_memory(i, start),
+                    output_attentions,
+                )
                 cache.write(i, *key_value)
                 chunk_attentions.append(probabilities)
             cache.append_tokens(input_ids[:, begin:end], states[:, begin:end], valid[:, begin:end])
@@ -462,17 +474,29 @@ class MusicXLForCausalLM(MusicXLPreTrainedModel, GenerationMixin):
         logits_to_keep (`int`): compute logits for the last this many positions only (0: all); generate uses 1.
         See `MusicXLModel.forward` for the other arguments.
         """
-        out = self.transformer(input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
-                               use_cache=use_cache, beat_positions=beat_positions, inputs_embeds=inputs_embeds,
-                               output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                               return_dict=True)  # fmt: skip
+        out = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            beat_positions=beat_positions,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
         hidden = out.last_hidden_state
         logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)  # (B, L, V)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
-                                      hidden_states=out.hidden_states, attentions=out.attentions)  # fmt: skip
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
 
     # -- generate()
 
@@ -492,8 +516,9 @@ class MusicXLForCausalLM(MusicXLPreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, is_first_iteration=False, **kwargs):
         if is_first_iteration and isinstance(past_key_values, MusicXLCache) and past_key_values.get_seq_length():
             self.match_cache_to_history(past_key_values, input_ids)
-        return super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values,
-                                                     is_first_iteration=is_first_iteration, **kwargs)  # fmt: skip
+        return super().prepare_inputs_for_generation(
+            input_ids, past_key_values=past_key_values, is_first_iteration=is_first_iteration, **kwargs
+        )
 
     @staticmethod
     def match_cache_to_history(cache, input_ids):
@@ -509,9 +534,11 @@ class MusicXLForCausalLM(MusicXLPreTrainedModel, GenerationMixin):
             return
         matches = wanted[:, None] == held[None, :]  # (B, B')
         if not matches.any(dim=1).all():
-            raise ValueError("this cache did not consume these sequences (a cache returned by beam search holds the "
-                             "final beams, which may not be the returned sequences): generate again from the "
-                             "sequences without past_key_values")  # fmt: skip
+            raise ValueError(
+                "this cache did not consume these sequences (a cache returned by beam search holds the "
+                "final beams, which may not be the returned sequences): generate again from the "
+                "sequences without past_key_values"
+            )
         cache.batch_select_indices(matches.float().argmax(dim=1))
 
 

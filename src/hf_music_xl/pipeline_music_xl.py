@@ -26,9 +26,20 @@ import torch
 from transformers import LogitsProcessorList, Pipeline, StoppingCriteriaList, set_seed
 
 from .encoding import (
-    BOS_ID, EOS_ID, NOTE_OFFSET, NUM_PITCHES, PAD_ID, SEP_ID, STEPS_PER_BEAT, decode_ids, encode_midi, ids_to_notes,
-    is_meter, meter_token, token_bars,
-)  # fmt: skip
+    BOS_ID,
+    EOS_ID,
+    NOTE_OFFSET,
+    NUM_PITCHES,
+    PAD_ID,
+    SEP_ID,
+    STEPS_PER_BEAT,
+    decode_ids,
+    encode_midi,
+    ids_to_notes,
+    is_meter,
+    meter_token,
+    token_bars,
+)
 from .generation_music_xl import MaxBarsCriteria, MusicGrammarProcessor
 
 TASK = "music-generation"
@@ -138,8 +149,14 @@ def sample_chunks(
     budget = max_new_tokens if max_new_tokens is not None else TOKENS_PER_BAR_BOUND * bars
     chunk_tokens = chunk_tokens or max(config.mem_len, 16)
     prompt = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=model.device)[None]  # (1, P)
-    grammar = MusicGrammarProcessor(config, sampling.note_temperature, sampling.duration_temperature,
-                                    pitch_range=pitch_range, scale=scale, allow_end=allow_end)  # fmt: skip
+    grammar = MusicGrammarProcessor(
+        config,
+        sampling.note_temperature,
+        sampling.duration_temperature,
+        pitch_range=pitch_range,
+        scale=scale,
+        allow_end=allow_end,
+    )
     stop_at_bars = MaxBarsCriteria(bars, config, prompt_length=prompt.shape[1]) if bars else None
     model.eval()
     set_seed(seed)
@@ -225,16 +242,48 @@ class MusicXLPipeline(Pipeline):
         """``pipe()`` or ``pipe(None)`` starts from nothing; see the class docstring."""
         return super().__call__(inputs, **kwargs)
 
-    def _sanitize_parameters(self, prompt_bars=None, bars=None, max_new_tokens=None, preset=None,
-                             note_temperature=None, duration_temperature=None, top_k=None, top_p=None, seed=None,
-                             num_samples=None, scale=None, pitch_range=None, allow_end=None, chunk_tokens=None,
-                             progress_callback=None, meter=None):  # fmt: skip
-        preprocess = {key: value for key, value in dict(prompt_bars=prompt_bars, meter=meter).items() if value is not None}
-        forward = {key: value for key, value in dict(
-            bars=bars, max_new_tokens=max_new_tokens, preset=preset, note_temperature=note_temperature,
-            duration_temperature=duration_temperature, top_k=top_k, top_p=top_p, seed=seed, num_samples=num_samples,
-            scale=scale, pitch_range=pitch_range, allow_end=allow_end, chunk_tokens=chunk_tokens,
-            progress_callback=progress_callback).items() if value is not None}  # fmt: skip
+    def _sanitize_parameters(
+        self,
+        prompt_bars=None,
+        bars=None,
+        max_new_tokens=None,
+        preset=None,
+        note_temperature=None,
+        duration_temperature=None,
+        top_k=None,
+        top_p=None,
+        seed=None,
+        num_samples=None,
+        scale=None,
+        pitch_range=None,
+        allow_end=None,
+        chunk_tokens=None,
+        progress_callback=None,
+        meter=None,
+    ):
+        preprocess = {
+            key: value for key, value in dict(prompt_bars=prompt_bars, meter=meter).items() if value is not None
+        }
+        forward = {
+            key: value
+            for key, value in dict(
+                bars=bars,
+                max_new_tokens=max_new_tokens,
+                preset=preset,
+                note_temperature=note_temperature,
+                duration_temperature=duration_temperature,
+                top_k=top_k,
+                top_p=top_p,
+                seed=seed,
+                num_samples=num_samples,
+                scale=scale,
+                pitch_range=pitch_range,
+                allow_end=allow_end,
+                chunk_tokens=chunk_tokens,
+                progress_callback=progress_callback,
+            ).items()
+            if value is not None
+        }
         return preprocess, forward, {}
 
     @property
@@ -243,7 +292,9 @@ class MusicXLPipeline(Pipeline):
 
     def preprocess(self, inputs, prompt_bars: int = 4, meter: str | None = None):
         if meter and inputs is not None:
-            raise ValueError("meter chooses the time signature of a piece started from nothing; a prompt brings its own")
+            raise ValueError(
+                "meter chooses the time signature of a piece started from nothing; a prompt brings its own"
+            )
         if meter and not self.model.config.meters:
             raise ValueError("this model's vocabulary has no time signatures (it was saved before them)")
         if inputs is None:
@@ -253,31 +304,63 @@ class MusicXLPipeline(Pipeline):
             ids = encode_midi(inputs, steps_per_beat=self.steps_per_beat, meter=bool(self.model.config.meters))
             prompt = prompt_ids(ids, prompt_bars)
         else:
-            raise ValueError(f"a prompt is a MIDI file path, MIDI bytes, a symusic.Score or None, not {type(inputs).__name__}")
+            raise ValueError(
+                f"a prompt is a MIDI file path, MIDI bytes, a symusic.Score or None, not {type(inputs).__name__}"
+            )
         return {"prompt": torch.as_tensor(prompt)}
 
-    def _forward(self, model_inputs, bars: int | None = None, max_new_tokens: int | None = None, preset: str = "default",
-                 note_temperature=None, duration_temperature=None, top_k=None, top_p=None, seed: int = 0,
-                 num_samples: int = 1, scale=None, pitch_range=None, allow_end: bool = False, chunk_tokens=None,
-                 progress_callback=None):  # fmt: skip
+    def _forward(
+        self,
+        model_inputs,
+        bars: int | None = None,
+        max_new_tokens: int | None = None,
+        preset: str = "default",
+        note_temperature=None,
+        duration_temperature=None,
+        top_k=None,
+        top_p=None,
+        seed: int = 0,
+        num_samples: int = 1,
+        scale=None,
+        pitch_range=None,
+        allow_end: bool = False,
+        chunk_tokens=None,
+        progress_callback=None,
+    ):
         if bars is None and max_new_tokens is None:
             bars = DEFAULT_BARS
         if num_samples < 1:
             raise ValueError("num_samples must be at least 1")
-        sampling = sampling_settings(preset, note_temperature=note_temperature, duration_temperature=duration_temperature,
-                                     top_k=top_k, top_p=top_p)  # fmt: skip
+        sampling = sampling_settings(
+            preset,
+            note_temperature=note_temperature,
+            duration_temperature=duration_temperature,
+            top_k=top_k,
+            top_p=top_p,
+        )
         prompt = model_inputs["prompt"].cpu().numpy()
         per_sample = bars if bars else max_new_tokens
         samples = []
         for index in range(num_samples):
-            for sequence, done in sample_chunks(self.model, prompt, bars=bars, max_new_tokens=max_new_tokens,
-                                                sampling=sampling, seed=seed + index, chunk_tokens=chunk_tokens,
-                                                allow_end=allow_end, pitch_range=pitch_range, scale=scale):  # fmt: skip
+            for sequence, done in sample_chunks(  # noqa: B007 - the last chunk's sequence is the result
+                self.model,
+                prompt,
+                bars=bars,
+                max_new_tokens=max_new_tokens,
+                sampling=sampling,
+                seed=seed + index,
+                chunk_tokens=chunk_tokens,
+                allow_end=allow_end,
+                pitch_range=pitch_range,
+                scale=scale,
+            ):
                 if progress_callback is not None:
                     progress_callback(index * per_sample + min(done, per_sample), num_samples * per_sample)
             ids = sequence[0].cpu().numpy()
             if fell_short(ids, done, bars, self.model.config):
-                logging.getLogger(__name__).warning("sample %d stopped at its token bound after %d of %d bars", index, done, bars)
+                logging.getLogger(__name__).warning(
+                    "sample %d stopped at its token bound after %d of %d bars", index, done, bars
+                )
             samples.append((ids, seed + index, bars_done(sequence, len(prompt), self.model.config)))
         return {"samples": samples, "prompt_length": len(prompt)}
 
@@ -306,5 +389,13 @@ class MusicXLPipeline(Pipeline):
         return super().get_iterator(inputs, num_workers, 1, preprocess_params, forward_params, postprocess_params)
 
 
-__all__ = ["MusicXLPipeline", "SAMPLING_PRESETS", "SamplingSettings", "TASK", "empty_prompt", "prompt_ids",
-           "sample_chunks", "sampling_settings"]  # fmt: skip
+__all__ = [
+    "MusicXLPipeline",
+    "SAMPLING_PRESETS",
+    "SamplingSettings",
+    "TASK",
+    "empty_prompt",
+    "prompt_ids",
+    "sample_chunks",
+    "sampling_settings",
+]

@@ -130,11 +130,26 @@ def compute_positions(input_ids, config, state=None):
     else:
         grid = config.steps_per_bar
         features = torch.stack([times // grid, times % grid, torch.zeros_like(times)], dim=-1)
-    after = times + token_waits(input_ids, config, state[:, STATE_TOKEN])  # time after each token (an xxbos next resets it)
+    after = times + token_waits(
+        input_ids, config, state[:, STATE_TOKEN]
+    )  # time after each token (an xxbos next resets it)
     piece = state[:, STATE_PIECE, None] + is_bos.long().cumsum(dim=1)  # an xxbos opens its own piece
     states = torch.stack([after, input_ids, meter, anchor, bar, piece], dim=-1)
     return features, states
 
 
-__all__ = ["STATE_ANCHOR", "STATE_BAR", "STATE_METER", "STATE_PIECE", "STATE_SIZE", "STATE_TIME", "STATE_TOKEN", "bar_and_beat_lengths",
-           "compute_beat_positions", "compute_positions", "meter_lengths", "position_table_sizes", "token_waits"]  # fmt: skip
+__all__ = [
+    "STATE_ANCHOR",
+    "STATE_BAR",
+    "STATE_METER",
+    "STATE_PIECE",
+    "STATE_SIZE",
+    "STATE_TIME",
+    "STATE_TOKEN",
+    "bar_and_beat_lengths",
+    "compute_beat_positions",
+    "compute_positions",
+    "meter_lengths",
+    "position_table_sizes",
+    "token_waits",
+]

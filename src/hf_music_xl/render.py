@@ -68,10 +68,21 @@ def piano_roll(ids, prompt_len: int, path, title: str | None = None, continuatio
     figure = Figure(figsize=(min(max(6.0, 1.5 + 0.45 * end / scale), 30.0), 4.5), dpi=100, layout="constrained")
     axes = figure.add_subplot()
     axes.vlines(np.r_[bar_lines, end] / scale, low, high, colors="0.85", linewidth=0.8, zorder=0)
-    for notes, colour, label in ((prompt, PROMPT_COLOUR, "prompt"), (continuation, CONTINUATION_COLOUR, continuation_label)):
+    for notes, colour, label in (
+        (prompt, PROMPT_COLOUR, "prompt"),
+        (continuation, CONTINUATION_COLOUR, continuation_label),
+    ):
         if len(notes):
-            axes.barh(notes.pitch, notes.duration / scale, left=notes.onset / scale, height=0.8,
-                      color=colour, edgecolor="black", linewidth=0.3, label=f"{label} ({len(notes)} notes)")  # fmt: skip
+            axes.barh(
+                notes.pitch,
+                notes.duration / scale,
+                left=notes.onset / scale,
+                height=0.8,
+                color=colour,
+                edgecolor="black",
+                linewidth=0.3,
+                label=f"{label} ({len(notes)} notes)",
+            )
     if len(prompt) and prompt_len < len(ids):
         prompt_end = encoding.beat_positions(ids)[prompt_len] / scale  # time when the continuation starts
         axes.axvline(prompt_end, color="black", linestyle="--", linewidth=1.0)
@@ -150,7 +161,19 @@ def render_wav(midi_path, wav_path, soundfont=None, renderer: str | None = None)
     wav_path = Path(wav_path)
     wav_path.parent.mkdir(parents=True, exist_ok=True)
     if renderer == "fluidsynth":
-        command = ["fluidsynth", "-ni", "-q", "-T", "wav", "-r", "44100", "-F", str(wav_path), str(soundfont), str(midi_path)]
+        command = [
+            "fluidsynth",
+            "-ni",
+            "-q",
+            "-T",
+            "wav",
+            "-r",
+            "44100",
+            "-F",
+            str(wav_path),
+            str(soundfont),
+            str(midi_path),
+        ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=600)
         if done.returncode != 0 or not wav_path.is_file():
             raise RuntimeError(f"fluidsynth failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
@@ -185,8 +208,9 @@ def render_outputs(
     encoding.decode_ids(ids).dump_midi(str(midi_path))
     paths = {"midi": midi_path, "picture": None, "audio": None}
     if picture:
-        paths["picture"] = piano_roll(ids, prompt_len, stem.with_name(stem.name + ".png"), title or stem.name,
-                                      continuation_label)  # fmt: skip
+        paths["picture"] = piano_roll(
+            ids, prompt_len, stem.with_name(stem.name + ".png"), title or stem.name, continuation_label
+        )
     if audio:
         try:
             paths["audio"] = render_wav(midi_path, stem.with_name(stem.name + ".wav"), soundfont)

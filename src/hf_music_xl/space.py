@@ -26,8 +26,18 @@ from .hub_errors import hub_errors
 PACKAGE_DIR = Path(__file__).resolve().parent
 ENTRY_MODULES = ("app.py", "__init__.py")  # what the Space runs, and what importing the package runs
 # what the package files in the Space import (gradio comes from sdk_version)
-REQUIREMENTS = ("torch", "transformers", "tokenizers", "huggingface_hub", "safetensors", "symusic", "numpy",
-                "matplotlib", "midirenderer", "pretty_midi")  # fmt: skip
+REQUIREMENTS = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "huggingface_hub",
+    "safetensors",
+    "symusic",
+    "numpy",
+    "matplotlib",
+    "midirenderer",
+    "pretty_midi",
+)
 
 APP_PY = '''"""The hf_music_xl web app for {model_id}, made by `hf-music-xl push-space`."""
 
@@ -86,7 +96,11 @@ def package_files() -> list[Path]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level == 1:
                 names = [node.module] if node.module else [alias.name for alias in node.names]
-                todo += [PACKAGE_DIR / f"{name.split('.')[0]}.py" for name in names if (PACKAGE_DIR / f"{name.split('.')[0]}.py").exists()]
+                todo += [
+                    PACKAGE_DIR / f"{name.split('.')[0]}.py"
+                    for name in names
+                    if (PACKAGE_DIR / f"{name.split('.')[0]}.py").exists()
+                ]
     return sorted(found)
 
 
@@ -97,9 +111,18 @@ def requirements() -> str:
 def space_files(model_id: str, space_id: str) -> dict[str, bytes]:
     """path in the Space -> content."""
     name = space_id.split("/")[-1]
-    card = CARD.format(title=name, model_id=model_id, model_name=model_id.split("/")[-1],
-                       model_url=f"{constants.ENDPOINT}/{model_id}", gradio_version=importlib.metadata.version("gradio"))  # fmt: skip
-    files = {"README.md": card.encode(), "app.py": APP_PY.format(model_id=model_id).encode(), "requirements.txt": requirements().encode()}
+    card = CARD.format(
+        title=name,
+        model_id=model_id,
+        model_name=model_id.split("/")[-1],
+        model_url=f"{constants.ENDPOINT}/{model_id}",
+        gradio_version=importlib.metadata.version("gradio"),
+    )
+    files = {
+        "README.md": card.encode(),
+        "app.py": APP_PY.format(model_id=model_id).encode(),
+        "requirements.txt": requirements().encode(),
+    }
     files.update({f"hf_music_xl/{path.name}": path.read_bytes() for path in package_files()})
     return files
 
@@ -116,10 +139,16 @@ def push_space(model_id: str, space_id: str, *, private: bool | None = None, tok
         space_id = url.repo_id
         before = api.repo_info(space_id, repo_type="space")
         files = space_files(model_id, space_id)
-        stale = sorted(s.rfilename for s in before.siblings or [] if s.rfilename.startswith("hf_music_xl/") and s.rfilename not in files)
+        stale = sorted(
+            s.rfilename
+            for s in before.siblings or []
+            if s.rfilename.startswith("hf_music_xl/") and s.rfilename not in files
+        )
         operations = [CommitOperationAdd(path, content) for path, content in files.items()]
         operations += [CommitOperationDelete(path) for path in stale]
-        commit = api.create_commit(space_id, operations, repo_type="space", commit_message=f"hf_music_xl app for {model_id}")
+        commit = api.create_commit(
+            space_id, operations, repo_type="space", commit_message=f"hf_music_xl app for {model_id}"
+        )
     return SpaceResult(str(url), commit.commit_url, commit.oid != before.sha, stale)
 
 

@@ -42,8 +42,17 @@ class PieceStreams(torch.utils.data.Dataset):
             what stays in 0..127.
     """
 
-    def __init__(self, pieces, rows: int, step_tokens: int, processes: int = 1, seed: int = 0, augment: bool = True,
-                 transpose_p: float = 0.5, transpose_range: tuple[int, int] = (-6, 5)):  # fmt: skip
+    def __init__(
+        self,
+        pieces,
+        rows: int,
+        step_tokens: int,
+        processes: int = 1,
+        seed: int = 0,
+        augment: bool = True,
+        transpose_p: float = 0.5,
+        transpose_range: tuple[int, int] = (-6, 5),
+    ):
         self.pieces = [np.asarray(ids, dtype=np.int64) for ids in pieces]
         if not self.pieces:
             raise ValueError("no training pieces to stream")
@@ -53,8 +62,10 @@ class PieceStreams(torch.utils.data.Dataset):
         total = sum(len(ids) for ids in self.pieces)
         self.steps = (total // self.streams - 1) // step_tokens  # steps per epoch: each stream's share of the corpus
         if self.steps < 1:
-            raise ValueError(f"the corpus ({total:,} tokens) is too small for {self.streams} streams of "
-                             f"{step_tokens} tokens a step: use fewer rows or shorter steps")  # fmt: skip
+            raise ValueError(
+                f"the corpus ({total:,} tokens) is too small for {self.streams} streams of "
+                f"{step_tokens} tokens a step: use fewer rows or shorter steps"
+            )
         self.epoch = None
         self.set_epoch(0)
 

@@ -31,7 +31,9 @@ class MidiTokenizerMixin:
         """Token ids of a MIDI file path, MIDI bytes or ``symusic.Score``, starting ``xxbos xxpad`` and its time
         signature. Unreadable input or a piece without notes raises ``encoding.MidiReadError`` (a ValueError
         naming the file); ``limits`` are ``max_bytes``, ``max_notes``, ``max_tokens`` of ``encoding.encode_midi``."""
-        return encode_midi(source, steps_per_beat=self.steps_per_beat, add_eos=add_eos, meter=self.meter, **limits).tolist()
+        return encode_midi(
+            source, steps_per_beat=self.steps_per_beat, add_eos=add_eos, meter=self.meter, **limits
+        ).tolist()
 
     def decode_midi(self, ids, strict: bool = False) -> symusic.Score:
         """A ``symusic.Score`` from any ids (list, numpy array or tensor); invalid tokens are skipped, or with
@@ -132,8 +134,10 @@ def check_vocab(vocab: dict, where: str) -> dict[str, int]:
     different map would silently shift every id the MIDI encoder writes."""
     legacy = {token: index for token, index in TOKEN_TO_ID.items() if index < LEGACY_VOCAB_SIZE}  # ids 0..298
     if vocab not in (TOKEN_TO_ID, legacy):
-        raise ValueError(f"{where} does not match the vocabulary of hf_music_xl.encoding (ids 0..378, or 0..298 "
-                         "saved before time signatures)")  # fmt: skip
+        raise ValueError(
+            f"{where} does not match the vocabulary of hf_music_xl.encoding (ids 0..378, or 0..298 "
+            "saved before time signatures)"
+        )
     return dict(vocab)
 
 

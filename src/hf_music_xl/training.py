@@ -22,9 +22,9 @@ What the Trainer is given, and why:
 - gradient clipping at ``max_grad_norm``; precision ``auto`` picks bf16/fp16 on CUDA, bf16 on a CPU with native bf16
   (AVX-512 BF16, AMX) and fp32 on other CPUs, and
   ``fp16`` on CPU is refused (the Trainer would silently train in fp32).
-- evaluation and a checkpoint every epoch (``--eval-steps N``, ``--save-steps N``: every N steps instead); metrics: loss,
-  perplexity, token accuracy, NLL per token and per note (total NLL / number of note tokens, comparable across
-  tokenizations).
+- evaluation and a checkpoint every epoch (``--eval-steps N``, ``--save-steps N``: every N steps instead);
+  metrics: loss, perplexity, token accuracy, NLL per token and per note (total NLL / number of note tokens,
+  comparable across tokenizations).
 - checkpoints are atomic: the Trainer writes ``checkpoint-N`` into ``OUTPUT_DIR/_saving/`` and it is renamed into
   place only once every file (and every rank's RNG state) is written, so a kill during a save leaves no
   ``checkpoint-N`` at all. ``final/`` is written the same way.
@@ -71,15 +71,20 @@ from transformers import GenerationConfig, Trainer, TrainerCallback, TrainingArg
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from . import encoding
+from .cache_music_xl import MusicXLCache
 from .checkpoints import (
-    STAGING_DIR, STREAM_MEMORY, checkpoint_max_steps, publish_directory, resumable_checkpoint, write_training_args,
-)  # fmt: skip
+    STAGING_DIR,
+    STREAM_MEMORY,
+    checkpoint_max_steps,
+    publish_directory,
+    resumable_checkpoint,
+    write_training_args,
+)
 from .configuration_music_xl import MusicXLConfig
 from .corpus import DEFAULT_SOURCE, load_corpus
 from .data import IGNORE_INDEX, TrainTransform, collate, eval_pieces
 from .hub import describe as describe_push
 from .hub import hub_training_arguments, push_after_training
-from .cache_music_xl import MusicXLCache
 from .modeling_music_xl import MusicXLForCausalLM
 from .streams import PieceStreams
 from .tokenization_music_xl_fast import MusicXLTokenizerFast
@@ -91,13 +96,23 @@ logger = logging.getLogger(__name__)
 class TrainSettings:
     """Everything a training run needs; each field is also a ``hf-music-xl train`` flag (``--n-segments``)."""
 
-    corpus: str = field(default=DEFAULT_SOURCE, metadata={"help": "a corpus source (see build-corpus) or a built corpus directory"})
+    corpus: str = field(
+        default=DEFAULT_SOURCE, metadata={"help": "a corpus source (see build-corpus) or a built corpus directory"}
+    )
     output_dir: str = field(default="runs/music-xl", metadata={"help": "checkpoints, logs and final/"})
     preset: str = field(default="tiny", metadata={"help": "model size: tiny, small or base"})
     model_overrides: str = field(default="", metadata={"help": "config fields, e.g. 'mask_p=0,dropout=0.2'"})
-    train_mode: str = field(default="stream", metadata={"help": "stream: every row continues its stream of pieces with the memory carried from step to step; windows: random windows, each from no memory"})
+    train_mode: str = field(
+        default="stream",
+        metadata={
+            "help": "stream: every row continues its stream of pieces with the memory carried from step to step; "
+            "windows: random windows, each from no memory"
+        },
+    )
     n_segments: int = field(default=4, metadata={"help": "segments of segment_len tokens per row per step"})
-    epochs: float = field(default=10.0, metadata={"help": "training epochs (ignored with --max-steps or --max-minutes)"})
+    epochs: float = field(
+        default=10.0, metadata={"help": "training epochs (ignored with --max-steps or --max-minutes)"}
+    )
     max_steps: int = field(default=-1, metadata={"help": "optimizer steps; -1: from --epochs"})
     max_minutes: float = field(default=0.0, metadata={"help": "wall-clock budget for training; 0: none"})
     batch_size: int = field(default=16, metadata={"help": "windows per device per step"})
@@ -110,17 +125,37 @@ class TrainSettings:
     transpose_p: float = field(default=0.5, metadata={"help": "probability of transposing a drawn piece"})
     plain_final_fraction: float = field(default=0.0, metadata={"help": "share of the last steps without transposition"})
     precision: str = field(default="auto", metadata={"help": "auto, fp32, bf16 or fp16 (CUDA only)"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute each block's activations in the backward pass (less memory, about a third more compute)"})
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "recompute each block's activations in the backward pass (less memory, about a third more compute)"
+        },
+    )
     seed: int = field(default=42, metadata={"help": "random seed"})
-    resume: bool = field(default=False, metadata={"help": "continue from the last complete checkpoint in --output-dir (incomplete ones are set aside)"})
+    resume: bool = field(
+        default=False,
+        metadata={"help": "continue from the last complete checkpoint in --output-dir (incomplete ones are set aside)"},
+    )
     logging_steps: int = field(default=10, metadata={"help": "log the training loss every this many steps"})
     save_steps: int = field(default=0, metadata={"help": "save a checkpoint every this many steps; 0: every epoch"})
     eval_steps: int = field(default=0, metadata={"help": "evaluate every this many steps; 0: every epoch"})
     save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept"})
     corpus_limit: int = field(default=0, metadata={"help": "read only this many files when building; 0: all"})
     num_proc: int = field(default=2, metadata={"help": "processes reading files when building the corpus"})
-    hub_model_id: str = field(default="", metadata={"help": "push checkpoints as they are saved, then final/ with its model card, to this Hub repo; empty: no push"})
-    hub_strategy: str = field(default="checkpoint", metadata={"help": "what the Trainer pushes on save: every_save, checkpoint (also last-checkpoint/, resumable), all_checkpoints, end"})
+    hub_model_id: str = field(
+        default="",
+        metadata={
+            "help": "push checkpoints as they are saved, then final/ with its model card, to this Hub repo; "
+            "empty: no push"
+        },
+    )
+    hub_strategy: str = field(
+        default="checkpoint",
+        metadata={
+            "help": "what the Trainer pushes on save: every_save, checkpoint (also last-checkpoint/, resumable), "
+            "all_checkpoints, end"
+        },
+    )
     hub_private: bool = field(default=False, metadata={"help": "create the Hub repo private"})
 
 
@@ -204,7 +239,11 @@ class MusicXLTrainer(Trainer):
         tensors, first = self.memory.state()
         metadata = {"epoch": str(self.memory_epoch), "first": str(first)}
         Path(folder).mkdir(parents=True, exist_ok=True)
-        save_file({k: v.cpu() for k, v in tensors.items()}, str(Path(folder) / STREAM_MEMORY.format(self.args.process_index)), metadata)
+        save_file(
+            {k: v.cpu() for k, v in tensors.items()},
+            str(Path(folder) / STREAM_MEMORY.format(self.args.process_index)),
+            metadata,
+        )
 
     def load_stream_memory(self, folder) -> None:
         from safetensors import safe_open
@@ -307,7 +346,9 @@ class WallClockBudget(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if time.perf_counter() - self.started > self.seconds:
-            logger.warning("wall-clock budget of %.1f min reached at step %d: stopping", self.seconds / 60, state.global_step)
+            logger.warning(
+                "wall-clock budget of %.1f min reached at step %d: stopping", self.seconds / 60, state.global_step
+            )
             control.should_training_stop = True
             control.should_save = True
 
@@ -333,7 +374,9 @@ class PlainFinalSteps(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if isinstance(self.data, PieceStreams):
-            self.data.plain_from_step = math.ceil((1 - self.fraction) * state.max_steps) * args.gradient_accumulation_steps
+            self.data.plain_from_step = (
+                math.ceil((1 - self.fraction) * state.max_steps) * args.gradient_accumulation_steps
+            )
 
     def on_step_begin(self, args, state, control, **kwargs):
         if isinstance(self.data, TrainTransform):
@@ -356,7 +399,9 @@ def resolve_precision(precision: str) -> dict[str, bool]:
             reason = "CUDA"
         else:
             precision = "bf16" if cpu_has_native_bf16() else "fp32"
-            reason = "this CPU has native bf16 (AVX-512 BF16/AMX)" if precision == "bf16" else "this CPU lacks native bf16"
+            reason = (
+                "this CPU has native bf16 (AVX-512 BF16/AMX)" if precision == "bf16" else "this CPU lacks native bf16"
+            )
         logger.info("--precision auto: %s (%s)", precision, reason)
     if precision not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"unknown precision {precision!r}; choose auto, fp32, bf16 or fp16")
@@ -425,7 +470,11 @@ def training_arguments(settings: TrainSettings, max_steps: int) -> TrainingArgum
         seed=settings.seed,
         report_to="none",
         **resolve_precision(settings.precision),
-        **(hub_training_arguments(settings.hub_model_id, settings.hub_strategy, settings.hub_private or None) if settings.hub_model_id else {}),
+        **(
+            hub_training_arguments(settings.hub_model_id, settings.hub_strategy, settings.hub_private or None)
+            if settings.hub_model_id
+            else {}
+        ),
     )
 
 
@@ -466,7 +515,13 @@ def fit_steps_to_budget(settings, model, train_set, eval_tokens: int, args: Trai
         agreed = torch.tensor([steps])
         torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)  # every rank the same count
         steps = int(agreed.item())
-    logger.info("%.2f s per step measured: %d steps (%.1f epochs) fit %.1f min", step_seconds, steps, steps / steps_per_epoch, settings.max_minutes)
+    logger.info(
+        "%.2f s per step measured: %d steps (%.1f epochs) fit %.1f min",
+        step_seconds,
+        steps,
+        steps / steps_per_epoch,
+        settings.max_minutes,
+    )
     return steps
 
 
@@ -508,7 +563,9 @@ def train(settings: TrainSettings) -> TrainResult:
         # A one-cycle schedule cannot be stretched: a resumed run keeps the step count it was started with.
         steps = checkpoint_max_steps(checkpoint)
         if settings.max_steps > 0 and settings.max_steps != steps:
-            logger.warning("--resume: keeping the checkpoint's %d steps (one-cycle schedule), not %d", steps, settings.max_steps)
+            logger.warning(
+                "--resume: keeping the checkpoint's %d steps (one-cycle schedule), not %d", steps, settings.max_steps
+            )
         args = training_arguments(settings, steps)
     elif settings.max_minutes > 0:
         eval_tokens = sum(len(ids) for ids in eval_set["input_ids"])
@@ -550,12 +607,24 @@ def training_data(settings: TrainSettings, split, config: MusicXLConfig, world_s
     ``TrainTransform`` and the split with it as transform for window training."""
     step_tokens = settings.n_segments * config.segment_len
     if settings.train_mode == "stream":
-        streams = PieceStreams(split["input_ids"], settings.batch_size, step_tokens, world_size, settings.seed,
-                               settings.augment, settings.transpose_p)  # fmt: skip
+        streams = PieceStreams(
+            split["input_ids"],
+            settings.batch_size,
+            step_tokens,
+            world_size,
+            settings.seed,
+            settings.augment,
+            settings.transpose_p,
+        )
         return streams, streams
     if settings.train_mode == "windows":
-        transform = TrainTransform(step_tokens, augment=settings.augment, transpose_p=settings.transpose_p,
-                                   meter=config.position_scheme == "meter", seed=settings.seed)  # fmt: skip
+        transform = TrainTransform(
+            step_tokens,
+            augment=settings.augment,
+            transpose_p=settings.transpose_p,
+            meter=config.position_scheme == "meter",
+            seed=settings.seed,
+        )
         return transform, split.with_transform(transform)
     raise ValueError(f"unknown train mode {settings.train_mode!r}; choose stream or windows")
 
