@@ -52,7 +52,8 @@ constraints:
 # $HF_MUSIC_XL_CACHE point into mutants/: a mutant of the corpus cache must not write into the real ~/.cache.
 # `make mutation SAMPLE=80` runs a seeded random sample of 80 mutants per module (the corpus cache's _slug first,
 # which makes every module's mutants): about 45 minutes on 2 cores, against many hours for all of them.
-MUTATE = generation_music_xl data encoding modeling_music_xl positions_music_xl cache_music_xl
+MUTATE = models.music_xl.generation_music_xl data.windows data.pieces models.music_xl.encoding \
+	models.music_xl.modeling_music_xl models.music_xl.positions_music_xl models.music_xl.cache_music_xl
 CORPUS_CACHE = default_cache_dir cache_key _slug build_corpus _copy_corpus load_corpus read_report
 SAMPLE ?= 0
 MUTMUT = nice -n 19 $(BIN)/mutmut run --max-children 2
@@ -62,10 +63,10 @@ mutation: install
 	export HF_MUSIC_XL_TEST_MIDI_CACHE=$(CURDIR)/mutants/midi-cache HOME=$(CURDIR)/mutants/home \
 		HF_MUSIC_XL_CACHE=$(CURDIR)/mutants/home/cache; \
 	if [ "$(SAMPLE)" != 0 ]; then \
-		$(MUTMUT) "hf_music_xl.corpus.x__slug__mutmut_*" && \
+		$(MUTMUT) "hf_music_xl.data.corpus.x__slug__mutmut_*" && \
 		$(MUTMUT) $$($(BIN)/python scripts/mutation_report.py --sample $(SAMPLE) --names) || exit 1; \
 	else \
 		for module in $(MUTATE); do $(MUTMUT) "hf_music_xl.$$module.*" || exit 1; done; \
-		$(MUTMUT) $(foreach f,$(CORPUS_CACHE),"hf_music_xl.corpus.x_$(f)__mutmut_*"); \
+		$(MUTMUT) $(foreach f,$(CORPUS_CACHE),"hf_music_xl.data.corpus.x_$(f)__mutmut_*"); \
 	fi
 	$(BIN)/python scripts/mutation_report.py --sample $(SAMPLE) --survivors

@@ -42,7 +42,8 @@ def child(method: str, folder: str, cache: str) -> dict:
     import numpy as np  # noqa: F401  (imports first, so the baseline RSS includes them)
     from datasets import Dataset  # noqa: F401
 
-    from hf_music_xl import corpus, encoding
+    from hf_music_xl.data import corpus
+    from hf_music_xl.models.music_xl import encoding
 
     paths = sorted(Path(folder).glob("*.mid"))
     if method == "miditok":
@@ -126,7 +127,7 @@ def write_folder(folder: Path, scores: list, size: int) -> None:
 def bench_chorales(count: int, cache: Path) -> dict:
     from music21 import corpus as m21corpus
 
-    from hf_music_xl import corpus, music21_source
+    from hf_music_xl.data import corpus, music21_source
 
     paths = music21_source.bach_chorale_paths()[:count]
     started = time.perf_counter()
@@ -154,7 +155,7 @@ def main():
     import torch
 
     torch.set_num_threads(1)
-    from hf_music_xl import music21_source
+    from hf_music_xl.data import music21_source
 
     with tempfile.TemporaryDirectory(prefix="bench-corpus-") as tmp:
         tmp = Path(tmp)

@@ -4,7 +4,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_streams.py --steps 4 --rounds 1   # a quick check
 
 Both modes train the same model (``--preset``, default ``tiny``) on the Bach chorales with the same rows, segments
-per row and segment length, through ``MusicXLTrainer`` and ``training.training_data`` exactly as
+per row and segment length, through ``build_trainer`` and ``training.run.training_data`` exactly as
 ``hf-music-xl train`` does (precision ``auto``): stream training (every row continues its stream, the memory
 carried from step to step, so every segment attends to a memory) and window training (random windows, the first
 segment of each without memory, pieces shorter than the window padded). Each round trains ``--steps`` steps in
@@ -20,11 +20,13 @@ from dataclasses import replace
 
 import torch
 
-from hf_music_xl.configuration_music_xl import MusicXLConfig
-from hf_music_xl.corpus import load_corpus
-from hf_music_xl.data import IGNORE_INDEX, collate
-from hf_music_xl.modeling_music_xl import MusicXLForCausalLM
-from hf_music_xl.training import EpochSeed, MusicXLTrainer, TrainSettings, training_arguments, training_data
+from hf_music_xl.data.corpus import load_corpus
+from hf_music_xl.data.pieces import IGNORE_INDEX, collate
+from hf_music_xl.models.music_xl.configuration_music_xl import MusicXLConfig
+from hf_music_xl.models.music_xl.modeling_music_xl import MusicXLForCausalLM
+from hf_music_xl.training.run import training_data
+from hf_music_xl.training.settings import TrainSettings
+from hf_music_xl.training.trainer import build_trainer, training_arguments
 
 
 class CountingCollate:
@@ -55,14 +57,7 @@ def train_steps(mode: str, settings: TrainSettings, corpus, steps: int, seed: in
         logging_steps=10**6,
         disable_tqdm=True,
     )
-    trainer = MusicXLTrainer(
-        model=model,
-        args=args,
-        data_collator=counter,
-        train_dataset=dataset,
-        callbacks=[EpochSeed(data)],
-        carry_memory=mode == "stream",
-    )
+    trainer = build_trainer(settings, model, args, data, dataset, data_collator=counter)
     started = time.perf_counter()
     trainer.train()
     return time.perf_counter() - started, counter.fed, counter.trained

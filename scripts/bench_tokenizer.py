@@ -17,7 +17,8 @@ from pathlib import Path
 import symusic
 from miditok import REMI, TSD, TokenizerConfig
 
-from hf_music_xl import MusicXLTokenizerFast, music21_source
+from hf_music_xl import MusicXLTokenizerFast
+from hf_music_xl.data import music21_source
 
 
 def write_chorales(folder: Path, count: int) -> list[Path]:

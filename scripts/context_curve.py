@@ -38,7 +38,7 @@ def held_out_sets(min_tokens: int, limit: int = 0) -> dict:
     """{name: split} of the long held-out pieces."""
     from datasets import concatenate_datasets
 
-    from hf_music_xl.corpus import load_corpus
+    from hf_music_xl.data.corpus import load_corpus
 
     palestrina = load_corpus(TRAIN_CORPUS)["validation"]
     long_ones = palestrina.filter(lambda row: len(row["input_ids"]) >= min_tokens)
@@ -196,7 +196,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    from hf_music_xl.corpus import load_corpus
+    from hf_music_xl.data.corpus import load_corpus
 
     load_corpus(TRAIN_CORPUS)  # build both once, before the runs race to
     load_corpus(QUARTETS)

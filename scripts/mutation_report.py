@@ -5,7 +5,7 @@
     python scripts/mutation_report.py --sample 80 --names   # a seeded random sample of 80 mutants per module
     python scripts/mutation_report.py --sample 80 --survivors   # the scores and survivors of that sample only
 
-Reads mutants/src/hf_music_xl/*.meta (mutmut 3 writes one per mutated file). A module's score is the share of the
+Reads mutants/src/hf_music_xl/**/*.meta (mutmut 3 writes one per mutated file). A module's score is the share of the
 mutants run that a test caught (failed, crashed or timed out); a mutant that no test of the pool reaches counts as
 survived. For corpus.py only the cache logic is mutation-tested (CORPUS_CACHE_FUNCTIONS), as `make mutation` runs
 it. A sampled run (`make mutation SAMPLE=N`) scores the sampled mutants only: the score is an estimate of the
@@ -19,14 +19,15 @@ from collections import Counter
 from pathlib import Path
 
 MUTANTS = Path("mutants/src/hf_music_xl")
-MODULES = (
-    "encoding",
-    "modeling_music_xl",
-    "positions_music_xl",
-    "cache_music_xl",
-    "generation_music_xl",
-    "data",
-    "corpus",
+MODULES = (  # paths under src/hf_music_xl, without .py
+    "models/music_xl/encoding",
+    "models/music_xl/modeling_music_xl",
+    "models/music_xl/positions_music_xl",
+    "models/music_xl/cache_music_xl",
+    "models/music_xl/generation_music_xl",
+    "data/windows",
+    "data/pieces",
+    "data/corpus",
 )
 # the corpus cache: where a build goes, its key, and whether it is reused, replaced or copied
 CORPUS_CACHE_FUNCTIONS = (
@@ -58,13 +59,13 @@ STATUS = {
 
 
 def function_of(mutant: str) -> str:
-    """'hf_music_xl.data.xǁTrainTransformǁwindow__mutmut_3' -> 'TrainTransform.window'."""
+    """'hf_music_xl.data.windows.xǁTrainTransformǁwindow__mutmut_3' -> 'TrainTransform.window'."""
     name = mutant.split(".")[-1].rsplit("__mutmut_", 1)[0].removeprefix("x_").removeprefix("x")
     return ".".join(part for part in name.split("ǁ") if part)
 
 
 def selected(module: str, mutant: str) -> bool:
-    return module != "corpus" or function_of(mutant) in CORPUS_CACHE_FUNCTIONS
+    return module != "data/corpus" or function_of(mutant) in CORPUS_CACHE_FUNCTIONS
 
 
 def results(module: str, sample: int = 0, seed: int = 0) -> dict[str, str]:

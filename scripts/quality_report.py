@@ -9,8 +9,8 @@
 
 Every configuration x seed is trained with the SAME number of optimizer steps (so the same tokens: steps x batch x
 n_segments x segment_len), not the same wall time, so the shared machine's load does not change the result; wall
-time is recorded. Training goes through training.py's pieces (``training_data``: stream training by default,
-``MusicXLTrainer`` carrying the memory with the one-cycle schedule, ``collate``), GPT-2 included:
+time is recorded. Training goes through the training package's pieces (``training_data``: stream training by default,
+``build_trainer``: ``MusicXLTrainer`` carrying the memory with the one-cycle schedule, ``collate``), GPT-2 included:
 ``GPT2LMHeadModel`` is trained by the same Trainer on the same streams (each step a window of its own: GPT-2 has
 no memory) with the same schedule, batch, learning rate and dropout, its feed-forward width chosen so its parameter
 count matches MusicXL's (within 2%).
@@ -68,7 +68,7 @@ MIN_PIECES_PER_METER = 20  # a meter's own NLL is reported when a held-out set h
 
 def by_first_meter(split) -> dict:
     """{meter: the pieces of ``split`` that start in it} for meters with at least MIN_PIECES_PER_METER pieces."""
-    from hf_music_xl import encoding
+    from hf_music_xl.models.music_xl import encoding
 
     def first_meter(ids):
         ids = np.asarray(ids)
@@ -117,8 +117,8 @@ def gpt2_nll(model, split, batch_size: int) -> dict:
     """NLL of a GPT-2 on whole pieces, scored in consecutive chunks of its training length (it has no memory)."""
     from transformers import EvalPrediction
 
-    from hf_music_xl.data import IGNORE_INDEX, collate
-    from hf_music_xl.training import compute_metrics, token_scores
+    from hf_music_xl.data.pieces import IGNORE_INDEX, collate
+    from hf_music_xl.training.metrics import compute_metrics, token_scores
 
     length = model.config.n_positions
     chunks = [
@@ -156,20 +156,14 @@ def run_one(
     from datasets import concatenate_datasets
     from transformers import set_seed
 
-    from hf_music_xl.configuration_music_xl import MusicXLConfig
-    from hf_music_xl.corpus import load_corpus
-    from hf_music_xl.data import collate
+    from hf_music_xl.data.corpus import load_corpus
     from hf_music_xl.evaluate import corpus_nll
-    from hf_music_xl.modeling_music_xl import MusicXLForCausalLM
-    from hf_music_xl.training import (
-        EpochSeed,
-        MusicXLTrainer,
-        TrainSettings,
-        generation_config_for,
-        parse_overrides,
-        training_arguments,
-        training_data,
-    )
+    from hf_music_xl.models.music_xl.configuration_music_xl import MusicXLConfig
+    from hf_music_xl.models.music_xl.generation_music_xl import generation_config_for
+    from hf_music_xl.models.music_xl.modeling_music_xl import MusicXLForCausalLM
+    from hf_music_xl.training.run import training_data
+    from hf_music_xl.training.settings import TrainSettings, parse_overrides
+    from hf_music_xl.training.trainer import build_trainer, training_arguments
 
     spec = dict(CONFIGS[name])
     is_gpt2 = spec.pop("gpt2", False)
@@ -202,15 +196,7 @@ def run_one(
         model.generation_config = generation_config_for(config)
     train_data, train_set = training_data(settings, chorales["train"], config, world_size=1)
     args = replace(training_arguments(settings, steps), eval_strategy="no", save_strategy="no")
-    trainer = MusicXLTrainer(
-        model=model,
-        args=args,
-        data_collator=collate,
-        train_dataset=train_set,
-        warmup_fraction=settings.warmup_fraction,
-        callbacks=[EpochSeed(train_data)],
-        carry_memory=settings.train_mode == "stream" and not is_gpt2,
-    )
+    trainer = build_trainer(settings, model, args, train_data, train_set, carry_memory=False if is_gpt2 else None)
     train_started = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - train_started
@@ -269,7 +255,7 @@ def run_one(
         result["ood"]["source"] = f"{ood} (first {ood_limit} files)" if ood_limit else ood
     model.save_pretrained(out_dir / "final")
     if not is_gpt2:
-        from hf_music_xl.tokenization_music_xl_fast import MusicXLTokenizerFast
+        from hf_music_xl.models.music_xl.tokenization_music_xl_fast import MusicXLTokenizerFast
 
         MusicXLTokenizerFast().save_pretrained(out_dir / "final")
     result["total_seconds"] = round(time.perf_counter() - started, 1)
@@ -415,7 +401,7 @@ def main():
     seeds = [int(s) for s in args.seeds.split(",")]
     out.mkdir(parents=True, exist_ok=True)
     # build the corpora once before the runs start (each run would otherwise race to build them)
-    from hf_music_xl.corpus import load_corpus
+    from hf_music_xl.data.corpus import load_corpus
 
     load_corpus(args.corpus)
     for source in filter(None, args.held_out.split(",")):

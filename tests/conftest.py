@@ -10,7 +10,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
-from hf_music_xl import music21_source
+from hf_music_xl.data import music21_source
 
 N_CHORALES = 12
 
@@ -54,7 +54,7 @@ def chorale_midi_files(request, tmp_path_factory):
 @pytest.fixture(scope="session")
 def chorale_corpus(tmp_path_factory):
     """A real corpus of the first 12 chorales, built once per session into a temporary cache (Arrow on disk)."""
-    from hf_music_xl.corpus import build_corpus
+    from hf_music_xl.data.corpus import build_corpus
 
     return build_corpus("bach-chorales", limit=N_CHORALES, cache_dir=tmp_path_factory.mktemp("corpora"), num_proc=2)
 
@@ -74,7 +74,7 @@ def tiny_model_dir(tmp_path_factory):
     import torch
 
     from hf_music_xl import MusicXLConfig, MusicXLForCausalLM, MusicXLPipeline, MusicXLTokenizerFast
-    from hf_music_xl.training import generation_config_for
+    from hf_music_xl.models.music_xl.generation_music_xl import generation_config_for
 
     torch.manual_seed(0)
     config = MusicXLConfig.from_preset("tiny", dropout=0.0, mem_len=16, segment_len=16)

@@ -8,8 +8,10 @@ import os
 import sys
 
 import torch
+from helpers import weights_digest
 
-from hf_music_xl.training import TrainSettings, train, weights_digest
+from hf_music_xl.training.run import train
+from hf_music_xl.training.settings import TrainSettings
 
 corpus, output_dir = sys.argv[1], sys.argv[2]
 settings = TrainSettings(

@@ -40,3 +40,16 @@ def block_package() -> None:
     except ModuleNotFoundError:
         return
     raise SystemExit("hf_music_xl was importable")
+
+
+def weights_digest(model) -> str:
+    """A hash of all parameters (compares DDP replicas, resumed and uninterrupted runs, pushed and local models)."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(getattr(model, "module", model).state_dict().items()):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(tensor.detach().cpu().float().numpy()).tobytes())
+    return digest.hexdigest()

@@ -11,20 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
-from helpers import block_package  # tests/ is this script's directory, so it is on sys.path
-
-
-def weights_digest(model) -> str:
-    import hashlib
-
-    import numpy as np
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(tensor.detach().cpu().float().numpy()).tobytes())
-    return digest.hexdigest()
-
+from helpers import block_package, weights_digest  # tests/ is this script's directory, so it is on sys.path
 
 # ----------------------------------------------------------------------------------------------------------
 
@@ -119,22 +106,18 @@ def trainer(corpus_dir: str, work: str, repo_id: str, overrides: str) -> dict:
     from huggingface_hub import snapshot_download
     from transformers import TrainerCallback
 
-    from hf_music_xl.configuration_music_xl import MusicXLConfig
-    from hf_music_xl.corpus import load_corpus
-    from hf_music_xl.data import TrainTransform, collate, eval_pieces
-    from hf_music_xl.hub import hub_training_arguments
-    from hf_music_xl.modeling_music_xl import MusicXLForCausalLM
-    from hf_music_xl.tokenization_music_xl_fast import MusicXLTokenizerFast
-    from hf_music_xl.training import (
-        MusicXLTrainer,
-        TrainSettings,
-        compute_metrics,
-        generation_config_for,
-        parse_overrides,
-        token_scores,
-        train,
-        training_arguments,
-    )
+    from hf_music_xl.data.corpus import load_corpus
+    from hf_music_xl.data.pieces import collate, eval_pieces
+    from hf_music_xl.data.windows import TrainTransform
+    from hf_music_xl.hub.push import hub_training_arguments
+    from hf_music_xl.models.music_xl.configuration_music_xl import MusicXLConfig
+    from hf_music_xl.models.music_xl.generation_music_xl import generation_config_for
+    from hf_music_xl.models.music_xl.modeling_music_xl import MusicXLForCausalLM
+    from hf_music_xl.models.music_xl.tokenization_music_xl_fast import MusicXLTokenizerFast
+    from hf_music_xl.training.metrics import compute_metrics, token_scores
+    from hf_music_xl.training.run import train
+    from hf_music_xl.training.settings import TrainSettings, parse_overrides
+    from hf_music_xl.training.trainer import MusicXLTrainer, training_arguments
 
     class StopAfterFirstSave(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
@@ -197,7 +180,7 @@ def real_hub(model_dir: str, name: str) -> dict:
     from huggingface_hub import HfApi
     from transformers import AutoModelForCausalLM
 
-    from hf_music_xl.hub import push_to_hub
+    from hf_music_xl.hub.push import push_to_hub
 
     api = HfApi()
     repo_id = f"{api.whoami()['name']}/{name}"

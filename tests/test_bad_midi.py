@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hf_music_xl import MusicXLTokenizerFast
-from hf_music_xl import encoding as E
+from hf_music_xl.models.music_xl import encoding as E
 
 
 def varlen(value: int) -> bytes:

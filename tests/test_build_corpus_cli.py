@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hf_music_xl.cli import main
-from hf_music_xl.corpus import load_corpus
+from hf_music_xl.data.corpus import load_corpus
 
 
 @pytest.fixture

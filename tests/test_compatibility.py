@@ -8,9 +8,10 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
-from hf_music_xl import MusicGrammarProcessor, MusicXLConfig, encoding
+from hf_music_xl import MusicGrammarProcessor, MusicXLConfig
 from hf_music_xl.generate import generate_continuation
-from hf_music_xl.positions_music_xl import compute_positions
+from hf_music_xl.models.music_xl import encoding
+from hf_music_xl.models.music_xl.positions_music_xl import compute_positions
 
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy_model"
 

@@ -8,10 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hf_music_xl import corpus as corpus_module
-from hf_music_xl import encoding
 from hf_music_xl.cli import main as cli_main
-from hf_music_xl.corpus import build_corpus, list_items, load_corpus, read_report, split_abc_tunes, split_score
+from hf_music_xl.data import corpus as corpus_module
+from hf_music_xl.data.corpus import (
+    build_corpus,
+    list_items,
+    load_corpus,
+    read_report,
+    split_abc_tunes,
+    split_score,
+)
+from hf_music_xl.models.music_xl import encoding
 
 TWO_TUNES = """%abc-2.1
 M:4/4
@@ -65,7 +72,7 @@ def test_second_build_is_cached(chorale_corpus_dir, tmp_path, monkeypatch, caplo
     before = build_identity(chorale_corpus_dir)
     read = []
     monkeypatch.setattr(corpus_module, "read_item", lambda *args: read.append(args) or ([], []))
-    with caplog.at_level(logging.INFO, logger="hf_music_xl.corpus"):
+    with caplog.at_level(logging.INFO, logger="hf_music_xl.data.corpus"):
         again = build_corpus("bach-chorales", limit=12, cache_dir=chorale_corpus_dir.parent, num_proc=1)
     assert read == []  # not one file read again
     assert f"corpus bach-chorales: using the cached build in {chorale_corpus_dir}" in caplog.messages
@@ -139,7 +146,7 @@ def test_cache_key_covers_encoder_and_quantization(monkeypatch):
     # music21's own corpus changes with its version: a new music21 is a new corpus
     import types
 
-    import hf_music_xl.music21_source as music21_source
+    import hf_music_xl.data.music21_source as music21_source
 
     monkeypatch.setattr(music21_source, "_music21", lambda: types.SimpleNamespace(__version__="0.0-test"))
     assert key != corpus_module.cache_key("bach-chorales", items, 4, 3, 0.1)

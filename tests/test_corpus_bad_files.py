@@ -8,8 +8,8 @@ import numpy as np
 from test_bad_midi import test_odd_but_usable_files_encode_sensibly as odd_cases_test
 from test_bad_midi import test_unusable_files_raise_one_error_naming_the_file as unusable_cases_test
 
-from hf_music_xl import encoding
-from hf_music_xl.corpus import build_corpus
+from hf_music_xl.data.corpus import build_corpus
+from hf_music_xl.models.music_xl import encoding
 
 
 def parametrized(test) -> list[tuple]:

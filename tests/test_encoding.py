@@ -6,7 +6,7 @@ import symusic
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hf_music_xl import encoding as E
+from hf_music_xl.models.music_xl import encoding as E
 
 
 def text(ids):

@@ -8,7 +8,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from hf_music_xl import encoding
 from hf_music_xl.cli import main
 from hf_music_xl.evaluate import (
     compare_with_corpus,
@@ -21,7 +20,8 @@ from hf_music_xl.evaluate import (
     scale_consistency,
     summarize,
 )
-from hf_music_xl.positions_music_xl import compute_positions
+from hf_music_xl.models.music_xl import encoding
+from hf_music_xl.models.music_xl.positions_music_xl import compute_positions
 
 
 def notes(onset, pitch, duration):

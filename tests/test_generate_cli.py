@@ -9,7 +9,6 @@ import symusic
 import torch
 from transformers import AutoModelForCausalLM
 
-from hf_music_xl import encoding
 from hf_music_xl.cli import main
 from hf_music_xl.generate import (
     TOKENS_PER_BAR_BOUND,
@@ -20,7 +19,8 @@ from hf_music_xl.generate import (
     prompt_ids,
     sampling_settings,
 )
-from hf_music_xl.generation_music_xl import MaxBarsCriteria
+from hf_music_xl.models.music_xl import encoding
+from hf_music_xl.models.music_xl.generation_music_xl import MaxBarsCriteria
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import symusic
 
-from hf_music_xl import encoding
 from hf_music_xl.cli import main
 from hf_music_xl.generate import describe_note
-from hf_music_xl.generation_music_xl import scale_pitch_classes
+from hf_music_xl.models.music_xl import encoding
+from hf_music_xl.models.music_xl.generation_music_xl import scale_pitch_classes
 
 
 def generate(model_dir, out_dir, *flags, tokens=40, seed=0):

@@ -4,8 +4,9 @@ import pytest
 import torch
 from helpers import BOS, DURATIONS, EOS, NOTES, PAD, SEP, dur, note, tiny_model
 
-from hf_music_xl import MaxBarsCriteria, MusicGrammarProcessor, MusicXLConfig, encoding
-from hf_music_xl.generation_music_xl import scale_pitch_classes
+from hf_music_xl import MaxBarsCriteria, MusicGrammarProcessor, MusicXLConfig
+from hf_music_xl.models.music_xl import encoding
+from hf_music_xl.models.music_xl.generation_music_xl import scale_pitch_classes
 
 METERS = range(299, 379)
 V = 379
@@ -404,8 +405,8 @@ def test_generation_stops_right_after_the_wait_that_ends_the_bars():
 def test_position_tracker_reads_only_new_tokens_and_equals_a_full_read(monkeypatch):
     """Extended sequences are read from where the last call stopped; reordered or other ones whole. Either way the
     state is that of reading everything (meter changes included)."""
-    import hf_music_xl.generation_music_xl as generation_module
-    from hf_music_xl.positions_music_xl import compute_positions
+    import hf_music_xl.models.music_xl.generation_music_xl as generation_module
+    from hf_music_xl.models.music_xl.positions_music_xl import compute_positions
 
     config = MusicXLConfig()
     generator = torch.Generator().manual_seed(3)

@@ -118,7 +118,9 @@ def hub(tmp_path_factory):
 def model_dirs(tmp_path_factory):
     """Two small models saved as `hf-music-xl train` saves its final directory (v1, v2: different weights)."""
     from hf_music_xl import MusicXLConfig, MusicXLForCausalLM, MusicXLTokenizerFast
-    from hf_music_xl.training import TrainSettings, generation_config_for, parse_overrides, save_final
+    from hf_music_xl.models.music_xl.generation_music_xl import generation_config_for
+    from hf_music_xl.training.run import save_final
+    from hf_music_xl.training.settings import TrainSettings, parse_overrides
 
     root = tmp_path_factory.mktemp("models")
     config = MusicXLConfig.from_preset("tiny", **parse_overrides(SMALL))
@@ -264,7 +266,7 @@ def test_loads_from_the_hub_without_the_package_pins_revisions_and_generates(hub
         torch.tensor([[0, 1]]), max_new_tokens=12, do_sample=True
     )
     assert result["ids"] == local[0].tolist()
-    from hf_music_xl import encoding
+    from hf_music_xl.models.music_xl import encoding
 
     decoded = encoding.decode_ids(local[0])
     assert result["notes"] == sorted(
@@ -277,7 +279,7 @@ def test_loads_from_the_hub_without_the_package_pins_revisions_and_generates(hub
 
 
 def test_an_incomplete_model_directory_is_completed_before_pushing(model_dirs, tmp_path):
-    from hf_music_xl.hub import complete_model_dir, missing_pieces
+    from hf_music_xl.hub.push import complete_model_dir, missing_pieces
 
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -297,7 +299,7 @@ def test_an_incomplete_model_directory_is_completed_before_pushing(model_dirs, t
 
 
 def test_model_directories_that_cannot_be_pushed_are_refused(tmp_path):
-    from hf_music_xl.hub import push_to_hub
+    from hf_music_xl.hub.push import push_to_hub
 
     with pytest.raises(FileNotFoundError):
         push_to_hub(tmp_path / "missing", "tester/x")
@@ -307,7 +309,7 @@ def test_model_directories_that_cannot_be_pushed_are_refused(tmp_path):
 
 
 def test_a_card_without_a_training_record_has_no_model_index(model_dirs, tmp_path):
-    from hf_music_xl.hub import build_model_card
+    from hf_music_xl.hub.push import build_model_card
 
     for path in model_dirs["v1"].iterdir():
         if path.name != "training_summary.json":

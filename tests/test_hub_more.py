@@ -27,7 +27,8 @@ def hub(tmp_path_factory):
 def sharded_and_whole(tmp_path_factory):
     """v1 saved in weight shards (with an index), v2 saved whole: as two versions of one model can be."""
     from hf_music_xl import MusicXLConfig, MusicXLForCausalLM, MusicXLPipeline, MusicXLTokenizerFast
-    from hf_music_xl.training import generation_config_for, parse_overrides
+    from hf_music_xl.models.music_xl.generation_music_xl import generation_config_for
+    from hf_music_xl.training.settings import parse_overrides
 
     root, config = tmp_path_factory.mktemp("versions"), MusicXLConfig.from_preset("tiny", **parse_overrides(SMALL))
     dirs = {}
@@ -196,9 +197,13 @@ def test_push_space_then_the_space_runs_the_app_on_the_model_from_the_hub(hub, s
     assert "already runs this app" in again["stdout"]
 
     files = hub.store.files(space_id, repo_type="space")
-    assert {"README.md", "app.py", "requirements.txt", "hf_music_xl/app.py", "hf_music_xl/pipeline_music_xl.py"} <= set(
-        files
-    )
+    assert {
+        "README.md",
+        "app.py",
+        "requirements.txt",
+        "hf_music_xl/app.py",
+        "hf_music_xl/models/music_xl/pipeline_music_xl.py",
+    } <= set(files)
     assert "hf_music_xl/training.py" not in files  # only what the app imports
     card = hub.store.read(space_id, "README.md", repo_type="space").decode()
     assert "sdk: gradio" in card and f"- {model_id}" in card and "app_file: app.py" in card

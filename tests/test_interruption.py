@@ -14,8 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_music_xl.checkpoints import checkpoint_problem, resumable_checkpoint
-from hf_music_xl.training import TrainSettings, train
+from hf_music_xl.training.checkpoints import checkpoint_problem, resumable_checkpoint
+from hf_music_xl.training.run import train
+from hf_music_xl.training.settings import TrainSettings
 
 SMALL = "n_layer=1,d_model=32,n_head=2,d_head=16,d_inner=64,segment_len=32,mem_len=32"
 # batch 2 over the 11 training chorales: 6 steps an epoch; a checkpoint every 4 steps lands mid-epoch (4, 8).
@@ -119,7 +120,7 @@ def test_sigkill_mid_run_then_resume_gives_the_same_weights(chorale_corpus_dir, 
     assert checkpoints(output) == ["checkpoint-4"]  # killed in step 5: checkpoint-4 and nothing after it
     assert checkpoint_problem(output / "checkpoint-4") is None
 
-    with caplog.at_level(logging.WARNING, logger="hf_music_xl.training"):
+    with caplog.at_level(logging.WARNING, logger="hf_music_xl.training.run"):
         train(settings(chorale_corpus_dir, output, resume=True))
     assert f"continuing from {output / 'checkpoint-4'}" in caplog.text
     assert_same_weights(final_weights(output), final_weights(straight_run))
@@ -184,7 +185,7 @@ def test_resume_skips_torn_checkpoints_with_a_clear_message(chorale_corpus_dir, 
     assert "optimizer.pt is unreadable" in checkpoint_problem(output / "checkpoint-11")
     assert resumable_checkpoint(output, set_aside=False) == str(output / "checkpoint-8")
 
-    with caplog.at_level(logging.WARNING, logger="hf_music_xl.training"):
+    with caplog.at_level(logging.WARNING, logger="hf_music_xl.training.run"):
         train(settings(chorale_corpus_dir, output, resume=True))
     messages = "\n".join(record.getMessage() for record in caplog.records)
     assert "checkpoint-11 is incomplete (optimizer.pt is unreadable" in messages
@@ -201,7 +202,7 @@ def test_resume_skips_torn_checkpoints_with_a_clear_message(chorale_corpus_dir, 
 
 def test_nothing_complete_starts_from_scratch(tmp_path, caplog):
     (tmp_path / "checkpoint-3").mkdir()
-    with caplog.at_level(logging.WARNING, logger="hf_music_xl.training"):
+    with caplog.at_level(logging.WARNING, logger="hf_music_xl.training.run"):
         assert resumable_checkpoint(tmp_path) is None
     assert "checkpoint-3 is incomplete (trainer_state.json is missing)" in caplog.text
 
@@ -209,7 +210,7 @@ def test_nothing_complete_starts_from_scratch(tmp_path, caplog):
 def test_final_directory_is_replaced_atomically(straight_run, tmp_path, monkeypatch):
     """A kill while final/ is written leaves the previous final/ untouched (or none), never a mix."""
     from hf_music_xl import MusicXLForCausalLM, MusicXLTokenizerFast
-    from hf_music_xl.training import save_final
+    from hf_music_xl.training.run import save_final
 
     final = tmp_path / "final"
     shutil.copytree(straight_run / "final", final)

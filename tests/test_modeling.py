@@ -15,8 +15,12 @@ from helpers import BOS, EOS, PAD, SEP, dur, note, tiny_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from hf_music_xl import MusicXLCache, MusicXLConfig, MusicXLForCausalLM, MusicXLModel
-from hf_music_xl.modeling_music_xl import attention_block_mask, relative_position_scores, sinusoid_encodings
-from hf_music_xl.positions_music_xl import compute_positions
+from hf_music_xl.models.music_xl.modeling_music_xl import (
+    attention_block_mask,
+    relative_position_scores,
+    sinusoid_encodings,
+)
+from hf_music_xl.models.music_xl.positions_music_xl import compute_positions
 
 V = 379  # the vocabulary: ids 0..298 of the reference, then time signatures
 
@@ -556,7 +560,7 @@ def test_trust_remote_code_in_a_fresh_interpreter_without_the_package(tmp_path):
 def test_the_last_beat_of_the_longest_bar_has_its_own_embedding():
     """16/4 has the most beats of the vocabulary's meters: its last beat uses the last row of the beat table (the
     clamp that guards the table must not fold it onto the beat before)."""
-    from hf_music_xl import encoding
+    from hf_music_xl.models.music_xl import encoding
 
     model = tiny_model()
     ids = [BOS, PAD, encoding.meter_token(16, 4)] + [note(60), dur(4), SEP, dur(4)] * 16

@@ -13,8 +13,9 @@ import pytest
 import symusic
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hf_music_xl import MidiReadError, encoding
+from hf_music_xl import MidiReadError
 from hf_music_xl.generate import generate_continuation, load_pipeline, midi_prompt, sampling_settings
+from hf_music_xl.models.music_xl import encoding
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import torch
 from helpers import BOS, PAD, SEP, dur, note
 
 from hf_music_xl import MusicXLConfig
-from hf_music_xl.positions_music_xl import compute_beat_positions, compute_positions
+from hf_music_xl.models.music_xl.positions_music_xl import compute_beat_positions, compute_positions
 
 
 def test_positions_hand_example():
@@ -54,7 +54,7 @@ METER_POOL = [
 
 
 def test_positions_match_the_tokenizer():
-    encoding = pytest.importorskip("hf_music_xl.encoding")
+    encoding = pytest.importorskip("hf_music_xl.models.music_xl.encoding")
     generator = torch.Generator().manual_seed(1)
     pool = torch.tensor(METER_POOL)
     ids = pool[torch.randint(len(pool), (8, 120), generator=generator)]
@@ -91,7 +91,7 @@ def test_three_four_and_six_eight_differ_in_beats_not_bars():
 def test_beats_of_simple_and_compound_meters():
     """A beat is the denominator's note, or three of them in compound meters (6/8, 9/8, 12/8, 9/16): 3/8 and 3/16
     are three beats, not one."""
-    from hf_music_xl.positions_music_xl import meter_lengths
+    from hf_music_xl.models.music_xl.positions_music_xl import meter_lengths
 
     config = MusicXLConfig.from_preset("tiny")
     lengths = dict(zip(config.meters, meter_lengths(config)))  # (bar, beat) in sixteenths
@@ -112,7 +112,7 @@ def test_beats_of_simple_and_compound_meters():
 
 def test_only_a_duration_after_xxsep_is_a_wait():
     """The id right past the durations (the first time signature) after xxsep moves no time."""
-    from hf_music_xl.positions_music_xl import token_waits
+    from hf_music_xl.models.music_xl.positions_music_xl import token_waits
 
     config = MusicXLConfig.from_preset("tiny")
     past_durations = config.duration_offset + config.num_durations

@@ -6,8 +6,9 @@ import wave
 import numpy as np
 import pytest
 
-from hf_music_xl import encoding, render
+from hf_music_xl import render
 from hf_music_xl.generate import prompt_ids
+from hf_music_xl.models.music_xl import encoding
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ from transformers.trainer_pt_utils import safe_globals
 
 from hf_music_xl import MusicXLConfig, MusicXLForCausalLM
 from hf_music_xl.generate import empty_prompt, generate_continuation
-from hf_music_xl.training import TrainSettings, train
+from hf_music_xl.training.run import train
+from hf_music_xl.training.settings import TrainSettings
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = "n_layer=1,d_model=32,n_head=2,d_head=16,d_inner=64,segment_len=32,mem_len=32"

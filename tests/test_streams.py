@@ -6,10 +6,12 @@ import torch
 from helpers import BOS, EOS
 from safetensors import safe_open
 
-from hf_music_xl import encoding
-from hf_music_xl.checkpoints import STREAM_MEMORY
-from hf_music_xl.streams import PieceStreams
-from hf_music_xl.training import TrainSettings, train
+from hf_music_xl.data.streams import PieceStreams
+from hf_music_xl.models.music_xl import encoding
+from hf_music_xl.training.checkpoints import STREAM_MEMORY
+from hf_music_xl.training.run import train
+from hf_music_xl.training.settings import TrainSettings
+from hf_music_xl.training.trainer import MusicXLTrainer
 
 SMALL = "n_layer=1,d_model=32,n_head=2,d_head=16,d_inner=64,segment_len=16,mem_len=16"
 
@@ -138,10 +140,9 @@ def test_too_small_a_corpus_is_a_clear_error():
 
 
 def test_training_carries_the_memory_from_step_to_step(chorale_corpus_dir, tmp_path, monkeypatch):
-    from hf_music_xl import training
 
     seen = []  # (epoch, tokens in the memory after the micro-batch, tokens in the micro-batch)
-    compute_loss = training.MusicXLTrainer.compute_loss
+    compute_loss = MusicXLTrainer.compute_loss
 
     def recording(self, model, inputs, *args, **kwargs):
         out = compute_loss(self, model, inputs, *args, **kwargs)
@@ -149,7 +150,7 @@ def test_training_carries_the_memory_from_step_to_step(chorale_corpus_dir, tmp_p
             seen.append((self.memory_epoch, self.memory.get_seq_length(), int(inputs["input_ids"].shape[1])))
         return out
 
-    monkeypatch.setattr(training.MusicXLTrainer, "compute_loss", recording)
+    monkeypatch.setattr(MusicXLTrainer, "compute_loss", recording)
     settings = TrainSettings(
         corpus=str(chorale_corpus_dir),
         output_dir=str(tmp_path / "run"),

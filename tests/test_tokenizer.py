@@ -13,7 +13,7 @@ import torch
 from transformers import AutoTokenizer
 
 from hf_music_xl import MusicXLTokenizer, MusicXLTokenizerFast
-from hf_music_xl import encoding as E
+from hf_music_xl.models.music_xl import encoding as E
 
 ROOT = Path(__file__).resolve().parent.parent
 SAVED = ROOT / "tokenizer"

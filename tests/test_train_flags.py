@@ -13,8 +13,11 @@ import torch
 from datasets import load_from_disk
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from hf_music_xl import MusicXLForCausalLM, encoding, training
+from hf_music_xl import MusicXLForCausalLM
 from hf_music_xl.cli import main
+from hf_music_xl.models.music_xl import encoding
+from hf_music_xl.training import budget, callbacks, run
+from hf_music_xl.training.trainer import MusicXLTrainer
 
 SMALL = "n_layer=1,d_model=32,n_head=2,d_head=16,d_inner=64,segment_len=32,mem_len=32"
 
@@ -78,7 +81,8 @@ def clock(monkeypatch):
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(MusicXLForCausalLM, "forward", ticking_forward)
-    monkeypatch.setattr(training, "time", clock)
+    for module in (budget, callbacks, run):  # the step timing, the wall-clock budget and the run's own times
+        monkeypatch.setattr(module, "time", clock)
     return clock
 
 
@@ -106,14 +110,14 @@ def test_max_minutes_fits_the_steps_and_the_one_cycle_completes(chorale_corpus_d
 def test_max_minutes_stops_at_the_budget_when_steps_turn_slower(
     chorale_corpus_dir, tmp_path, clock, monkeypatch, caplog
 ):
-    fit = training.fit_steps_to_budget
+    fit = run.fit_steps_to_budget
 
     def measured_then_slower(*args, **kwargs):
         steps = fit(*args, **kwargs)  # measured at 1 s a step
         clock.tick = 3.0  # from here on a step takes 3 s: the 60 s are spent after step 21
         return steps
 
-    monkeypatch.setattr(training, "fit_steps_to_budget", measured_then_slower)
+    monkeypatch.setattr(run, "fit_steps_to_budget", measured_then_slower)
     with caplog.at_level(logging.WARNING, logger="hf_music_xl.training"):
         train_command(chorale_corpus_dir, tmp_path / "run", "--max-minutes", "1")
     assert "wall-clock budget of 1.0 min reached at step 21" in caplog.text
@@ -130,14 +134,14 @@ def test_max_minutes_stops_at_the_budget_when_steps_turn_slower(
 def seen_rows(monkeypatch):
     """(global step, row of input ids) of every training micro-batch the Trainer feeds the model."""
     seen = []
-    compute_loss = training.MusicXLTrainer.compute_loss
+    compute_loss = MusicXLTrainer.compute_loss
 
     def recording(self, model, inputs, *args, **kwargs):
         if model.training:
             seen.extend((self.state.global_step, row) for row in inputs["input_ids"].tolist())
         return compute_loss(self, model, inputs, *args, **kwargs)
 
-    monkeypatch.setattr(training.MusicXLTrainer, "compute_loss", recording)
+    monkeypatch.setattr(MusicXLTrainer, "compute_loss", recording)
     return seen
 
 

@@ -12,11 +12,17 @@ import numpy as np
 import pytest
 import torch
 from datasets import load_from_disk
+from helpers import weights_digest
 from transformers import AutoModelForCausalLM, AutoTokenizer, EvalPrediction
 
-from hf_music_xl import MusicGrammarProcessor, encoding
-from hf_music_xl.data import IGNORE_INDEX, TrainTransform, bar_starts, collate, eval_pieces
-from hf_music_xl.training import TrainSettings, compute_metrics, resolve_precision, train, weights_digest
+from hf_music_xl import MusicGrammarProcessor
+from hf_music_xl.data.pieces import IGNORE_INDEX, collate, eval_pieces
+from hf_music_xl.data.windows import TrainTransform, bar_starts
+from hf_music_xl.models.music_xl import encoding
+from hf_music_xl.training.metrics import compute_metrics
+from hf_music_xl.training.precision import cpu_has_native_bf16, resolve_precision
+from hf_music_xl.training.run import train
+from hf_music_xl.training.settings import TrainSettings
 
 # A very small model: the point is the plumbing, not the music.
 SMALL = "n_layer=1,d_model=32,n_head=2,d_head=16,d_inner=64,segment_len=32,mem_len=32"
@@ -259,9 +265,8 @@ def test_compute_metrics_by_hand():
 def test_fp16_on_cpu_is_refused():
     with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
         resolve_precision("fp16")
-    from hf_music_xl import training
 
-    native = training.cpu_has_native_bf16()
+    native = cpu_has_native_bf16()
     assert resolve_precision("auto") == {"bf16": native, "fp16": False}
 
 
@@ -371,7 +376,7 @@ def initial_model():
     from transformers import set_seed
 
     from hf_music_xl import MusicXLConfig, MusicXLForCausalLM
-    from hf_music_xl.training import parse_overrides
+    from hf_music_xl.training.settings import parse_overrides
 
     set_seed(42)
     return MusicXLForCausalLM(MusicXLConfig.from_preset("tiny", **parse_overrides(SMALL)))

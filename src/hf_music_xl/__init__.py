@@ -9,15 +9,15 @@ not installed (`trust_remote_code=True`). It also registers the `music-generatio
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .cache_music_xl import MusicXLCache
-from .configuration_music_xl import MusicXLConfig
-from .encoding import InvalidTokenError, MidiReadError
-from .generation_music_xl import MaxBarsCriteria, MusicGrammarProcessor
-from .modeling_music_xl import MusicXLForCausalLM, MusicXLModel
-from .pipeline_music_xl import TASK as PIPELINE_TASK
-from .pipeline_music_xl import MusicXLPipeline
-from .tokenization_music_xl import MusicXLTokenizer
-from .tokenization_music_xl_fast import MusicXLTokenizerFast
+from .models.music_xl.cache_music_xl import MusicXLCache
+from .models.music_xl.configuration_music_xl import MusicXLConfig
+from .models.music_xl.encoding import InvalidTokenError, MidiReadError
+from .models.music_xl.generation_music_xl import MaxBarsCriteria, MusicGrammarProcessor
+from .models.music_xl.modeling_music_xl import MusicXLForCausalLM, MusicXLModel
+from .models.music_xl.pipeline_music_xl import TASK as PIPELINE_TASK
+from .models.music_xl.pipeline_music_xl import MusicXLPipeline
+from .models.music_xl.tokenization_music_xl import MusicXLTokenizer
+from .models.music_xl.tokenization_music_xl_fast import MusicXLTokenizerFast
 
 __version__ = "0.1.0"
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .generate import load_pipeline
-from .pipeline_music_xl import SAMPLING_PRESETS, sampling_settings
+from .models.music_xl.pipeline_music_xl import SAMPLING_PRESETS, sampling_settings
 from .render import find_renderer, find_soundfont, render_outputs
 
 logger = logging.getLogger(__name__)

@@ -69,7 +69,7 @@ def add_build_corpus(subparsers) -> None:
 
 
 def run_build_corpus(args) -> None:
-    from .corpus import build_corpus, read_report
+    from .data.corpus import build_corpus, read_report
 
     started = time.perf_counter()
     corpus = build_corpus(
@@ -99,7 +99,7 @@ def run_build_corpus(args) -> None:
 
 
 def add_train(subparsers) -> None:
-    from .training import TrainSettings
+    from .training.settings import TrainSettings
 
     parser = subparsers.add_parser("train", help="train a model with the Hugging Face Trainer")
     add_dataclass_arguments(parser, TrainSettings)
@@ -107,7 +107,8 @@ def add_train(subparsers) -> None:
 
 
 def run_train(args) -> None:
-    from .training import TrainSettings, train
+    from .training.run import train
+    from .training.settings import TrainSettings
 
     result = train(dataclass_from_args(TrainSettings, args))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun/accelerate only the first process reports
@@ -277,7 +278,7 @@ def add_push(subparsers) -> None:
 
 
 def run_push(args) -> None:
-    from .hub import describe, push_to_hub
+    from .hub.push import describe, push_to_hub
 
     result = push_to_hub(  # a Hub problem raises HubAccessError: one line from main()
         args.model_dir,
@@ -354,7 +355,7 @@ def add_push_space(subparsers) -> None:
 
 
 def run_push_space(args) -> None:
-    from .space import describe, push_space
+    from .hub.space import describe, push_space
 
     print(describe(push_space(args.model_repo_id, args.space_id, private=args.private)))
 
@@ -373,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .hub_errors import HubAccessError
+    from .hub.errors import HubAccessError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")

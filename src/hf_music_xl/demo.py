@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import encoding
+from .models.music_xl import encoding
 
 # Steps that an idle 2-core machine trains in about 5 minutes (BENCHMARKS.md, "Main job"), so that the whole job,
 # install included, stays within 10 minutes there.
@@ -65,11 +65,12 @@ class DemoSettings:
 
 
 def run_demo(settings: DemoSettings) -> dict:
-    from .corpus import build_corpus, read_report
+    from .data.corpus import build_corpus, read_report
     from .evaluate import compare_with_corpus
     from .generate import GenerateSettings, generate_samples, load_model_and_tokenizer, prompt_ids
     from .render import render_outputs
-    from .training import TrainSettings, train
+    from .training.run import train
+    from .training.settings import TrainSettings
 
     started = time.perf_counter()
     # `make` sets OMP_NUM_THREADS=1 (right for tests running side by side); one training process wants every core.

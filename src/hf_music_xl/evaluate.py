@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import encoding
-from .generation_music_xl import SCALE_STEPS
+from .models.music_xl import encoding
+from .models.music_xl.generation_music_xl import SCALE_STEPS
 
 STATISTICS = (
     "pitch_class_entropy",
@@ -204,8 +204,8 @@ def corpus_nll(model, split, batch_size: int = 8, mem_len: int | None = None, pr
     model's own ``mem_len``; 0 scores every segment on its own)."""
     from transformers import EvalPrediction
 
-    from .data import IGNORE_INDEX, collate, eval_pieces
-    from .training import compute_metrics, token_scores
+    from .data.pieces import IGNORE_INDEX, collate, eval_pieces
+    from .training.metrics import compute_metrics, token_scores
 
     pieces = eval_pieces(split)
     if not len(pieces):
@@ -259,7 +259,7 @@ class EvaluateSettings:
 
 def run_evaluate(settings: EvaluateSettings) -> dict:
     """NLL (with a model), statistics of the corpus split and of the generated files; print, write JSON."""
-    from .corpus import load_corpus
+    from .data.corpus import load_corpus
 
     corpus = load_corpus(settings.corpus)
     if settings.split not in corpus:

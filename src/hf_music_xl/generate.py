@@ -24,8 +24,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers.generation.streamers import BaseStreamer
 
-from . import encoding
-from .pipeline_music_xl import (  # noqa: F401 - re-exported
+from .models.music_xl import encoding
+from .models.music_xl.pipeline_music_xl import (  # noqa: F401 - re-exported
     SAMPLING_PRESETS,
     TOKENS_PER_BAR_BOUND,
     SamplingSettings,
@@ -236,7 +236,7 @@ def load_model_and_tokenizer(name_or_path: str):
     problem (unreachable address, bad token, no such repo) raises ``HubAccessError`` with one line."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .hub_errors import check_model_access, hub_errors
+    from .hub.errors import check_model_access, hub_errors
 
     if not name_or_path:
         raise ValueError("give a model directory or Hub id")
@@ -264,7 +264,7 @@ def is_repo_id(name: str) -> bool:
 def load_pipeline(name_or_path: str):
     """A ``MusicXLPipeline`` (the ``music-generation`` pipeline) of this package's classes for a model directory
     or Hub id; without the package, ``pipeline(model=..., trust_remote_code=True)`` gives the same."""
-    from .pipeline_music_xl import MusicXLPipeline
+    from .models.music_xl.pipeline_music_xl import MusicXLPipeline
 
     model, tokenizer = load_model_and_tokenizer(name_or_path)
     return MusicXLPipeline(model=model, tokenizer=tokenizer)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import encoding
+from .models.music_xl import encoding
 
 logger = logging.getLogger(__name__)
 

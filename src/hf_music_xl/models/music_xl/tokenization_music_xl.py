@@ -135,7 +135,7 @@ def check_vocab(vocab: dict, where: str) -> dict[str, int]:
     legacy = {token: index for token, index in TOKEN_TO_ID.items() if index < LEGACY_VOCAB_SIZE}  # ids 0..298
     if vocab not in (TOKEN_TO_ID, legacy):
         raise ValueError(
-            f"{where} does not match the vocabulary of hf_music_xl.encoding (ids 0..378, or 0..298 "
+            f"{where} does not match the vocabulary of hf_music_xl.models.music_xl.encoding (ids 0..378, or 0..298 "
             "saved before time signatures)"
         )
     return dict(vocab)

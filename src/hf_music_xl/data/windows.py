@@ -1,4 +1,4 @@
-"""Examples from a corpus: random windows for training (the alternative to ``streams``), whole pieces for evaluation.
+"""Training examples from a corpus: random windows for training (the alternative to ``streams``).
 
 Window training (``hf-music-xl train --train-mode windows``) draws rows fresh every time
 (``dataset.with_transform(TrainTransform(...))``): a ``map`` would write one augmented copy to disk and freeze the
@@ -9,9 +9,7 @@ randomness. Each time a piece is drawn it is
 - cut to a random window that starts on a bar line at the first note of a chord; its beat positions are those of
   the whole piece (``beat_positions``), so a bar index means "bar of the piece" as in generation.
 
-Pieces shorter than the window are padded with xxpad, labelled -100. Evaluation (``eval_pieces``) scores every
-validation piece whole, in one forward call that runs it in consecutive segments with the memory carried across
-them, as TransformerXL evaluates; ``collate`` pads a batch of pieces to its longest.
+Pieces shorter than the window are padded with xxpad, labelled -100.
 
 Randomness: by default the draws come from torch's global generator. Training sets ``seed`` (and ``epoch``, each
 epoch): then a piece's window and shift are a function of (seed, epoch, the piece's tokens) only, drawn from a
@@ -28,11 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from datasets import Dataset
 
-from . import encoding
-
-IGNORE_INDEX = -100
+from ..models.music_xl import encoding
+from .pieces import IGNORE_INDEX
 
 
 def bar_starts(ids: np.ndarray) -> np.ndarray:
@@ -56,13 +52,6 @@ def pad_window(ids: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
     input_ids[: len(ids)] = ids
     labels[: len(ids)] = ids
     return input_ids, labels
-
-
-def padded(values: np.ndarray, length: int, fill: int) -> np.ndarray:
-    """``values`` cut or padded with ``fill`` to ``length``."""
-    out = np.full(length, fill, dtype=np.int64)
-    out[: min(length, len(values))] = values[:length]
-    return out
 
 
 @dataclass
@@ -130,31 +119,3 @@ class TrainTransform:
         low, high = encoding.transposition_range(ids)
         low, high = max(low, self.transpose_range[0]), min(high, self.transpose_range[1])
         return int(torch.randint(low, high + 1, (), generator=generator).item()) if low <= high else 0
-
-
-def eval_pieces(split: Dataset) -> Dataset:
-    """Every piece of a split as one example (``input_ids`` and ``labels``), longest first so that a batch pads
-    little; nothing random."""
-    lengths = np.array([len(ids) for ids in split["input_ids"]])
-    ordered = split.select(np.argsort(-lengths, kind="stable"))
-
-    def to_examples(batch):
-        return {"input_ids": batch["input_ids"], "labels": batch["input_ids"]}
-
-    return ordered.map(to_examples, batched=True, remove_columns=ordered.column_names, keep_in_memory=True)
-
-
-def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack examples into LongTensors, padding to the longest: ``input_ids`` with xxpad, ``labels`` and
-    ``shift_labels`` with -100 (padding comes after the real tokens, so no real token attends to it);
-    ``beat_positions`` (equal lengths: windows) are stacked as they are."""
-    fills = {"input_ids": encoding.PAD_ID, "labels": IGNORE_INDEX, "shift_labels": IGNORE_INDEX}
-    length = max(len(example["input_ids"]) for example in examples)
-    batch = {
-        key: np.stack([padded(np.asarray(example[key]), length, fills[key]) for example in examples])
-        for key in fills
-        if key in examples[0]
-    }
-    if "beat_positions" in examples[0]:
-        batch["beat_positions"] = np.stack([np.asarray(example["beat_positions"]) for example in examples])
-    return {key: torch.as_tensor(value, dtype=torch.long) for key, value in batch.items()}

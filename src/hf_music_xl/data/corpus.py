@@ -51,7 +51,7 @@ from datasets import Dataset, DatasetDict, Features, Sequence, Value, concatenat
 from datasets.arrow_writer import ArrowWriter
 from tqdm.auto import tqdm
 
-from . import encoding
+from ..models.music_xl import encoding
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import encoding
+from ..models.music_xl import encoding
 
 
 class PieceStreams(torch.utils.data.Dataset):

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants
 
-from .hub_errors import hub_errors
+from .errors import hub_errors
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # hf_music_xl/
 ENTRY_MODULES = ("app.py", "__init__.py")  # what the Space runs, and what importing the package runs
 # what the package files in the Space import (gradio comes from sdk_version)
 REQUIREMENTS = (
@@ -86,22 +86,22 @@ class SpaceResult:
 
 
 def package_files() -> list[Path]:
-    """The package's files that ``app.py`` and ``__init__.py`` import, following relative imports."""
+    """The package's files that ``app.py`` and ``__init__.py`` import, following relative imports into any of its
+    folders (with each folder's ``__init__.py``), relative to the package's root."""
     todo, found = [PACKAGE_DIR / name for name in ENTRY_MODULES], set()
     while todo:
         path = todo.pop()
         if path in found:
             continue
         found.add(path)
+        todo += [folder / "__init__.py" for folder in path.parents if PACKAGE_DIR in folder.parents]
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                names = [node.module] if node.module else [alias.name for alias in node.names]
-                todo += [
-                    PACKAGE_DIR / f"{name.split('.')[0]}.py"
-                    for name in names
-                    if (PACKAGE_DIR / f"{name.split('.')[0]}.py").exists()
-                ]
-    return sorted(found)
+            if isinstance(node, ast.ImportFrom) and node.level > 0:
+                base = path.parents[node.level - 1].joinpath(*(node.module or "").split("."))
+                candidates = [base.with_suffix(".py"), base / "__init__.py"]
+                candidates += [base / f"{alias.name}.py" for alias in node.names]  # from . import encoding
+                todo += [candidate for candidate in candidates if candidate.is_file()]
+    return sorted(path.relative_to(PACKAGE_DIR) for path in found)
 
 
 def requirements() -> str:
@@ -123,7 +123,7 @@ def space_files(model_id: str, space_id: str) -> dict[str, bytes]:
         "app.py": APP_PY.format(model_id=model_id).encode(),
         "requirements.txt": requirements().encode(),
     }
-    files.update({f"hf_music_xl/{path.name}": path.read_bytes() for path in package_files()})
+    files.update({f"hf_music_xl/{path.as_posix()}": (PACKAGE_DIR / path).read_bytes() for path in package_files()})
     return files
 
 

@@ -2,7 +2,7 @@
 by number of bars. Pass them to `generate(logits_processor=[...], stopping_criteria=[...])`."""
 
 import torch
-from transformers import LogitsProcessor, StoppingCriteria
+from transformers import GenerationConfig, LogitsProcessor, StoppingCriteria
 
 from .configuration_music_xl import MusicXLConfig
 from .positions_music_xl import (
@@ -218,3 +218,17 @@ __all__ = [
     "bar_clock",
     "scale_pitch_classes",
 ]
+
+
+def generation_config_for(config: MusicXLConfig) -> GenerationConfig:
+    """Sampling defaults for music: sampling (greedy decoding loops), top-k/top-p, the vocabulary's ids."""
+    return GenerationConfig(
+        do_sample=True,
+        top_k=40,
+        top_p=0.95,
+        temperature=1.0,
+        max_new_tokens=512,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+    )

@@ -39,7 +39,7 @@ from huggingface_hub import (
     constants,
 )
 
-from .hub_errors import hub_errors
+from .errors import hub_errors
 
 logger = logging.getLogger(__name__)
 
@@ -363,10 +363,10 @@ def complete_model_dir(model_dir: Path, staging: Path) -> Path:
     if not missing:
         return model_dir
     logger.warning("%s lacks %s: re-saving it with hf_music_xl before pushing", model_dir, ", ".join(missing))
-    from .modeling_music_xl import MusicXLForCausalLM
-    from .pipeline_music_xl import MusicXLPipeline
-    from .tokenization_music_xl_fast import MusicXLTokenizerFast
-    from .training import generation_config_for
+    from ..models.music_xl.generation_music_xl import generation_config_for
+    from ..models.music_xl.modeling_music_xl import MusicXLForCausalLM
+    from ..models.music_xl.pipeline_music_xl import MusicXLPipeline
+    from ..models.music_xl.tokenization_music_xl_fast import MusicXLTokenizerFast
 
     for path in model_dir.iterdir():  # keep the records (training_summary.json, ...)
         if path.is_file() and PUBLISHED.fullmatch(path.name):

@@ -1,0 +1,48 @@
+"""Whole pieces as examples: evaluation scores every validation piece whole (``eval_pieces``), in one forward call
+that runs it in consecutive segments with the memory carried across them, as TransformerXL evaluates; ``collate``
+pads a batch of examples (pieces, windows or stream steps) to its longest."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from ..models.music_xl import encoding
+
+IGNORE_INDEX = -100  # labels the loss skips (padding), as transformers' loss functions expect
+
+
+def padded(values: np.ndarray, length: int, fill: int) -> np.ndarray:
+    """``values`` cut or padded with ``fill`` to ``length``."""
+    out = np.full(length, fill, dtype=np.int64)
+    out[: min(length, len(values))] = values[:length]
+    return out
+
+
+def eval_pieces(split: Dataset) -> Dataset:
+    """Every piece of a split as one example (``input_ids`` and ``labels``), longest first so that a batch pads
+    little; nothing random."""
+    lengths = np.array([len(ids) for ids in split["input_ids"]])
+    ordered = split.select(np.argsort(-lengths, kind="stable"))
+
+    def to_examples(batch):
+        return {"input_ids": batch["input_ids"], "labels": batch["input_ids"]}
+
+    return ordered.map(to_examples, batched=True, remove_columns=ordered.column_names, keep_in_memory=True)
+
+
+def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack examples into LongTensors, padding to the longest: ``input_ids`` with xxpad, ``labels`` and
+    ``shift_labels`` with -100 (padding comes after the real tokens, so no real token attends to it);
+    ``beat_positions`` (equal lengths: windows) are stacked as they are."""
+    fills = {"input_ids": encoding.PAD_ID, "labels": IGNORE_INDEX, "shift_labels": IGNORE_INDEX}
+    length = max(len(example["input_ids"]) for example in examples)
+    batch = {
+        key: np.stack([padded(np.asarray(example[key]), length, fills[key]) for example in examples])
+        for key in fills
+        if key in examples[0]
+    }
+    if "beat_positions" in examples[0]:
+        batch["beat_positions"] = np.stack([np.asarray(example["beat_positions"]) for example in examples])
+    return {key: torch.as_tensor(value, dtype=torch.long) for key, value in batch.items()}
