@@ -8,7 +8,7 @@ defining classes.
 from transformers import PretrainedConfig
 
 # name -> overrides of the defaults; parameter counts are with the default vocabulary and max_bars
-PRESETS = {
+MODEL_PRESETS = {
     # ~0.90M parameters: CPU demos and tests
     "tiny": dict(d_model=128, n_layer=4, n_head=4, d_head=32, d_inner=512, mem_len=128, segment_len=128),
     # ~9.3M parameters: CPU training runs
@@ -151,9 +151,9 @@ class MusicXLConfig(PretrainedConfig):
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "MusicXLConfig":
         """A config of a named size ("tiny", "small", "base"), with any field overridden by keyword."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        if name not in MODEL_PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {sorted(MODEL_PRESETS)}")
+        return cls(**{**MODEL_PRESETS[name], **overrides})
 
 
-__all__ = ["MusicXLConfig", "PRESETS"]
+__all__ = ["MusicXLConfig", "MODEL_PRESETS"]
