@@ -130,6 +130,7 @@ def test_presets():
         sampling_settings("wild")
 
 
+@pytest.mark.slow
 def test_generate_command_writes_named_files_that_read_back(tiny_model_dir, chorale_midi_files, tmp_path, capsys):
     prompt_file = chorale_midi_files[1]
     stream_file = tmp_path / "notes.txt"

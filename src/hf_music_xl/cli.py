@@ -10,7 +10,7 @@
     hf-music-xl push-space you/music-xl-tiny you/music-xl-tiny-demo
 
 Each subcommand is one ``add_<name>(subparsers)`` function that declares its flags and sets ``run`` to its
-handler; to add a subcommand, write one and list it in ``SUBCOMMANDS``.
+handler (``command_<name>``); to add a subcommand, write one and list it in ``SUBCOMMANDS``.
 """
 
 from __future__ import annotations
@@ -79,10 +79,10 @@ def add_build_corpus(subparsers) -> None:
     parser.add_argument("--num-proc", type=int, default=2, help="reading processes")
     parser.add_argument("--cache-dir", help="default: $HF_MUSIC_XL_CACHE/corpora or ~/.cache/hf_music_xl/corpora")
     parser.add_argument("--rebuild", action="store_true", help="ignore a cached build")
-    parser.set_defaults(run=run_build_corpus)
+    parser.set_defaults(run=command_build_corpus)
 
 
-def run_build_corpus(args) -> None:
+def command_build_corpus(args) -> None:
     from .data.corpus import build_corpus, read_report
 
     started = time.perf_counter()
@@ -117,10 +117,10 @@ def add_train(subparsers) -> None:
 
     parser = subparsers.add_parser("train", help="train a model with the Hugging Face Trainer")
     add_dataclass_arguments(parser, TrainSettings)
-    parser.set_defaults(run=run_train)
+    parser.set_defaults(run=command_train)
 
 
-def run_train(args) -> None:
+def command_train(args) -> None:
     from .training.run import train
     from .training.settings import TrainSettings
 
@@ -140,10 +140,10 @@ def add_demo(subparsers) -> None:
 
     parser = subparsers.add_parser("demo", help="the main job: corpus, bounded training, NLL, a generated continuation")
     add_dataclass_arguments(parser, DemoSettings)
-    parser.set_defaults(run=run_demo)
+    parser.set_defaults(run=command_demo)
 
 
-def run_demo(args) -> None:
+def command_demo(args) -> None:
     from .demo import DemoSettings, run_demo
 
     run_demo(dataclass_from_args(DemoSettings, args))
@@ -164,10 +164,10 @@ def add_generate(subparsers) -> None:
         "the length in tokens.",
     )
     add_dataclass_arguments(parser, GenerateSettings)
-    parser.set_defaults(run=run_generate)
+    parser.set_defaults(run=command_generate)
 
 
-def run_generate(args) -> None:
+def command_generate(args) -> None:
     from .generate import GenerateSettings, run_generate
 
     if args.max_new_tokens and args.bars == GenerateSettings.bars:
@@ -187,10 +187,10 @@ def add_evaluate(subparsers) -> None:
         help="NLL per token and per note on a corpus split; musical statistics of generated pieces next to the corpus",
     )
     add_dataclass_arguments(parser, EvaluateSettings)
-    parser.set_defaults(run=run_evaluate)
+    parser.set_defaults(run=command_evaluate)
 
 
-def run_evaluate(args) -> None:
+def command_evaluate(args) -> None:
     from .evaluate import EvaluateSettings, run_evaluate
 
     run_evaluate(dataclass_from_args(EvaluateSettings, args))
@@ -228,11 +228,11 @@ def add_push(subparsers) -> None:
     parser.add_argument(
         "--create-pr", action="store_true", help="open a pull request against the branch instead of committing to it"
     )
-    parser.set_defaults(run=run_push)
+    parser.set_defaults(run=command_push)
 
 
-def run_push(args) -> None:
-    from .hub.push import describe, push_to_hub
+def command_push(args) -> None:
+    from .hub.push import describe_push, push_to_hub
 
     result = push_to_hub(  # a Hub problem raises HubAccessError: one line from main()
         args.model_dir,
@@ -245,7 +245,7 @@ def run_push(args) -> None:
         tags=args.tags,
         create_pr=args.create_pr,
     )
-    print(describe(result))
+    print(describe_push(result))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -262,10 +262,10 @@ def add_app(subparsers) -> None:
         "temperature, seed and scale, press Generate; see the piano roll, hear it, download the MIDI file.",
     )
     add_dataclass_arguments(parser, AppSettings)
-    parser.set_defaults(run=run_app)
+    parser.set_defaults(run=command_app)
 
 
-def run_app(args) -> None:
+def command_app(args) -> None:
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -294,13 +294,13 @@ def add_push_space(subparsers) -> None:
         default=None,
         help="visibility of a new Space (default: the Hub's)",
     )
-    parser.set_defaults(run=run_push_space)
+    parser.set_defaults(run=command_push_space)
 
 
-def run_push_space(args) -> None:
-    from .hub.space import describe, push_space
+def command_push_space(args) -> None:
+    from .hub.space import describe_space, push_space
 
-    print(describe(push_space(args.model_repo_id, args.space_id, private=args.private)))
+    print(describe_space(push_space(args.model_repo_id, args.space_id, private=args.private)))
 
 
 SUBCOMMANDS = [add_build_corpus, add_train, add_demo, add_generate, add_evaluate, add_push, add_app, add_push_space]
