@@ -277,7 +277,7 @@ def test_model_directories_that_cannot_be_pushed_are_refused(tmp_path):
 
 
 def test_a_card_without_a_training_record_has_no_model_index(model_dirs, tmp_path):
-    from hf_music_xl.hub.push import build_model_card
+    from hf_music_xl.hub.model_card import build_model_card
 
     for path in model_dirs["v1"].iterdir():
         if path.name != "training_summary.json":

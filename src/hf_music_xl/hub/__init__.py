@@ -1,2 +1,2 @@
-"""The Hugging Face Hub: push a trained model with its card (``push``), publish the app as a Space (``space``), and
-turn the Hub client's failures into one line a person can act on (``errors``)."""
+"""The Hugging Face Hub: push a trained model (``push``) with its card (``model_card``), publish the app as a Space
+(``space``), and turn the Hub client's failures into one line a person can act on (``errors``)."""
