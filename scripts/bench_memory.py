@@ -30,6 +30,7 @@ import torch
 
 from hf_music_xl import MusicXLConfig, MusicXLForCausalLM
 from hf_music_xl.generate import empty_prompt, generate_continuation
+from hf_music_xl.models.music_xl.sampling_music_xl import SamplingRequest
 
 
 def rss_kb(field: str = "VmRSS") -> int:
@@ -84,7 +85,8 @@ def run(tokens: int, chunk: int, sample_every: int, mem_len: int = 64, report=pr
 
     model.generate = recording_generate
     report(f"{'tokens':>8} {'rows':>6} {'cache B':>9} {'RSS MB':>9} {'peak MB':>9} {'seconds':>8}")
-    ids = generate_continuation(model, empty_prompt(), max_new_tokens=tokens, chunk_tokens=chunk, progress=False)
+    request = SamplingRequest(bars=0, max_new_tokens=tokens, chunk_tokens=chunk)
+    ids = generate_continuation(model, empty_prompt(), request, progress=False)
     assert len(ids) == tokens + 2
     return samples
 

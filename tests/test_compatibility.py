@@ -12,6 +12,7 @@ from hf_music_xl import MusicGrammarProcessor, MusicXLConfig
 from hf_music_xl.generate import generate_continuation
 from hf_music_xl.models.music_xl import encoding
 from hf_music_xl.models.music_xl.positions_music_xl import compute_positions
+from hf_music_xl.models.music_xl.sampling_music_xl import SamplingRequest
 
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy_model"
 
@@ -38,7 +39,7 @@ def test_old_vocabularies_never_sample_time_signatures():
     model = AutoModelForCausalLM.from_pretrained(LEGACY).eval()
     grammar = MusicGrammarProcessor(model.config)
     assert grammar.allowed.shape == (299, 299) and not grammar.meters.any()
-    ids = generate_continuation(model, np.array([0, 1]), bars=4, seed=0, progress=False)
+    ids = generate_continuation(model, np.array([0, 1]), SamplingRequest(bars=4), seed=0, progress=False)
     assert ids.max() < 299 and encoding.first_invalid_position(ids) is None
 
 

@@ -17,10 +17,15 @@ from hf_music_xl.generate import (
     empty_prompt,
     generate_continuation,
     prompt_ids,
-    sampling_settings,
 )
 from hf_music_xl.models.music_xl import encoding
 from hf_music_xl.models.music_xl.generation_music_xl import MaxBarsCriteria
+from hf_music_xl.models.music_xl.sampling_music_xl import SamplingRequest, sampling_settings
+
+
+def tokens(count: int, **fields) -> SamplingRequest:
+    """A request for ``count`` new tokens (no bars)."""
+    return SamplingRequest(bars=0, max_new_tokens=count, **fields)
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +61,10 @@ def test_chunked_generation_equals_one_call_and_feeds_each_token_once(model, cho
     fed = []
     hook = model.transformer.register_forward_pre_hook(lambda module, args: fed.append(args[0].shape[1]))
     try:
-        chunked = generate_continuation(model, prompt, max_new_tokens=70, seed=3, chunk_tokens=16, progress=False)
+        chunked = generate_continuation(model, prompt, tokens(70, chunk_tokens=16), seed=3, progress=False)
         chunk_calls = list(fed)
         fed.clear()
-        one_call = generate_continuation(model, prompt, max_new_tokens=70, seed=3, chunk_tokens=1000, progress=False)
+        one_call = generate_continuation(model, prompt, tokens(70, chunk_tokens=1000), seed=3, progress=False)
     finally:
         hook.remove()
     assert np.array_equal(chunked, one_call) and len(chunked) == len(prompt) + 70
@@ -73,22 +78,22 @@ def test_chunked_generation_equals_one_call_and_feeds_each_token_once(model, cho
 def test_length_in_bars_and_different_seeds(model, chorale_ids, caplog):
     prompt = prompt_ids(chorale_ids, 2)
     # two allowed pitches make xxsep likely, so a random model does move through time
-    kwargs = dict(bars=2, chunk_tokens=8, pitch_range=(60, 61), progress=False)
+    request = SamplingRequest(bars=2, chunk_tokens=8, pitch_range=(60, 61))
     stop = MaxBarsCriteria(2, model.config, prompt_length=len(prompt))
     for seed in range(3):
-        ids = generate_continuation(model, prompt, seed=seed, **kwargs)
+        ids = generate_continuation(model, prompt, request, seed=seed, progress=False)
         assert encoding.first_invalid_position(ids) is None
         assert len(ids) - len(prompt) < 2 * TOKENS_PER_BAR_BOUND  # stopped by the bars, not by the bound
         sequence = torch.as_tensor(ids)[None]
         assert stop(sequence, None).item() and not stop(sequence[:, :-1], None).item()
         assert set(encoding.ids_to_notes(ids[len(prompt) :]).pitch.tolist()) <= {60, 61}
-    assert not np.array_equal(ids, generate_continuation(model, prompt, seed=0, **kwargs))
+    assert not np.array_equal(ids, generate_continuation(model, prompt, request, seed=0, progress=False))
     # a length in bars with a token bound too small for it: stops at the bound and says so
     with caplog.at_level(logging.WARNING, logger="hf_music_xl.generate"):
-        short = generate_continuation(model, prompt, bars=4, max_new_tokens=6, seed=0, progress=False)
+        short = generate_continuation(model, prompt, SamplingRequest(bars=4, max_new_tokens=6), seed=0, progress=False)
     assert len(short) == len(prompt) + 6 and "stopped at the bound of 6 new tokens" in caplog.text
-    with pytest.raises(ValueError):
-        generate_continuation(model, prompt, progress=False)
+    with pytest.raises(ValueError, match="give the length"):
+        SamplingRequest(bars=0)
 
 
 def test_streamer_prints_each_note_with_bar_and_beat():
@@ -125,6 +130,7 @@ def test_presets():
         sampling_settings("wild")
 
 
+@pytest.mark.slow
 def test_generate_command_writes_named_files_that_read_back(tiny_model_dir, chorale_midi_files, tmp_path, capsys):
     prompt_file = chorale_midi_files[1]
     stream_file = tmp_path / "notes.txt"
@@ -191,5 +197,8 @@ def test_generate_from_nothing_in_tokens_and_bad_input(tiny_model_dir, tmp_path)
         main(
             ["generate", str(tiny_model_dir), "--prompt", str(tmp_path / "no-such.mid"), "--output-dir", str(tmp_path)]
         )
-    with pytest.raises(SystemExit):  # argparse: --bars and --max-new-tokens exclude each other
-        main(["generate", str(tiny_model_dir), "--bars", "2", "--max-new-tokens", "5"])
+    # with --bars, --max-new-tokens bounds the tokens (as in the pipeline): 5 tokens, then it stops
+    main(["generate", str(tiny_model_dir), "--bars", "2", "--max-new-tokens", "5", "--output-dir", str(tmp_path / "b")])
+    assert len(encoding.encode_midi(tmp_path / "b" / "sample-1-seed0.mid")) <= 2 + 5 + 1
+    with pytest.raises(SystemExit, match="temperature must be a finite number"):
+        main(["generate", str(tiny_model_dir), "--note-temperature", "nan", "--output-dir", str(tmp_path)])

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hub_helpers import SMALL, TOKEN, hub_env, run_scenario
 from hub_server import LocalHub
-from test_hub import SMALL, TOKEN, hub_env, run_scenario
 
 USER_REPO = "tester/music-xl-more"
 

@@ -532,6 +532,7 @@ def test_save_and_load_round_trip_safetensors_only(tmp_path):
     assert torch.equal(loaded.generate(prompt, max_new_tokens=16), model.generate(prompt, max_new_tokens=16))
 
 
+@pytest.mark.slow
 def test_trust_remote_code_in_a_fresh_interpreter_without_the_package(tmp_path):
     model = tiny_model()
     model.save_pretrained(tmp_path / "model")

@@ -14,8 +14,9 @@ import symusic
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_music_xl import MidiReadError
-from hf_music_xl.generate import generate_continuation, load_pipeline, midi_prompt, sampling_settings
+from hf_music_xl.generate import generate_continuation, load_pipeline, midi_prompt
 from hf_music_xl.models.music_xl import encoding
+from hf_music_xl.models.music_xl.sampling_music_xl import SamplingRequest
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def pipe(tiny_model_dir):
 
 def expected_ids(model_dir, prompt, seed, **kwargs):
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    return generate_continuation(model, prompt, seed=seed, progress=False, **kwargs).tolist()
+    return generate_continuation(model, prompt, SamplingRequest(**kwargs), seed=seed, progress=False).tolist()
 
 
 def test_saved_model_names_its_pipeline(tiny_model_dir):
@@ -82,7 +83,7 @@ def test_pipeline_without_the_package_in_a_fresh_interpreter(tiny_model_dir, cho
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     prompt = midi_prompt(tokenizer, midi, 2)
     first, second = out["from_path"]
-    kwargs = dict(bars=1, sampling=sampling_settings("conservative"))
+    kwargs = dict(bars=1, preset="conservative")
     assert first["ids"] == expected_ids(tiny_model_dir, prompt, 5, **kwargs)
     assert second["ids"] == expected_ids(tiny_model_dir, prompt, 6, **kwargs)
     assert (first["seed"], second["seed"]) == (5, 6) and first["prompt_length"] == len(prompt)

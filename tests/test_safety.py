@@ -11,6 +11,7 @@ from transformers.trainer_pt_utils import safe_globals
 
 from hf_music_xl import MusicXLConfig, MusicXLForCausalLM
 from hf_music_xl.generate import empty_prompt, generate_continuation
+from hf_music_xl.models.music_xl.sampling_music_xl import SamplingRequest
 from hf_music_xl.training.run import train
 from hf_music_xl.training.settings import TrainSettings
 
@@ -237,7 +238,8 @@ def test_long_generation_keeps_a_constant_size_memory():
         return out
 
     model.generate = recording_generate
-    ids = generate_continuation(model, empty_prompt(), max_new_tokens=4 * chunk, chunk_tokens=chunk, progress=False)
+    request = SamplingRequest(bars=0, max_new_tokens=4 * chunk, chunk_tokens=chunk)
+    ids = generate_continuation(model, empty_prompt(), request, progress=False)
     assert len(ids) == 2 + 4 * chunk and len(sizes) == 4
     assert len({(size, shape) for size, shape, _ in sizes}) == 1, sizes  # the same after 100 tokens as after 400
     assert sizes[0][1] == (1, config.n_head, 2 * (mem_len + mem_len), config.d_head)

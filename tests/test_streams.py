@@ -139,6 +139,7 @@ def test_too_small_a_corpus_is_a_clear_error():
 # The Trainer carries the memory
 
 
+@pytest.mark.slow
 def test_training_carries_the_memory_from_step_to_step(chorale_corpus_dir, tmp_path, monkeypatch):
 
     seen = []  # (epoch, tokens in the memory after the micro-batch, tokens in the micro-batch)

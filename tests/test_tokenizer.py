@@ -99,6 +99,7 @@ def test_wrong_vocab_file_is_refused(tmp_path):
         MusicXLTokenizer(vocab_file=str(bad))
 
 
+@pytest.mark.slow
 def test_saved_tokenizer_is_fresh(tmp_path):
     subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "save_tokenizer.py"), "--output", str(tmp_path)],
@@ -123,6 +124,7 @@ WITHOUT_PACKAGE = (
 )
 
 
+@pytest.mark.slow
 def test_auto_tokenizer_with_remote_code_without_the_package(chorale_midi_files, tmp_path):
     script = WITHOUT_PACKAGE + textwrap.dedent(
         f"""

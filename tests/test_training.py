@@ -274,6 +274,7 @@ def test_fp16_on_cpu_is_refused():
 # Training
 
 
+@pytest.mark.slow
 def test_train_saves_a_directory_that_loads_and_generates(chorale_corpus_dir, tmp_path):
     result = train(small_settings(chorale_corpus_dir, tmp_path / "run"))
     for key in ("eval_loss", "eval_perplexity", "eval_token_accuracy", "eval_nll_per_token", "eval_nll_per_note"):
@@ -308,6 +309,7 @@ def test_train_saves_a_directory_that_loads_and_generates(chorale_corpus_dir, tm
     assert len(notes) >= 1
 
 
+@pytest.mark.slow
 def test_resume_continues_to_the_same_weights(chorale_corpus_dir, tmp_path):
     straight = train(
         small_settings(chorale_corpus_dir, tmp_path / "straight", save_steps=3)
@@ -336,6 +338,7 @@ def test_a_bf16_trained_model_generates_with_its_cache_as_without(chorale_corpus
         assert torch.equal(cached, recomputed)
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_flag_trains_to_the_same_weights(chorale_corpus_dir, tmp_path):
     """--gradient-checkpointing recomputes each block in the backward pass: less memory, the same training."""
     plain = train(small_settings(chorale_corpus_dir, tmp_path / "plain", max_steps=3))
@@ -347,6 +350,7 @@ def test_gradient_checkpointing_flag_trains_to_the_same_weights(chorale_corpus_d
     assert weights_digest(checkpointed.model) == weights_digest(plain.model)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_end_identical(chorale_corpus_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
     command = [
@@ -390,6 +394,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_accelerate_launch_trains_with_two_processes(chorale_corpus_dir, tmp_path):
     """The README's `accelerate launch --multi_gpu --num_processes 2 scripts/train.py ...`: on a CPU-only machine it
     runs two DDP processes (through torchrun), each with its own streams, whose checkpoint holds both ranks' state."""

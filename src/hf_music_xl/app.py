@@ -15,11 +15,11 @@ import os
 import tempfile
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .generate import load_pipeline
-from .models.music_xl.pipeline_music_xl import SAMPLING_PRESETS, sampling_settings
+from .models.music_xl.sampling_music_xl import SAMPLING_PRESETS, sampling_settings
 from .render import find_renderer, find_soundfont, render_outputs
 
 logger = logging.getLogger(__name__)
@@ -44,11 +44,13 @@ class BadUpload(ValueError):
 
 @dataclass
 class AppSettings:
-    model: str  # a model directory or Hub id
-    host: str = "127.0.0.1"
-    port: int = 7860
-    max_upload_bytes: int = MAX_UPLOAD_BYTES
-    output_dir: str = ""  # where generated files go (default: a new temporary directory)
+    """Everything ``hf-music-xl app`` needs; each field is a flag, ``model`` the positional argument."""
+
+    model: str = field(default="", metadata={"help": "a model directory or Hub id", "positional": True})
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on (0.0.0.0 for all)"})
+    port: int = field(default=7860, metadata={"help": "port"})
+    max_upload_bytes: int = field(default=MAX_UPLOAD_BYTES, metadata={"help": "largest prompt file accepted"})
+    output_dir: str = field(default="", metadata={"help": "where generated files go; empty: a temporary directory"})
 
 
 def read_upload(path: str | None, max_bytes: int) -> bytes | None:

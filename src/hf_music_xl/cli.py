@@ -10,7 +10,7 @@
     hf-music-xl push-space you/music-xl-tiny you/music-xl-tiny-demo
 
 Each subcommand is one ``add_<name>(subparsers)`` function that declares its flags and sets ``run`` to its
-handler; to add a subcommand, write one and list it in ``SUBCOMMANDS``.
+handler (``command_<name>``); to add a subcommand, write one and list it in ``SUBCOMMANDS``.
 """
 
 from __future__ import annotations
@@ -22,22 +22,36 @@ import logging
 import os
 import sys
 import time
+import types
 import typing
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """One ``--field-name`` flag per dataclass field, with its default and ``metadata['help']``."""
+    """One flag per dataclass field (``--field-name``, or a positional argument where ``metadata['positional']``),
+    with its default and ``metadata['help']``; the type says how it is read: ``bool`` as ``--x/--no-x``,
+    ``X | None`` as ``X``, ``tuple[int, int]`` as two values, ``list[str]`` as one or more. ``metadata`` may also
+    give ``choices``, ``metavar`` and ``const`` (the value of the bare flag)."""
     hints = typing.get_type_hints(cls)
     for item in dataclasses.fields(cls):
-        flag = "--" + item.name.replace("_", "-")
-        kind = hints[item.name]
-        help_text = f"{item.metadata.get('help', '')} (default: {item.default})"
+        kind, meta = hints[item.name], item.metadata
+        default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
+        options = {"help": f"{meta.get('help', '')} (default: {default})", "default": default}
+        options.update({key: meta[key] for key in ("choices", "metavar", "const") if key in meta})
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
         if kind is bool:
-            parser.add_argument(
-                flag, dest=item.name, action=argparse.BooleanOptionalAction, default=item.default, help=help_text
-            )
+            options["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) in (tuple, list):
+            element, *_ = typing.get_args(kind)
+            options.update(type=element, nargs=len(typing.get_args(kind)) if typing.get_origin(kind) is tuple else "+")
         else:
-            parser.add_argument(flag, dest=item.name, type=kind, default=item.default, help=help_text)
+            options["type"] = kind
+            if "const" in meta:
+                options["nargs"] = "?"
+        if meta.get("positional"):
+            parser.add_argument(item.name, help=meta.get("help", ""))
+        else:
+            parser.add_argument("--" + item.name.replace("_", "-"), dest=item.name, **options)
 
 
 def dataclass_from_args(cls, args: argparse.Namespace):
@@ -65,10 +79,10 @@ def add_build_corpus(subparsers) -> None:
     parser.add_argument("--num-proc", type=int, default=2, help="reading processes")
     parser.add_argument("--cache-dir", help="default: $HF_MUSIC_XL_CACHE/corpora or ~/.cache/hf_music_xl/corpora")
     parser.add_argument("--rebuild", action="store_true", help="ignore a cached build")
-    parser.set_defaults(run=run_build_corpus)
+    parser.set_defaults(run=command_build_corpus)
 
 
-def run_build_corpus(args) -> None:
+def command_build_corpus(args) -> None:
     from .data.corpus import build_corpus, read_report
 
     started = time.perf_counter()
@@ -103,10 +117,10 @@ def add_train(subparsers) -> None:
 
     parser = subparsers.add_parser("train", help="train a model with the Hugging Face Trainer")
     add_dataclass_arguments(parser, TrainSettings)
-    parser.set_defaults(run=run_train)
+    parser.set_defaults(run=command_train)
 
 
-def run_train(args) -> None:
+def command_train(args) -> None:
     from .training.run import train
     from .training.settings import TrainSettings
 
@@ -126,10 +140,10 @@ def add_demo(subparsers) -> None:
 
     parser = subparsers.add_parser("demo", help="the main job: corpus, bounded training, NLL, a generated continuation")
     add_dataclass_arguments(parser, DemoSettings)
-    parser.set_defaults(run=run_demo)
+    parser.set_defaults(run=command_demo)
 
 
-def run_demo(args) -> None:
+def command_demo(args) -> None:
     from .demo import DemoSettings, run_demo
 
     run_demo(dataclass_from_args(DemoSettings, args))
@@ -140,71 +154,24 @@ def run_demo(args) -> None:
 
 
 def add_generate(subparsers) -> None:
-    from .generate import PRESETS
+    from .generate import GenerateSettings
 
     parser = subparsers.add_parser(
         "generate",
         help="sample pieces (MIDI, piano-roll PNG, WAV when possible) from a trained model",
         description="Continue the first bars of a MIDI file, or start from nothing. Sample i uses seed + i and is "
-        "written as OUTPUT_DIR/<prefix>-<i>-seed<seed>.mid/.png/.wav.",
+        "written as OUTPUT_DIR/<prefix>-<i>-seed<seed>.mid/.png/.wav. --max-new-tokens with the default --bars gives "
+        "the length in tokens.",
     )
-    parser.add_argument("model", help="a model directory (e.g. runs/tiny/final) or Hub id")
-    parser.add_argument("--prompt", default="", help="MIDI file whose first --prompt-bars bars start each sample")
-    parser.add_argument("--prompt-bars", type=int, default=4, help="bars of the prompt file to keep (default: 4)")
-    length = parser.add_mutually_exclusive_group()
-    length.add_argument("--bars", type=int, default=8, help="bars to generate (default: 8)")
-    length.add_argument("--max-new-tokens", type=int, default=0, help="tokens to generate, instead of --bars")
-    parser.add_argument("--preset", default="default", choices=list(PRESETS), help="sampling preset (default: default)")
-    parser.add_argument("--note-temperature", type=float, help="overrides the preset")
-    parser.add_argument("--duration-temperature", type=float, help="overrides the preset")
-    parser.add_argument("--top-k", type=int, help="overrides the preset (0: off)")
-    parser.add_argument("--top-p", type=float, help="overrides the preset (1.0: off)")
-    parser.add_argument("--num-samples", type=int, default=1, help="pieces to generate (default: 1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first sample (default: 0)")
-    parser.add_argument(
-        "--chunk-tokens",
-        type=int,
-        default=0,
-        help="tokens per generate() call, resuming the memory cache (default: mem_len)",
-    )
-    parser.add_argument("--allow-end", action="store_true", help="let the model end a piece early with xxeos")
-    parser.add_argument(
-        "--pitch-range", type=int, nargs=2, metavar=("LOW", "HIGH"), help="MIDI pitches allowed for new notes"
-    )
-    parser.add_argument("--scale", default="", help="keep new notes in a scale, e.g. 'D minor' or 'F# major'")
-    parser.add_argument(
-        "--meter",
-        default="",
-        help="time signature of a piece started from nothing, e.g. '3/4' (a prompt brings its own)",
-    )
-    parser.add_argument("--output-dir", default="outputs/generated", help="where files go (default: outputs/generated)")
-    parser.add_argument("--prefix", default="", help="file name prefix (default: the prompt's file stem, or 'sample')")
-    parser.add_argument(
-        "--stream",
-        nargs="?",
-        const="-",
-        default="",
-        metavar="FILE",
-        help="print notes as they are generated (or append them to FILE)",
-    )
-    parser.add_argument(
-        "--picture", action=argparse.BooleanOptionalAction, default=True, help="piano-roll PNG (default: on)"
-    )
-    parser.add_argument(
-        "--audio",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="WAV when a renderer and a local soundfont exist (default: on)",
-    )
-    parser.add_argument("--soundfont", default="", help="a local .sf2 file (also $HF_MUSIC_XL_SOUNDFONT)")
-    parser.set_defaults(run=run_generate)
+    add_dataclass_arguments(parser, GenerateSettings)
+    parser.set_defaults(run=command_generate)
 
 
-def run_generate(args) -> None:
+def command_generate(args) -> None:
     from .generate import GenerateSettings, run_generate
 
-    if args.max_new_tokens:
-        args.bars = 0  # the two are exclusive; --bars has a default
+    if args.max_new_tokens and args.bars == GenerateSettings.bars:
+        args.bars = 0  # --max-new-tokens without --bars: the length in tokens (--bars has a default)
     run_generate(dataclass_from_args(GenerateSettings, args))
 
 
@@ -213,30 +180,17 @@ def run_generate(args) -> None:
 
 
 def add_evaluate(subparsers) -> None:
+    from .evaluate import EvaluateSettings
+
     parser = subparsers.add_parser(
         "evaluate",
         help="NLL per token and per note on a corpus split; musical statistics of generated pieces next to the corpus",
     )
-    parser.add_argument("--model", default="", help="model directory or Hub id for NLL (default: statistics only)")
-    parser.add_argument(
-        "--corpus", default="bach-chorales", help="a corpus source or built corpus directory (default: bach-chorales)"
-    )
-    parser.add_argument("--split", default="validation", help="corpus split (default: validation)")
-    parser.add_argument(
-        "--generated", nargs="+", default=[], metavar="PATH", help="generated MIDI files or directories"
-    )
-    parser.add_argument(
-        "--skip-bars", type=int, default=0, help="ignore notes of generated files in their first N bars (the prompt)"
-    )
-    parser.add_argument(
-        "--mem-len", type=int, default=None, help="memory length for NLL, 0 for none (default: the model's own)"
-    )
-    parser.add_argument("--batch-size", type=int, default=8, help="pieces per NLL batch (default: 8)")
-    parser.add_argument("--output", default="evaluation.json", help="JSON results (default: evaluation.json)")
-    parser.set_defaults(run=run_evaluate)
+    add_dataclass_arguments(parser, EvaluateSettings)
+    parser.set_defaults(run=command_evaluate)
 
 
-def run_evaluate(args) -> None:
+def command_evaluate(args) -> None:
     from .evaluate import EvaluateSettings, run_evaluate
 
     run_evaluate(dataclass_from_args(EvaluateSettings, args))
@@ -274,11 +228,11 @@ def add_push(subparsers) -> None:
     parser.add_argument(
         "--create-pr", action="store_true", help="open a pull request against the branch instead of committing to it"
     )
-    parser.set_defaults(run=run_push)
+    parser.set_defaults(run=command_push)
 
 
-def run_push(args) -> None:
-    from .hub.push import describe, push_to_hub
+def command_push(args) -> None:
+    from .hub.push import describe_push, push_to_hub
 
     result = push_to_hub(  # a Hub problem raises HubAccessError: one line from main()
         args.model_dir,
@@ -291,7 +245,7 @@ def run_push(args) -> None:
         tags=args.tags,
         create_pr=args.create_pr,
     )
-    print(describe(result))
+    print(describe_push(result))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -299,7 +253,7 @@ def run_push(args) -> None:
 
 
 def add_app(subparsers) -> None:
-    from .app import MAX_UPLOAD_BYTES
+    from .app import AppSettings
 
     parser = subparsers.add_parser(
         "app",
@@ -307,29 +261,18 @@ def add_app(subparsers) -> None:
         description="Serve a Gradio page: upload a MIDI prompt or start from nothing, choose bars, preset, "
         "temperature, seed and scale, press Generate; see the piano roll, hear it, download the MIDI file.",
     )
-    parser.add_argument("model", help="a model directory (e.g. runs/tiny/final) or Hub id")
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)"
-    )
-    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    parser.add_argument(
-        "--max-upload-bytes",
-        type=int,
-        default=MAX_UPLOAD_BYTES,
-        help=f"largest prompt file accepted (default: {MAX_UPLOAD_BYTES})",
-    )
-    parser.add_argument("--output-dir", default="", help="where generated files go (default: a temporary directory)")
-    parser.set_defaults(run=run_app)
+    add_dataclass_arguments(parser, AppSettings)
+    parser.set_defaults(run=command_app)
 
 
-def run_app(args) -> None:
+def command_app(args) -> None:
     try:
         import gradio  # noqa: F401
     except ImportError:
         sys.exit("hf-music-xl app: error: the app needs Gradio: pip install 'hf_music_xl[app]'")
     from .app import AppSettings, run_app
 
-    run_app(AppSettings(args.model, args.host, args.port, args.max_upload_bytes, args.output_dir))
+    run_app(dataclass_from_args(AppSettings, args))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -351,13 +294,13 @@ def add_push_space(subparsers) -> None:
         default=None,
         help="visibility of a new Space (default: the Hub's)",
     )
-    parser.set_defaults(run=run_push_space)
+    parser.set_defaults(run=command_push_space)
 
 
-def run_push_space(args) -> None:
-    from .hub.space import describe, push_space
+def command_push_space(args) -> None:
+    from .hub.space import describe_space, push_space
 
-    print(describe(push_space(args.model_repo_id, args.space_id, private=args.private)))
+    print(describe_space(push_space(args.model_repo_id, args.space_id, private=args.private)))
 
 
 SUBCOMMANDS = [add_build_corpus, add_train, add_demo, add_generate, add_evaluate, add_push, add_app, add_push_space]

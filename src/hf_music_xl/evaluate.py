@@ -246,7 +246,9 @@ class EvaluateSettings:
     model: str = field(default="", metadata={"help": "model directory or Hub id for NLL; empty: statistics only"})
     corpus: str = field(default="bach-chorales", metadata={"help": "a corpus source or a built corpus directory"})
     split: str = field(default="validation", metadata={"help": "corpus split to score and to compare with"})
-    generated: list[str] = field(default_factory=list, metadata={"help": "generated MIDI files or directories"})
+    generated: list[str] = field(
+        default_factory=list, metadata={"help": "generated MIDI files or directories", "metavar": "PATH"}
+    )
     skip_bars: int = field(
         default=0, metadata={"help": "ignore notes of generated files starting in the first N bars (the prompt)"}
     )

@@ -25,22 +25,16 @@ from tqdm.auto import tqdm
 from transformers.generation.streamers import BaseStreamer
 
 from .models.music_xl import encoding
-from .models.music_xl.pipeline_music_xl import (  # noqa: F401 - re-exported
-    SAMPLING_PRESETS,
+from .models.music_xl.sampling_music_xl import (
     TOKENS_PER_BAR_BOUND,
-    SamplingSettings,
+    SamplingRequest,
     empty_prompt,
     fell_short,
     prompt_ids,
     sample_chunks,
-    sampling_settings,
 )
 
 logger = logging.getLogger(__name__)
-
-# Sampling settings and prompts live in pipeline_music_xl.py (saved with every model, so they work without this
-# package); re-exported here.
-PRESETS = SAMPLING_PRESETS
 
 
 def midi_prompt(tokenizer, midi_path, bars: int) -> np.ndarray:
@@ -128,58 +122,35 @@ class NoteStreamer(BaseStreamer):
 def generate_continuation(
     model,
     prompt,
-    bars: int | None = None,
-    max_new_tokens: int | None = None,
-    sampling: SamplingSettings | None = None,
-    seed: int = 0,
-    chunk_tokens: int | None = None,
-    allow_end: bool = False,
-    pitch_range: tuple[int, int] | None = None,
-    scale=None,
+    request: SamplingRequest,
+    seed: int | None = None,
     streamer: BaseStreamer | None = None,
     progress: bool = True,
 ) -> np.ndarray:
-    """Prompt followed by its continuation (ids), sampled with the grammar processor on (``sample_chunks`` of
-    pipeline_music_xl.py, with a progress bar).
+    """Prompt followed by one continuation (ids) sampled as ``request`` asks, with the grammar processor on
+    (``sample_chunks`` of sampling_music_xl.py, with a progress bar).
 
     Args:
         model: a ``MusicXLForCausalLM`` (put in eval mode here).
         prompt: ids starting ``xxbos xxpad`` (see ``prompt_ids``).
-        bars: stop once the continuation spans this many bars; ``max_new_tokens`` is then a safety bound
-            (default ``TOKENS_PER_BAR_BOUND`` a bar) against a model that never moves time forward.
-        max_new_tokens: the length in tokens when ``bars`` is None.
-        sampling: temperatures, top-k, top-p (default: the ``default`` preset).
-        seed: seeds python, numpy and torch before sampling.
-        chunk_tokens: tokens per generate() call, each resuming from the returned cache (default ``mem_len``).
-        allow_end: let the model end the piece with ``xxeos`` before the length asked for.
-        pitch_range, scale: restrict new notes to (lowest, highest) MIDI pitch and to a scale ("D minor").
+        request: the length, sampling and constraints (its ``prompt_bars``, ``meter`` and ``num_samples`` are
+            the caller's: the prompt is made, and this is one sample).
+        seed: seeds python, numpy and torch before sampling (default ``request.seed``).
         streamer: receives tokens as they come (e.g. ``NoteStreamer``).
     """
-    chunks = sample_chunks(
-        model,
-        prompt,
-        bars=bars,
-        max_new_tokens=max_new_tokens,
-        sampling=sampling,
-        seed=seed,
-        chunk_tokens=chunk_tokens,
-        allow_end=allow_end,
-        pitch_range=pitch_range,
-        scale=scale,
-        streamer=streamer,
-    )
-    unit, total = ("bar", bars) if bars else ("token", max_new_tokens)
+    chunks = sample_chunks(model, prompt, request, request.seed if seed is None else seed, streamer=streamer)
+    unit, total = ("bar", request.bars) if request.bars else ("token", request.max_new_tokens)
     with tqdm(total=total, unit=unit, disable=not progress, leave=False) as bar:
         for sequence, done in chunks:  # noqa: B007 - the last chunk's sequence is the result
             bar.update(min(done, total) - bar.n)
     ids = sequence[0].cpu().numpy()
-    if fell_short(ids, done, bars, model.config):
-        budget = max_new_tokens or TOKENS_PER_BAR_BOUND * bars
+    if fell_short(ids, done, request.bars, model.config):
+        budget = request.max_new_tokens or TOKENS_PER_BAR_BOUND * request.bars
         logger.warning(
             "stopped at the bound of %d new tokens after %d of %d bars; pass max_new_tokens to raise it",
             budget,
             done,
-            bars,
+            request.bars,
         )
     return ids
 
@@ -194,37 +165,19 @@ def output_stem(out_dir, prefix: str, index: int, seed: int) -> Path:
 
 
 @dataclass
-class GenerateSettings:
-    """Everything ``hf-music-xl generate`` needs; each field is a flag (``--prompt-bars``)."""
+class GenerateSettings(SamplingRequest):
+    """Everything ``hf-music-xl generate`` needs: a ``SamplingRequest`` and where its prompt comes from and its
+    files go; each field is a flag (``--prompt-bars``), ``model`` the positional argument."""
 
-    model: str = field(default="", metadata={"help": "a model directory or Hub id"})
+    model: str = field(default="", metadata={"help": "a model directory or Hub id", "positional": True})
     prompt: str = field(
         default="", metadata={"help": "MIDI file whose first --prompt-bars bars start each sample; empty: from nothing"}
-    )
-    prompt_bars: int = field(default=4, metadata={"help": "bars of the prompt file to keep"})
-    bars: int = field(default=8, metadata={"help": "bars to generate (0: use --max-new-tokens)"})
-    max_new_tokens: int = field(default=0, metadata={"help": "tokens to generate when --bars is 0"})
-    preset: str = field(default="default", metadata={"help": f"sampling preset: {', '.join(PRESETS)}"})
-    note_temperature: float | None = field(default=None, metadata={"help": "overrides the preset"})
-    duration_temperature: float | None = field(default=None, metadata={"help": "overrides the preset"})
-    top_k: int | None = field(default=None, metadata={"help": "overrides the preset (0: off)"})
-    top_p: float | None = field(default=None, metadata={"help": "overrides the preset (1.0: off)"})
-    num_samples: int = field(default=1, metadata={"help": "pieces to generate; sample i uses seed + i"})
-    seed: int = field(default=0, metadata={"help": "seed of the first sample"})
-    chunk_tokens: int = field(default=0, metadata={"help": "tokens per generate() call resuming the cache; 0: mem_len"})
-    allow_end: bool = field(default=False, metadata={"help": "let the model end a piece early with xxeos"})
-    pitch_range: tuple[int, int] | None = field(
-        default=None, metadata={"help": "lowest and highest MIDI pitch of new notes"}
-    )
-    scale: str = field(default="", metadata={"help": "keep new notes in a scale, e.g. 'D minor'"})
-    meter: str = field(
-        default="",
-        metadata={"help": "time signature of a piece started from nothing, e.g. '3/4' (a prompt brings its own)"},
     )
     output_dir: str = field(default="outputs/generated", metadata={"help": "where files are written"})
     prefix: str = field(default="", metadata={"help": "file name prefix; default: the prompt file's stem, or 'sample'"})
     stream: str = field(
-        default="", metadata={"help": "print notes as they come: '-' for stdout or a file to append to"}
+        default="",
+        metadata={"help": "print notes as they come: '-' for stdout or a file to append to", "const": "-"},
     )
     picture: bool = field(default=True, metadata={"help": "write a piano-roll PNG next to each MIDI file"})
     audio: bool = field(default=True, metadata={"help": "write a WAV when a renderer and a local soundfont exist"})
@@ -286,41 +239,18 @@ def generate_samples(model, prompt, settings: GenerateSettings, prefix: str) -> 
     and ``settings.prompt`` are not used (the caller has loaded them)."""
     from .render import render_outputs
 
-    if settings.num_samples < 1:
-        raise ValueError("--num-samples must be at least 1")
-    if settings.bars <= 0 and settings.max_new_tokens <= 0:
-        raise ValueError("give --bars or --max-new-tokens")
-    sampling = sampling_settings(
-        settings.preset,
-        note_temperature=settings.note_temperature,
-        duration_temperature=settings.duration_temperature,
-        top_k=settings.top_k,
-        top_p=settings.top_p,
-    )
     stream_file = None
     if settings.stream:
         stream_file = sys.stdout if settings.stream == "-" else open(settings.stream, "a", encoding="utf-8")
 
     samples = []
     try:
-        for index in range(1, settings.num_samples + 1):
-            seed = settings.seed + index - 1
+        for index, seed in enumerate(settings.seeds, start=1):
             streamer = NoteStreamer(stream_file) if stream_file else None
             if stream_file:
                 print(f"# {prefix}-{index}-seed{seed}", file=stream_file, flush=True)
             ids = generate_continuation(
-                model,
-                prompt,
-                bars=settings.bars or None,
-                max_new_tokens=settings.max_new_tokens or None,
-                sampling=sampling,
-                seed=seed,
-                chunk_tokens=settings.chunk_tokens or None,
-                allow_end=settings.allow_end,
-                pitch_range=settings.pitch_range,
-                scale=settings.scale or None,
-                streamer=streamer,
-                progress=stream_file is not sys.stdout,
+                model, prompt, settings, seed=seed, streamer=streamer, progress=stream_file is not sys.stdout
             )
             files = render_outputs(
                 ids,

@@ -506,7 +506,7 @@ def push_after_training(trainer, final_dir: str | Path, **push_kwargs) -> PushRe
     return push_to_hub(final_dir, repo_id, **push_kwargs)
 
 
-def describe(result: PushResult) -> str:
+def describe_push(result: PushResult) -> str:
     if result.pr_url:
         return f"opened a pull request on {result.repo_url} ({result.revision}): {result.pr_url}"
     if not result.changed:

@@ -152,7 +152,7 @@ def push_space(model_id: str, space_id: str, *, private: bool | None = None, tok
     return SpaceResult(str(url), commit.commit_url, commit.oid != before.sha, stale)
 
 
-def describe(result: SpaceResult) -> str:
+def describe_space(result: SpaceResult) -> str:
     if not result.changed:
         return f"{result.space_url} already runs this app: no new commit"
     return f"pushed the Space {result.space_url}: {result.commit_url}"

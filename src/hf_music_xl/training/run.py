@@ -66,8 +66,7 @@ from ..data.corpus import load_corpus
 from ..data.pieces import eval_pieces
 from ..data.streams import PieceStreams
 from ..data.windows import TrainTransform
-from ..hub.push import describe as describe_push
-from ..hub.push import push_after_training
+from ..hub.push import describe_push, push_after_training
 from ..models.music_xl.configuration_music_xl import MusicXLConfig
 from ..models.music_xl.generation_music_xl import generation_config_for
 from ..models.music_xl.modeling_music_xl import MusicXLForCausalLM

@@ -7,8 +7,22 @@ defining classes.
 
 from transformers import PretrainedConfig
 
+from .vocabulary_music_xl import (
+    BOS_ID,
+    DURATION_OFFSET,
+    EOS_ID,
+    MAX_METER_NUMERATOR,
+    METER_DENOMINATORS,
+    METER_OFFSET,
+    NOTE_OFFSET,
+    NUM_DURATIONS,
+    PAD_ID,
+    SEP_ID,
+    VOCAB_SIZE,
+)
+
 # name -> overrides of the defaults; parameter counts are with the default vocabulary and max_bars
-PRESETS = {
+MODEL_PRESETS = {
     # ~0.90M parameters: CPU demos and tests
     "tiny": dict(d_model=128, n_layer=4, n_head=4, d_head=32, d_inner=512, mem_len=128, segment_len=128),
     # ~9.3M parameters: CPU training runs
@@ -16,11 +30,6 @@ PRESETS = {
     # ~55M parameters: the reference musicautobot model (16 layers, 512 wide, 8 heads, mem_len 512, bptt 512)
     "base": dict(d_model=512, n_layer=16, n_head=8, d_head=64, d_inner=2048, mem_len=512, segment_len=512),
 }
-
-# Time signature tokens (the tokenizer's `encoding.METERS`): every numerator 1..16 over each of these denominators,
-# denominator by denominator, from id `meter_offset` on.
-METER_DENOMINATORS = (1, 2, 4, 8, 16)
-MAX_METER_NUMERATOR = 16
 
 
 class MusicXLConfig(PretrainedConfig):
@@ -82,7 +91,7 @@ class MusicXLConfig(PretrainedConfig):
         "intermediate_size": "d_inner",
     }
 
-    vocab_size: int = 379
+    vocab_size: int = VOCAB_SIZE
     d_model: int = 512
     n_layer: int = 16
     n_head: int = 8
@@ -103,14 +112,14 @@ class MusicXLConfig(PretrainedConfig):
     mask_steps: int = 4
     use_cache: bool = True
     tie_word_embeddings: bool = True
-    bos_token_id: int | None = 0
-    pad_token_id: int | None = 1
-    eos_token_id: int | None = 2
-    sep_token_id: int = 8
-    note_offset: int = 9
-    duration_offset: int = 137
-    num_durations: int = 161
-    meter_offset: int = 299
+    bos_token_id: int | None = BOS_ID
+    pad_token_id: int | None = PAD_ID
+    eos_token_id: int | None = EOS_ID
+    sep_token_id: int = SEP_ID
+    note_offset: int = NOTE_OFFSET
+    duration_offset: int = DURATION_OFFSET
+    num_durations: int = NUM_DURATIONS
+    meter_offset: int = METER_OFFSET
 
     def __post_init__(self, **kwargs):
         if self.d_head is None:
@@ -151,9 +160,9 @@ class MusicXLConfig(PretrainedConfig):
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "MusicXLConfig":
         """A config of a named size ("tiny", "small", "base"), with any field overridden by keyword."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        if name not in MODEL_PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {sorted(MODEL_PRESETS)}")
+        return cls(**{**MODEL_PRESETS[name], **overrides})
 
 
-__all__ = ["MusicXLConfig", "PRESETS"]
+__all__ = ["MusicXLConfig", "MODEL_PRESETS"]

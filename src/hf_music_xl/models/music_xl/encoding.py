@@ -43,28 +43,69 @@ from dataclasses import dataclass, field
 import numpy as np
 import symusic
 
-SPECIAL_TOKENS = ["xxbos", "xxpad", "xxeos", "xxs2scls", "xxmask", "xxcseq", "xxmseq", "xxnscls", "xxsep"]
-BOS_ID, PAD_ID, EOS_ID, SEP_ID = 0, 1, 2, 8
-NOTE_OFFSET, NUM_PITCHES = 9, 128
-DURATION_OFFSET, NUM_DURATIONS = 137, 161
-MAX_DURATION = NUM_DURATIONS - 1
-UNK_ID = DURATION_OFFSET + NUM_DURATIONS  # 298
-# Time signatures, after xxunk: every numerator 1..16 over each denominator (2/4, 3/4, 6/8, 3/2, 12/8, 5/4, ...).
-METER_DENOMINATORS = (1, 2, 4, 8, 16)
-MAX_METER_NUMERATOR = 16
-METERS = [(num, den) for den in METER_DENOMINATORS for num in range(1, MAX_METER_NUMERATOR + 1)]
-METER_OFFSET = UNK_ID + 1  # 299
-LEGACY_VOCAB_SIZE = METER_OFFSET  # vocabularies saved before time signatures: ids 0..298
-DEFAULT_METER = (4, 4)  # MIDI's meter when a file has no time signature
-VOCAB = (
-    SPECIAL_TOKENS
-    + [f"n{pitch}" for pitch in range(NUM_PITCHES)]
-    + [f"d{steps}" for steps in range(NUM_DURATIONS)]
-    + ["xxunk"]
-    + [f"ts{num}/{den}" for num, den in METERS]
+from .vocabulary_music_xl import (
+    BOS_ID as BOS_ID,
 )
-VOCAB_SIZE = len(VOCAB)  # 379
-TOKEN_TO_ID = {token: index for index, token in enumerate(VOCAB)}
+from .vocabulary_music_xl import (
+    DEFAULT_METER as DEFAULT_METER,
+)
+from .vocabulary_music_xl import (
+    DURATION_OFFSET as DURATION_OFFSET,
+)
+from .vocabulary_music_xl import (
+    EOS_ID as EOS_ID,
+)
+from .vocabulary_music_xl import (
+    LEGACY_VOCAB_SIZE as LEGACY_VOCAB_SIZE,
+)
+from .vocabulary_music_xl import (
+    MAX_DURATION as MAX_DURATION,
+)
+from .vocabulary_music_xl import (
+    MAX_METER_NUMERATOR as MAX_METER_NUMERATOR,
+)
+from .vocabulary_music_xl import (
+    METER_DENOMINATORS as METER_DENOMINATORS,
+)
+from .vocabulary_music_xl import (
+    METER_OFFSET as METER_OFFSET,
+)
+from .vocabulary_music_xl import (
+    METERS as METERS,
+)
+from .vocabulary_music_xl import (
+    NOTE_OFFSET as NOTE_OFFSET,
+)
+from .vocabulary_music_xl import (
+    NUM_DURATIONS as NUM_DURATIONS,
+)
+from .vocabulary_music_xl import (
+    NUM_PITCHES as NUM_PITCHES,
+)
+from .vocabulary_music_xl import (
+    PAD_ID as PAD_ID,
+)
+from .vocabulary_music_xl import (
+    SEP_ID as SEP_ID,
+)
+
+# The vocabulary's ids, defined once in vocabulary_music_xl.py; re-exported (``as`` itself), so that readers of the
+# encoding find them here too (``encoding.BOS_ID``).
+from .vocabulary_music_xl import (
+    SPECIAL_TOKENS as SPECIAL_TOKENS,
+)
+from .vocabulary_music_xl import (
+    TOKEN_TO_ID as TOKEN_TO_ID,
+)
+from .vocabulary_music_xl import (
+    UNK_ID as UNK_ID,
+)
+from .vocabulary_music_xl import (
+    VOCAB as VOCAB,
+)
+from .vocabulary_music_xl import (
+    VOCAB_SIZE as VOCAB_SIZE,
+)
 
 STEPS_PER_BEAT = 4  # grid steps per quarter note (16th notes)
 STEPS_PER_BAR = 16  # 4/4 at 16th notes

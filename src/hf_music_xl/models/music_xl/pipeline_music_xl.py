@@ -12,188 +12,22 @@ Every model that hf_music_xl saves carries this file and names it in config.json
 call above works where hf_music_xl is not installed. The file therefore imports only torch, transformers, numpy,
 symusic and its sibling files, and only defines things when imported.
 
-It is also where sampling lives for the whole package (``hf_music_xl.generate`` and the web app call
-``sample_chunks``): prompts cut at a bar line, sampling presets, and a continuation sampled in chunks that each
-resume the memory cache, with the grammar processor always on.
+Its call parameters are the fields of ``SamplingRequest`` (sampling_music_xl.py, where sampling lives for the whole
+package: the CLI and the web app use the same request and the same ``sample_chunks``).
 """
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import fields
 
 import numpy as np
 import symusic
 import torch
-from transformers import LogitsProcessorList, Pipeline, StoppingCriteriaList, set_seed
+from transformers import Pipeline
 
-from .encoding import (
-    BOS_ID,
-    EOS_ID,
-    NOTE_OFFSET,
-    NUM_PITCHES,
-    PAD_ID,
-    SEP_ID,
-    STEPS_PER_BEAT,
-    decode_ids,
-    encode_midi,
-    ids_to_notes,
-    is_meter,
-    meter_token,
-    token_bars,
-)
-from .generation_music_xl import MaxBarsCriteria, MusicGrammarProcessor
+from .encoding import STEPS_PER_BEAT, decode_ids, encode_midi, ids_to_notes
+from .sampling_music_xl import SamplingRequest, bars_done, empty_prompt, fell_short, prompt_ids, sample_chunks
 
 TASK = "music-generation"
-DEFAULT_BARS = 8  # the length when neither bars nor max_new_tokens is given
-
-# ----------------------------------------------------------------------------------------------------------
-# Sampling settings
-
-
-@dataclass
-class SamplingSettings:
-    """How tokens are drawn. Temperatures apply to note and duration tokens separately (grammar processor);
-    generate's own temperature stays at 1.0. ``top_k=0`` and ``top_p=1.0`` switch those filters off."""
-
-    note_temperature: float = 1.0
-    duration_temperature: float = 1.0
-    top_k: int = 40
-    top_p: float = 0.95
-
-
-# name -> fields that differ from SamplingSettings' defaults (plain dicts: nothing runs at import)
-SAMPLING_PRESETS = {
-    "default": {},
-    # close to the training data: repeats typical rhythms and voice-leading
-    "conservative": dict(note_temperature=0.8, duration_temperature=0.7, top_k=20, top_p=0.9),
-    # freer pitch choices; durations stay near 1.0 because wild rhythms sound broken before wild notes do
-    "adventurous": dict(note_temperature=1.2, duration_temperature=1.05, top_k=0, top_p=0.98),
-}
-
-
-def sampling_settings(preset: str = "default", **overrides) -> SamplingSettings:
-    """A preset with any field replaced by a keyword that is not None."""
-    if preset not in SAMPLING_PRESETS:
-        raise ValueError(f"unknown sampling preset {preset!r}; choose from {', '.join(SAMPLING_PRESETS)}")
-    settings = SamplingSettings(**SAMPLING_PRESETS[preset])
-    return replace(settings, **{key: value for key, value in overrides.items() if value is not None})
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Prompts
-
-
-def empty_prompt(meter: str | None = None) -> np.ndarray:
-    """The start of every piece: ``xxbos xxpad``, and with ``meter`` ("3/4", "6/8", ...) its time signature (for
-    models whose vocabulary has them; without, the model chooses)."""
-    head = [BOS_ID, PAD_ID]
-    if meter:
-        num, _, den = str(meter).partition("/")
-        if not (num.isdigit() and den.isdigit() and int(num) > 0 and int(den) > 0):
-            raise ValueError(f"a meter looks like '3/4' or '6/8', got {meter!r}")
-        head.append(meter_token(int(num), int(den)))
-    return np.array(head, dtype=np.int64)
-
-
-def prompt_ids(ids, bars: int) -> np.ndarray:
-    """The tokens of the first ``bars`` bars of an encoded piece (bars as its time signatures lay them out):
-    everything before the first note, ``xxsep`` or time signature that falls in bar ``bars`` or later. A shorter
-    piece is kept whole, without its ``xxeos`` (a prompt that ends the piece would leave nothing to continue)."""
-    if bars < 0:
-        raise ValueError(f"prompt bars must be >= 0, got {bars}")
-    ids = np.asarray(ids, dtype=np.int64)
-    is_note = (ids >= NOTE_OFFSET) & (ids < NOTE_OFFSET + NUM_PITCHES)
-    opens = is_note | (ids == SEP_ID) | is_meter(ids)
-    later = np.flatnonzero(opens & (token_bars(ids)[0] >= bars))
-    end = int(later[0]) if len(later) else len(ids)
-    prompt = ids[:end]
-    return prompt[: len(prompt) - 1] if len(prompt) and prompt[-1] == EOS_ID else prompt
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Sampling in chunks
-
-# Bars asked for, tokens allowed: chorales average about 30 tokens a bar, busy four-voice 16th-note writing
-# about 70; the bound only stops a model that never moves time forward.
-TOKENS_PER_BAR_BOUND = 160
-
-
-def sample_chunks(
-    model,
-    prompt,
-    bars: int | None = None,
-    max_new_tokens: int | None = None,
-    sampling: SamplingSettings | None = None,
-    seed: int = 0,
-    chunk_tokens: int | None = None,
-    allow_end: bool = False,
-    pitch_range: tuple[int, int] | None = None,
-    scale=None,
-    streamer=None,
-):
-    """Sample a continuation of ``prompt`` (ids starting ``xxbos xxpad``) with the grammar processor on, in
-    chunks of ``chunk_tokens`` (default ``mem_len``) that each resume the memory cache the previous chunk
-    returned, so only new tokens are fed to the model. After each chunk yields ``(sequence, done)``: the prompt
-    and what has been sampled so far as a (1, L) tensor, and the bars (when ``bars`` is given) or tokens done.
-    A caller may stop iterating at any chunk boundary.
-
-    ``bars``: stop once the continuation spans this many bars (``max_new_tokens`` is then a safety bound,
-    default ``TOKENS_PER_BAR_BOUND`` a bar); else ``max_new_tokens`` is the length. ``seed`` seeds python, numpy
-    and torch first. ``allow_end`` lets the model end the piece with ``xxeos``; ``pitch_range`` (lowest,
-    highest) and ``scale`` ("D minor") restrict new notes; ``streamer`` receives tokens as they come."""
-    if bars is None and max_new_tokens is None:
-        raise ValueError("give the length as bars or as max_new_tokens")
-    if bars is not None and bars < 1 or max_new_tokens is not None and max_new_tokens < 1:
-        raise ValueError("the length must be at least 1 bar or 1 token")
-    config = model.config
-    sampling = sampling or SamplingSettings()
-    budget = max_new_tokens if max_new_tokens is not None else TOKENS_PER_BAR_BOUND * bars
-    chunk_tokens = chunk_tokens or max(config.mem_len, 16)
-    prompt = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=model.device)[None]  # (1, P)
-    grammar = MusicGrammarProcessor(
-        config,
-        sampling.note_temperature,
-        sampling.duration_temperature,
-        pitch_range=pitch_range,
-        scale=scale,
-        allow_end=allow_end,
-    )
-    stop_at_bars = MaxBarsCriteria(bars, config, prompt_length=prompt.shape[1]) if bars else None
-    model.eval()
-    set_seed(seed)
-
-    sequence, cache, new_tokens = prompt, None, 0
-    while new_tokens < budget:
-        with torch.no_grad():
-            out = model.generate(
-                sequence,
-                past_key_values=cache,
-                max_new_tokens=min(chunk_tokens, budget - new_tokens),
-                do_sample=True,
-                temperature=1.0,  # temperatures are the grammar processor's
-                top_k=sampling.top_k,
-                top_p=sampling.top_p,
-                logits_processor=LogitsProcessorList([grammar]),
-                stopping_criteria=StoppingCriteriaList([stop_at_bars] if stop_at_bars else []),
-                eos_token_id=config.eos_token_id,
-                pad_token_id=config.pad_token_id,
-                streamer=streamer,
-                return_dict_in_generate=True,
-            )
-        sequence, cache = out.sequences, out.past_key_values
-        new_tokens = sequence.shape[1] - prompt.shape[1]
-        yield sequence, bars_done(sequence, prompt.shape[1], config) if bars else new_tokens
-        if sequence[0, -1] == config.eos_token_id or (stop_at_bars and stop_at_bars(sequence, None).all()):
-            return
-
-
-def bars_done(sequence: torch.Tensor, prompt_length: int, config) -> int:
-    """Whole bars the first sequence has advanced past the end of the prompt (as MaxBarsCriteria counts them)."""
-    return max(0, int(MaxBarsCriteria(0, config, prompt_length).bars_done(sequence[:1])[0]))
-
-
-def fell_short(ids, done: int, bars: int | None, config) -> bool:
-    """True when sampling for ``bars`` bars hit its token bound first (rather than the bars or the end)."""
-    return bool(bars) and done < bars and int(ids[-1]) != config.eos_token_id
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -213,7 +47,7 @@ class MusicXLPipeline(Pipeline):
     - ``ids``: its token ids; ``prompt_length``: how many of them are the prompt;
     - ``bars``: whole bars the continuation spans (fewer than asked if it ended early); ``seed``: its seed.
 
-    Call parameters (all optional):
+    Call parameters (all optional) are the fields of ``SamplingRequest``, checked there:
         bars (`int`, 8): bars to generate. max_new_tokens (`int`): tokens to generate instead of bars (with
             ``bars`` too: a bound on the tokens). prompt_bars (`int`, 4): bars of the input kept as prompt.
         meter (`str`, e.g. "3/4"): the time signature of a piece started from nothing (a prompt brings its own);
@@ -242,55 +76,23 @@ class MusicXLPipeline(Pipeline):
         """``pipe()`` or ``pipe(None)`` starts from nothing; see the class docstring."""
         return super().__call__(inputs, **kwargs)
 
-    def _sanitize_parameters(
-        self,
-        prompt_bars=None,
-        bars=None,
-        max_new_tokens=None,
-        preset=None,
-        note_temperature=None,
-        duration_temperature=None,
-        top_k=None,
-        top_p=None,
-        seed=None,
-        num_samples=None,
-        scale=None,
-        pitch_range=None,
-        allow_end=None,
-        chunk_tokens=None,
-        progress_callback=None,
-        meter=None,
-    ):
-        preprocess = {
-            key: value for key, value in dict(prompt_bars=prompt_bars, meter=meter).items() if value is not None
-        }
-        forward = {
-            key: value
-            for key, value in dict(
-                bars=bars,
-                max_new_tokens=max_new_tokens,
-                preset=preset,
-                note_temperature=note_temperature,
-                duration_temperature=duration_temperature,
-                top_k=top_k,
-                top_p=top_p,
-                seed=seed,
-                num_samples=num_samples,
-                scale=scale,
-                pitch_range=pitch_range,
-                allow_end=allow_end,
-                chunk_tokens=chunk_tokens,
-                progress_callback=progress_callback,
-            ).items()
-            if value is not None
-        }
-        return preprocess, forward, {}
+    def _sanitize_parameters(self, progress_callback=None, **parameters):
+        names = [item.name for item in fields(SamplingRequest)]
+        unknown = sorted(set(parameters) - set(names))
+        if unknown:
+            raise ValueError(f"unknown parameters {', '.join(unknown)}; the pipeline takes {', '.join(names)}")
+        if "max_new_tokens" in parameters and "bars" not in parameters:
+            parameters["bars"] = 0  # the length in tokens
+        request = SamplingRequest.from_fields({key: value for key, value in parameters.items() if value is not None})
+        return {"request": request}, {"request": request, "progress_callback": progress_callback}, {}
 
     @property
     def steps_per_beat(self) -> int:
         return getattr(self.tokenizer, "steps_per_beat", STEPS_PER_BEAT)
 
-    def preprocess(self, inputs, prompt_bars: int = 4, meter: str | None = None):
+    def preprocess(self, inputs, request: SamplingRequest | None = None):
+        request = request or SamplingRequest()
+        meter = request.meter
         if meter and inputs is not None:
             raise ValueError(
                 "meter chooses the time signature of a piece started from nothing; a prompt brings its own"
@@ -302,66 +104,28 @@ class MusicXLPipeline(Pipeline):
         elif isinstance(inputs, (str, bytes, bytearray, symusic.Score)) or hasattr(inputs, "__fspath__"):
             # with time signatures only for a vocabulary that has them; MidiReadError (a ValueError) names the problem
             ids = encode_midi(inputs, steps_per_beat=self.steps_per_beat, meter=bool(self.model.config.meters))
-            prompt = prompt_ids(ids, prompt_bars)
+            prompt = prompt_ids(ids, request.prompt_bars)
         else:
             raise ValueError(
                 f"a prompt is a MIDI file path, MIDI bytes, a symusic.Score or None, not {type(inputs).__name__}"
             )
         return {"prompt": torch.as_tensor(prompt)}
 
-    def _forward(
-        self,
-        model_inputs,
-        bars: int | None = None,
-        max_new_tokens: int | None = None,
-        preset: str = "default",
-        note_temperature=None,
-        duration_temperature=None,
-        top_k=None,
-        top_p=None,
-        seed: int = 0,
-        num_samples: int = 1,
-        scale=None,
-        pitch_range=None,
-        allow_end: bool = False,
-        chunk_tokens=None,
-        progress_callback=None,
-    ):
-        if bars is None and max_new_tokens is None:
-            bars = DEFAULT_BARS
-        if num_samples < 1:
-            raise ValueError("num_samples must be at least 1")
-        sampling = sampling_settings(
-            preset,
-            note_temperature=note_temperature,
-            duration_temperature=duration_temperature,
-            top_k=top_k,
-            top_p=top_p,
-        )
+    def _forward(self, model_inputs, request: SamplingRequest | None = None, progress_callback=None):
+        request = request or SamplingRequest()
         prompt = model_inputs["prompt"].cpu().numpy()
-        per_sample = bars if bars else max_new_tokens
+        per_sample = request.bars or request.max_new_tokens
         samples = []
-        for index in range(num_samples):
-            for sequence, done in sample_chunks(  # noqa: B007 - the last chunk's sequence is the result
-                self.model,
-                prompt,
-                bars=bars,
-                max_new_tokens=max_new_tokens,
-                sampling=sampling,
-                seed=seed + index,
-                chunk_tokens=chunk_tokens,
-                allow_end=allow_end,
-                pitch_range=pitch_range,
-                scale=scale,
-            ):
+        for index, seed in enumerate(request.seeds):
+            for sequence, done in sample_chunks(self.model, prompt, request, seed):  # noqa: B007 - the last is kept
                 if progress_callback is not None:
-                    progress_callback(index * per_sample + min(done, per_sample), num_samples * per_sample)
+                    progress_callback(index * per_sample + min(done, per_sample), request.num_samples * per_sample)
             ids = sequence[0].cpu().numpy()
-            if fell_short(ids, done, bars, self.model.config):
+            if fell_short(ids, done, request.bars, self.model.config):
                 logging.getLogger(__name__).warning(
-                    "sample %d stopped at its token bound after %d of %d bars", index, done, bars
+                    "sample %d stopped at its token bound after %d of %d bars", index, done, request.bars
                 )
-            samples.append((ids, seed + index, bars_done(sequence, len(prompt), self.model.config)))
+            samples.append((ids, seed, bars_done(sequence, len(prompt), self.model.config)))
         return {"samples": samples, "prompt_length": len(prompt)}
 
     def postprocess(self, model_outputs):
@@ -389,13 +153,4 @@ class MusicXLPipeline(Pipeline):
         return super().get_iterator(inputs, num_workers, 1, preprocess_params, forward_params, postprocess_params)
 
 
-__all__ = [
-    "MusicXLPipeline",
-    "SAMPLING_PRESETS",
-    "SamplingSettings",
-    "TASK",
-    "empty_prompt",
-    "prompt_ids",
-    "sample_chunks",
-    "sampling_settings",
-]
+__all__ = ["MusicXLPipeline", "TASK"]
