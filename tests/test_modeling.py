@@ -20,7 +20,7 @@ from hf_music_xl.models.music_xl.modeling_music_xl import (
     relative_position_scores,
     sinusoid_encodings,
 )
-from hf_music_xl.models.music_xl.positions_music_xl import compute_positions
+from hf_music_xl.models.music_xl.positions_music_xl import STATE_SIZE, compute_positions
 
 V = 379  # the vocabulary: ids 0..298 of the reference, then time signatures
 
@@ -125,11 +125,17 @@ def test_attention_matches_the_relative_position_formula():
         with torch.no_grad():
             split_memory = lambda t: t.view(2, -1, heads, d_head).transpose(1, 2)  # noqa: E731
             _, memory_keys, memory_values = attention.qkv_proj(memory_states).chunk(3, dim=-1)
-            memory = split_memory(memory_keys), split_memory(memory_values)
+            cache = MusicXLCache(model.config)  # holding the memory's keys and values in layer 0
+            cache.make_room(memory_len + length, 2, "cpu")
+            memory_slots = cache.layer_slots(0, 0, memory_len, torch.float32)
+            memory_slots[0].copy_(split_memory(memory_keys)), memory_slots[1].copy_(split_memory(memory_values))
+            memory_ids = torch.full((2, memory_len), 9)
+            cache.append_tokens(memory_ids, torch.zeros(2, memory_len, STATE_SIZE, dtype=torch.long), memory_ids > 0)
+            slots = cache.layer_slots(0, 0, length, torch.float32)
             keys = memory_len + length
             table = attention.project_positions(sinusoid_encodings(keys, d_model, "cpu", torch.float32))
-            got, _, probabilities = attention(
-                x, table, base.content_bias, base.position_bias, blocked, memory, output_attentions=window == 2
+            got, probabilities = attention(
+                x, table, base.content_bias, base.position_bias, blocked, slots, output_attentions=window == 2
             )
 
             q, k, v = attention.qkv_proj(torch.cat([memory_states, x], dim=1)).chunk(3, dim=-1)
@@ -425,13 +431,15 @@ def test_hidden_states_and_attentions_are_returned():
         torch.testing.assert_close(model(ids).logits, model(ids, output_attentions=True).logits, atol=1e-5, rtol=1e-4)
 
 
-def _layer_inputs(model, length):
-    """relative, u, v and the causal mask of a first segment of `length` tokens."""
+def _layer_inputs(model, length, batch=2):
+    """relative, u, v, the causal mask and empty memory slots for a first segment of `length` tokens."""
     base = model.transformer
     table = base.layers[0].attention.project_positions(
         sinusoid_encodings(length, model.config.d_model, "cpu", torch.float32)
     )
-    return table, base.content_bias, base.position_bias, attention_block_mask(length, 0, 0, "cpu")
+    cache = MusicXLCache(model.config)
+    slots = cache.layer_slots(0, cache.make_room(length, batch, "cpu"), length, torch.float32)
+    return table, base.content_bias, base.position_bias, attention_block_mask(length, 0, 0, "cpu"), slots
 
 
 def test_left_padding_changes_nothing_for_the_real_tokens():

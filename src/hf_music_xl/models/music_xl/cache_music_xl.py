@@ -59,6 +59,7 @@ class MusicXLCache:
     def __init__(self, config):
         self.mem_len = config.mem_len
         self.segment_len = config.segment_len
+        self.n_head, self.d_head = config.n_head, config.d_head
         self.keys, self.values = [], []  # per layer (B, H, capacity, Dh), detached
         # per token: the position state after it (B, capacity, STATE_SIZE), not padding and the history fingerprint
         # (B, capacity) each
@@ -173,21 +174,16 @@ class MusicXLCache:
         moved.narrow(dim, 0, self.length - keep_from).copy_(buffer.narrow(dim, keep_from, self.length - keep_from))
         return moved
 
-    def layer_memory(self, layer_idx, start):
-        """Keys and values (B, H, M, Dh) of the memory a chunk sees in one layer (views), or None."""
-        if start == self.length or layer_idx >= len(self.keys):
-            return None
-        return self.keys[layer_idx][:, :, start : self.length], self.values[layer_idx][:, :, start : self.length]
-
-    def write(self, layer_idx, key, value):
-        """Store a chunk's keys and values (B, H, T, Dh) after the memory of one layer (detached)."""
-        if layer_idx == len(self.keys):  # first chunk: allocate like the keys
-            capacity = self.states.shape[1]
-            self.keys.append(key.new_empty(*key.shape[:2], capacity, key.shape[3]))
-            self.values.append(value.new_empty(*value.shape[:2], capacity, value.shape[3]))
-        end = self.length + key.shape[2]
-        self.keys[layer_idx][:, :, self.length : end] = key.detach()
-        self.values[layer_idx][:, :, self.length : end] = value.detach()
+    def layer_slots(self, layer_idx, start, new_tokens, dtype):
+        """Keys and values (B, H, M+T, Dh) of one layer, views of its buffer: the memory a chunk sees (from slot
+        `start` on), then T = `new_tokens` slots the chunk writes its own keys and values into (`MusicXLAttention`).
+        The buffers are allocated on the first chunk, in `dtype` (the projections' compute dtype)."""
+        if layer_idx == len(self.keys):
+            shape = (self.states.shape[0], self.n_head, self.states.shape[1], self.d_head)  # (B, H, capacity, Dh)
+            self.keys.append(torch.empty(shape, dtype=dtype, device=self.states.device))
+            self.values.append(torch.empty(shape, dtype=dtype, device=self.states.device))
+        end = self.length + new_tokens
+        return self.keys[layer_idx][:, :, start:end], self.values[layer_idx][:, :, start:end]
 
     def append_tokens(self, input_ids, states, valid):
         """After a chunk has been written in every layer: record its tokens (B, T), the position states after them

@@ -1,0 +1,135 @@
+"""Batched generation speed: MusicXL with its memory against GPT-2 (same dims) with its KV cache, in one run (CPU).
+
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python scripts/bench_generate.py              # a few minutes
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python scripts/bench_generate.py --profile    # + top ops of a step
+
+For 1, 4, 16 and 64 rows (greedy, exactly --new-tokens new tokens a row; --new-tokens-64 at 64 rows, to keep the run
+short), prints each model's tokens/s over the cached steps (the prompt's forward excluded), the floor of each: the
+step's linears (every layer's projections and the output head) timed alone at that batch, as tokens/s, and the
+fraction of the floor reached. Then the flat-cost check: one row, --long-tokens new tokens, tokens/s of the last
+1,024 against the first 1,024. Random weights (speed does not depend on them); the two models and their floors
+alternate at each batch size so that they share the machine's load; each figure is the best of --repeats runs. The
+target at one row, a step within 1.5x its floor, is a fraction of at least 0.67.
+"""
+
+import argparse
+import time
+
+import torch
+from bench_model import PROMPT, StepClock, build_models, count, window_rate
+from torch.profiler import ProfilerActivity, profile
+from transformers import StoppingCriteriaList
+
+ROWS = (1, 4, 16, 64)
+
+
+def step_rate(model, rows, new_tokens):
+    """(tokens/s over the cached steps, per-step timestamps) of greedy generation of new_tokens tokens per row."""
+    prompt = torch.tensor(PROMPT).repeat(rows, 1)
+    clock = StepClock()
+    start = time.perf_counter()
+    out = model.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        stopping_criteria=StoppingCriteriaList([clock]),
+    )
+    assert out.shape == (rows, prompt.shape[1] + new_tokens)
+    times = [start] + clock.times  # times[1]: after the prompt's forward and the first token
+    return rows * (new_tokens - 1) / (times[new_tokens] - times[1]), times
+
+
+def step_linears(model):
+    """The linear layers one generation step runs, in order, and the output head."""
+    if hasattr(model, "transformer") and hasattr(model.transformer, "layers"):  # MusicXL
+        per_layer = [
+            (layer.attention.qkv_proj, layer.attention.out_proj, layer.ff_in, layer.ff_out)
+            for layer in model.transformer.layers
+        ]
+    else:  # GPT-2 (Conv1D layers)
+        per_layer = [(b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj) for b in model.transformer.h]
+    return [linear for layer in per_layer for linear in layer] + [model.lm_head]
+
+
+def floor_rate(model, rows, steps=50):
+    """tokens/s if a step cost only its linears at this batch: (rows, 1, in) through each, median of `steps`."""
+    linears = step_linears(model)
+    inputs = [
+        torch.randn(rows, 1, (m.in_features if hasattr(m, "in_features") else m.weight.shape[0])) for m in linears
+    ]
+    seconds = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        for linear, x in zip(linears, inputs):
+            linear(x)
+        seconds.append(time.perf_counter() - start)
+    return rows / torch.tensor(seconds).median().item()
+
+
+def print_profile(model, rows, steps=20):
+    """Top ops (self CPU time) of `steps` cached steps at `rows` rows."""
+    ids = torch.tensor(PROMPT).repeat(rows, 1)
+    out = model(ids, use_cache=True, logits_to_keep=1)
+    cache, token = out.past_key_values, out.logits.argmax(-1)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            out = model(token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            token = out.logits.argmax(-1)
+    print(f"--- {type(model).__name__}, {rows} rows, {steps} cached steps")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--new-tokens", type=int, default=256, help="new tokens a row at 1, 4 and 16 rows")
+    parser.add_argument("--new-tokens-64", type=int, default=128, help="new tokens a row at 64 rows")
+    parser.add_argument("--long-tokens", type=int, default=4096, help="the flat-cost check (one row)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--profile", action="store_true", help="also print the top ops of a step at each batch")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    xl, gpt2 = build_models(args.preset, len(PROMPT[0]) + args.long_tokens + 8, dropout=0.0)
+    xl.eval(), gpt2.eval()
+    c = xl.config
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}; preset {args.preset}: d_model {c.d_model}, "
+        f"layers {c.n_layer}, heads {c.n_head}, d_inner {c.d_inner}, segment_len {c.segment_len}, mem_len "
+        f"{c.mem_len}; params MusicXL {count(xl) / 1e6:.2f}M, GPT-2 {count(gpt2) / 1e6:.2f}M"
+    )
+    with torch.no_grad():
+        if args.profile:
+            for rows in ROWS:
+                print_profile(xl, rows)
+        print(
+            "| rows | new tokens a row | MusicXL tok/s | its floor | fraction | GPT-2 tok/s | its floor | fraction "
+            "| MusicXL / GPT-2 |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+        for rows in ROWS:
+            new_tokens = args.new_tokens_64 if rows == 64 else args.new_tokens
+            rates, floors = {"xl": 0.0, "gpt2": 0.0}, {"xl": 0.0, "gpt2": 0.0}
+            for _ in range(args.repeats):  # generation and floors alternated, so that they share the load
+                for name, model in (("xl", xl), ("gpt2", gpt2)):
+                    rates[name] = max(rates[name], step_rate(model, rows, new_tokens)[0])
+                    floors[name] = max(floors[name], floor_rate(model, rows))
+            print(
+                f"| {rows} | {new_tokens} | {rates['xl']:.0f} | {floors['xl']:.0f} | {rates['xl'] / floors['xl']:.2f} "
+                f"| {rates['gpt2']:.0f} | {floors['gpt2']:.0f} | {rates['gpt2'] / floors['gpt2']:.2f} "
+                f"| {rates['xl'] / rates['gpt2']:.2f}x |",
+                flush=True,
+            )
+        n, window = args.long_tokens, min(1024, args.long_tokens // 4)
+        _, times = step_rate(xl, 1, n)
+        first, last = window_rate(times, 1, window), window_rate(times, n - window, n)
+        print(
+            f"flat cost, one row, {n} new tokens: first {window} {first:.1f} tok/s, last {window} {last:.1f} tok/s, "
+            f"ratio {last / first:.2f} (target 0.8-1.25)"
+        )
+
+
+if __name__ == "__main__":
+    main()
