@@ -240,6 +240,12 @@ def add_evaluate(subparsers) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=8, help="pieces per NLL batch (default: 8)")
     parser.add_argument("--output", default="evaluation.json", help="JSON results (default: evaluation.json)")
+    # until evaluate's flags come from EvaluateSettings: its newer fields by hand
+    parser.add_argument("--max-pieces", type=int, default=0, help="this many pieces of the split (fixed by --seed)")
+    parser.add_argument("--seed", type=int, default=0, help="draws the --max-pieces subset")
+    parser.add_argument("--midi-column", default="", help="dataset corpora: the column of MIDI bytes or note tables")
+    parser.add_argument("--note-tempo", type=float, default=120.0, help="tempo (qpm) of note tables without one")
+    parser.add_argument("--streaming", action="store_true", help="hf:ORG/NAME corpora: encode as it streams")
     parser.set_defaults(run=run_evaluate)
 
 
