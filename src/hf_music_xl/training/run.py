@@ -164,7 +164,7 @@ def training_data(settings: TrainSettings, split, config: MusicXLConfig, world_s
     step_tokens = settings.n_segments * config.segment_len
     if settings.train_mode == "stream":
         streams = PieceStreams(
-            split["input_ids"],
+            split,  # read from its Arrow file as the streams need the pieces
             settings.batch_size,
             step_tokens,
             world_size,
