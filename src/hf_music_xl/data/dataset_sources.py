@@ -29,6 +29,7 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import symusic
 from tqdm.auto import tqdm
 
@@ -114,6 +115,7 @@ class DatasetSource:
     layout: str  # "midi" (bytes) | "notes" (a note table)
     note_tempo: float
     files: list = field(default_factory=list)  # (path, size, mtime) of local files, for the cache key
+    total_rows: int | None = None  # when known without reading the rows (parquet metadata), for the ETA
     rows_read: int = 0
 
     def fingerprint(self) -> dict:
@@ -164,7 +166,7 @@ class DatasetSource:
         try:
             return sum(len(split) for split in self.splits.values())
         except TypeError:  # an IterableDataset has no length
-            return None
+            return self.total_rows
 
     def _rows(self):
         for name, split in self.splits.items():
@@ -184,8 +186,14 @@ def open_source(source: str, midi_column: str = "", note_tempo: float = 120.0, s
     from datasets import Dataset, load_dataset, load_from_disk
 
     files: list = []
+    total_rows = None
     if source.startswith(HF_PREFIX):
-        loaded = load_dataset(source.removeprefix(HF_PREFIX), streaming=streaming)
+        from huggingface_hub import HfApi
+
+        name = source.removeprefix(HF_PREFIX)
+        revision = HfApi().dataset_info(name).sha  # the commit read is in the cache key: new data, new build
+        loaded = load_dataset(name, revision=revision, streaming=streaming)
+        files = [("revision", revision)]
     elif Path(source).expanduser().is_dir() and not _parquet_files(source):
         folder = Path(source).expanduser()
         loaded = load_from_disk(str(folder))
@@ -196,6 +204,7 @@ def open_source(source: str, midi_column: str = "", note_tempo: float = 120.0, s
             raise ValueError(f"{source!r}: no .parquet files found")
         loaded = load_dataset("parquet", data_files={"train": paths}, streaming=True)
         files = _stats(paths)
+        total_rows = sum(pq.ParquetFile(path).metadata.num_rows for path in paths)
     splits = {"train": loaded} if isinstance(loaded, Dataset) else dict(loaded)
     unknown = [name for name in splits if name not in SPLIT_NAMES]
     if unknown:
@@ -203,7 +212,7 @@ def open_source(source: str, midi_column: str = "", note_tempo: float = 120.0, s
     splits = {SPLIT_NAMES[name]: split for name, split in splits.items()}
     features = next(iter(splits.values())).features
     column, layout = find_column(source, features, midi_column)
-    return DatasetSource(source, splits, column, layout, note_tempo, files)
+    return DatasetSource(source, splits, column, layout, note_tempo, files, total_rows)
 
 
 def _stats(paths) -> list:

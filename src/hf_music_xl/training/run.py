@@ -113,7 +113,8 @@ def train(settings: TrainSettings) -> TrainResult:
 
     train_data, train_set = training_data(settings, corpus["train"], config, args.world_size)
     full_eval_set = eval_pieces(corpus["validation"])
-    eval_set = eval_pieces(seeded_subset(corpus["validation"], settings.eval_pieces, settings.seed))
+    periodic = seeded_subset(corpus["validation"], settings.eval_pieces, settings.seed)
+    eval_set = full_eval_set if periodic is corpus["validation"] else eval_pieces(periodic)
 
     checkpoint = None
     if settings.resume and os.path.isdir(settings.output_dir):
