@@ -114,7 +114,12 @@ def build_child(source: str, limit: int, num_proc: int, cache: str) -> dict:
     seconds = time.perf_counter() - started
     kept = read_report(corpus)["pieces_kept"]
     worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"pieces": kept, "seconds": seconds, "added_mb": vm("VmHWM") - base, "worker_peak_mb": worker}
+    return {
+        "pieces": kept,
+        "seconds": seconds,
+        "added_mb": vm("VmHWM") - base,
+        "worker_peak_mb": worker,
+    }  # a forked worker counts the parent's shared pages
 
 
 def train_child(corpus: str, output: str) -> dict:
@@ -177,8 +182,9 @@ def main() -> None:
             for num_proc in (1, 2):
                 cache = scratch / f"cache-build-{size}-{num_proc}"
                 result = in_child("build_child", str(scratch / "parquet"), size, num_proc, str(cache))
+                rate = result["pieces"] / result["seconds"]
                 print(
-                    f"  {size:>8,} pieces, {num_proc} process(es): {result['pieces'] / result['seconds']:7.0f} pieces/s,"
+                    f"  {size:>8,} pieces, {num_proc} process(es): {rate:7.0f} pieces/s,"
                     f" +{result['added_mb']:6.1f} MB (worker peak {result['worker_peak_mb']:.0f} MB)", flush=True
                 )  # fmt: skip
 
