@@ -17,6 +17,8 @@ Sources (``build_corpus(source)`` and ``hf-music-xl build-corpus SOURCE``):
 - a directory (searched recursively), a glob, or one file: ``.mid``/``.midi`` read with symusic, ``.abc`` split
   into tunes on ``X:`` lines and each read through music21 (which knows the tune's meter changes and pickup bar),
   and the score formats music21 parses (``.krn``, ``.mxl``, ``.xml``, ``.musicxml``) read as the chorales are;
+- ``datasets`` datasets: a ``.parquet`` file, folder or glob, a ``save_to_disk`` folder or ``hf:ORG/NAME``, with a
+  column of MIDI bytes or note tables (see ``dataset_sources``);
 - several of these joined by commas (``bach-chorales,music21:palestrina``): ``load_corpus`` builds each and
   concatenates their splits.
 
