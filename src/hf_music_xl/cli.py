@@ -70,7 +70,8 @@ def add_build_corpus(subparsers) -> None:
         "source",
         nargs="?",
         default="bach-chorales",
-        help="bach-chorales, music21:FOLDER, a directory, a glob or a file",
+        help="bach-chorales, music21:FOLDER, a directory, a glob or a file; a .parquet file, folder or glob, a "
+        "save_to_disk folder or hf:ORG/NAME (a column of MIDI bytes or note tables)",
     )
     parser.add_argument("--output", help="also save the DatasetDict and report.json here")
     parser.add_argument("--validation-fraction", type=float, default=0.1)
@@ -79,6 +80,9 @@ def add_build_corpus(subparsers) -> None:
     parser.add_argument("--num-proc", type=int, default=2, help="reading processes")
     parser.add_argument("--cache-dir", help="default: $HF_MUSIC_XL_CACHE/corpora or ~/.cache/hf_music_xl/corpora")
     parser.add_argument("--rebuild", action="store_true", help="ignore a cached build")
+    parser.add_argument("--midi-column", default="", help="dataset sources: the column of MIDI bytes or note tables")
+    parser.add_argument("--note-tempo", type=float, default=120.0, help="tempo (qpm) of note tables without one")
+    parser.add_argument("--streaming", action="store_true", help="hf:ORG/NAME: encode as it streams, no download")
     parser.set_defaults(run=command_build_corpus)
 
 
@@ -95,6 +99,9 @@ def command_build_corpus(args) -> None:
         num_proc=args.num_proc,
         cache_dir=args.cache_dir,
         rebuild=args.rebuild,
+        midi_column=args.midi_column,
+        note_tempo=args.note_tempo,
+        streaming=args.streaming,
     )
     report = read_report(corpus)
     location = args.output or corpus["train"].cache_files[0]["filename"].rsplit("/", 2)[0]

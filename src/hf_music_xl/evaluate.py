@@ -256,18 +256,30 @@ class EvaluateSettings:
         default=None, metadata={"help": "memory length for NLL (0: none); default: the model's"}
     )
     batch_size: int = field(default=8, metadata={"help": "pieces per NLL batch"})
+    max_pieces: int = field(
+        default=0, metadata={"help": "score and compare this many pieces of the split (fixed by --seed); 0: all"}
+    )
+    seed: int = field(default=0, metadata={"help": "draws the --max-pieces subset"})
+    midi_column: str = field(default="", metadata={"help": "dataset corpora: the column of MIDI bytes or note tables"})
+    note_tempo: float = field(
+        default=120.0, metadata={"help": "tempo (quarter notes a minute) of note tables without one"}
+    )
+    streaming: bool = field(default=False, metadata={"help": "hf:ORG/NAME corpora: encode as it streams, no download"})
     output: str = field(default="evaluation.json", metadata={"help": "JSON file for the results"})
 
 
 def run_evaluate(settings: EvaluateSettings) -> dict:
     """NLL (with a model), statistics of the corpus split and of the generated files; print, write JSON."""
     from .data.corpus import load_corpus
+    from .data.pieces import seeded_subset
 
-    corpus = load_corpus(settings.corpus)
+    corpus = load_corpus(
+        settings.corpus, midi_column=settings.midi_column, note_tempo=settings.note_tempo, streaming=settings.streaming
+    )
     if settings.split not in corpus:
         raise ValueError(f"corpus has no split {settings.split!r}; it has {', '.join(corpus)}")
-    split = corpus[settings.split]
-    results: dict = {"corpus": settings.corpus, "split": settings.split}
+    split = seeded_subset(corpus[settings.split], settings.max_pieces, settings.seed)
+    results: dict = {"corpus": settings.corpus, "split": settings.split, "pieces": len(split)}
     if settings.model:
         from .generate import load_model_and_tokenizer
 

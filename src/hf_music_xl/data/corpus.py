@@ -17,6 +17,8 @@ Sources (``build_corpus(source)`` and ``hf-music-xl build-corpus SOURCE``):
 - a directory (searched recursively), a glob, or one file: ``.mid``/``.midi`` read with symusic, ``.abc`` split
   into tunes on ``X:`` lines and each read through music21 (which knows the tune's meter changes and pickup bar),
   and the score formats music21 parses (``.krn``, ``.mxl``, ``.xml``, ``.musicxml``) read as the chorales are;
+- ``datasets`` datasets: a ``.parquet`` file, folder or glob, a ``save_to_disk`` folder or ``hf:ORG/NAME``, with a
+  column of MIDI bytes or note tables (see ``dataset_sources``);
 - several of these joined by commas (``bach-chorales,music21:palestrina``): ``load_corpus`` builds each and
   concatenates their splits.
 
@@ -117,7 +119,8 @@ def list_items(source: str) -> list[Item]:
             matches, root=Path(os.path.commonpath([p.parent for p in matches])), prefix="", source=source
         )
     raise ValueError(
-        f"unknown corpus source {source!r}: give 'bach-chorales', 'music21:FOLDER', a directory, a glob or a file"
+        f"unknown corpus source {source!r}: give 'bach-chorales', 'music21:FOLDER', a directory, a glob, a file, "
+        "a .parquet file, folder or glob, a save_to_disk folder or hf:ORG/NAME"
     )
 
 
@@ -263,10 +266,18 @@ def split_score(split_key: str) -> float:
 
 
 def cache_key(
-    source: str, items: list[Item], steps_per_beat: int, limit: int | None, validation_fraction: float
+    source: str,
+    items: list[Item],
+    steps_per_beat: int,
+    limit: int | None,
+    validation_fraction: float,
+    dataset: dict | None = None,
 ) -> str:
-    """Everything that changes the built corpus: the source and its files, the encoder, the quantization."""
-    if source == "bach-chorales" or source.startswith("music21:"):
+    """Everything that changes the built corpus: the source and its files, the encoder, the quantization.
+    ``dataset``: a dataset source's fingerprint (its files, column and layout; ``DatasetSource.fingerprint``)."""
+    if dataset is not None:
+        files = dataset
+    elif source == "bach-chorales" or source.startswith("music21:"):
         from .music21_source import _music21
 
         files = _music21().__version__  # the bundled files change only with music21's version
@@ -296,6 +307,9 @@ def build_corpus(
     num_proc: int = 2,
     cache_dir: str | os.PathLike | None = None,
     rebuild: bool = False,
+    midi_column: str = "",
+    note_tempo: float = 120.0,
+    streaming: bool = False,
 ) -> DatasetDict:
     """Build (or load from the cache) the corpus of ``source`` and return it memory-mapped from disk.
 
@@ -309,12 +323,18 @@ def build_corpus(
         cache_dir: where built corpora are cached (default ``$HF_MUSIC_XL_CACHE/corpora`` or
             ``~/.cache/hf_music_xl/corpora``).
         rebuild: ignore a cached build.
+        midi_column, note_tempo, streaming: for a dataset source (parquet, save_to_disk, ``hf:``; see
+            ``dataset_sources``): the column of MIDI bytes or note tables, the tempo of note tables without one,
+            and whether to stream a Hub dataset instead of downloading it first.
     """
-    items = list_items(source)[:limit]
-    key = cache_key(source, items, steps_per_beat, limit, validation_fraction)
+    from .dataset_sources import is_dataset_source, open_source
+
+    rows = open_source(source, midi_column, note_tempo, streaming) if is_dataset_source(source) else None
+    items = [] if rows else list_items(source)[:limit]
+    key = cache_key(source, items, steps_per_beat, limit, validation_fraction, rows and rows.fingerprint())
     cached = Path(cache_dir or default_cache_dir()) / f"{_slug(source)}-{key}"
     if rebuild or not (cached / "dataset_dict.json").exists():
-        _build_into(cached, source, items, key, steps_per_beat, validation_fraction, num_proc)
+        _build_into(cached, source, items, key, steps_per_beat, validation_fraction, num_proc, rows, limit)
     else:
         logger.info("corpus %s: using the cached build in %s", source, cached)
     if output is not None:
@@ -325,9 +345,12 @@ def build_corpus(
 SPLITS = ("train", "validation")
 
 
-def _build_into(target: Path, source, items, key, steps_per_beat, validation_fraction, num_proc) -> None:
+def _build_into(
+    target: Path, source, items, key, steps_per_beat, validation_fraction, num_proc, rows=None, limit=None
+) -> None:
     """Read, deduplicate and split the pieces, streaming each into an Arrow file of its split on disk (memory
-    stays flat however large the corpus), then save the DatasetDict and ``report.json`` into ``target``."""
+    stays flat however large the corpus), then save the DatasetDict and ``report.json`` into ``target``.
+    ``rows``: a ``DatasetSource`` read instead of ``items`` (its pieces may carry the split their source names)."""
     started = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
     # Write beside the target and rename, so an interrupted build never leaves a half cache behind.
@@ -337,17 +360,19 @@ def _build_into(target: Path, source, items, key, steps_per_beat, validation_fra
         shutil.rmtree(folder, ignore_errors=True)
     rows_dir.mkdir()
     # Small write batches: a batch is the only part of the corpus held in memory (pieces can be long).
+    splits = SPLITS + (("test",) if rows and "test" in rows.splits else ())
     writers = {
         name: ArrowWriter(features=FEATURES, path=str(rows_dir / f"{name}.arrow"), writer_batch_size=64)
-        for name in SPLITS
+        for name in splits
     }
-    stats = {name: {"pieces": 0, "tokens": 0, "notes": 0} for name in SPLITS}
+    stats = {name: {"pieces": 0, "tokens": 0, "notes": 0} for name in splits}
     seen: dict[str, str] = {}
     skips, duplicates = [], []
     meters = MeterCounts()
     lowest_train = (2.0, -1)  # (split score, row) of the train piece closest to validation
     try:
-        for pieces, skipped in read_items(items, steps_per_beat, num_proc):
+        readings = rows.read(steps_per_beat, num_proc, limit) if rows else read_items(items, steps_per_beat, num_proc)
+        for pieces, skipped in readings:
             skips.extend(skipped)
             for piece in pieces:
                 first = first_seen(seen, piece)
@@ -355,7 +380,7 @@ def _build_into(target: Path, source, items, key, steps_per_beat, validation_fra
                     duplicates.append({"source": piece["source"], "same_as": first})
                     continue
                 score = split_score(piece["split_key"])
-                split = "validation" if score < validation_fraction else "train"
+                split = piece.get("split") or ("validation" if score < validation_fraction else "train")
                 if split == "train":
                     lowest_train = min(lowest_train, (score, stats["train"]["pieces"]))
                 writers[split].write({name: piece[name] for name in FEATURES})
@@ -365,10 +390,10 @@ def _build_into(target: Path, source, items, key, steps_per_beat, validation_fra
                 meters.count(piece["input_ids"])
         for writer in writers.values():
             writer.finalize()
-        total = stats["train"]["pieces"] + stats["validation"]["pieces"]
+        total = sum(split_stats["pieces"] for split_stats in stats.values())
         if not total:
             raise ValueError(f"{source!r}: no piece could be read ({len(skips)} skipped, see the reasons: {skips[:3]})")
-        corpus = DatasetDict({name: Dataset.from_file(str(rows_dir / f"{name}.arrow")) for name in SPLITS})
+        corpus = DatasetDict({name: Dataset.from_file(str(rows_dir / f"{name}.arrow")) for name in splits})
         if validation_fraction > 0 and not stats["validation"]["pieces"] and total >= 2:
             corpus, stats = _move_to_validation(corpus, stats, lowest_train[1])
         report = {
@@ -379,13 +404,14 @@ def _build_into(target: Path, source, items, key, steps_per_beat, validation_fra
             "pieces_end_with_xxeos": True,
             "split_rule": f"sha1(key) < {validation_fraction} -> validation; key = BWV number for chorales, "
             "content hash otherwise",
-            "items_read": len(items),
+            "items_read": rows.rows_read if rows else len(items),
             "pieces_kept": total,
             "skipped": skips,
             "duplicates": duplicates,
             "splits": stats,
             "meters": meters.report(),
             "build_seconds": round(time.perf_counter() - started, 2),
+            **(rows.report() if rows else {}),
         }
         corpus.save_to_disk(str(partial))
         (partial / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -429,9 +455,9 @@ def _move_to_validation(corpus: DatasetDict, stats: dict, row: int) -> tuple[Dat
     train = corpus["train"]
     piece = train[row]
     moved = {"pieces": 1, "tokens": len(piece["input_ids"]), "notes": piece["n_notes"]}
-    stats = {"train": {name: stats["train"][name] - moved[name] for name in moved}, "validation": moved}
+    stats = {**stats, "train": {name: stats["train"][name] - moved[name] for name in moved}, "validation": moved}
     rest = train.select([index for index in range(len(train)) if index != row])
-    return DatasetDict({"train": rest, "validation": train.select([row])}), stats
+    return DatasetDict({**corpus, "train": rest, "validation": train.select([row])}), stats
 
 
 def _copy_corpus(cached: Path, output: Path) -> None:
@@ -450,8 +476,10 @@ def load_corpus(corpus: str | os.PathLike = DEFAULT_SOURCE, **build_kwargs) -> D
     if len(parts) > 1:
         loaded = [load_corpus(part, **build_kwargs) for part in parts]
         return DatasetDict({name: concatenate_datasets([c[name] for c in loaded]) for name in SPLITS})
+    from .dataset_sources import is_dataset_source
+
     path = Path(corpus).expanduser()
-    if (path / "dataset_dict.json").exists():
+    if (path / "dataset_dict.json").exists() and not is_dataset_source(str(corpus)):
         return load_from_disk(str(path))
     return build_corpus(str(corpus), **build_kwargs)
 

@@ -32,6 +32,15 @@ def eval_pieces(split: Dataset) -> Dataset:
     return ordered.map(to_examples, batched=True, remove_columns=ordered.column_names, keep_in_memory=True)
 
 
+def seeded_subset(split: Dataset, max_pieces: int, seed: int = 0) -> Dataset:
+    """``max_pieces`` pieces of ``split`` drawn once from ``seed`` (kept in corpus order), or the whole split if it
+    has no more than that or ``max_pieces`` is 0: the same pieces every time, so evaluations compare."""
+    if not max_pieces or max_pieces >= len(split):
+        return split
+    chosen = np.random.default_rng(seed).choice(len(split), size=max_pieces, replace=False)
+    return split.select(np.sort(chosen))
+
+
 def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
     """Stack examples into LongTensors, padding to the longest: ``input_ids`` with xxpad, ``labels`` and
     ``shift_labels`` with -100 (padding comes after the real tokens, so no real token attends to it);

@@ -18,21 +18,71 @@ Indices are laid out for the Trainer's sequential sampler, which, under DDP, han
 So each process has its own ``rows`` streams, and with gradient accumulation micro-batch ``k + 1`` continues
 micro-batch ``k``. The number of steps per epoch is fixed when the dataset is made (from the corpus size), so
 the Trainer's epoch length does not change from one shuffle to the next.
+
+Nothing holds the corpus's tokens: the pieces stay in the split's memory-mapped Arrow file (``ArrowPieces``), an
+epoch's deal is each stream's list of piece indices (O(number of pieces) small integers), and a step reads only
+the few pieces its window overlaps. Under DDP a process is handed only its own streams' indices, so it reads only
+their pieces.
 """
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
+import pyarrow.compute as pc
 import torch
 
 from ..models.music_xl import encoding
+
+
+class ArrowPieces:
+    """The token ids of a ``datasets.Dataset`` column, piece by piece, as views into its memory-mapped Arrow file:
+    only the piece offsets (and the lengths) are read into memory."""
+
+    def __init__(self, split, column: str = "input_ids"):
+        self.values, self.offsets, self.chunk_of, self.first_row = [], [], [], [0]
+        chunked = split.data.column(column)  # the whole table, as a select() leaves it; _indices maps rows to it
+        for chunk in chunked.chunks:
+            self.values.append(chunk.values.to_numpy(zero_copy_only=False))  # a view for int16 without nulls
+            self.offsets.append(chunk.offsets.to_numpy())
+            self.first_row.append(self.first_row[-1] + len(chunk))
+        self.first_row = np.asarray(self.first_row)
+        indices = split._indices  # noqa: SLF001 - the rows of a select()ed split, if any
+        self.rows = indices.column(0).to_numpy().astype(np.int64) if indices is not None else None
+        lengths = pc.list_value_length(chunked).to_numpy(zero_copy_only=False).astype(np.int64)
+        self.lengths = lengths[self.rows] if self.rows is not None else lengths
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        row = int(self.rows[index]) if self.rows is not None else int(index)
+        chunk = int(np.searchsorted(self.first_row, row, side="right")) - 1
+        offsets, local = self.offsets[chunk], row - self.first_row[chunk]
+        return self.values[chunk][offsets[local] : offsets[local + 1]]
+
+
+class ListPieces:
+    """Token id sequences already in memory (tests, small inputs), with the interface of ``ArrowPieces``."""
+
+    def __init__(self, pieces):
+        self.pieces = [np.asarray(ids) for ids in pieces]
+        self.lengths = np.array([len(ids) for ids in self.pieces], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.pieces[index]
 
 
 class PieceStreams(torch.utils.data.Dataset):
     """Contiguous streams of whole pieces for ``rows`` batch rows on each of ``processes`` processes.
 
     Args:
-        pieces: token id sequences (each ``xxbos xxpad ... xxeos``), e.g. a corpus split's ``input_ids``.
+        pieces: a corpus split (``datasets.Dataset`` with ``input_ids``, read from its Arrow file as needed) or
+            token id sequences (each ``xxbos xxpad ... xxeos``).
         rows: batch rows per process (per-device batch size).
         step_tokens: tokens per row per step (``n_segments * segment_len``).
         processes: data-parallel processes (DDP world size).
@@ -53,13 +103,15 @@ class PieceStreams(torch.utils.data.Dataset):
         transpose_p: float = 0.5,
         transpose_range: tuple[int, int] = (-6, 5),
     ):
-        self.pieces = [np.asarray(ids, dtype=np.int64) for ids in pieces]
-        if not self.pieces:
+        self.pieces = (
+            ArrowPieces(pieces) if hasattr(pieces, "data") and hasattr(pieces, "_indices") else ListPieces(pieces)
+        )
+        if not len(self.pieces):
             raise ValueError("no training pieces to stream")
         self.rows, self.processes, self.step_tokens = rows, processes, step_tokens
         self.seed, self.augment, self.transpose_p, self.transpose_range = seed, augment, transpose_p, transpose_range
         self.plain_from_step = None  # from this step of the run on (epoch * steps + step), no transposition
-        total = sum(len(ids) for ids in self.pieces)
+        total = int(self.pieces.lengths.sum())
         self.steps = (total // self.streams - 1) // step_tokens  # steps per epoch: each stream's share of the corpus
         if self.steps < 1:
             raise ValueError(
@@ -81,31 +133,28 @@ class PieceStreams(torch.utils.data.Dataset):
         if epoch == self.epoch:
             return
         self.epoch = epoch
-        self.tokens, self.shifts = self.deal(epoch)
+        self.dealt, self.ends = self.deal(epoch)
+        self.shift_cache = [{} for _ in range(self.streams)]  # (place in stream) -> shift, of the pieces in use
 
-    def deal(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(streams, length) token ids and (streams, length) transposition of each token, for ``epoch``."""
+    def deal(self, epoch: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """For each stream, the indices of its pieces in order and where each ends in the stream (tokens), for
+        ``epoch``: every stream at least ``steps x step_tokens + 1`` long."""
         length = self.steps * self.step_tokens + 1
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.pieces))
+        lengths = self.pieces.lengths
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(lengths))
         filled = [[] for _ in range(self.streams)]  # piece indices per stream
-        sizes = np.zeros(self.streams, dtype=np.int64)
+        shortest = [(0, stream) for stream in range(self.streams)]  # (size, stream): ties go to the lowest stream
         cursor, cycle = 0, 0
-        while sizes.min() < length:
+        while shortest[0][0] < length:
             if cursor == len(order):  # every piece dealt once: go round again in a new order
                 cycle, cursor = cycle + 1, 0
-                order = np.random.default_rng([self.seed, epoch, cycle]).permutation(len(self.pieces))
-            stream = int(sizes.argmin())
+                order = np.random.default_rng([self.seed, epoch, cycle]).permutation(len(lengths))
+            size, stream = shortest[0]
             filled[stream].append(int(order[cursor]))
-            sizes[stream] += len(self.pieces[order[cursor]])
+            heapq.heapreplace(shortest, (size + int(lengths[order[cursor]]), stream))
             cursor += 1
-        tokens = np.empty((self.streams, length), dtype=np.int64)
-        shifts = np.zeros((self.streams, length), dtype=np.int8)
-        for stream, indices in enumerate(filled):
-            ids = np.concatenate([self.pieces[index] for index in indices])[:length]
-            per_piece = [self.draw_shift(self.pieces[index], epoch, stream, k) for k, index in enumerate(indices)]
-            tokens[stream] = ids
-            shifts[stream] = np.repeat(per_piece, [len(self.pieces[index]) for index in indices])[:length]
-        return tokens, shifts
+        dealt = [np.asarray(indices, dtype=np.int64) for indices in filled]
+        return dealt, [np.cumsum(lengths[indices]) for indices in dealt]
 
     def draw_shift(self, ids: np.ndarray, epoch: int, stream: int, place: int) -> int:
         """The transposition of one piece entering a stream: 0, or uniform in its safe range."""
@@ -118,12 +167,30 @@ class PieceStreams(torch.utils.data.Dataset):
         low, high = max(low, self.transpose_range[0]), min(high, self.transpose_range[1])
         return int(generator.integers(low, high + 1)) if low <= high else 0
 
+    def window(self, stream: int, begin: int, end: int, transpose: bool) -> np.ndarray:
+        """Tokens ``[begin, end)`` of a stream, read from the pieces that overlap them, each shifted as dealt."""
+        ends = self.ends[stream]
+        first, last = np.searchsorted(ends, [begin, end - 1], side="right")
+        cache = self.shift_cache[stream]
+        for place in [place for place in cache if place < first]:  # pieces the stream has moved past
+            del cache[place]
+        parts = []
+        for place in range(int(first), int(last) + 1):
+            ids = self.pieces[int(self.dealt[stream][place])]
+            start = ends[place] - len(ids)
+            part = ids[max(begin - start, 0) : end - start].astype(np.int64)
+            if transpose:
+                if place not in cache:
+                    cache[place] = self.draw_shift(ids, self.epoch, stream, place)
+                is_note = (part >= encoding.NOTE_OFFSET) & (part < encoding.NOTE_OFFSET + encoding.NUM_PITCHES)
+                part = np.where(is_note, part + cache[place], part)
+            parts.append(part)
+        return np.concatenate(parts)
+
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         step, process, row = index // self.streams, index // self.rows % self.processes, index % self.rows
         stream = process * self.rows + row
-        window = slice(step * self.step_tokens, (step + 1) * self.step_tokens + 1)
-        ids, shifts = self.tokens[stream, window], self.shifts[stream, window]
-        if self.plain_from_step is None or self.epoch * self.steps + step < self.plain_from_step:
-            is_note = (ids >= encoding.NOTE_OFFSET) & (ids < encoding.NOTE_OFFSET + encoding.NUM_PITCHES)
-            ids = np.where(is_note, ids + shifts, ids)
+        transpose = self.plain_from_step is None or self.epoch * self.steps + step < self.plain_from_step
+        begin = step * self.step_tokens
+        ids = self.window(stream, begin, begin + self.step_tokens + 1, transpose)
         return {"input_ids": ids[:-1], "labels": ids[:-1], "shift_labels": ids[1:]}

@@ -63,7 +63,7 @@ from pathlib import Path
 from transformers import Trainer, set_seed
 
 from ..data.corpus import load_corpus
-from ..data.pieces import eval_pieces
+from ..data.pieces import eval_pieces, seeded_subset
 from ..data.streams import PieceStreams
 from ..data.windows import TrainTransform
 from ..hub.push import describe_push, push_after_training
@@ -93,7 +93,14 @@ def train(settings: TrainSettings) -> TrainResult:
     started = time.perf_counter()
     args = training_arguments(settings, settings.max_steps)
     with args.main_process_first(desc="corpus", local=False):  # rank 0 builds the cache, the others load it
-        corpus = load_corpus(settings.corpus, limit=settings.corpus_limit or None, num_proc=settings.num_proc)
+        corpus = load_corpus(
+            settings.corpus,
+            limit=settings.corpus_limit or None,
+            num_proc=settings.num_proc,
+            midi_column=settings.midi_column,
+            note_tempo=settings.note_tempo,
+            streaming=settings.streaming,
+        )
     if len(corpus["validation"]) == 0:
         raise ValueError(f"corpus {settings.corpus!r} has no validation pieces")
 
@@ -104,7 +111,9 @@ def train(settings: TrainSettings) -> TrainResult:
     tokenizer = MusicXLTokenizerFast()
 
     train_data, train_set = training_data(settings, corpus["train"], config, args.world_size)
-    eval_set = eval_pieces(corpus["validation"])
+    full_eval_set = eval_pieces(corpus["validation"])
+    periodic = seeded_subset(corpus["validation"], settings.eval_pieces, settings.seed)
+    eval_set = full_eval_set if periodic is corpus["validation"] else eval_pieces(periodic)
 
     checkpoint = None
     if settings.resume and os.path.isdir(settings.output_dir):
@@ -138,7 +147,7 @@ def train(settings: TrainSettings) -> TrainResult:
     train_started = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.perf_counter() - train_started
-    metrics = final_metrics(trainer)
+    metrics = final_metrics(trainer, None if eval_set is full_eval_set else full_eval_set)
     final_dir = Path(settings.output_dir) / "final"
     if trainer.is_world_process_zero():
         save_final(trainer.model, tokenizer, final_dir, metrics, settings)
@@ -155,7 +164,7 @@ def training_data(settings: TrainSettings, split, config: MusicXLConfig, world_s
     step_tokens = settings.n_segments * config.segment_len
     if settings.train_mode == "stream":
         streams = PieceStreams(
-            split["input_ids"],
+            split,  # read from its Arrow file as the streams need the pieces
             settings.batch_size,
             step_tokens,
             world_size,
@@ -176,8 +185,11 @@ def training_data(settings: TrainSettings, split, config: MusicXLConfig, world_s
     raise ValueError(f"unknown train mode {settings.train_mode!r}; choose stream or windows")
 
 
-def final_metrics(trainer: Trainer) -> dict:
-    """Validation metrics of the final weights: the last epoch's evaluation if it ran at the last step."""
+def final_metrics(trainer: Trainer, full_eval_set=None) -> dict:
+    """Validation metrics of the final weights: the last epoch's evaluation if it ran at the last step on the whole
+    split, else an evaluation on ``full_eval_set`` (the whole split, when the periodic ones score a subset)."""
+    if full_eval_set is not None:
+        return trainer.evaluate(eval_dataset=full_eval_set)
     history = trainer.state.log_history
     last_eval = next((entry for entry in reversed(history) if "eval_loss" in entry), None)
     if last_eval is not None and last_eval.get("step") == trainer.state.global_step:

@@ -59,6 +59,20 @@ class TrainSettings:
     save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept"})
     corpus_limit: int = field(default=0, metadata={"help": "read only this many files when building; 0: all"})
     num_proc: int = field(default=2, metadata={"help": "processes reading files when building the corpus"})
+    midi_column: str = field(
+        default="", metadata={"help": "dataset corpora: the column of MIDI bytes or note tables; empty: found"}
+    )
+    note_tempo: float = field(
+        default=120.0, metadata={"help": "tempo (quarter notes a minute) of note tables without one"}
+    )
+    streaming: bool = field(default=False, metadata={"help": "hf:ORG/NAME corpora: encode as it streams, no download"})
+    eval_pieces: int = field(
+        default=0,
+        metadata={
+            "help": "periodic evaluation on this many validation pieces (a fixed subset drawn from --seed), the "
+            "whole split at the end; 0: the whole split every time"
+        },
+    )
     hub_model_id: str = field(
         default="",
         metadata={
