@@ -10,6 +10,7 @@ numpy and its sibling files (relative imports), and must do nothing at import ti
 
 import torch
 
+from .configuration_music_xl import MusicXLConfig
 from .positions_music_xl import STATE_PIECE, STATE_SIZE, STATE_TIME, STATE_TOKEN
 
 # A fingerprint of each row's whole history: sum over tokens of (id + 1) * P^t mod Q. Additive over chunks, so it
@@ -18,7 +19,7 @@ from .positions_music_xl import STATE_PIECE, STATE_SIZE, STATE_TIME, STATE_TOKEN
 FINGERPRINT_BASE, FINGERPRINT_MODULUS = 1_000_003, 2**31 - 1
 
 
-def fingerprint_terms(input_ids, start):
+def fingerprint_terms(input_ids: torch.Tensor, start: int):
     """(B, T) terms (id + 1) * P^(start + t) mod Q of tokens at absolute positions start, start + 1, ..."""
     power, powers = pow(FINGERPRINT_BASE, start, FINGERPRINT_MODULUS), []
     for _ in range(input_ids.shape[1]):
@@ -28,7 +29,7 @@ def fingerprint_terms(input_ids, start):
     return (input_ids.long() + 1) * powers % FINGERPRINT_MODULUS
 
 
-def history_fingerprint(input_ids):
+def history_fingerprint(input_ids: torch.Tensor):
     """(B,) fingerprint of whole sequences, as `MusicXLCache.fingerprint()` keeps it for the tokens it consumed."""
     return fingerprint_terms(input_ids, 0).sum(dim=1) % FINGERPRINT_MODULUS
 
@@ -70,22 +71,22 @@ class MusicXLCache:
 
     # -- what generate() asks of a cache
 
-    def get_seq_length(self, layer_idx=0):
+    def get_seq_length(self, layer_idx: int = 0):
         """Tokens consumed so far (generate slices a resumed prompt with it)."""
         return self.first + self.length
 
-    def reorder_cache(self, beam_idx):
+    def reorder_cache(self, beam_idx: torch.Tensor):
         """Beam search: keep the rows (flattened batch x beams) that survive."""
         self.batch_select_indices(beam_idx)
 
-    def batch_select_indices(self, indices):
+    def batch_select_indices(self, indices: torch.Tensor):
         self.keys = [key.index_select(0, indices) for key in self.keys]
         self.values = [value.index_select(0, indices) for value in self.values]
         if self.states is not None:
             for name in RECORDS:
                 setattr(self, name, getattr(self, name).index_select(0, indices))
 
-    def batch_repeat_interleave(self, repeats):
+    def batch_repeat_interleave(self, repeats: int):
         if self.states is not None:
             self.batch_select_indices(
                 torch.arange(self.states.shape[0], device=self.states.device).repeat_interleave(repeats)
@@ -94,7 +95,7 @@ class MusicXLCache:
     def activate_past_recording(self):
         """Assisted decoding calls this before crop(); this cache always keeps what crop needs."""
 
-    def crop(self, max_length):
+    def crop(self, max_length: int):
         """Forget the last -max_length tokens (max_length <= 0, as generate() calls it) or all but the first
         max_length (> 0)."""
         keep = self.get_seq_length() + max_length if max_length <= 0 else max_length
@@ -132,12 +133,12 @@ class MusicXLCache:
         """Tokens the next token attends to besides itself."""
         return self.get_seq_length() - self.first - self.visible_start(self.get_seq_length())
 
-    def visible_start(self, position):
+    def visible_start(self, position: int):
         """Buffer slot of the first token seen by a token at absolute `position`: mem_len before its segment."""
         segment_start = position // self.segment_len * self.segment_len
         return max(0, segment_start - self.mem_len - self.first)
 
-    def chunks(self, new_tokens):
+    def chunks(self, new_tokens: int):
         """(begin, end) of the pieces of `new_tokens` inputs that fall in one segment each."""
         bounds, position = [], self.get_seq_length()
         begin = 0
@@ -147,7 +148,7 @@ class MusicXLCache:
             begin = end
         return bounds
 
-    def make_room(self, new_tokens, batch, device):
+    def make_room(self, new_tokens: int, batch: int, device: torch.device | str):
         """Before a chunk: room for `new_tokens` more slots. When the buffer is full, what no later token can see
         is dropped and the rest moved to the front. Returns the slot of the first memory token the chunk sees."""
         keep_from = self.visible_start(self.get_seq_length())
@@ -174,7 +175,7 @@ class MusicXLCache:
         moved.narrow(dim, 0, self.length - keep_from).copy_(buffer.narrow(dim, keep_from, self.length - keep_from))
         return moved
 
-    def layer_slots(self, layer_idx, start, new_tokens, dtype):
+    def layer_slots(self, layer_idx: int, start: int, new_tokens: int, dtype: torch.dtype):
         """Keys and values (B, H, M+T, Dh) of one layer, views of its buffer: the memory a chunk sees (from slot
         `start` on), then T = `new_tokens` slots the chunk writes its own keys and values into (`MusicXLAttention`).
         The buffers are allocated on the first chunk, in `dtype` (the projections' compute dtype)."""
@@ -185,7 +186,7 @@ class MusicXLCache:
         end = self.length + new_tokens
         return self.keys[layer_idx][:, :, start:end], self.values[layer_idx][:, :, start:end]
 
-    def append_tokens(self, input_ids, states, valid):
+    def append_tokens(self, input_ids: torch.Tensor, states: torch.Tensor, valid: torch.Tensor):
         """After a chunk has been written in every layer: record its tokens (B, T), the position states after them
         (B, T, STATE_SIZE) and which are not padding (B, T), and move past them."""
         end = self.length + input_ids.shape[1]
@@ -196,11 +197,11 @@ class MusicXLCache:
         self.valid[:, self.length : end] = valid
         self.length = end
 
-    def key_valid(self, start):
+    def key_valid(self, start: int):
         """(B, M) False where a memory token from slot `start` on was padding."""
         return self.valid[:, start : self.length]
 
-    def key_pieces(self, start):
+    def key_pieces(self, start: int):
         """(B, M) the piece (count of xxbos) of each memory token from slot `start` on."""
         return self.states[:, start : self.length, STATE_PIECE]
 
@@ -218,7 +219,7 @@ class MusicXLCache:
         return tensors, self.first
 
     @classmethod
-    def from_state(cls, config, tensors, first):
+    def from_state(cls, config: MusicXLConfig, tensors: dict[str, torch.Tensor], first: int):
         cache = cls(config)
         if tensors:
             for name in RECORDS:

@@ -466,7 +466,7 @@ def _classify(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return is_note, is_duration, ids == SEP_ID
 
 
-def first_invalid_position(ids) -> int | None:
+def first_invalid_position(ids: np.ndarray | list[int]) -> int | None:
     """Index of the first token that breaks the grammar, or None. Valid: ``xxbos``, ``xxpad`` and ``xxeos``
     between pairs; every note and every ``xxsep`` directly followed by a duration; nothing else."""
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -480,7 +480,7 @@ def first_invalid_position(ids) -> int | None:
     return int(bad[0]) if len(bad) else None
 
 
-def ids_to_notes(ids, strict: bool = False) -> Notes:
+def ids_to_notes(ids: np.ndarray | list[int], strict: bool = False) -> Notes:
     """Notes of any id sequence. Lenient by default: a pair is read wherever a note or ``xxsep`` is directly
     followed by a duration, and everything else is skipped. ``strict=True`` raises ``InvalidTokenError``."""
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -559,7 +559,9 @@ def notes_to_score(
     return score
 
 
-def decode_ids(ids, strict: bool = False, steps_per_beat: int = STEPS_PER_BEAT) -> symusic.Score:
+def decode_ids(
+    ids: np.ndarray | list[int], strict: bool = False, steps_per_beat: int = STEPS_PER_BEAT
+) -> symusic.Score:
     """A ``symusic.Score`` from any id sequence (see ``ids_to_notes`` for what is skipped)."""
     return notes_to_score(ids_to_notes(ids, strict=strict), steps_per_beat=steps_per_beat)
 
@@ -572,7 +574,7 @@ def id_to_token(token_id: int) -> str:
 # Beat positions
 
 
-def beat_positions(ids) -> np.ndarray:
+def beat_positions(ids: np.ndarray | list[int]) -> np.ndarray:
     """Grid step at which each token sounds: the waits before it since the last ``xxbos``.
 
     As in the reference, an ``xxsep`` and its duration keep the old position and the token after them carries
@@ -586,7 +588,7 @@ def beat_positions(ids) -> np.ndarray:
     return before - at_last_bos
 
 
-def token_bars(ids, steps_per_beat: int = STEPS_PER_BEAT) -> tuple[np.ndarray, ...]:
+def token_bars(ids: np.ndarray | list[int], steps_per_beat: int = STEPS_PER_BEAT) -> tuple[np.ndarray, ...]:
     """Per token, where it sounds by the meter rule: (bar, step within the bar, beat within the bar, step within the
     beat). Each piece (from an ``xxbos``) starts in 4/4 at bar 0; a time signature token takes effect where it
     stands in the sequence, at its time, where it starts a bar (the bars before it counted up, a short last one
@@ -614,7 +616,9 @@ def token_bars(ids, steps_per_beat: int = STEPS_PER_BEAT) -> tuple[np.ndarray, .
     return tuple(columns)
 
 
-def position_features(ids, meter: bool = True, steps_per_beat: int = STEPS_PER_BEAT) -> np.ndarray:
+def position_features(
+    ids: np.ndarray | list[int], meter: bool = True, steps_per_beat: int = STEPS_PER_BEAT
+) -> np.ndarray:
     """(T, 3) the model's beat-position input of each token: (bar, beat within the bar, step within the beat) by
     the meter rule; or, for models saved before time signatures (``meter=False``), (bar, step within a 16-step
     bar, 0) counted from ``xxbos``."""
@@ -629,7 +633,7 @@ def position_features(ids, meter: bool = True, steps_per_beat: int = STEPS_PER_B
 # Transposition
 
 
-def transposition_range(ids) -> tuple[int, int]:
+def transposition_range(ids: np.ndarray | list[int]) -> tuple[int, int]:
     """(lowest, highest) shift in semitones that keeps every note of ``ids`` within 0..127."""
     ids = np.asarray(ids, dtype=np.int64)
     pitches = ids[(ids >= NOTE_OFFSET) & (ids < NOTE_OFFSET + NUM_PITCHES)] - NOTE_OFFSET
@@ -638,7 +642,7 @@ def transposition_range(ids) -> tuple[int, int]:
     return -int(pitches.min()), NUM_PITCHES - 1 - int(pitches.max())
 
 
-def transpose_ids(ids, semitones: int) -> np.ndarray:
+def transpose_ids(ids: np.ndarray | list[int], semitones: int) -> np.ndarray:
     """Shift every note by ``semitones``; a shift outside ``transposition_range`` raises ValueError."""
     ids = np.asarray(ids, dtype=np.int64)
     low, high = transposition_range(ids)

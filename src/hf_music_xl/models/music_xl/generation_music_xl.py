@@ -36,7 +36,7 @@ PITCH_CLASSES = {
 SCALE_STEPS = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}  # minor: natural minor
 
 
-def scale_pitch_classes(scale):
+def scale_pitch_classes(scale: str):
     """Pitch classes (0-11) of "C major", "F# minor", ... or of an iterable of pitch classes (returned as a set)."""
     if not isinstance(scale, str):
         return {int(p) % 12 for p in scale}
@@ -56,7 +56,7 @@ class PositionTracker:
         self.ids = None  # (B, T) the sequences of the last call
         self.state = None  # (B, STATE_SIZE) the state after their last token
 
-    def last_state(self, input_ids):
+    def last_state(self, input_ids: torch.Tensor):
         """(B, STATE_SIZE) the position state after the last token of each row of `input_ids` (B, T)."""
         seen = 0 if self.ids is None else self.ids.shape[1]
         extends = (
@@ -74,7 +74,7 @@ class PositionTracker:
         return self.state
 
 
-def bar_clock(state, config):
+def bar_clock(state, config: MusicXLConfig):
     """(B,) where the next token falls, in bars (bar index + the fraction of its bar gone), from position states
     (B, STATE_SIZE) of `compute_positions`: bars follow the time signatures."""
     bar_len, _ = bar_and_beat_lengths(config, state.device)
@@ -83,7 +83,7 @@ def bar_clock(state, config):
     return state[:, STATE_BAR] + since // length + (since % length).double() / length
 
 
-def at_bar_line(state, config):
+def at_bar_line(state, config: MusicXLConfig):
     """(B,) True where the next token falls on a bar line (position states (B, STATE_SIZE) of `compute_positions`)."""
     bar_len, _ = bar_and_beat_lengths(config, state.device)
     return (state[:, STATE_TIME] - state[:, STATE_ANCHOR]) % bar_len[state[:, STATE_METER]] == 0
@@ -202,7 +202,7 @@ class MaxBarsCriteria(StoppingCriteria):
     def __call__(self, input_ids, scores, **kwargs):
         return self.bars_done(input_ids) >= self.num_bars  # (B,) bool
 
-    def bars_done(self, input_ids):
+    def bars_done(self, input_ids: torch.Tensor):
         """(B,) bars (with the fraction of the current one) from the end of the prompt to after the last token."""
         start = 0.0
         if self.prompt_length:

@@ -35,7 +35,14 @@ from .positions_music_xl import STATE_PIECE, compute_positions, position_table_s
 # Attention masks
 
 
-def attention_block_mask(query_len, memory_len, window, device, key_valid=None, same_piece=None):
+def attention_block_mask(
+    query_len: int,
+    memory_len: int,
+    window: int,
+    device: torch.device | str,
+    key_valid: torch.Tensor | None = None,
+    same_piece: torch.Tensor | None = None,
+):
     """Where a query may NOT attend: (T, M + T) bool over [memory, current chunk] keys, or (B, T, M + T) with
     `key_valid` (B, M + T) (False for padding, i.e. attention_mask 0) or `same_piece` (B, T, M + T) (False where a
     key belongs to another piece than the query: an earlier one, before the query's `xxbos`).
@@ -69,7 +76,7 @@ def attention_block_mask(query_len, memory_len, window, device, key_valid=None, 
 # Relative positions
 
 
-def sinusoid_encodings(length, d_model, device, dtype):
+def sinusoid_encodings(length: int, d_model: int, device: torch.device | str, dtype: torch.dtype):
     """(length, d_model) sinusoidal encodings of the distances length-1, ..., 1, 0 (descending, the order the
     relative shift expects: the last K rows encode distances K-1..0)."""
     distance = torch.arange(length - 1, -1, -1, device=device, dtype=torch.float32)
@@ -84,12 +91,12 @@ class RelativeShift(torch.autograd.Function):
     layout with one copy; autograd's own backward of the slice would first zero the whole (B, H, T, K+1) buffer."""
 
     @staticmethod
-    def forward(ctx, padded):
+    def forward(ctx, padded: torch.Tensor):
         batch, heads, query_len, width = padded.shape
         return padded.view(batch, heads, width, query_len)[:, :, 1:].view(batch, heads, query_len, width - 1)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad: torch.Tensor):
         batch, heads, query_len, key_len = grad.shape
         grad_padded = grad.new_empty(batch, heads, key_len + 1, query_len)
         grad_padded[:, :, 0].zero_()  # the dropped row: garbage of the shift, no gradient
@@ -97,7 +104,7 @@ class RelativeShift(torch.autograd.Function):
         return grad_padded.view(batch, heads, query_len, key_len + 1)
 
 
-def relative_position_scores(query, relative):
+def relative_position_scores(query: torch.Tensor, relative: torch.Tensor):
     """Position scores of every query against every key: query (B, H, T, Dh) (bias added, pre-scaled), relative
     (H, K, Dh) encodings of the distances K-1..0 -> (B, H, T, K) with out[..., i, j] = query_i . R_(M+i-j), where the
     last T of the K keys are the queries and M = K - T. Entries for future keys (j > M + i) are garbage: mask them.
@@ -141,15 +148,24 @@ class MusicXLAttention(nn.Module):
         self.out_proj = nn.Linear(inner, config.d_model, bias=False)
         self.attn_dropout = config.attn_dropout
 
-    def split_heads(self, x):
+    def split_heads(self, x: torch.Tensor):
         """(B, T, H * Dh) -> (B, H, T, Dh)"""
         return x.view(x.shape[0], x.shape[1], self.n_head, self.d_head).transpose(1, 2)
 
-    def project_positions(self, encodings):
+    def project_positions(self, encodings: torch.Tensor):
         """(R, D) sinusoid encodings -> (H, R, Dh) projected relative encodings."""
         return self.position_proj(encodings).view(-1, self.n_head, self.d_head).transpose(0, 1)
 
-    def forward(self, x, relative, content_bias, position_bias, mask, slots, output_attentions=False):
+    def forward(
+        self,
+        x: torch.Tensor,
+        relative: torch.Tensor,
+        content_bias: torch.Tensor,
+        position_bias: torch.Tensor,
+        mask: torch.Tensor,
+        slots,
+        output_attentions: bool = False,
+    ):
         # x: (B, T, D) normalised; relative: (H, M+T, Dh); biases u, v: (H, Dh); mask: (T, M+T) or (B, 1, T, M+T)
         # bool, True where a key is not seen, or None; slots: keys and values (B, H, M+T, Dh), views of the
         # cache's buffers: the memory of earlier tokens, then T slots for this chunk's own.
@@ -206,7 +222,16 @@ class MusicXLBlock(GradientCheckpointingLayer):
         self.attention.out_proj.writes_residual = True
         self.ff_out.writes_residual = True
 
-    def forward(self, x, relative, content_bias, position_bias, mask, slots, output_attentions=False):
+    def forward(
+        self,
+        x: torch.Tensor,
+        relative: torch.Tensor,
+        content_bias: torch.Tensor,
+        position_bias: torch.Tensor,
+        mask: torch.Tensor,
+        slots,
+        output_attentions: bool = False,
+    ):
         attended, probabilities = self.attention(
             self.attn_norm(x), relative, content_bias, position_bias, mask, slots, output_attentions
         )
@@ -273,7 +298,7 @@ class MusicXLModel(MusicXLPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
-    def embed(self, input_ids, features):
+    def embed(self, input_ids: torch.Tensor, features: torch.Tensor):
         """(B, T) ids and (B, T, 3) position features (`compute_positions`) -> (B, T, D)"""
         x = self.embed_tokens(input_ids)
         if self.config.encode_position:
@@ -294,7 +319,7 @@ class MusicXLModel(MusicXLPreTrainedModel):
             return 0
         return int(torch.randint(1, config.mask_steps + 1, ()).item())
 
-    def relative_encodings(self, cache, dtype, device):
+    def relative_encodings(self, cache: MusicXLCache, dtype: torch.dtype, device: torch.device | str):
         """Per layer (H, R, Dh) projected encodings of the distances R-1..0, R = mem_len + segment_len (the longest
         span a token sees). Kept in the cache when no gradient is needed, so generation steps reuse them."""
         if cache.relative and not torch.is_grad_enabled():
@@ -307,7 +332,15 @@ class MusicXLModel(MusicXLPreTrainedModel):
             cache.relative = tables
         return tables
 
-    def chunk_mask(self, query_len, memory_len, window, key_valid, same_piece, device):
+    def chunk_mask(
+        self,
+        query_len: int,
+        memory_len: int,
+        window: int,
+        key_valid: torch.Tensor,
+        same_piece: torch.Tensor,
+        device: torch.device | str,
+    ):
         """Keys a chunk's queries do not see: (T, M+T) or (B, 1, T, M+T) bool, or None when they see every key."""
         if not window and query_len == 1 and key_valid is None and same_piece is None:
             return None
@@ -317,14 +350,14 @@ class MusicXLModel(MusicXLPreTrainedModel):
     @can_return_tuple
     def forward(
         self,
-        input_ids=None,
-        attention_mask=None,
-        past_key_values=None,
-        use_cache=None,
-        beat_positions=None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: MusicXLCache | None = None,
+        use_cache: bool | None = None,
+        beat_positions: torch.Tensor | None = None,
         inputs_embeds=None,
-        output_attentions=None,
-        output_hidden_states=None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         **kwargs,
     ):
         r"""
@@ -460,16 +493,16 @@ class MusicXLForCausalLM(MusicXLPreTrainedModel, GenerationMixin):
     @can_return_tuple
     def forward(
         self,
-        input_ids=None,
-        attention_mask=None,
-        past_key_values=None,
-        use_cache=None,
-        beat_positions=None,
-        labels=None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: MusicXLCache | None = None,
+        use_cache: bool | None = None,
+        beat_positions: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
         logits_to_keep=0,
         inputs_embeds=None,
-        output_attentions=None,
-        output_hidden_states=None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         **kwargs,
     ):
         r"""
@@ -519,7 +552,13 @@ class MusicXLForCausalLM(MusicXLPreTrainedModel, GenerationMixin):
             return torch.ones(inputs_tensor.shape[:2], dtype=torch.long, device=inputs_tensor.device)
         return (inputs_tensor != pad).long().cummax(dim=1).values
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, is_first_iteration=False, **kwargs):
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.Tensor,
+        past_key_values: MusicXLCache | None = None,
+        is_first_iteration: bool = False,
+        **kwargs,
+    ):
         if is_first_iteration and isinstance(past_key_values, MusicXLCache) and past_key_values.get_seq_length():
             self.match_cache_to_history(past_key_values, input_ids)
         return super().prepare_inputs_for_generation(
@@ -527,7 +566,7 @@ class MusicXLForCausalLM(MusicXLPreTrainedModel, GenerationMixin):
         )
 
     @staticmethod
-    def match_cache_to_history(cache, input_ids):
+    def match_cache_to_history(cache: MusicXLCache, input_ids: torch.Tensor):
         """Resuming generate() from a cache: its rows must have consumed the first tokens of these sequences. After
         beam search the cache holds the final beams while the returned sequences are the best ones, so rows are
         matched by history fingerprint and the cache reordered; a sequence no row has consumed is an error."""

@@ -10,8 +10,15 @@ numpy and its sibling files (relative imports), and must do nothing at import ti
 
 import torch
 
+from .configuration_music_xl import MusicXLConfig
 
-def compute_beat_positions(input_ids, config, start_position=None, previous_token=None):
+
+def compute_beat_positions(
+    input_ids: torch.Tensor,
+    config: MusicXLConfig,
+    start_position: torch.Tensor | None = None,
+    previous_token: torch.Tensor | None = None,
+):
     """Grid position of every token, by the tokenizer's rule, and the position the next token would get.
 
     A duration token directly after `xxsep` is a wait. A token's position is the sum of the waits strictly before
@@ -36,7 +43,7 @@ def compute_beat_positions(input_ids, config, start_position=None, previous_toke
     return positions, positions[:, -1] + waits[:, -1]
 
 
-def token_waits(input_ids, config, previous_token=None):
+def token_waits(input_ids: torch.Tensor, config: MusicXLConfig, previous_token: torch.Tensor | None = None):
     """(B, T) the steps each token moves time on: its duration if it follows `xxsep`, else 0. `previous_token`
     (B,) is the token before the first (None: no token)."""
     if previous_token is None:
@@ -55,7 +62,7 @@ STATE_TIME, STATE_TOKEN, STATE_METER, STATE_ANCHOR, STATE_BAR, STATE_PIECE = ran
 STATE_SIZE = 6
 
 
-def meter_lengths(config):
+def meter_lengths(config: MusicXLConfig):
     """(grid steps of a bar, of a beat) of each time signature of the vocabulary, in id order. A beat is the
     denominator's note, or three of them in compound meters (6/8, 9/8, 12/8), so that 3/4 and 6/8 differ."""
     whole = 4 * config.steps_per_beat  # grid steps in a whole note
@@ -66,7 +73,7 @@ def meter_lengths(config):
     return lengths
 
 
-def bar_and_beat_lengths(config, device):
+def bar_and_beat_lengths(config: MusicXLConfig, device: torch.device | str):
     """(V,) grid steps of a bar and of a beat for each token id: the meter's for time signature tokens, 4/4's for
     every other id (so a state without a time signature yet reads as 4/4)."""
     whole = 4 * config.steps_per_beat
@@ -80,14 +87,14 @@ def bar_and_beat_lengths(config, device):
     return bar, beat
 
 
-def position_table_sizes(config):
+def position_table_sizes(config: MusicXLConfig):
     """(beats in the longest bar, steps in the longest beat) over the vocabulary's meters (4/4's at least): the
     sizes of the beat and step embeddings of the meter scheme."""
     lengths = meter_lengths(config) + [(4 * config.steps_per_beat, config.steps_per_beat)]
     return max(bar // beat for bar, beat in lengths), max(beat for _, beat in lengths)
 
 
-def compute_positions(input_ids, config, state=None):
+def compute_positions(input_ids: torch.Tensor, config: MusicXLConfig, state=None):
     """Position features of every token and the running state after each, by the tokenizer's rule.
 
     Time: `compute_beat_positions` (waits since the last `xxbos`). Meter: a piece starts in 4/4 at bar 0; a time

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList, set_seed
 
+from .configuration_music_xl import MusicXLConfig
 from .encoding import BOS_ID, EOS_ID, NOTE_OFFSET, NUM_PITCHES, PAD_ID, SEP_ID, is_meter, meter_token, token_bars
 from .generation_music_xl import MaxBarsCriteria, MusicGrammarProcessor
 
@@ -152,7 +153,7 @@ def empty_prompt(meter: str | None = None) -> np.ndarray:
     return np.array(head, dtype=np.int64)
 
 
-def prompt_ids(ids, bars: int) -> np.ndarray:
+def prompt_ids(ids: np.ndarray | list[int], bars: int) -> np.ndarray:
     """The tokens of the first ``bars`` bars of an encoded piece (bars as its time signatures lay them out):
     everything before the first note, ``xxsep`` or time signature that falls in bar ``bars`` or later. A shorter
     piece is kept whole, without its ``xxeos`` (a prompt that ends the piece would leave nothing to continue)."""
@@ -175,7 +176,7 @@ def prompt_ids(ids, bars: int) -> np.ndarray:
 TOKENS_PER_BAR_BOUND = 160
 
 
-def sample_chunks(model, prompt, request: SamplingRequest, seed: int, streamer=None):
+def sample_chunks(model, prompt: np.ndarray | list[int], request: SamplingRequest, seed: int, streamer=None):
     """Sample a continuation of ``prompt`` (ids starting ``xxbos xxpad``) as ``request`` asks, from ``seed``, with
     the grammar processor on, in chunks of ``request.chunk_tokens`` (default ``mem_len``) that each resume the
     memory cache the previous chunk returned, so only new tokens are fed to the model. After each chunk yields
@@ -223,11 +224,11 @@ def sample_chunks(model, prompt, request: SamplingRequest, seed: int, streamer=N
             return
 
 
-def bars_done(sequence: torch.Tensor, prompt_length: int, config) -> int:
+def bars_done(sequence: torch.Tensor, prompt_length: int, config: MusicXLConfig) -> int:
     """Whole bars the first sequence has advanced past the end of the prompt (as MaxBarsCriteria counts them)."""
     return max(0, int(MaxBarsCriteria(0, config, prompt_length).bars_done(sequence[:1])[0]))
 
 
-def fell_short(ids, done: int, bars: int | None, config) -> bool:
+def fell_short(ids: np.ndarray | list[int], done: int, bars: int | None, config: MusicXLConfig) -> bool:
     """True when sampling for ``bars`` bars hit its token bound first (rather than the bars or the end)."""
     return bool(bars) and done < bars and int(ids[-1]) != config.eos_token_id
