@@ -225,3 +225,33 @@ def test_gradients_are_clipped_to_max_grad_norm(chorale_corpus_dir, tmp_path):
     before_clipping = [entry["grad_norm"] for entry in log_history(tmp_path / "run") if "grad_norm" in entry]
     assert len(before_clipping) == 4 and min(before_clipping) > 0.05  # every step was clipped
     assert all(math.isclose(norm, 0.05, rel_tol=1e-3) for norm in norms)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# --keep-best
+
+
+def test_keep_best_ends_with_the_best_checkpoints_weights(chorale_corpus_dir, tmp_path):
+    """Evaluations every 2 steps: final/ holds the weights of the checkpoint with the lowest NLL per note (kept by
+    the rotation, named in the state where it was renamed to, not in the staging directory), and its metrics."""
+    from helpers import weights_digest
+
+    output = tmp_path / "run"
+    train_command(
+        chorale_corpus_dir,
+        output,
+        *("--max-steps", "6", "--eval-steps", "2", "--save-steps", "2", "--save-total-limit", "2", "--keep-best"),
+        *("--learning-rate", "1.0"),  # a rate that overshoots, so the best is not the last
+    )
+    state = json.loads((output / "checkpoint-6" / "trainer_state.json").read_text())
+    history = [entry for entry in state["log_history"] if "eval_nll_per_note" in entry]
+    evals = {entry["step"]: entry["eval_nll_per_note"] for entry in history}
+    best_step = min(evals, key=evals.get)
+    assert best_step != 6  # (step 2 here): the case where keeping the best matters
+    assert state["best_model_checkpoint"] == str(output / f"checkpoint-{best_step}")
+    assert (output / f"checkpoint-{best_step}").is_dir() and not (output / "_saving").exists()
+    final = MusicXLForCausalLM.from_pretrained(output / "final")
+    best = MusicXLForCausalLM.from_pretrained(output / f"checkpoint-{best_step}")
+    assert weights_digest(final) == weights_digest(best)
+    summary = json.loads((output / "final" / "training_summary.json").read_text())
+    assert summary["eval"]["eval_nll_per_note"] == pytest.approx(evals[best_step], rel=1e-4)

@@ -147,7 +147,8 @@ def train(settings: TrainSettings) -> TrainResult:
     train_started = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.perf_counter() - train_started
-    metrics = final_metrics(trainer, None if eval_set is full_eval_set else full_eval_set)
+    rescore = settings.keep_best or eval_set is not full_eval_set  # the best weights, or the whole split
+    metrics = final_metrics(trainer, full_eval_set if rescore else None)
     final_dir = Path(settings.output_dir) / "final"
     if trainer.is_world_process_zero():
         save_final(trainer.model, tokenizer, final_dir, metrics, settings)

@@ -17,7 +17,7 @@ class TrainSettings:
         default=DEFAULT_SOURCE, metadata={"help": "a corpus source (see build-corpus) or a built corpus directory"}
     )
     output_dir: str = field(default="runs/music-xl", metadata={"help": "checkpoints, logs and final/"})
-    preset: str = field(default="tiny", metadata={"help": "model size: tiny, small or base"})
+    preset: str = field(default="tiny", metadata={"help": "model size: tiny, medium, small or base"})
     model_overrides: str = field(default="", metadata={"help": "config fields, e.g. 'mask_p=0,dropout=0.2'"})
     train_mode: str = field(
         default="stream",
@@ -57,6 +57,13 @@ class TrainSettings:
     save_steps: int = field(default=0, metadata={"help": "save a checkpoint every this many steps; 0: every epoch"})
     eval_steps: int = field(default=0, metadata={"help": "evaluate every this many steps; 0: every epoch"})
     save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept"})
+    keep_best: bool = field(
+        default=False,
+        metadata={
+            "help": "keep the checkpoint with the lowest validation NLL per note and end with its weights "
+            "(final/ is the best checkpoint, not the last); --save-steps a multiple of --eval-steps"
+        },
+    )
     corpus_limit: int = field(default=0, metadata={"help": "read only this many files when building; 0: all"})
     num_proc: int = field(default=2, metadata={"help": "processes reading files when building the corpus"})
     midi_column: str = field(

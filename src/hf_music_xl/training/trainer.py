@@ -97,6 +97,7 @@ class MusicXLTrainer(Trainer):
             super()._save_checkpoint(model, trial)
             if self.carry_memory:
                 self.save_stream_memory(Path(self._staging_root) / name)
+            self._point_best_past_staging(run_dir, Path(self._staging_root) / name)
         finally:
             self._staging_root = None
         self.accelerator.wait_for_everyone()  # every rank's rng_state_<rank>.pth (and memory) is in place
@@ -114,6 +115,16 @@ class MusicXLTrainer(Trainer):
         if self._push_pending:
             self._push_pending = False
             self._push_from_checkpoint(target)
+
+    def _point_best_past_staging(self, run_dir: str, staged: Path) -> None:
+        """The Trainer records the best checkpoint (``--keep-best``) under the directory it saved in, here the
+        staging one: name it where it will be once renamed, in memory and in the staged ``trainer_state.json``."""
+        best = self.state.best_model_checkpoint
+        if best is None or not best.startswith(self._staging_root):
+            return
+        self.state.best_model_checkpoint = os.path.join(run_dir, os.path.relpath(best, self._staging_root))
+        if self.args.should_save:
+            self.state.save_to_json(str(staged / "trainer_state.json"))
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         if self._staging_root is not None:  # called inside the save: push once the checkpoint is in place
@@ -172,6 +183,9 @@ def training_arguments(settings: TrainSettings, max_steps: int) -> TrainingArgum
         save_strategy="steps" if settings.save_steps > 0 else "epoch",
         save_steps=settings.save_steps if settings.save_steps > 0 else 500,
         save_total_limit=settings.save_total_limit,
+        load_best_model_at_end=settings.keep_best,
+        metric_for_best_model="eval_nll_per_note" if settings.keep_best else None,
+        greater_is_better=False if settings.keep_best else None,
         logging_steps=settings.logging_steps,
         remove_unused_columns=False,  # the transform needs the raw columns
         use_cpu=not torch.cuda.is_available(),  # also what makes torchrun on CPU real DDP (gloo)
