@@ -19,6 +19,7 @@ from hf_music_xl.evaluate import (
     polyphony,
     scale_consistency,
     summarize,
+    top_voice_steps,
 )
 from hf_music_xl.models.music_xl import encoding
 from hf_music_xl.models.music_xl.positions_music_xl import compute_positions
@@ -46,6 +47,10 @@ def test_statistics_on_hand_examples():
     stats = musical_statistics(notes([16, 20, 36], [60, 64, 79], [4, 4, 4]))
     assert stats["note_density"] == 1.5 and stats["pitch_range"] == 19 and stats["unique_pitches"] == 3
     assert all(math.isnan(value) for value in musical_statistics(notes([], [], [])).values())
+    # top voice C4 D4 (held over an inner A3 -> C4 move) G4 F4: moves +2, +5, -2 by the highest sounding pitch
+    melody = notes([0, 4, 4, 6, 12, 16], [60, 62, 57, 60, 67, 65], [4, 8, 2, 2, 4, 4])
+    assert top_voice_steps(melody) == pytest.approx(2 / 3)
+    assert math.isnan(top_voice_steps(notes([0, 4], [60, 60], [4, 4])))  # no move
     assert math.isnan(groove_consistency(notes([0], [60], [4])))  # one bar: nothing to compare
 
 
@@ -66,8 +71,9 @@ def test_chorales_look_like_bach_and_random_notes_do_not(chorale_scores):
     assert random_stats["groove_consistency"]["mean"] < 0.65 < 0.75 < bach_stats["groove_consistency"]["mean"]
     assert 3.5 < bach_stats["polyphony"]["mean"] <= 4.2  # four voices, sometimes fewer
     assert 20 < bach_stats["unique_pitches"]["mean"] < 35 < 50 < random_stats["unique_pitches"]["mean"]
+    assert random_stats["top_voice_steps"]["mean"] < 0.3 < 0.6 < bach_stats["top_voice_steps"]["mean"]  # sopranos
     table = format_table({"bach": bach_stats, "random": random_stats})
-    assert "bach (12)" in table.splitlines()[0] and len(table.splitlines()) == 2 + 7
+    assert "bach (12)" in table.splitlines()[0] and len(table.splitlines()) == 2 + 8
 
 
 def test_corpus_nll_is_the_model_loss_over_whole_pieces(tiny_model_dir, chorale_corpus):
@@ -151,6 +157,8 @@ def test_evaluate_command_prints_a_table_and_writes_json(
     assert "NLL per token" in printed and "scale_consistency" in printed and str(output) in printed
     with pytest.raises(SystemExit, match="no such file"):
         main(["evaluate", "--corpus", str(chorale_corpus_dir), "--generated", str(tmp_path / "nothing.mid")])
+    main(["evaluate", "--statistics-only", "--corpus", str(chorale_corpus_dir), "--output", str(output)])
+    assert "nll" not in json.loads(output.read_text())  # no model loaded
 
 
 def test_compare_with_corpus_leaves_the_prompt_out(tiny_model_dir, chorale_corpus, tmp_path, capsys):

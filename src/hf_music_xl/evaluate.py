@@ -14,7 +14,10 @@ Musical statistics follow MusPy's definitions, on the 16th-note grid (``Notes``)
 - groove consistency: 1 - mean Hamming distance between the onset patterns (one flag per grid step) of
   consecutive bars, divided by the steps in a bar (a shorter bar's pattern padded to the longest);
 - polyphony: mean number of notes sounding at the grid steps where at least one sounds;
-- note density: notes per bar; pitch range: highest - lowest pitch (semitones); unique pitches.
+- note density: notes per bar; pitch range: highest - lowest pitch (semitones); unique pitches;
+- top-voice steps: of the top voice's moves (the highest sounding pitch, from one onset to the next, where it
+  changes), the share by step (1 or 2 semitones); a soprano moves mostly by step, a melody that leaps between
+  registers does not.
 
 Bars are the piece's own (its time signatures; 4/4 where it has none), counted from the bar of the first onset
 to the bar of the last, so a continuation whose prompt was removed is measured over its own bars.
@@ -42,6 +45,7 @@ STATISTICS = (
     "note_density",
     "pitch_range",
     "unique_pitches",
+    "top_voice_steps",
 )
 
 
@@ -99,6 +103,15 @@ def note_density(notes: encoding.Notes) -> float:
     return len(notes) / _bar_span(notes)[1]
 
 
+def top_voice_steps(notes: encoding.Notes) -> float:
+    onsets = np.unique(notes.onset)  # (m,)
+    sounding = (notes.onset[None, :] <= onsets[:, None]) & (onsets[:, None] < (notes.onset + notes.duration)[None, :])
+    top = np.where(sounding, notes.pitch[None, :], -1).max(axis=1)  # (m,) highest pitch sounding at each onset
+    moves = np.abs(np.diff(top))
+    moves = moves[moves > 0]
+    return float(np.mean(moves <= 2)) if len(moves) else float("nan")
+
+
 def musical_statistics(notes: encoding.Notes) -> dict[str, float]:
     """Every statistic of one piece; all NaN for a piece without notes."""
     if not len(notes):
@@ -111,11 +124,19 @@ def musical_statistics(notes: encoding.Notes) -> dict[str, float]:
         "note_density": note_density(notes),
         "pitch_range": float(notes.pitch.max() - notes.pitch.min()),
         "unique_pitches": float(len(np.unique(notes.pitch))),
+        "top_voice_steps": top_voice_steps(notes),
     }
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Statistics of sets of pieces
+
+
+def bars_excerpt(notes: encoding.Notes, first_bar: int, n_bars: int) -> encoding.Notes:
+    """The notes starting in bars ``first_bar .. first_bar + n_bars - 1`` (0-based, the piece's own bars): the
+    bars of a corpus piece that a continuation of its first ``first_bar`` bars is compared with."""
+    bar = notes.bars().locate(notes.onset)[0]
+    return notes.select((bar >= first_bar) & (bar < first_bar + n_bars))
 
 
 def summarize(pieces: list[encoding.Notes], desc: str | None = None) -> dict:
@@ -243,7 +264,8 @@ def corpus_nll(model, split, batch_size: int = 8, mem_len: int | None = None, pr
 
 @dataclass
 class EvaluateSettings:
-    model: str = field(default="", metadata={"help": "model directory or Hub id for NLL; empty: statistics only"})
+    model: str = field(default="", metadata={"help": "model directory or Hub id for NLL; default: the released model"})
+    statistics_only: bool = field(default=False, metadata={"help": "no NLL, no model: musical statistics only"})
     corpus: str = field(default="bach-chorales", metadata={"help": "a corpus source or a built corpus directory"})
     split: str = field(default="validation", metadata={"help": "corpus split to score and to compare with"})
     generated: list[str] = field(
@@ -280,10 +302,11 @@ def run_evaluate(settings: EvaluateSettings) -> dict:
         raise ValueError(f"corpus has no split {settings.split!r}; it has {', '.join(corpus)}")
     split = seeded_subset(corpus[settings.split], settings.max_pieces, settings.seed)
     results: dict = {"corpus": settings.corpus, "split": settings.split, "pieces": len(split)}
-    if settings.model:
+    generated = midi_files(settings.generated) if settings.generated else []  # a missing file fails before the model
+    if not settings.statistics_only:
         from .generate import load_model_and_tokenizer
 
-        model, _ = load_model_and_tokenizer(settings.model)
+        model, _ = load_model_and_tokenizer(settings.model or None)
         nll = corpus_nll(model, split, settings.batch_size, settings.mem_len)
         results["nll"] = nll
         print(
@@ -293,8 +316,8 @@ def run_evaluate(settings: EvaluateSettings) -> dict:
         )
 
     summaries = {f"corpus {settings.split}": summarize(corpus_pieces(split), desc="corpus statistics")}
-    if settings.generated:
-        pieces = midi_pieces(settings.generated, settings.skip_bars)
+    if generated:
+        pieces = midi_pieces(generated, settings.skip_bars)
         summaries["generated"] = summarize(pieces, desc="generated statistics")
     results["statistics"] = summaries
     print(format_table(summaries))
@@ -310,6 +333,8 @@ def write_json(data: dict, path) -> Path:
     def clean(value):
         if isinstance(value, dict):
             return {key: clean(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(item) for item in value]
         if isinstance(value, float) and math.isnan(value):
             return None
         return value
