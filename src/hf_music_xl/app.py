@@ -46,7 +46,14 @@ class BadUpload(ValueError):
 class AppSettings:
     """Everything ``hf-music-xl app`` needs; each field is a flag, ``model`` the positional argument."""
 
-    model: str = field(default="", metadata={"help": "a model directory or Hub id", "positional": True})
+    model: str = field(
+        default="",
+        metadata={
+            "help": "a model directory or Hub id; default: the released model",
+            "positional": True,
+            "optional": True,
+        },
+    )
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on (0.0.0.0 for all)"})
     port: int = field(default=7860, metadata={"help": "port"})
     max_upload_bytes: int = field(default=MAX_UPLOAD_BYTES, metadata={"help": "largest prompt file accepted"})
@@ -205,14 +212,15 @@ def launch_kwargs(settings: AppSettings, output_dir: Path) -> dict:
 def run_app(settings: AppSettings, block: bool = True):
     """Load the model, build the page and serve it; returns the running page when ``block`` is False."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    pipe = load_pipeline(settings.model)
+    from .release import default_model
+
+    model = settings.model or default_model()
+    pipe = load_pipeline(model)
     output_dir = Path(settings.output_dir or tempfile.mkdtemp(prefix="hf_music_xl_app_"))
     app = MusicApp(pipe, output_dir, settings.max_upload_bytes)
     if not app.audio:
         logger.warning("no audio renderer or soundfont: the page shows no audio player (see hf_music_xl.render)")
-    page = build_app(
-        app, f"Music continuation with {Path(settings.model).name if Path(settings.model).is_dir() else settings.model}"
-    )
+    page = build_app(app, f"Music continuation with {Path(model).name if Path(model).is_dir() else model}")
     page.queue(default_concurrency_limit=1)  # one generation at a time: the model and the CPU are shared
     page.launch(prevent_thread_lock=not block, **launch_kwargs(settings, output_dir))
     return page

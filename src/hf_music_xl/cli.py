@@ -27,7 +27,8 @@ import typing
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per dataclass field (``--field-name``, or a positional argument where ``metadata['positional']``),
+    """One flag per dataclass field (``--field-name``, or a positional argument where ``metadata['positional']``,
+    one that may be left out where ``metadata['optional']``),
     with its default and ``metadata['help']``; the type says how it is read: ``bool`` as ``--x/--no-x``,
     ``X | None`` as ``X``, ``tuple[int, int]`` as two values, ``list[str]`` as one or more. ``metadata`` may also
     give ``choices``, ``metavar`` and ``const`` (the value of the bare flag)."""
@@ -49,7 +50,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
             if "const" in meta:
                 options["nargs"] = "?"
         if meta.get("positional"):
-            parser.add_argument(item.name, help=meta.get("help", ""))
+            optional = {"nargs": "?", "default": default} if meta.get("optional") else {}
+            parser.add_argument(item.name, help=meta.get("help", ""), **optional)
         else:
             parser.add_argument("--" + item.name.replace("_", "-"), dest=item.name, **options)
 

@@ -169,7 +169,14 @@ class GenerateSettings(SamplingRequest):
     """Everything ``hf-music-xl generate`` needs: a ``SamplingRequest`` and where its prompt comes from and its
     files go; each field is a flag (``--prompt-bars``), ``model`` the positional argument."""
 
-    model: str = field(default="", metadata={"help": "a model directory or Hub id", "positional": True})
+    model: str = field(
+        default="",
+        metadata={
+            "help": "a model directory or Hub id; default: the released model",
+            "positional": True,
+            "optional": True,
+        },
+    )
     prompt: str = field(
         default="", metadata={"help": "MIDI file whose first --prompt-bars bars start each sample; empty: from nothing"}
     )
@@ -184,15 +191,16 @@ class GenerateSettings(SamplingRequest):
     soundfont: str = field(default="", metadata={"help": "a local .sf2 (also $HF_MUSIC_XL_SOUNDFONT)"})
 
 
-def load_model_and_tokenizer(name_or_path: str):
-    """``from_pretrained`` of a directory or Hub id (offline, a Hub id must already be in the local cache). A Hub
-    problem (unreachable address, bad token, no such repo) raises ``HubAccessError`` with one line."""
+def load_model_and_tokenizer(name_or_path: str | None = None):
+    """``from_pretrained`` of a directory or Hub id, by default the released model (``release.default_model``);
+    offline, a Hub id must already be in the local cache. A Hub problem (unreachable address, bad token, no such
+    repo) raises ``HubAccessError`` with one line."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .hub.errors import check_model_access, hub_errors
+    from .release import default_model
 
-    if not name_or_path:
-        raise ValueError("give a model directory or Hub id")
+    name_or_path = name_or_path or default_model()
     local_files_only = Path(name_or_path).is_dir() or not is_repo_id(name_or_path) or check_model_access(name_or_path)
     try:
         with hub_errors(name_or_path):
@@ -214,9 +222,10 @@ def is_repo_id(name: str) -> bool:
     return True
 
 
-def load_pipeline(name_or_path: str):
+def load_pipeline(name_or_path: str | None = None):
     """A ``MusicXLPipeline`` (the ``music-generation`` pipeline) of this package's classes for a model directory
-    or Hub id; without the package, ``pipeline(model=..., trust_remote_code=True)`` gives the same."""
+    or Hub id, by default the released model; without the package, ``pipeline(model=..., trust_remote_code=True)``
+    gives the same."""
     from .models.music_xl.pipeline_music_xl import MusicXLPipeline
 
     model, tokenizer = load_model_and_tokenizer(name_or_path)

@@ -7,7 +7,9 @@
 ``generation_config.json``, the tokenizer files, the code files named by ``auto_map`` (so
 ``trust_remote_code=True`` loads the model without this package) and ``README.md``, a model card rendered from
 the ``model_card.md`` template with metadata from what training wrote (``training_summary.json``, else
-``all_results.json``/``eval_results.json``/``trainer_state.json``). Files that did not change are skipped by
+``all_results.json``/``eval_results.json``/``trainer_state.json``), or the directory's own ``README.md`` where it
+has one with card metadata (the released model's, which ``scripts/release_report.py`` writes with its measured
+quality: the folder is published as it is). Files that did not change are skipped by
 ``huggingface_hub``; a push with nothing new makes no commit. The card itself is ``model_card.py``'s.
 
 The Hub address is ``huggingface_hub``'s: ``HF_ENDPOINT`` (read when ``huggingface_hub`` is imported) or its
@@ -37,7 +39,7 @@ from .model_card import DEFAULT_LICENSE, build_model_card
 logger = logging.getLogger(__name__)
 
 # Top-level files of a model directory that are published; anything else (pickles such as optimizer.pt or
-# training_args.bin, a README.md of its own, checkpoints) stays local.
+# training_args.bin, checkpoints) stays local; a README.md is published only if it is a model card (``own_card``).
 PUBLISHED = re.compile(r"[^/]+\.(json|safetensors|py|txt|model)")
 
 
@@ -159,7 +161,9 @@ def push_to_hub(
         raise FileNotFoundError(f"model directory {model_dir} does not exist")
     with tempfile.TemporaryDirectory(prefix="hf_music_xl_push_") as tmp, hub_errors(repo_id):
         source = complete_model_dir(model_dir, Path(tmp))
-        card = build_model_card(source, repo_id, license=license, datasets=datasets, tags=tags, template=template)
+        card = own_card(model_dir) if template is None else None
+        if card is None:
+            card = build_model_card(source, repo_id, license=license, datasets=datasets, tags=tags, template=template)
         return commit_model_dir(
             HfApi(token=token),
             source,
@@ -170,6 +174,15 @@ def push_to_hub(
             create_pr=create_pr,
             commit_message=commit_message or f"Upload {model_dir.name} with hf_music_xl",
         )
+
+
+def own_card(model_dir: Path) -> ModelCard | None:
+    """The directory's ``README.md`` if it is a model card (YAML front matter with metadata), else None."""
+    readme = model_dir / "README.md"
+    if not readme.is_file() or not readme.read_text(encoding="utf-8").startswith("---\n"):
+        return None
+    card = ModelCard.load(readme)
+    return card if card.data.to_dict() else None
 
 
 def commit_model_dir(

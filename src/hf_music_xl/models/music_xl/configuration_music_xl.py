@@ -25,6 +25,8 @@ from .vocabulary_music_xl import (
 MODEL_PRESETS = {
     # ~0.90M parameters: CPU demos and tests
     "tiny": dict(d_model=128, n_layer=4, n_head=4, d_head=32, d_inner=512, mem_len=128, segment_len=128),
+    # ~4.9M parameters: the released model (what 2 CPU cores train well in two hours, BENCHMARKS.md)
+    "medium": dict(d_model=256, n_layer=6, n_head=4, d_head=64, d_inner=1024, mem_len=256, segment_len=256),
     # ~9.3M parameters: CPU training runs
     "small": dict(d_model=384, n_layer=6, n_head=6, d_head=64, d_inner=1024, mem_len=256, segment_len=256),
     # ~55M parameters: the reference musicautobot model (16 layers, 512 wide, 8 heads, mem_len 512, bptt 512)
@@ -35,7 +37,7 @@ MODEL_PRESETS = {
 class MusicXLConfig(PretrainedConfig):
     r"""
     Configuration of [`MusicXLModel`] and [`MusicXLForCausalLM`]. Build one from a size preset with
-    `MusicXLConfig.from_preset("tiny" | "small" | "base", **overrides)`.
+    `MusicXLConfig.from_preset("tiny" | "medium" | "small" | "base", **overrides)`.
 
     Architecture:
         vocab_size (`int`, defaults to 379): ids 0-8 specials, 9-136 notes n0..n127, 137-297 durations d0..d160,
@@ -159,7 +161,7 @@ class MusicXLConfig(PretrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "MusicXLConfig":
-        """A config of a named size ("tiny", "small", "base"), with any field overridden by keyword."""
+        """A config of a named size ("tiny", "medium", "small", "base"), with any field overridden by keyword."""
         if name not in MODEL_PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose from {sorted(MODEL_PRESETS)}")
         return cls(**{**MODEL_PRESETS[name], **overrides})
