@@ -202,3 +202,32 @@ def test_generate_from_nothing_in_tokens_and_bad_input(tiny_model_dir, tmp_path)
     assert len(encoding.encode_midi(tmp_path / "b" / "sample-1-seed0.mid")) <= 2 + 5 + 1
     with pytest.raises(SystemExit, match="temperature must be a finite number"):
         main(["generate", str(tiny_model_dir), "--note-temperature", "nan", "--output-dir", str(tmp_path)])
+
+
+def test_a_batch_of_samples_is_one_batch_and_each_row_is_its_sample_alone(model, chorale_ids, monkeypatch):
+    """Four seeds in one batch: each row equals the sample its seed gives alone, rows of different lengths stop
+    on their own (bars, or the token bound), and the model runs once per chunk for all of them, not once per
+    sample; a finished row leaves the batch."""
+    from hf_music_xl.generate import generate_batch
+
+    prompt = prompt_ids(chorale_ids, 2)
+    request = SamplingRequest(bars=2, chunk_tokens=12, preset="adventurous")
+    alone = [generate_continuation(model, prompt, request, seed=seed, progress=False) for seed in range(4)]
+    assert len({len(ids) for ids in alone}) > 1  # the rows do end at different lengths
+
+    batch_rows, original = [], type(model).generate
+
+    def recording_generate(self, input_ids, **kwargs):
+        batch_rows.append(input_ids.shape[0])
+        return original(self, input_ids, **kwargs)
+
+    monkeypatch.setattr(type(model), "generate", recording_generate)
+    together = generate_batch(model, prompt, request, seeds=[0, 1, 2, 3], progress=False)
+    for ids, single in zip(together, alone):
+        assert ids.tolist() == single.tolist()
+        bars = MaxBarsCriteria(2, model.config, prompt_length=len(prompt)).bars_done(torch.as_tensor(ids)[None])
+        if len(ids) - len(prompt) < TOKENS_PER_BAR_BOUND * 2:  # not stopped by the token bound (the tiny model
+            assert bars >= 2 and encoding.first_invalid_position(ids) is None  # may never move time forward)
+    assert batch_rows[0] == 4 and batch_rows == sorted(batch_rows, reverse=True)  # rows leave as they finish
+    longest = max(len(ids) for ids in alone) - len(prompt)
+    assert len(batch_rows) == -(-longest // 12)  # one call per chunk of the longest row, whatever the batch

@@ -31,7 +31,7 @@ from .models.music_xl.sampling_music_xl import (
     empty_prompt,
     fell_short,
     prompt_ids,
-    sample_chunks,
+    sample_rows,
 )
 
 logger = logging.getLogger(__name__)
@@ -119,39 +119,49 @@ class NoteStreamer(BaseStreamer):
 
 
 @torch.no_grad()
-def generate_continuation(
+def generate_batch(
     model,
     prompt,
     request: SamplingRequest,
-    seed: int | None = None,
+    seeds: list[int],
     streamer: BaseStreamer | None = None,
     progress: bool = True,
-) -> np.ndarray:
-    """Prompt followed by one continuation (ids) sampled as ``request`` asks, with the grammar processor on
-    (``sample_chunks`` of sampling_music_xl.py, with a progress bar).
+) -> list[np.ndarray]:
+    """Prompt followed by one continuation per seed (ids), sampled in one batch as ``request`` asks, with the
+    grammar processor on (``sample_rows`` of sampling_music_xl.py, with a progress bar); sample ``i`` is the one
+    its seed gives alone.
 
     Args:
         model: a ``MusicXLForCausalLM`` (put in eval mode here).
         prompt: ids starting ``xxbos xxpad`` (see ``prompt_ids``).
-        request: the length, sampling and constraints (its ``prompt_bars``, ``meter`` and ``num_samples`` are
-            the caller's: the prompt is made, and this is one sample).
-        seed: seeds python, numpy and torch before sampling (default ``request.seed``).
-        streamer: receives tokens as they come (e.g. ``NoteStreamer``).
+        request: the length, sampling and constraints (its ``prompt_bars``, ``meter``, ``seed`` and
+            ``num_samples`` are the caller's: the prompt is made, and the seeds are given).
+        seeds: one per sample.
+        streamer: receives tokens as they come (e.g. ``NoteStreamer``; one seed only).
     """
-    chunks = sample_chunks(model, prompt, request, request.seed if seed is None else seed, streamer=streamer)
     unit, total = ("bar", request.bars) if request.bars else ("token", request.max_new_tokens)
     with tqdm(total=total, unit=unit, disable=not progress, leave=False) as bar:
-        for sequence, done in chunks:  # noqa: B007 - the last chunk's sequence is the result
-            bar.update(min(done, total) - bar.n)
-    ids = sequence[0].cpu().numpy()
-    if fell_short(ids, done, request.bars, model.config):
-        budget = request.max_new_tokens or TOKENS_PER_BAR_BOUND * request.bars
-        logger.warning(
-            "stopped at the bound of %d new tokens after %d of %d bars; pass max_new_tokens to raise it",
-            budget,
-            done,
-            request.bars,
-        )
+        for rows, done in sample_rows(model, prompt, request, seeds, streamer=streamer):  # noqa: B007 - the last
+            bar.update(min(min(done), total) - bar.n)
+    samples = [row.cpu().numpy() for row in rows]
+    for ids, bars_done, seed in zip(samples, done, seeds):
+        if fell_short(ids, bars_done, request.bars, model.config):
+            budget = request.max_new_tokens or TOKENS_PER_BAR_BOUND * request.bars
+            logger.warning(
+                "seed %d stopped at the bound of %d new tokens after %d of %d bars; pass max_new_tokens to raise it",
+                seed,
+                budget,
+                bars_done,
+                request.bars,
+            )
+    return samples
+
+
+def generate_continuation(
+    model, prompt, request: SamplingRequest, seed: int | None = None, streamer=None, progress: bool = True
+) -> np.ndarray:
+    """``generate_batch`` of one seed (default ``request.seed``): the prompt followed by its continuation."""
+    [ids] = generate_batch(model, prompt, request, [request.seed if seed is None else seed], streamer, progress)
     return ids
 
 
@@ -252,25 +262,29 @@ def generate_samples(model, prompt, settings: GenerateSettings, prefix: str) -> 
     if settings.stream:
         stream_file = sys.stdout if settings.stream == "-" else open(settings.stream, "a", encoding="utf-8")
 
-    samples = []
     try:
-        for index, seed in enumerate(settings.seeds, start=1):
+        if stream_file:  # a streamer follows one sequence: one sample after another
+            batches = [[seed] for seed in settings.seeds]
+        else:
+            batches = [settings.seeds]
+        samples = []
+        for seeds in batches:
             streamer = NoteStreamer(stream_file) if stream_file else None
             if stream_file:
-                print(f"# {prefix}-{index}-seed{seed}", file=stream_file, flush=True)
-            ids = generate_continuation(
-                model, prompt, settings, seed=seed, streamer=streamer, progress=stream_file is not sys.stdout
-            )
-            files = render_outputs(
-                ids,
-                len(prompt),
-                output_stem(settings.output_dir, prefix, index, seed),
-                picture=settings.picture,
-                audio=settings.audio,
-                soundfont=settings.soundfont or None,
-            )
-            samples.append(Sample(ids, len(prompt), seed, files))
-            print("  ".join(str(path) for path in files.values() if path is not None))
+                print(f"# {prefix}-{len(samples) + 1}-seed{seeds[0]}", file=stream_file, flush=True)
+            progress = stream_file is not sys.stdout
+            for ids, seed in zip(generate_batch(model, prompt, settings, seeds, streamer, progress), seeds):
+                index = len(samples) + 1
+                files = render_outputs(
+                    ids,
+                    len(prompt),
+                    output_stem(settings.output_dir, prefix, index, seed),
+                    picture=settings.picture,
+                    audio=settings.audio,
+                    soundfont=settings.soundfont or None,
+                )
+                samples.append(Sample(ids, len(prompt), seed, files))
+                print("  ".join(str(path) for path in files.values() if path is not None))
     finally:
         if stream_file not in (None, sys.stdout):
             stream_file.close()

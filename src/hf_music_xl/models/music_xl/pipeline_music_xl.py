@@ -13,7 +13,8 @@ call above works where hf_music_xl is not installed. The file therefore imports 
 symusic and its sibling files, and only defines things when imported.
 
 Its call parameters are the fields of ``SamplingRequest`` (sampling_music_xl.py, where sampling lives for the whole
-package: the CLI and the web app use the same request and the same ``sample_chunks``).
+package: the CLI and the web app use the same request and the same ``sample_rows``). The samples of one prompt are
+drawn in one batch, each row from its own seed, so a sample is the same asked for alone or with others.
 """
 
 import logging
@@ -25,7 +26,7 @@ import torch
 from transformers import Pipeline
 
 from .encoding import STEPS_PER_BEAT, decode_ids, encode_midi, ids_to_notes
-from .sampling_music_xl import SamplingRequest, bars_done, empty_prompt, fell_short, prompt_ids, sample_chunks
+from .sampling_music_xl import SamplingRequest, bars_done, empty_prompt, fell_short, prompt_ids, sample_rows
 
 TASK = "music-generation"
 
@@ -115,17 +116,18 @@ class MusicXLPipeline(Pipeline):
         request = request or SamplingRequest()
         prompt = model_inputs["prompt"].cpu().numpy()
         per_sample = request.bars or request.max_new_tokens
+        # every sample of the prompt in one batch; each row draws from its own seed, as it would alone
+        for rows, done in sample_rows(self.model, prompt, request, request.seeds):  # noqa: B007 - the last is kept
+            if progress_callback is not None:
+                progress_callback(sum(min(d, per_sample) for d in done), request.num_samples * per_sample)
         samples = []
-        for index, seed in enumerate(request.seeds):
-            for sequence, done in sample_chunks(self.model, prompt, request, seed):  # noqa: B007 - the last is kept
-                if progress_callback is not None:
-                    progress_callback(index * per_sample + min(done, per_sample), request.num_samples * per_sample)
-            ids = sequence[0].cpu().numpy()
-            if fell_short(ids, done, request.bars, self.model.config):
+        for index, (row, seed) in enumerate(zip(rows, request.seeds)):
+            ids = row.cpu().numpy()
+            if fell_short(ids, done[index], request.bars, self.model.config):
                 logging.getLogger(__name__).warning(
-                    "sample %d stopped at its token bound after %d of %d bars", index, done, request.bars
+                    "sample %d stopped at its token bound after %d of %d bars", index, done[index], request.bars
                 )
-            samples.append((ids, seed, bars_done(sequence, len(prompt), self.model.config)))
+            samples.append((ids, seed, bars_done(row[None], len(prompt), self.model.config)))
         return {"samples": samples, "prompt_length": len(prompt)}
 
     def postprocess(self, model_outputs):

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
-from transformers import LogitsProcessorList, StoppingCriteriaList, set_seed
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
+from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from .configuration_music_xl import MusicXLConfig
 from .encoding import BOS_ID, EOS_ID, NOTE_OFFSET, NUM_PITCHES, PAD_ID, SEP_ID, is_meter, meter_token, token_bars
@@ -176,13 +177,34 @@ def prompt_ids(ids: np.ndarray | list[int], bars: int) -> np.ndarray:
 TOKENS_PER_BAR_BOUND = 160
 
 
-def sample_chunks(model, prompt: np.ndarray | list[int], request: SamplingRequest, seed: int, streamer=None):
-    """Sample a continuation of ``prompt`` (ids starting ``xxbos xxpad``) as ``request`` asks, from ``seed``, with
-    the grammar processor on, in chunks of ``request.chunk_tokens`` (default ``mem_len``) that each resume the
-    memory cache the previous chunk returned, so only new tokens are fed to the model. After each chunk yields
-    ``(sequence, done)``: the prompt and what has been sampled so far as a (1, L) tensor, and the bars (when
+class RowSampler(LogitsProcessor):
+    """Draws each row's next token from its own generator, seeded with that sample's seed, after top-k and top-p,
+    and leaves only the drawn token possible (so generate()'s greedy pick takes it): sample ``i`` of a batch is
+    the sample its seed gives alone, and rows can leave the batch as they finish."""
+
+    def __init__(self, seeds: list[int], top_k: int, top_p: float, device):
+        self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+        self.filters = ([TopKLogitsWarper(top_k)] if top_k else []) + ([TopPLogitsWarper(top_p)] if top_p < 1 else [])
+
+    def keep(self, rows: list[int]) -> None:
+        self.generators = [self.generators[row] for row in rows]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for keep_likely in self.filters:
+            scores = keep_likely(input_ids, scores)
+        probs = torch.softmax(scores.float(), dim=-1)  # (B, V)
+        drawn = torch.stack([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, self.generators)])
+        return torch.full_like(scores, -float("inf")).scatter_(1, drawn, 0.0)  # (B, V): only the drawn ids
+
+
+def sample_rows(model, prompt: np.ndarray | list[int], request: SamplingRequest, seeds: list[int], streamer=None):
+    """Sample one continuation of ``prompt`` (ids starting ``xxbos xxpad``) per seed, all in one batch, as
+    ``request`` asks, with the grammar processor on, in chunks of ``request.chunk_tokens`` (default ``mem_len``)
+    that each resume the memory cache the previous chunk returned, so only new tokens are fed to the model. A row
+    leaves the batch when it has its bars or ends, so the others do not carry it. After each chunk yields
+    ``(rows, done)``: per seed, the prompt and what has been sampled so far (a 1-D tensor), and the bars (when
     ``request.bars`` is given) or tokens done. A caller may stop iterating at any chunk boundary; ``streamer``
-    receives tokens as they come."""
+    (one seed only) receives tokens as they come."""
     config, sampling, bars = model.config, request.sampling, request.bars or None
     budget = request.max_new_tokens or TOKENS_PER_BAR_BOUND * bars
     chunk_tokens = request.chunk_tokens or max(config.mem_len, 16)
@@ -195,33 +217,68 @@ def sample_chunks(model, prompt: np.ndarray | list[int], request: SamplingReques
         scale=request.scale or None,
         allow_end=request.allow_end,
     )
+    sampler = RowSampler(seeds, sampling.top_k, sampling.top_p, model.device)
     stop_at_bars = MaxBarsCriteria(bars, config, prompt_length=prompt.shape[1]) if bars else None
     model.eval()
-    set_seed(seed)
 
-    sequence, cache, new_tokens = prompt, None, 0
-    while new_tokens < budget:
+    sequence, cache = prompt.expand(len(seeds), -1), None  # (B, L): the rows still being sampled
+    active = list(range(len(seeds)))  # their samples' indices
+    rows, done = [prompt[0]] * len(seeds), [0] * len(seeds)
+    while active:
+        new_tokens = sequence.shape[1] - prompt.shape[1]
         with torch.no_grad():
             out = model.generate(
                 sequence,
                 past_key_values=cache,
-                max_new_tokens=min(chunk_tokens, budget - new_tokens),
-                do_sample=True,
-                temperature=1.0,  # temperatures are the grammar processor's
-                top_k=sampling.top_k,
-                top_p=sampling.top_p,
-                logits_processor=LogitsProcessorList([grammar]),
+                generation_config=GenerationConfig(
+                    max_new_tokens=min(chunk_tokens, budget - new_tokens),
+                    do_sample=False,  # the RowSampler has drawn: greedy takes its token
+                    top_k=50,  # unused by a greedy pick (the RowSampler filters); generate()'s defaults, so that
+                    top_p=1.0,  # it neither fills in the model's sampling values nor warns about them
+                    eos_token_id=config.eos_token_id,
+                    pad_token_id=config.pad_token_id,  # after a row ends; the grammar never samples it there
+                    return_dict_in_generate=True,
+                ),
+                logits_processor=LogitsProcessorList([grammar, sampler]),
                 stopping_criteria=StoppingCriteriaList([stop_at_bars] if stop_at_bars else []),
-                eos_token_id=config.eos_token_id,
-                pad_token_id=config.pad_token_id,
                 streamer=streamer,
-                return_dict_in_generate=True,
             )
         sequence, cache = out.sequences, out.past_key_values
-        new_tokens = sequence.shape[1] - prompt.shape[1]
-        yield sequence, bars_done(sequence, prompt.shape[1], config) if bars else new_tokens
-        if sequence[0, -1] == config.eos_token_id or (stop_at_bars and stop_at_bars(sequence, None).all()):
-            return
+        finished = []
+        for k, sample in enumerate(active):
+            rows[sample] = without_trailing_pads(sequence[k], prompt.shape[1], config)
+            generated = len(rows[sample]) - prompt.shape[1]
+            done[sample] = bars_done(rows[sample][None], prompt.shape[1], config) if bars else generated
+            finished.append(
+                len(rows[sample]) < sequence.shape[1]  # padded: generate() saw it end
+                or rows[sample][-1] == config.eos_token_id
+                or (bars is not None and done[sample] >= bars)
+                or generated >= budget
+            )
+        yield rows, done
+        keep = [k for k, ended in enumerate(finished) if not ended]
+        if len(keep) < len(active):
+            if keep:
+                index = torch.tensor(keep, device=sequence.device)
+                sequence = sequence[index]
+                cache.batch_select_indices(index)
+                sampler.keep(keep)
+            active = [active[k] for k in keep]
+
+
+def without_trailing_pads(row: torch.Tensor, prompt_length: int, config: MusicXLConfig) -> torch.Tensor:
+    """``row`` (1-D) up to its last generated token: generate() pads a row that ended while others went on (the
+    grammar never samples ``xxpad`` after the prompt, so a pad there is padding)."""
+    generated = row[prompt_length:]
+    real = torch.nonzero(generated != config.pad_token_id)
+    return row[: prompt_length + (int(real[-1]) + 1 if len(real) else 0)]
+
+
+def sample_chunks(model, prompt: np.ndarray | list[int], request: SamplingRequest, seed: int, streamer=None):
+    """``sample_rows`` of one seed: yields ``(sequence, done)``, the prompt and what has been sampled so far as a
+    (1, L) tensor and the bars or tokens done."""
+    for rows, done in sample_rows(model, prompt, request, [seed], streamer):
+        yield rows[0][None], done[0]
 
 
 def bars_done(sequence: torch.Tensor, prompt_length: int, config: MusicXLConfig) -> int:
