@@ -153,3 +153,15 @@ def test_transposition_never_leaves_the_pitch_range(ids, shift):
     else:
         with pytest.raises(ValueError, match="leaves the pitch range"):
             E.transpose_ids(ids, shift)
+
+
+@pytest.mark.parametrize("tracks", [2, 3])
+def test_format_2_tracks_past_the_int32_tick_range_raise_a_clear_error(tmp_path, tracks):
+    # Each track lasts 5 maximal deltas (about 1.34e9 ticks): two in turn wrapped round silently, three made
+    # symusic's shift_time raise TypeError.
+    pattern = track(*[(2**28 - 1, [0xFF, 0x01, 0x00]) for _ in range(5)], *note(60))
+    path = write(tmp_path, "long-patterns.mid", midi(*[pattern] * tracks, midi_format=2))
+    for tokenizer_call in (E.encode_midi, MusicXLTokenizerFast().encode_midi):
+        with pytest.raises(E.MidiReadError, match="format-2 tracks played in turn") as error:
+            tokenizer_call(path)
+        assert str(path) in str(error.value)

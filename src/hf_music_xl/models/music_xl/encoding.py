@@ -118,6 +118,7 @@ DEFAULT_TEMPO_QPM = 120.0
 MAX_FILE_BYTES = 64 * 2**20
 MAX_NOTES = 1_000_000
 MAX_TOKENS = 8_000_000  # also bounds the rests written for absurd tick values (a note at tick 2**31)
+MAX_TICK = 2**31 - 1  # symusic keeps tick times in int32
 
 MidiSource = "str | os.PathLike | bytes | symusic.Score"  # what encode_midi accepts
 
@@ -271,6 +272,13 @@ def load_score(source: MidiSource, max_bytes: int = MAX_FILE_BYTES) -> symusic.S
     if score.ticks_per_quarter <= 0:
         raise MidiReadError(f"{_describe(source)}: invalid time division ({score.ticks_per_quarter} ticks per quarter)")
     if data[8:10] == b"\x00\x02":  # the header's format field
+        # symusic keeps times in int32: a longer sum wraps round (two tracks) or fails in shift_time (three)
+        total = sum(track.end() for track in score.tracks)
+        if total > MAX_TICK:
+            raise MidiReadError(
+                f"{_describe(source)}: its format-2 tracks played in turn last {total} ticks, "
+                f"past the {MAX_TICK} a MIDI time can hold"
+            )
         play_tracks_in_turn(score)
     return score
 
