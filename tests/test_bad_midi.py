@@ -4,6 +4,7 @@ import struct
 
 import numpy as np
 import pytest
+import symusic
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -165,3 +166,32 @@ def test_format_2_tracks_past_the_int32_tick_range_raise_a_clear_error(tmp_path,
         with pytest.raises(E.MidiReadError, match="format-2 tracks played in turn") as error:
             tokenizer_call(path)
         assert str(path) in str(error.value)
+
+
+def score_with(pitch: int = 60, ticks_per_quarter: int = 480):
+    score = symusic.Score(ticks_per_quarter)
+    piano = symusic.Track("piano")
+    piano.notes.append(symusic.Note(0, 480, 64, 80))
+    piano.notes.append(symusic.Note(480, 480, pitch, 80))
+    score.tracks.append(piano)
+    return score
+
+
+@pytest.mark.parametrize(
+    "score, problem",
+    [
+        (score_with(pitch=-1), "pitch -1 .* outside MIDI.s 0..127"),  # once a silent rest
+        (score_with(pitch=-128), "pitch -128 .* outside MIDI.s 0..127"),  # once id -119
+        (score_with(ticks_per_quarter=0), "invalid time division"),
+        (score_with(ticks_per_quarter=-480), "invalid time division"),
+    ],
+)
+def test_a_score_passed_in_is_checked_like_bytes(score, problem):
+    for tokenizer_call in (E.encode_midi, MusicXLTokenizerFast().encode_midi):
+        with pytest.raises(E.MidiReadError, match=problem) as error:
+            tokenizer_call(score)
+        assert "<symusic.Score>" in str(error.value)
+
+
+def test_a_valid_score_still_encodes():
+    assert text_of(E.encode_midi(score_with())).count(" n") == 2
