@@ -80,3 +80,9 @@ def test_direct_calls_get_the_sliders_bounds(app, prompt_bars, bars, problem):
 def test_a_missing_upload_is_a_clear_error(app, tmp_path):
     status, *files = app.generate(str(tmp_path / "gone.mid"), 4, 2, "default", 1.0, 0, "none")
     assert status == "**Error:** gone.mid was not found on the server: upload it again"
+
+
+@pytest.mark.parametrize("seed, temperature", [(float("inf"), 1.0), (0, float("nan"))])
+def test_non_finite_seed_or_temperature_is_a_clear_error(app, seed, temperature):
+    status, *files = app.generate(None, 0, 2, "default", temperature, seed, "none")
+    assert status.startswith("**Error:** ") and len(status) > len("**Error:** ") + 10 and files == [None, None, None]

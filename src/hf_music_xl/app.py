@@ -121,7 +121,7 @@ class MusicApp:
             )
         except Cancelled:
             return "Cancelled.", None, None, None
-        except ValueError as error:  # BadUpload, MidiReadError (not MIDI, no notes), a bad setting
+        except (ValueError, OverflowError) as error:  # BadUpload, MidiReadError, a bad setting (int(inf): Overflow)
             message = str(error)
             if prompt is not None:  # name the uploaded file, not "<123 bytes of MIDI>"
                 message = f"{Path(prompt_path).name}: " + message.removeprefix(f"<{len(prompt)} bytes of MIDI>: ")
