@@ -6,7 +6,7 @@ import threading
 import pytest
 import symusic
 
-from hf_music_xl.app import BadUpload, MusicApp, read_upload
+from hf_music_xl.app import MAX_BARS, BadUpload, MusicApp, read_upload
 from hf_music_xl.generate import load_pipeline
 
 
@@ -62,3 +62,27 @@ def test_bad_uploads(app, tmp_path):
     assert read_upload(None, 10) is None
     status, *files = app.generate(str(text), 4, 2, "default", 1.0, 0, "none")
     assert status.startswith("**Error:** notes.mid: not a readable MIDI file") and files == [None, None, None]
+
+
+@pytest.mark.parametrize(
+    "prompt_bars, bars, problem",
+    [
+        (4, MAX_BARS + 1, f"bars must be between 1 and {MAX_BARS}"),
+        (4, float("nan"), "bars must be between 1"),
+        (10_000, 2, "prompt_bars must be between 0 and 256"),
+    ],
+)
+def test_direct_calls_get_the_sliders_bounds(app, prompt_bars, bars, problem):
+    status, *files = app.generate(None, prompt_bars, bars, "default", 1.0, 0, "none")
+    assert status.startswith("**Error:** ") and problem in status and files == [None, None, None]
+
+
+def test_a_missing_upload_is_a_clear_error(app, tmp_path):
+    status, *files = app.generate(str(tmp_path / "gone.mid"), 4, 2, "default", 1.0, 0, "none")
+    assert status == "**Error:** gone.mid was not found on the server: upload it again"
+
+
+@pytest.mark.parametrize("seed, temperature", [(float("inf"), 1.0), (0, float("nan"))])
+def test_non_finite_seed_or_temperature_is_a_clear_error(app, seed, temperature):
+    status, *files = app.generate(None, 0, 2, "default", temperature, seed, "none")
+    assert status.startswith("**Error:** ") and len(status) > len("**Error:** ") + 10 and files == [None, None, None]

@@ -4,6 +4,7 @@ import struct
 
 import numpy as np
 import pytest
+import symusic
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -153,3 +154,44 @@ def test_transposition_never_leaves_the_pitch_range(ids, shift):
     else:
         with pytest.raises(ValueError, match="leaves the pitch range"):
             E.transpose_ids(ids, shift)
+
+
+@pytest.mark.parametrize("tracks", [2, 3])
+def test_format_2_tracks_past_the_int32_tick_range_raise_a_clear_error(tmp_path, tracks):
+    # Each track lasts 5 maximal deltas (about 1.34e9 ticks): two in turn wrapped round silently, three made
+    # symusic's shift_time raise TypeError.
+    pattern = track(*[(2**28 - 1, [0xFF, 0x01, 0x00]) for _ in range(5)], *note(60))
+    path = write(tmp_path, "long-patterns.mid", midi(*[pattern] * tracks, midi_format=2))
+    for tokenizer_call in (E.encode_midi, MusicXLTokenizerFast().encode_midi):
+        with pytest.raises(E.MidiReadError, match="format-2 tracks played in turn") as error:
+            tokenizer_call(path)
+        assert str(path) in str(error.value)
+
+
+def score_with(pitch: int = 60, ticks_per_quarter: int = 480):
+    score = symusic.Score(ticks_per_quarter)
+    piano = symusic.Track("piano")
+    piano.notes.append(symusic.Note(0, 480, 64, 80))
+    piano.notes.append(symusic.Note(480, 480, pitch, 80))
+    score.tracks.append(piano)
+    return score
+
+
+@pytest.mark.parametrize(
+    "score, problem",
+    [
+        (score_with(pitch=-1), "pitch -1 .* outside MIDI.s 0..127"),  # once a silent rest
+        (score_with(pitch=-128), "pitch -128 .* outside MIDI.s 0..127"),  # once id -119
+        (score_with(ticks_per_quarter=0), "invalid time division"),
+        (score_with(ticks_per_quarter=-480), "invalid time division"),
+    ],
+)
+def test_a_score_passed_in_is_checked_like_bytes(score, problem):
+    for tokenizer_call in (E.encode_midi, MusicXLTokenizerFast().encode_midi):
+        with pytest.raises(E.MidiReadError, match=problem) as error:
+            tokenizer_call(score)
+        assert "<symusic.Score>" in str(error.value)
+
+
+def test_a_valid_score_still_encodes():
+    assert text_of(E.encode_midi(score_with())).count(" n") == 2

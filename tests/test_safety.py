@@ -11,7 +11,7 @@ from transformers.trainer_pt_utils import safe_globals
 
 from hf_music_xl import MusicXLConfig, MusicXLForCausalLM
 from hf_music_xl.generate import empty_prompt, generate_continuation
-from hf_music_xl.models.music_xl.sampling_music_xl import SamplingRequest
+from hf_music_xl.models.music_xl.sampling_music_xl import MAX_PROMPT_BARS, SamplingRequest
 from hf_music_xl.training.run import train
 from hf_music_xl.training.settings import TrainSettings
 
@@ -246,3 +246,19 @@ def test_long_generation_keeps_a_constant_size_memory():
     assert [seen for _, _, seen in sizes] == [
         2 + chunk * (i + 1) - 1 for i in range(4)
     ]  # the last token is not fed yet
+
+
+@pytest.mark.parametrize(
+    "values, problem",
+    [
+        ({"note_temperature": float("nan")}, "note_temperature must be a finite number"),
+        ({"duration_temperature": float("inf")}, "duration_temperature must be a finite number"),
+        ({"seed": float("inf")}, "seed must be a whole number"),
+        ({"bars": float("nan")}, "bars must be a whole number"),
+        ({"prompt_bars": MAX_PROMPT_BARS + 1}, f"prompt_bars must be at most {MAX_PROMPT_BARS}"),
+    ],
+)
+def test_sampling_request_refuses_non_finite_and_unbounded_numbers(values, problem):
+    with pytest.raises(ValueError, match=problem):
+        SamplingRequest(**values)
+    assert SamplingRequest(prompt_bars=MAX_PROMPT_BARS).prompt_bars == MAX_PROMPT_BARS

@@ -118,6 +118,7 @@ DEFAULT_TEMPO_QPM = 120.0
 MAX_FILE_BYTES = 64 * 2**20
 MAX_NOTES = 1_000_000
 MAX_TOKENS = 8_000_000  # also bounds the rests written for absurd tick values (a note at tick 2**31)
+MAX_TICK = 2**31 - 1  # symusic keeps tick times in int32
 
 MidiSource = "str | os.PathLike | bytes | symusic.Score"  # what encode_midi accepts
 
@@ -252,7 +253,7 @@ def _describe(source: MidiSource) -> str:
 def load_score(source: MidiSource, max_bytes: int = MAX_FILE_BYTES) -> symusic.Score:
     """A ``symusic.Score`` in ticks from a path, bytes or a Score; unreadable input raises ``MidiReadError``."""
     if isinstance(source, symusic.Score):  # already a Score, in any time unit
-        return source.to("tick")
+        return checked_score(source.to("tick"))
     if isinstance(source, (bytes, bytearray)):
         data = bytes(source)
     else:
@@ -271,7 +272,27 @@ def load_score(source: MidiSource, max_bytes: int = MAX_FILE_BYTES) -> symusic.S
     if score.ticks_per_quarter <= 0:
         raise MidiReadError(f"{_describe(source)}: invalid time division ({score.ticks_per_quarter} ticks per quarter)")
     if data[8:10] == b"\x00\x02":  # the header's format field
+        # symusic keeps times in int32: a longer sum wraps round (two tracks) or fails in shift_time (three)
+        total = sum(track.end() for track in score.tracks)
+        if total > MAX_TICK:
+            raise MidiReadError(
+                f"{_describe(source)}: its format-2 tracks played in turn last {total} ticks, "
+                f"past the {MAX_TICK} a MIDI time can hold"
+            )
         play_tracks_in_turn(score)
+    return score
+
+
+def checked_score(score: symusic.Score) -> symusic.Score:
+    """A Score built in code skips the MIDI reader's checks: refuse what the bytes path refuses, and pitches
+    outside 0..127 (-1 would pack into the sort key as a rest, -128 as an id outside the vocabulary)."""
+    if score.ticks_per_quarter <= 0:
+        raise MidiReadError(f"<symusic.Score>: invalid time division ({score.ticks_per_quarter} ticks per quarter)")
+    for track in score.tracks:
+        pitch = track.notes.numpy()["pitch"] if len(track.notes) else np.zeros(0, np.int64)
+        if len(pitch) and (pitch.min() < 0 or pitch.max() > 127):
+            bad = int(pitch[(pitch < 0) | (pitch > 127)][0])
+            raise MidiReadError(f"<symusic.Score>: pitch {bad} in track {track.name!r} is outside MIDI's 0..127")
     return score
 
 

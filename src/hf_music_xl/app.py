@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .generate import load_pipeline
-from .models.music_xl.sampling_music_xl import SAMPLING_PRESETS, sampling_settings
+from .models.music_xl.sampling_music_xl import MAX_PROMPT_BARS, SAMPLING_PRESETS, sampling_settings
 from .render import find_renderer, find_soundfont, render_outputs
 
 logger = logging.getLogger(__name__)
@@ -64,12 +64,22 @@ def read_upload(path: str | None, max_bytes: int) -> bytes | None:
     """The bytes of an uploaded prompt file, or None for no prompt; ``BadUpload`` says what is wrong."""
     if not path:
         return None
-    name, size = Path(path).name, os.path.getsize(path)
+    name = Path(path).name
+    if not os.path.isfile(path):  # e.g. Gradio's temporary copy already cleaned up
+        raise BadUpload(f"{name} was not found on the server: upload it again")
+    size = os.path.getsize(path)
     if size == 0:
         raise BadUpload(f"{name} is empty: upload a MIDI file (.mid)")
     if size > max_bytes:
         raise BadUpload(f"{name} is too large ({size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB)")
     return Path(path).read_bytes()
+
+
+def check_lengths(bars, prompt_bars) -> None:
+    """The sliders' bounds, enforced for direct callers too (the page's limits are not the pipeline's)."""
+    for name, value, low, high in (("bars", bars, 1, MAX_BARS), ("prompt_bars", prompt_bars, 0, MAX_PROMPT_BARS)):
+        if not isinstance(value, (int, float)) or not low <= value <= high:  # NaN fails the comparison
+            raise ValueError(f"{name} must be between {low} and {high}, got {value!r}")
 
 
 class MusicApp:
@@ -96,6 +106,7 @@ class MusicApp:
 
         prompt = None
         try:
+            check_lengths(bars, prompt_bars)
             prompt = read_upload(prompt_path, self.max_upload_bytes)
             [sample] = self.pipe(
                 prompt,
@@ -110,7 +121,7 @@ class MusicApp:
             )
         except Cancelled:
             return "Cancelled.", None, None, None
-        except ValueError as error:  # BadUpload, MidiReadError (not MIDI, no notes), a bad setting
+        except (ValueError, OverflowError) as error:  # BadUpload, MidiReadError, a bad setting (int(inf): Overflow)
             message = str(error)
             if prompt is not None:  # name the uploaded file, not "<123 bytes of MIDI>"
                 message = f"{Path(prompt_path).name}: " + message.removeprefix(f"<{len(prompt)} bytes of MIDI>: ")

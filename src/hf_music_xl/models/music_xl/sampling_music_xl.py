@@ -53,6 +53,11 @@ def sampling_settings(preset: str = "default", **overrides) -> SamplingSettings:
     return replace(settings, **{key: value for key, value in overrides.items() if value is not None})
 
 
+# The most prompt bars kept, shared by the pipeline, the CLI and the app: one long prompt ran past 150 s for
+# 16 new tokens (issue 25); 256 bars is far more than any model here attends to.
+MAX_PROMPT_BARS = 256
+
+
 @dataclass
 class SamplingRequest:
     """What to sample: the prompt's bars, the length, how tokens are drawn, seeds and constraints. The CLI builds
@@ -90,6 +95,8 @@ class SamplingRequest:
         for name in ("prompt_bars", "bars", "max_new_tokens", "chunk_tokens", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.prompt_bars > MAX_PROMPT_BARS:  # a prompt's cost grows with its length: bound it for every caller
+            raise ValueError(f"prompt_bars must be at most {MAX_PROMPT_BARS}, got {self.prompt_bars}")
         if self.bars == 0 and self.max_new_tokens == 0:
             raise ValueError("give the length as bars or as max_new_tokens")
         if self.num_samples < 1:
