@@ -11,7 +11,8 @@
    check that these continuations look like the chorales (``CHECKS``): their musical statistics next to the same
    bars of the training chorales (also ``statistics.json``). One chorale is not the population: bwv11.6, the
    first by name, is sparser than most (Bach's own bars 5-12 of it have 10.3 notes a bar against the corpus's
-   16.5), so its continuations alone would fail a density check that Bach's would fail too;
+   16.5), so its continuations alone would fail a density check that Bach's would fail too. They are sampled
+   with ``CHECK_PRESET``, the model's own distribution;
 6. print where every output went, the checks and the time each part took (also saved as ``summary.json``).
 """
 
@@ -39,6 +40,11 @@ CHECKS = (
     ("note_density", "relative", 0.30),  # notes per bar: within 30%
 )
 MAX_VALIDATION_NLL = 1.25  # nats per token
+# The checked continuations sample the model's own distribution (temperature 1, top-k 40, top-p 0.95): a tempered
+# preset such as "conservative" (0.8, top-k 20) cuts the chromatic tail, so it lowers pitch-class entropy whatever
+# the model (by 0.3 to 0.5 bits on the demo's models, 0.12 on the released one), which a check of "looks like the
+# chorales" must not measure. The three samples to listen to stay conservative.
+CHECK_PRESET = "default"
 
 
 @dataclass
@@ -163,7 +169,7 @@ def run_demo(settings: DemoSettings) -> dict:
         f"{first + 1}-{first + count}) next to the same bars of the training chorales"
     )
     order = sorted(range(len(validation)), key=lambda i: names[i])[: settings.check_prompts]
-    checked, request = [], GenerateSettings(bars=count, preset="conservative")
+    checked, request = [], GenerateSettings(bars=count, preset=CHECK_PRESET)
     for seed, i in enumerate(order, start=settings.seed):
         start = prompt_ids(np.asarray(validation[i]["input_ids"], dtype=np.int64), first)
         ids = generate_continuation(model, start, request, seed=seed, progress=False)
