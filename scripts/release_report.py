@@ -140,7 +140,7 @@ def main():
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--bars", type=int, default=16)
     parser.add_argument("--prompt-bars", type=int, default=4)
-    parser.add_argument("--preset", default="conservative", help="sampling preset (the one the card and README use)")
+    parser.add_argument("--preset", default="default", help="sampling preset (default: the model's own distribution)")
     parser.add_argument("--render", type=int, default=6, help="samples written as MIDI and piano roll")
     parser.add_argument("--out", default="outputs/release-report")
     args = parser.parse_args()

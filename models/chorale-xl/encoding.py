@@ -1,0 +1,673 @@
+"""The musicautobot note/duration/SEP encoding: MIDI <-> token ids, beat positions, transposition.
+
+A piece is a flat id sequence::
+
+    xxbos xxpad  n67 d4 n59 d4 n55 d8  xxsep d4  n69 d4 ...
+
+Each note is a pair ``n{pitch} d{duration}``; notes starting on the same grid step are written back to back,
+highest pitch first; ``xxsep d{wait}`` moves time forward by ``wait`` steps. Durations and waits are counted
+in grid steps (``steps_per_beat`` per quarter note; 4 gives 16th notes). A time signature token ``ts3/4`` follows
+``xxbos xxpad`` and stands wherever the meter changes, at that bar line (a wait that crosses the change is split
+there): ``xxbos xxpad ts3/4 n67 d4 ... xxsep d4 ts6/8 n69 d6``.
+
+Ids 0..297 are exactly the reference's, so text encodings interoperate; we add ids after them:
+
+=========  ===========  ===========================================================
+ids        tokens       meaning
+=========  ===========  ===========================================================
+0..8       specials     xxbos xxpad xxeos xxs2scls xxmask xxcseq xxmseq xxnscls xxsep
+9..136     n0..n127     note pitch (MIDI number)
+137..297   d0..d160     duration or wait in grid steps
+298        xxunk        a text word outside the vocabulary (text tokenizers only)
+299..378   ts1/1..      time signatures: numerators 1..16 over 1, 2, 4, 8 and 16 (``METERS``)
+=========  ===========  ===========================================================
+
+Vocabularies saved before the time signatures (ids 0..298, ``LEGACY_VOCAB_SIZE``) encode without them
+(``encode_midi(..., meter=False)``), as they always did.
+
+Where we differ from the reference (each a defect there):
+- a rest longer than ``MAX_DURATION`` steps becomes several ``xxsep d..`` pairs instead of an id past the vocab;
+- note durations are clamped to ``MAX_DURATION`` (160 steps = 10 bars of 4/4) and rounded to at least 1 step;
+- the whole pitch range 0..127 is kept; notes with the same (onset, pitch) collapse to one (the longest);
+- rounding is half-up, so 32nd notes land on the grid instead of vanishing;
+- decoding never fails on sampled output (``strict=True`` reports the first invalid position instead).
+
+Everything here works on numpy arrays: no Python loop runs per note.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import symusic
+
+from .vocabulary_music_xl import (
+    BOS_ID as BOS_ID,
+)
+from .vocabulary_music_xl import (
+    DEFAULT_METER as DEFAULT_METER,
+)
+from .vocabulary_music_xl import (
+    DURATION_OFFSET as DURATION_OFFSET,
+)
+from .vocabulary_music_xl import (
+    EOS_ID as EOS_ID,
+)
+from .vocabulary_music_xl import (
+    LEGACY_VOCAB_SIZE as LEGACY_VOCAB_SIZE,
+)
+from .vocabulary_music_xl import (
+    MAX_DURATION as MAX_DURATION,
+)
+from .vocabulary_music_xl import (
+    MAX_METER_NUMERATOR as MAX_METER_NUMERATOR,
+)
+from .vocabulary_music_xl import (
+    METER_DENOMINATORS as METER_DENOMINATORS,
+)
+from .vocabulary_music_xl import (
+    METER_OFFSET as METER_OFFSET,
+)
+from .vocabulary_music_xl import (
+    METERS as METERS,
+)
+from .vocabulary_music_xl import (
+    NOTE_OFFSET as NOTE_OFFSET,
+)
+from .vocabulary_music_xl import (
+    NUM_DURATIONS as NUM_DURATIONS,
+)
+from .vocabulary_music_xl import (
+    NUM_PITCHES as NUM_PITCHES,
+)
+from .vocabulary_music_xl import (
+    PAD_ID as PAD_ID,
+)
+from .vocabulary_music_xl import (
+    SEP_ID as SEP_ID,
+)
+
+# The vocabulary's ids, defined once in vocabulary_music_xl.py; re-exported (``as`` itself), so that readers of the
+# encoding find them here too (``encoding.BOS_ID``).
+from .vocabulary_music_xl import (
+    SPECIAL_TOKENS as SPECIAL_TOKENS,
+)
+from .vocabulary_music_xl import (
+    TOKEN_TO_ID as TOKEN_TO_ID,
+)
+from .vocabulary_music_xl import (
+    UNK_ID as UNK_ID,
+)
+from .vocabulary_music_xl import (
+    VOCAB as VOCAB,
+)
+from .vocabulary_music_xl import (
+    VOCAB_SIZE as VOCAB_SIZE,
+)
+
+STEPS_PER_BEAT = 4  # grid steps per quarter note (16th notes)
+STEPS_PER_BAR = 16  # 4/4 at 16th notes
+TICKS_PER_QUARTER = 480  # resolution of the MIDI we write
+DEFAULT_VELOCITY = 80
+DEFAULT_TEMPO_QPM = 120.0
+
+# Limits on input, so that a hostile or broken file fails clearly instead of exhausting memory. Real pieces
+# are far below them (a Bach chorale: 5 KB, 250 notes, 700 tokens). Each is a keyword of encode_midi.
+MAX_FILE_BYTES = 64 * 2**20
+MAX_NOTES = 1_000_000
+MAX_TOKENS = 8_000_000  # also bounds the rests written for absurd tick values (a note at tick 2**31)
+MAX_TICK = 2**31 - 1  # symusic keeps tick times in int32
+
+MidiSource = "str | os.PathLike | bytes | symusic.Score"  # what encode_midi accepts
+
+
+class MidiReadError(ValueError):
+    """A MIDI input could not be turned into notes; the message names the input and the problem."""
+
+
+class InvalidTokenError(ValueError):
+    """A token sequence breaks the grammar (raised by ``decode_ids(..., strict=True)``)."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading MIDI into a note table
+
+
+def default_meters() -> np.ndarray:
+    return np.array([[0, *DEFAULT_METER]], dtype=np.int64)
+
+
+@dataclass
+class Notes:
+    """Notes on the grid, sorted by onset then pitch (highest first); all arrays have one entry per note. The
+    meters say where the bars fall: one row per time signature, (time in grid steps, numerator, denominator), in
+    time order, the first at 0 (4/4 when the source has none)."""
+
+    onset: np.ndarray  # int64 [n], grid steps
+    pitch: np.ndarray  # int64 [n], 0..127
+    duration: np.ndarray  # int64 [n], grid steps, 1..MAX_DURATION
+    meters: np.ndarray = field(default_factory=default_meters)  # int64 [k, 3]
+
+    def __len__(self) -> int:
+        return len(self.onset)
+
+    def select(self, keep: np.ndarray) -> Notes:
+        """The notes where ``keep`` is True, with the same meters."""
+        return Notes(self.onset[keep], self.pitch[keep], self.duration[keep], self.meters)
+
+    def bars(self, steps_per_beat: int = STEPS_PER_BEAT) -> Bars:
+        return Bars(self.meters, steps_per_beat)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Meters and bars
+
+
+def bar_steps(num: int, den: int, steps_per_beat: int = STEPS_PER_BEAT) -> int:
+    """Grid steps in a bar of num/den (4/4 at 16th notes: 16; 6/8: 12)."""
+    return max(1, round(num * 4 * steps_per_beat / den))
+
+
+def beat_steps(num: int, den: int, steps_per_beat: int = STEPS_PER_BEAT) -> int:
+    """Grid steps in a beat: the denominator's note, or three of them in compound meters (6/8, 9/8, 12/8: a dotted
+    quarter), so that 3/4 (three beats of 4 steps) and 6/8 (two of 6) differ although their bars do not."""
+    compound = den >= 8 and num > 3 and num % 3 == 0
+    return max(1, round((3 if compound else 1) * 4 * steps_per_beat / den))
+
+
+def meter_token(num: int, den: int, steps_per_beat: int = STEPS_PER_BEAT) -> int:
+    """The time signature token of num/den. A meter outside ``METERS`` (17/8, 7/32, ...) gets the token of the same
+    bar length, from the finest denominator that has one (17/8 is 34 steps: 17/8 does not exist, but no
+    representation of 34 steps does either, so the nearest length wins: 16/8 and 9/4 tie, the first is taken)."""
+    if (num, den) in METERS:
+        return METER_OFFSET + METERS.index((num, den))
+    target = bar_steps(num, den, steps_per_beat)
+    lengths = np.array([bar_steps(n, d, steps_per_beat) for n, d in METERS])
+    exact = np.flatnonzero(lengths == target)
+    if len(exact):  # the finest denominator first: METERS runs from 1 to 16, so take the last
+        return METER_OFFSET + int(exact[-1])
+    return METER_OFFSET + int(np.argmin(np.abs(lengths - target)))
+
+
+def token_meter(token_id: int) -> tuple[int, int]:
+    """(numerator, denominator) of a time signature token."""
+    return METERS[int(token_id) - METER_OFFSET]
+
+
+def is_meter(ids: np.ndarray) -> np.ndarray:
+    return (ids >= METER_OFFSET) & (ids < METER_OFFSET + len(METERS))
+
+
+@dataclass
+class Bars:
+    """Where the bars of a piece fall, from its meters (time in grid steps, numerator, denominator; the first at
+    0). A meter change starts a new bar where it stands: bar lines count on from it (so a pickup written as a short
+    bar of its own moves nothing after it), and a change that is not on a bar line of the old meter ends that bar
+    short."""
+
+    meters: np.ndarray  # int64 [k, 3]
+    steps_per_beat: int = STEPS_PER_BEAT
+
+    def __post_init__(self):
+        meters = np.asarray(self.meters, dtype=np.int64).reshape(-1, 3)
+        self.times = meters[:, 0]
+        self.lengths = np.array([bar_steps(n, d, self.steps_per_beat) for _, n, d in meters], dtype=np.int64)
+        self.beats = np.array([beat_steps(n, d, self.steps_per_beat) for _, n, d in meters], dtype=np.int64)
+        spans = np.diff(self.times)  # bars of each meter but the last: ceil(span / length)
+        self.first_bar = np.r_[0, np.cumsum(-(-spans // self.lengths[:-1]))].astype(np.int64)
+
+    def locate(self, times) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(bar index, step within the bar, steps in that bar) of each time."""
+        times = np.asarray(times, dtype=np.int64)
+        k = np.maximum(np.searchsorted(self.times, times, side="right") - 1, 0)
+        since = times - self.times[k]
+        return self.first_bar[k] + since // self.lengths[k], since % self.lengths[k], self.lengths[k]
+
+    def bar_time(self, bar: int) -> int:
+        """Grid step at which bar ``bar`` starts."""
+        k = max(int(np.searchsorted(self.first_bar, bar, side="right")) - 1, 0)
+        return int(self.times[k] + (bar - self.first_bar[k]) * self.lengths[k])
+
+    def bar_lines(self, end: int) -> np.ndarray:
+        """Times of every bar line from 0 up to ``end`` (included)."""
+        last_bar = int(self.locate([end])[0][0])
+        return np.array([self.bar_time(bar) for bar in range(last_bar + 1)], dtype=np.int64)
+
+    def beat_of(self, times) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(bar, beat within the bar, step within the beat) of each time: the model's position features."""
+        bar, step, _ = self.locate(times)
+        k = np.maximum(np.searchsorted(self.times, np.asarray(times, dtype=np.int64), side="right") - 1, 0)
+        return bar, step // self.beats[k], step % self.beats[k]
+
+
+def _describe(source: MidiSource) -> str:
+    if isinstance(source, (bytes, bytearray)):
+        return f"<{len(source)} bytes of MIDI>"
+    if isinstance(source, symusic.Score):
+        return "<symusic.Score>"
+    return os.fspath(source)
+
+
+def load_score(source: MidiSource, max_bytes: int = MAX_FILE_BYTES) -> symusic.Score:
+    """A ``symusic.Score`` in ticks from a path, bytes or a Score; unreadable input raises ``MidiReadError``."""
+    if isinstance(source, symusic.Score):  # already a Score, in any time unit
+        return checked_score(source.to("tick"))
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    else:
+        if os.path.getsize(source) > max_bytes:  # a missing file is a FileNotFoundError, as users expect
+            raise MidiReadError(f"{_describe(source)}: larger than the limit of {max_bytes} bytes")
+        with open(source, "rb") as file:
+            data = file.read()
+    if len(data) > max_bytes:
+        raise MidiReadError(f"{_describe(source)}: larger than the limit of {max_bytes} bytes")
+    if not data:
+        raise MidiReadError(f"{_describe(source)}: the file is empty")
+    try:
+        score = symusic.Score.from_midi(data, sanitize_data=True)
+    except Exception as error:  # symusic raises RuntimeError/ValueError with its own wording
+        raise MidiReadError(f"{_describe(source)}: not a readable MIDI file ({error})") from error
+    if score.ticks_per_quarter <= 0:
+        raise MidiReadError(f"{_describe(source)}: invalid time division ({score.ticks_per_quarter} ticks per quarter)")
+    if data[8:10] == b"\x00\x02":  # the header's format field
+        # symusic keeps times in int32: a longer sum wraps round (two tracks) or fails in shift_time (three)
+        total = sum(track.end() for track in score.tracks)
+        if total > MAX_TICK:
+            raise MidiReadError(
+                f"{_describe(source)}: its format-2 tracks played in turn last {total} ticks, "
+                f"past the {MAX_TICK} a MIDI time can hold"
+            )
+        play_tracks_in_turn(score)
+    return score
+
+
+def checked_score(score: symusic.Score) -> symusic.Score:
+    """A Score built in code skips the MIDI reader's checks: refuse what the bytes path refuses, and pitches
+    outside 0..127 (-1 would pack into the sort key as a rest, -128 as an id outside the vocabulary)."""
+    if score.ticks_per_quarter <= 0:
+        raise MidiReadError(f"<symusic.Score>: invalid time division ({score.ticks_per_quarter} ticks per quarter)")
+    for track in score.tracks:
+        pitch = track.notes.numpy()["pitch"] if len(track.notes) else np.zeros(0, np.int64)
+        if len(pitch) and (pitch.min() < 0 or pitch.max() > 127):
+            bad = int(pitch[(pitch < 0) | (pitch > 127)][0])
+            raise MidiReadError(f"<symusic.Score>: pitch {bad} in track {track.name!r} is outside MIDI's 0..127")
+    return score
+
+
+def play_tracks_in_turn(score: symusic.Score) -> None:
+    """Type-2 MIDI holds independent sequences (patterns) meant one after another, not together: shift each
+    track to start where the previous ones ended (in place)."""
+    start = 0
+    for track in score.tracks:
+        length = track.end()
+        track.shift_time(start, inplace=True)
+        start += length
+
+
+def quantize(ticks: np.ndarray, ticks_per_quarter: int, steps_per_beat: int) -> np.ndarray:
+    """Ticks to grid steps, rounding half up in integers (the reference's banker's rounding made 32nd notes
+    vanish)."""
+    return (ticks.astype(np.int64) * (2 * steps_per_beat) + ticks_per_quarter) // (2 * ticks_per_quarter)
+
+
+def score_to_notes(score: symusic.Score, steps_per_beat: int = STEPS_PER_BEAT) -> Notes:
+    """All non-drum notes of a tick-based score on the grid, merged, deduplicated and sorted.
+
+    This runs once per file, so it keeps the count of numpy calls low: the tracks are merged inside symusic
+    and read out as arrays once, and a single sort of a packed key does the ordering."""
+    tracks = [track.notes for track in score.tracks if not track.is_drum]
+    merged = tracks[0].copy() if len(tracks) > 1 else tracks[0] if tracks else symusic.Track().notes
+    for notes in tracks[1:]:
+        merged.extend(notes)
+    meters = score_meters(score, steps_per_beat)
+    if not len(merged):
+        return Notes(*(np.zeros(0, np.int64) for _ in range(3)), meters)
+    arrays = merged.numpy()
+    tpq = score.ticks_per_quarter
+    onset = np.maximum(quantize(arrays["time"], tpq, steps_per_beat), 0)
+    duration = quantize(arrays["duration"], tpq, steps_per_beat)
+    duration = np.minimum(np.maximum(duration, 1), MAX_DURATION)  # never zero length; clamped to d160
+    pitch = arrays["pitch"].astype(np.int64)
+
+    # Order by onset, then pitch high to low, then the longest note first, by sorting one packed key:
+    # bits 16.. onset, 8..15 (127 - pitch), 0..7 (255 - duration). Unpacking the sorted key gives the columns.
+    key = np.sort((onset << 16) - (pitch << 8) - duration + (127 << 8 | 255))
+    first_of_kind = np.empty(len(key), dtype=bool)  # deduplicate (onset, pitch), keeping the longest
+    first_of_kind[0] = True
+    np.not_equal(key[1:] >> 8, key[:-1] >> 8, out=first_of_kind[1:])
+    key = key[first_of_kind]
+    return Notes(onset=key >> 16, pitch=127 - ((key >> 8) & 255), duration=255 - (key & 255), meters=meters)
+
+
+def score_meters(score: symusic.Score, steps_per_beat: int = STEPS_PER_BEAT) -> np.ndarray:
+    """(time step, numerator, denominator) of each meter of a tick-based score, each as its token reads it back
+    (``meter_token``), on the grid; 4/4 from 0 until the first time signature; a meter equal to the one before, or
+    replaced at the same step, is dropped."""
+    events = sorted(
+        ((int(ts.time), int(ts.numerator), int(ts.denominator)) for ts in score.time_signatures),
+        key=lambda event: event[0],
+    )  # stable: of two at one time, the later in the file wins
+    events = [(ticks, num, den) for ticks, num, den in events if num >= 1 and den >= 1]  # corrupt ones: dropped
+    if not events:
+        return default_meters()
+    steps = np.maximum(
+        quantize(np.array([ticks for ticks, _, _ in events]), score.ticks_per_quarter, steps_per_beat), 0
+    )
+    return meter_table(
+        [(int(step), *token_meter(meter_token(num, den, steps_per_beat))) for step, (_, num, den) in zip(steps, events)]
+    )
+
+
+def meter_table(changes, collapse: bool = True) -> np.ndarray:
+    """(k, 3) meters from (time, num, den) changes in time order: 4/4 from 0 until the first, a change replaced by a
+    later one at the same time, and with ``collapse`` a meter equal to the one before dropped (without, it stays:
+    as a token, it starts a bar where it stands)."""
+    rows = [(0, *DEFAULT_METER)]
+    for time, num, den in changes:
+        if rows[-1][0] == time:
+            rows[-1] = (time, num, den)
+        elif rows[-1][1:] != (num, den) or not collapse:
+            rows.append((time, num, den))
+    if collapse:
+        rows = [rows[0]] + [row for before, row in zip(rows, rows[1:]) if row[1:] != before[1:]]
+    return np.array(rows, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Notes -> ids
+
+
+def notes_to_ids(notes: Notes, add_bos: bool = True, add_eos: bool = False, meter: bool = True) -> np.ndarray:
+    """Encode a note table; rests longer than MAX_DURATION become several ``xxsep d..`` pairs. With ``meter`` a
+    time signature token follows ``xxbos xxpad`` and stands at every meter change (the wait up to it ends there);
+    without, the ids are those of vocabularies saved before time signatures."""
+    head = [BOS_ID, PAD_ID] if add_bos else []
+    tail = [EOS_ID] if add_eos else []
+    if not meter:
+        return np.concatenate(
+            [
+                np.array(head, np.int64),
+                note_pair_ids(notes.onset, notes.pitch, notes.duration),
+                np.array(tail, np.int64),
+            ]
+        )
+    # one stretch per meter: its token, its notes (waits counted from where it starts), the wait to the next one
+    parts, changes = [np.array(head, np.int64)], notes.meters
+    bounds = np.searchsorted(notes.onset, changes[:, 0], side="left").tolist() + [len(notes)]
+    for k, (start, num, den) in enumerate(changes):
+        inside = slice(bounds[k], bounds[k + 1])
+        parts += [
+            np.array([meter_token(num, den)], np.int64),
+            note_pair_ids(notes.onset[inside] - start, notes.pitch[inside], notes.duration[inside]),
+        ]
+        if k + 1 < len(changes):
+            last = int(notes.onset[inside][-1] - start) if bounds[k + 1] > bounds[k] else 0
+            parts.append(wait_ids(int(changes[k + 1, 0] - start) - last))
+    return np.concatenate(parts + [np.array(tail, np.int64)])
+
+
+def wait_ids(steps: int) -> np.ndarray:
+    """``xxsep d..`` pairs moving time forward by ``steps`` (none for 0; d160 pairs, the remainder last)."""
+    pairs = [MAX_DURATION] * (steps // MAX_DURATION) + ([steps % MAX_DURATION] if steps % MAX_DURATION else [])
+    return np.array([token for wait in pairs for token in (SEP_ID, DURATION_OFFSET + wait)], np.int64)
+
+
+def note_pair_ids(onset: np.ndarray, pitch: np.ndarray, duration: np.ndarray) -> np.ndarray:
+    """The pairs of notes sorted by onset (from step 0): ``n d`` per note, ``xxsep d..`` before each new onset."""
+    wait = onset.copy()  # [n] steps since the previous note (0 within a chord)
+    wait[1:] -= onset[:-1]
+    seps = -(-wait // MAX_DURATION)  # [n] xxsep pairs written before each note (ceil; usually 0 or 1)
+    note_slot = np.arange(len(onset)) + np.cumsum(seps)  # [n] pair index of each note
+    n_pairs = len(onset) + int(seps.sum())
+    ids = np.empty(2 * n_pairs, np.int64)
+    pairs = ids.reshape(n_pairs, 2)  # a view: writing pairs writes ids
+
+    # Every slot that is not a note is an xxsep; a long rest is d160 pairs with the remainder last, in the
+    # slot just before its note. Writing the remainder before every note is harmless where a note has no
+    # xxsep: that slot belongs to the previous note (or, for the first, wraps to the last, always a note),
+    # and the note pairs written next overwrite it.
+    if not n_pairs:
+        return ids
+    pairs[:, 0] = SEP_ID
+    pairs[:, 1] = DURATION_OFFSET + MAX_DURATION
+    pairs[note_slot - 1, 1] = DURATION_OFFSET + wait - MAX_DURATION * (seps - 1)
+    pairs[note_slot, 0] = NOTE_OFFSET + pitch
+    pairs[note_slot, 1] = DURATION_OFFSET + duration
+    return ids
+
+
+def encode_midi(
+    source: MidiSource,
+    steps_per_beat: int = STEPS_PER_BEAT,
+    add_bos: bool = True,
+    add_eos: bool = False,
+    allow_empty: bool = False,
+    max_bytes: int = MAX_FILE_BYTES,
+    max_notes: int = MAX_NOTES,
+    max_tokens: int = MAX_TOKENS,
+    meter: bool = True,
+) -> np.ndarray:
+    """Token ids of a MIDI path, bytes or ``symusic.Score``; with ``meter``, its time signatures as tokens (a file
+    without one is in 4/4, as MIDI defines it).
+
+    Raises ``MidiReadError`` (a ValueError naming the input) for unreadable input, a file over ``max_bytes``,
+    more than ``max_notes`` notes or time signatures, or more than ``max_tokens`` tokens, and a score without notes
+    (drums do not count) unless ``allow_empty`` (then the result is just the prefix)."""
+    score = load_score(source, max_bytes=max_bytes)
+    if score.note_num() > max_notes or len(score.time_signatures) > max_notes:
+        raise MidiReadError(
+            f"{_describe(source)}: {score.note_num()} notes and {len(score.time_signatures)} time "
+            f"signatures, over the limit of {max_notes}"
+        )
+    notes = score_to_notes(score, steps_per_beat)
+    if not len(notes) and not allow_empty:
+        raise MidiReadError(f"{_describe(source)}: no notes outside drum tracks")
+    last_onset = int(notes.onset[-1]) if len(notes) else 0
+    # meter changes after the last note move nothing that sounds
+    notes.meters = notes.meters[notes.meters[:, 0] <= last_onset] if len(notes) else notes.meters[:1]
+    # Each note writes 2 tokens, each xxsep pair covers up to MAX_DURATION steps of its wait (plus one pair per
+    # note or meter at most for the remainders), each meter 1: a cheap upper bound checked before anything is built.
+    if 3 + 4 * len(notes) + 3 * len(notes.meters) + 2 * (last_onset // MAX_DURATION) > max_tokens:
+        raise MidiReadError(
+            f"{_describe(source)}: the last note starts at grid step {last_onset}, which would take "
+            f"more than the limit of {max_tokens} tokens"
+        )
+    return notes_to_ids(notes, add_bos=add_bos, add_eos=add_eos, meter=meter)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ids -> notes -> MIDI
+
+
+def _classify(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    is_note = (ids >= NOTE_OFFSET) & (ids < NOTE_OFFSET + NUM_PITCHES)
+    is_duration = (ids >= DURATION_OFFSET) & (ids < DURATION_OFFSET + NUM_DURATIONS)
+    return is_note, is_duration, ids == SEP_ID
+
+
+def first_invalid_position(ids: np.ndarray | list[int]) -> int | None:
+    """Index of the first token that breaks the grammar, or None. Valid: ``xxbos``, ``xxpad`` and ``xxeos``
+    between pairs; every note and every ``xxsep`` directly followed by a duration; nothing else."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    is_note, is_duration, is_sep = _classify(ids)
+    opens_pair = is_note | is_sep
+    opened_before = np.r_[False, opens_pair[:-1]]
+    closed_after = np.r_[is_duration[1:], False]
+    is_frame = np.isin(ids, [BOS_ID, PAD_ID, EOS_ID]) | is_meter(ids)
+    valid = (opens_pair & closed_after) | (is_duration & opened_before) | is_frame
+    bad = np.flatnonzero(~valid)
+    return int(bad[0]) if len(bad) else None
+
+
+def ids_to_notes(ids: np.ndarray | list[int], strict: bool = False) -> Notes:
+    """Notes of any id sequence. Lenient by default: a pair is read wherever a note or ``xxsep`` is directly
+    followed by a duration, and everything else is skipped. ``strict=True`` raises ``InvalidTokenError``."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    if strict:
+        bad = first_invalid_position(ids)
+        if bad is not None:
+            window = " ".join(id_to_token(i) for i in ids[max(0, bad - 3) : bad + 3])
+            raise InvalidTokenError(f"invalid token {id_to_token(ids[bad])!r} at position {bad} (near: {window})")
+    is_note, is_duration, is_sep = _classify(ids)
+    closes = np.r_[False, is_duration[1:]]  # [T] token i is a duration, so (i-1, i) may be a pair
+    wait_at = np.where(closes & np.r_[False, is_sep[:-1]], ids - DURATION_OFFSET, 0)  # [T]
+    time_at = np.cumsum(wait_at) - wait_at  # [T] time before token i's own wait
+    note_end = np.flatnonzero(closes & np.r_[False, is_note[:-1]])  # index of each note's duration token
+    pitch = ids[note_end - 1] - NOTE_OFFSET
+    duration = ids[note_end] - DURATION_OFFSET
+    onset = time_at[note_end]
+    keep = duration > 0  # d0 is in the vocabulary but cannot sound
+    meters = meter_table([(int(time_at[i]), *token_meter(ids[i])) for i in np.flatnonzero(is_meter(ids))])
+    return Notes(onset[keep], pitch[keep], duration[keep], meters)
+
+
+def overlap_layers(notes: Notes, max_layers: int = 16) -> np.ndarray:
+    """Layer (track) index per note such that no two notes of one pitch overlap within a layer.
+
+    A MIDI track cannot hold two sounding notes of the same pitch unambiguously (a reader pairs note-offs with
+    note-ons in its own order), yet merged voices do this (an alto joining the soprano's held note). Such notes
+    move to extra layers so the written file reads back to exactly the same notes."""
+    layer = np.zeros(len(notes), np.int64)
+    remaining = np.arange(len(notes))
+    for index in range(max_layers - 1):
+        if not len(remaining):
+            break
+        onset, pitch = notes.onset[remaining], notes.pitch[remaining]
+        order = np.lexsort((onset, pitch))  # group by pitch, in time order
+        onset, pitch, end = onset[order], pitch[order], onset[order] + notes.duration[remaining][order]
+        # Running max of note ends within each pitch group: offset groups so one cummax serves all of them.
+        group_offset = pitch * (int(end.max()) + 1)
+        ended_before = np.maximum.accumulate(end + group_offset) - group_offset  # [k] includes the note itself
+        previous_end = np.r_[0, ended_before[:-1]]
+        overlaps = np.r_[False, pitch[1:] == pitch[:-1]] & (onset < previous_end)
+        remaining = remaining[order][overlaps]
+        layer[remaining] = index + 1
+    return layer
+
+
+def notes_to_score(
+    notes: Notes,
+    steps_per_beat: int = STEPS_PER_BEAT,
+    ticks_per_quarter: int = TICKS_PER_QUARTER,
+    velocity: int = DEFAULT_VELOCITY,
+    tempo_qpm: float = DEFAULT_TEMPO_QPM,
+) -> symusic.Score:
+    """A piano score with the notes' time signatures (fixed tempo and velocity: the encoding keeps neither). Notes
+    overlapping a note of the same pitch go to extra piano tracks (see ``overlap_layers``); ``encode_midi`` merges
+    them back."""
+    ticks_per_step = ticks_per_quarter // steps_per_beat
+    # MIDI ticks are int32: absurdly long random sequences lose what lies past ~a million bars.
+    fits = (notes.onset + notes.duration) * ticks_per_step <= np.iinfo(np.int32).max
+    notes = notes.select(fits)
+    score = symusic.Score(ticks_per_quarter)
+    score.tempos.append(symusic.Tempo(0, tempo_qpm))
+    for time, num, den in notes.meters:
+        if time * ticks_per_step <= np.iinfo(np.int32).max:
+            score.time_signatures.append(symusic.TimeSignature(int(time * ticks_per_step), int(num), int(den)))
+    layers = overlap_layers(notes)
+    for layer in range(int(layers.max(initial=0)) + 1):
+        chosen = layers == layer
+        track = symusic.Track("Piano" if layer == 0 else f"Piano (overlap {layer})", 0, False)
+        track.notes = symusic.Note.from_numpy(
+            (notes.onset[chosen] * ticks_per_step).astype(np.int32),
+            (notes.duration[chosen] * ticks_per_step).astype(np.int32),
+            notes.pitch[chosen].astype(np.int8),
+            np.full(int(chosen.sum()), velocity, dtype=np.int8),
+        )
+        score.tracks.append(track)
+    return score
+
+
+def decode_ids(
+    ids: np.ndarray | list[int], strict: bool = False, steps_per_beat: int = STEPS_PER_BEAT
+) -> symusic.Score:
+    """A ``symusic.Score`` from any id sequence (see ``ids_to_notes`` for what is skipped)."""
+    return notes_to_score(ids_to_notes(ids, strict=strict), steps_per_beat=steps_per_beat)
+
+
+def id_to_token(token_id: int) -> str:
+    return VOCAB[token_id] if 0 <= token_id < VOCAB_SIZE else f"<id {int(token_id)}>"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Beat positions
+
+
+def beat_positions(ids: np.ndarray | list[int]) -> np.ndarray:
+    """Grid step at which each token sounds: the waits before it since the last ``xxbos``.
+
+    As in the reference, an ``xxsep`` and its duration keep the old position and the token after them carries
+    the new one: ``xxsep(0) d2(0) n71(2) d2(2) xxsep(2) d2(2) n71(4)``.
+    """
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    is_note, is_duration, is_sep = _classify(ids)
+    wait = np.where(is_duration & np.r_[False, is_sep[:-1]], ids - DURATION_OFFSET, 0)  # [T]
+    before = np.cumsum(wait) - wait  # [T] exclusive cumulative waits
+    at_last_bos = np.maximum.accumulate(np.where(ids == BOS_ID, before, 0))  # before is non-decreasing
+    return before - at_last_bos
+
+
+def token_bars(ids: np.ndarray | list[int], steps_per_beat: int = STEPS_PER_BEAT) -> tuple[np.ndarray, ...]:
+    """Per token, where it sounds by the meter rule: (bar, step within the bar, beat within the bar, step within the
+    beat). Each piece (from an ``xxbos``) starts in 4/4 at bar 0; a time signature token takes effect where it
+    stands in the sequence, at its time, where it starts a bar (the bars before it counted up, a short last one
+    included: ``Bars``); the token itself already counts in the new meter."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    times = beat_positions(ids)
+    columns = [np.zeros(len(ids), np.int64) for _ in range(4)]
+    starts = np.r_[0, np.flatnonzero(ids == BOS_ID)]
+    for begin, end in zip(starts, np.r_[starts[1:], len(ids)]):  # one piece at a time
+        piece = slice(begin, end)
+        changes = begin + np.flatnonzero(is_meter(ids[piece]))
+        meters = [DEFAULT_METER] + [token_meter(token) for token in ids[changes]]
+        bars = Bars(np.c_[np.r_[0, times[changes]], meters], steps_per_beat)  # each meter from where it stands
+        which = np.cumsum(is_meter(ids[piece]))  # the meter each token counts in: the last token up to it
+        since = times[piece] - bars.times[which]
+        step = since % bars.lengths[which]
+        values = (
+            bars.first_bar[which] + since // bars.lengths[which],
+            step,
+            step // bars.beats[which],
+            step % bars.beats[which],
+        )
+        for column, value in zip(columns, values):
+            column[piece] = value
+    return tuple(columns)
+
+
+def position_features(
+    ids: np.ndarray | list[int], meter: bool = True, steps_per_beat: int = STEPS_PER_BEAT
+) -> np.ndarray:
+    """(T, 3) the model's beat-position input of each token: (bar, beat within the bar, step within the beat) by
+    the meter rule; or, for models saved before time signatures (``meter=False``), (bar, step within a 16-step
+    bar, 0) counted from ``xxbos``."""
+    if not meter:
+        times = beat_positions(ids)
+        return np.stack([times // STEPS_PER_BAR, times % STEPS_PER_BAR, np.zeros_like(times)], axis=1)
+    bar, _, beat, in_beat = token_bars(ids, steps_per_beat)
+    return np.stack([bar, beat, in_beat], axis=1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Transposition
+
+
+def transposition_range(ids: np.ndarray | list[int]) -> tuple[int, int]:
+    """(lowest, highest) shift in semitones that keeps every note of ``ids`` within 0..127."""
+    ids = np.asarray(ids, dtype=np.int64)
+    pitches = ids[(ids >= NOTE_OFFSET) & (ids < NOTE_OFFSET + NUM_PITCHES)] - NOTE_OFFSET
+    if not len(pitches):
+        return -(NUM_PITCHES - 1), NUM_PITCHES - 1
+    return -int(pitches.min()), NUM_PITCHES - 1 - int(pitches.max())
+
+
+def transpose_ids(ids: np.ndarray | list[int], semitones: int) -> np.ndarray:
+    """Shift every note by ``semitones``; a shift outside ``transposition_range`` raises ValueError."""
+    ids = np.asarray(ids, dtype=np.int64)
+    low, high = transposition_range(ids)
+    if not low <= semitones <= high:
+        raise ValueError(f"a shift of {semitones} semitones leaves the pitch range; allowed {low}..{high}")
+    is_note = (ids >= NOTE_OFFSET) & (ids < NOTE_OFFSET + NUM_PITCHES)
+    return np.where(is_note, ids + semitones, ids)

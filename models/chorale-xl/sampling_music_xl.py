@@ -1,0 +1,298 @@
+"""Sampling for the whole package: what a person asks for (``SamplingRequest``), the prompt it starts from, and a
+continuation sampled in chunks that each resume the memory cache, with the grammar processor always on.
+
+Read top to bottom: the presets and the request (one object that travels from the CLI, the app and the pipeline
+to the sampling loop, checked once when it is made), prompts cut at a bar line, then ``sample_chunks``.
+
+This file is copied next to saved weights (the pipeline imports it), so it may import only torch, transformers,
+numpy and its sibling files, and does nothing at import time beyond defining things.
+"""
+
+import math
+from dataclasses import dataclass, field, fields, replace
+
+import numpy as np
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
+from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+from .configuration_music_xl import MusicXLConfig
+from .encoding import BOS_ID, EOS_ID, NOTE_OFFSET, NUM_PITCHES, PAD_ID, SEP_ID, is_meter, meter_token, token_bars
+from .generation_music_xl import MaxBarsCriteria, MusicGrammarProcessor
+
+# ----------------------------------------------------------------------------------------------------------
+# Presets and the request
+
+
+@dataclass
+class SamplingSettings:
+    """How tokens are drawn. Temperatures apply to note and duration tokens separately (grammar processor);
+    generate's own temperature stays at 1.0. ``top_k=0`` and ``top_p=1.0`` switch those filters off."""
+
+    note_temperature: float = 1.0
+    duration_temperature: float = 1.0
+    top_k: int = 40
+    top_p: float = 0.95
+
+
+# name -> fields that differ from SamplingSettings' defaults (plain dicts: nothing runs at import)
+SAMPLING_PRESETS = {
+    "default": {},
+    # close to the training data: repeats typical rhythms and voice-leading
+    "conservative": dict(note_temperature=0.8, duration_temperature=0.7, top_k=20, top_p=0.9),
+    # freer pitch choices; durations stay near 1.0 because wild rhythms sound broken before wild notes do
+    "adventurous": dict(note_temperature=1.2, duration_temperature=1.05, top_k=0, top_p=0.98),
+}
+
+
+def sampling_settings(preset: str = "default", **overrides) -> SamplingSettings:
+    """A preset with any field replaced by a keyword that is not None."""
+    if preset not in SAMPLING_PRESETS:
+        raise ValueError(f"unknown sampling preset {preset!r}; choose from {', '.join(SAMPLING_PRESETS)}")
+    settings = SamplingSettings(**SAMPLING_PRESETS[preset])
+    return replace(settings, **{key: value for key, value in overrides.items() if value is not None})
+
+
+# The most prompt bars kept, shared by the pipeline, the CLI and the app: one long prompt ran past 150 s for
+# 16 new tokens (issue 25); 256 bars is far more than any model here attends to.
+MAX_PROMPT_BARS = 256
+
+
+@dataclass
+class SamplingRequest:
+    """What to sample: the prompt's bars, the length, how tokens are drawn, seeds and constraints. The CLI builds
+    its flags from these fields (``hf-music-xl generate --prompt-bars``), the pipeline takes them as call
+    parameters and the app from its controls; every value is checked here, once, so each of them refuses the same
+    bad number with the same message.
+
+    The length is ``bars`` (``max_new_tokens`` is then a bound on the tokens, default ``TOKENS_PER_BAR_BOUND`` a
+    bar), or ``max_new_tokens`` tokens when ``bars`` is 0. Sample ``i`` uses seed ``seed + i``."""
+
+    prompt_bars: int = field(default=4, metadata={"help": "bars of the prompt kept"})
+    bars: int = field(default=8, metadata={"help": "bars to generate (0: use --max-new-tokens)"})
+    max_new_tokens: int = field(default=0, metadata={"help": "tokens to generate when --bars is 0 (else a bound)"})
+    preset: str = field(default="default", metadata={"help": "sampling preset", "choices": tuple(SAMPLING_PRESETS)})
+    note_temperature: float | None = field(default=None, metadata={"help": "overrides the preset"})
+    duration_temperature: float | None = field(default=None, metadata={"help": "overrides the preset"})
+    top_k: int | None = field(default=None, metadata={"help": "overrides the preset (0: off)"})
+    top_p: float | None = field(default=None, metadata={"help": "overrides the preset (1.0: off)"})
+    num_samples: int = field(default=1, metadata={"help": "pieces to generate; sample i uses seed + i"})
+    seed: int = field(default=0, metadata={"help": "seed of the first sample"})
+    chunk_tokens: int = field(default=0, metadata={"help": "tokens per generate() call resuming the cache; 0: mem_len"})
+    allow_end: bool = field(default=False, metadata={"help": "let the model end a piece early with xxeos"})
+    pitch_range: tuple[int, int] | None = field(
+        default=None, metadata={"help": "lowest and highest MIDI pitch of new notes", "metavar": ("LOW", "HIGH")}
+    )
+    scale: str = field(default="", metadata={"help": "keep new notes in a scale, e.g. 'D minor'"})
+    meter: str = field(
+        default="",
+        metadata={"help": "time signature of a piece started from nothing, e.g. '3/4' (a prompt brings its own)"},
+    )
+
+    def __post_init__(self):
+        for name in ("prompt_bars", "bars", "max_new_tokens", "num_samples", "seed", "chunk_tokens"):
+            setattr(self, name, _whole_number(name, getattr(self, name)))
+        for name in ("prompt_bars", "bars", "max_new_tokens", "chunk_tokens", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.prompt_bars > MAX_PROMPT_BARS:  # a prompt's cost grows with its length: bound it for every caller
+            raise ValueError(f"prompt_bars must be at most {MAX_PROMPT_BARS}, got {self.prompt_bars}")
+        if self.bars == 0 and self.max_new_tokens == 0:
+            raise ValueError("give the length as bars or as max_new_tokens")
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {self.num_samples}")
+        for name in ("note_temperature", "duration_temperature"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if self.top_k is not None:
+            self.top_k = _whole_number("top_k", self.top_k)
+            if self.top_k < 0:
+                raise ValueError(f"top_k must be >= 0 (0: off), got {self.top_k}")
+        if self.top_p is not None and not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1] (1.0: off), got {self.top_p!r}")
+        if self.pitch_range is not None:
+            low, high = (_whole_number("pitch_range", value) for value in self.pitch_range)
+            if not 0 <= low <= high <= 127:
+                raise ValueError(f"pitch_range must be LOW <= HIGH within 0..127, got {self.pitch_range}")
+            self.pitch_range = (low, high)
+        self.sampling = sampling_settings(  # also refuses an unknown preset
+            self.preset,
+            note_temperature=self.note_temperature,
+            duration_temperature=self.duration_temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+        )
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + index for index in range(self.num_samples)]
+
+    @classmethod
+    def from_fields(cls, values: dict) -> "SamplingRequest":
+        """The request of the fields among ``values`` that are a request's (others, e.g. a CLI's ``output_dir``,
+        are left out); a missing field keeps its default."""
+        names = {item.name for item in fields(SamplingRequest)}
+        return SamplingRequest(**{key: value for key, value in values.items() if key in names})
+
+
+def _whole_number(name: str, value) -> int:
+    """``value`` as an int if it is a whole number (``3`` or ``3.0``, not ``nan``, ``inf``, ``2.5`` or ``"3"``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if not math.isfinite(value) or value != int(value):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Prompts
+
+
+def empty_prompt(meter: str | None = None) -> np.ndarray:
+    """The start of every piece: ``xxbos xxpad``, and with ``meter`` ("3/4", "6/8", ...) its time signature (for
+    models whose vocabulary has them; without, the model chooses)."""
+    head = [BOS_ID, PAD_ID]
+    if meter:
+        num, _, den = str(meter).partition("/")
+        if not (num.isdigit() and den.isdigit() and int(num) > 0 and int(den) > 0):
+            raise ValueError(f"a meter looks like '3/4' or '6/8', got {meter!r}")
+        head.append(meter_token(int(num), int(den)))
+    return np.array(head, dtype=np.int64)
+
+
+def prompt_ids(ids: np.ndarray | list[int], bars: int) -> np.ndarray:
+    """The tokens of the first ``bars`` bars of an encoded piece (bars as its time signatures lay them out):
+    everything before the first note, ``xxsep`` or time signature that falls in bar ``bars`` or later. A shorter
+    piece is kept whole, without its ``xxeos`` (a prompt that ends the piece would leave nothing to continue)."""
+    if bars < 0:
+        raise ValueError(f"prompt bars must be >= 0, got {bars}")
+    ids = np.asarray(ids, dtype=np.int64)
+    is_note = (ids >= NOTE_OFFSET) & (ids < NOTE_OFFSET + NUM_PITCHES)
+    opens = is_note | (ids == SEP_ID) | is_meter(ids)
+    later = np.flatnonzero(opens & (token_bars(ids)[0] >= bars))
+    end = int(later[0]) if len(later) else len(ids)
+    prompt = ids[:end]
+    return prompt[: len(prompt) - 1] if len(prompt) and prompt[-1] == EOS_ID else prompt
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sampling in chunks
+
+# Bars asked for, tokens allowed: chorales average about 30 tokens a bar, busy four-voice 16th-note writing
+# about 70; the bound only stops a model that never moves time forward.
+TOKENS_PER_BAR_BOUND = 160
+
+
+class RowSampler(LogitsProcessor):
+    """Draws each row's next token from its own generator, seeded with that sample's seed, after top-k and top-p,
+    and leaves only the drawn token possible (so generate()'s greedy pick takes it): sample ``i`` of a batch is
+    the sample its seed gives alone, and rows can leave the batch as they finish."""
+
+    def __init__(self, seeds: list[int], top_k: int, top_p: float, device):
+        self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+        self.filters = ([TopKLogitsWarper(top_k)] if top_k else []) + ([TopPLogitsWarper(top_p)] if top_p < 1 else [])
+
+    def keep(self, rows: list[int]) -> None:
+        self.generators = [self.generators[row] for row in rows]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for keep_likely in self.filters:
+            scores = keep_likely(input_ids, scores)
+        probs = torch.softmax(scores.float(), dim=-1)  # (B, V)
+        drawn = torch.stack([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, self.generators)])
+        return torch.full_like(scores, -float("inf")).scatter_(1, drawn, 0.0)  # (B, V): only the drawn ids
+
+
+def sample_rows(model, prompt: np.ndarray | list[int], request: SamplingRequest, seeds: list[int], streamer=None):
+    """Sample one continuation of ``prompt`` (ids starting ``xxbos xxpad``) per seed, all in one batch, as
+    ``request`` asks, with the grammar processor on, in chunks of ``request.chunk_tokens`` (default ``mem_len``)
+    that each resume the memory cache the previous chunk returned, so only new tokens are fed to the model. A row
+    leaves the batch when it has its bars or ends, so the others do not carry it. After each chunk yields
+    ``(rows, done)``: per seed, the prompt and what has been sampled so far (a 1-D tensor), and the bars (when
+    ``request.bars`` is given) or tokens done. A caller may stop iterating at any chunk boundary; ``streamer``
+    (one seed only) receives tokens as they come."""
+    config, sampling, bars = model.config, request.sampling, request.bars or None
+    budget = request.max_new_tokens or TOKENS_PER_BAR_BOUND * bars
+    chunk_tokens = request.chunk_tokens or max(config.mem_len, 16)
+    prompt = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=model.device)[None]  # (1, P)
+    grammar = MusicGrammarProcessor(
+        config,
+        sampling.note_temperature,
+        sampling.duration_temperature,
+        pitch_range=request.pitch_range,
+        scale=request.scale or None,
+        allow_end=request.allow_end,
+    )
+    sampler = RowSampler(seeds, sampling.top_k, sampling.top_p, model.device)
+    stop_at_bars = MaxBarsCriteria(bars, config, prompt_length=prompt.shape[1]) if bars else None
+    model.eval()
+
+    sequence, cache = prompt.expand(len(seeds), -1), None  # (B, L): the rows still being sampled
+    active = list(range(len(seeds)))  # their samples' indices
+    rows, done = [prompt[0]] * len(seeds), [0] * len(seeds)
+    while active:
+        new_tokens = sequence.shape[1] - prompt.shape[1]
+        with torch.no_grad():
+            out = model.generate(
+                sequence,
+                past_key_values=cache,
+                generation_config=GenerationConfig(
+                    max_new_tokens=min(chunk_tokens, budget - new_tokens),
+                    do_sample=False,  # the RowSampler has drawn: greedy takes its token
+                    top_k=50,  # unused by a greedy pick (the RowSampler filters); generate()'s defaults, so that
+                    top_p=1.0,  # it neither fills in the model's sampling values nor warns about them
+                    eos_token_id=config.eos_token_id,
+                    pad_token_id=config.pad_token_id,  # after a row ends; the grammar never samples it there
+                    return_dict_in_generate=True,
+                ),
+                logits_processor=LogitsProcessorList([grammar, sampler]),
+                stopping_criteria=StoppingCriteriaList([stop_at_bars] if stop_at_bars else []),
+                streamer=streamer,
+            )
+        sequence, cache = out.sequences, out.past_key_values
+        finished = []
+        for k, sample in enumerate(active):
+            rows[sample] = without_trailing_pads(sequence[k], prompt.shape[1], config)
+            generated = len(rows[sample]) - prompt.shape[1]
+            done[sample] = bars_done(rows[sample][None], prompt.shape[1], config) if bars else generated
+            finished.append(
+                len(rows[sample]) < sequence.shape[1]  # padded: generate() saw it end
+                or rows[sample][-1] == config.eos_token_id
+                or (bars is not None and done[sample] >= bars)
+                or generated >= budget
+            )
+        yield rows, done
+        keep = [k for k, ended in enumerate(finished) if not ended]
+        if len(keep) < len(active):
+            if keep:
+                index = torch.tensor(keep, device=sequence.device)
+                sequence = sequence[index]
+                cache.batch_select_indices(index)
+                sampler.keep(keep)
+            active = [active[k] for k in keep]
+
+
+def without_trailing_pads(row: torch.Tensor, prompt_length: int, config: MusicXLConfig) -> torch.Tensor:
+    """``row`` (1-D) up to its last generated token: generate() pads a row that ended while others went on (the
+    grammar never samples ``xxpad`` after the prompt, so a pad there is padding)."""
+    generated = row[prompt_length:]
+    real = torch.nonzero(generated != config.pad_token_id)
+    return row[: prompt_length + (int(real[-1]) + 1 if len(real) else 0)]
+
+
+def sample_chunks(model, prompt: np.ndarray | list[int], request: SamplingRequest, seed: int, streamer=None):
+    """``sample_rows`` of one seed: yields ``(sequence, done)``, the prompt and what has been sampled so far as a
+    (1, L) tensor and the bars or tokens done."""
+    for rows, done in sample_rows(model, prompt, request, [seed], streamer):
+        yield rows[0][None], done[0]
+
+
+def bars_done(sequence: torch.Tensor, prompt_length: int, config: MusicXLConfig) -> int:
+    """Whole bars the first sequence has advanced past the end of the prompt (as MaxBarsCriteria counts them)."""
+    return max(0, int(MaxBarsCriteria(0, config, prompt_length).bars_done(sequence[:1])[0]))
+
+
+def fell_short(ids: np.ndarray | list[int], done: int, bars: int | None, config: MusicXLConfig) -> bool:
+    """True when sampling for ``bars`` bars hit its token bound first (rather than the bars or the end)."""
+    return bool(bars) and done < bars and int(ids[-1]) != config.eos_token_id
