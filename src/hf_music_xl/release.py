@@ -49,8 +49,9 @@ def release_sections(model_dir: Path) -> str:
         "## The release",
         "",
         "The released model of `hf_music_xl`: every command of the package uses it when no model is named. It "
-        "was trained by `make release-model` (`scripts/train_release.py`, seed 0: the same command gives the same "
-        "weights on the same machine type), keeping the checkpoint with the lowest NLL per note on a fixed subset "
+        "was trained by `make release-model` (`scripts/train_release.py`, seed 0, one thread: the same command "
+        "gives the same weights on the same machine type and thread count), keeping the checkpoint with the lowest "
+        "NLL per note on a fixed subset "
         "of the validation chorales, and measured by `scripts/release_report.py`.",
         "",
         f"Training data: {DATA_NOTE}",
@@ -61,7 +62,7 @@ def release_sections(model_dir: Path) -> str:
         lines += [
             "",
             f"Weights are stored in {storage['dtype']} and run in float32: rounding them to bf16 changes the "
-            f"validation NLL per note from {storage['nll_per_note_fp32']:.4f} to {storage['nll_per_note_bf16']:.4f} "
+            f"validation NLL per note from {storage['nll_per_note_fp32']:.5f} to {storage['nll_per_note_bf16']:.5f} "
             f"nats ({storage['relative_change']:.2e} relative; `storage.json`).",
         ]
     report_file = model_dir / "release_report.json"
