@@ -25,7 +25,15 @@ import numpy as np
 import torch
 
 from hf_music_xl.data.corpus import load_corpus
-from hf_music_xl.evaluate import STATISTICS, bars_excerpt, corpus_nll, musical_statistics, summarize, write_json
+from hf_music_xl.evaluate import (
+    STATISTICS,
+    against_chorales,
+    bars_excerpt,
+    corpus_nll,
+    musical_statistics,
+    summarize,
+    write_json,
+)
 from hf_music_xl.generate import GenerateSettings, generate_continuation, load_model_and_tokenizer
 from hf_music_xl.models.music_xl import encoding
 from hf_music_xl.models.music_xl.sampling_music_xl import prompt_ids
@@ -86,16 +94,6 @@ def sample_continuations(model, validation, args, out: Path) -> tuple[list, list
             render_outputs(ids, len(prompt), out / f"{validation[index]['name']}-seed{seed}", audio=False)
         print(f"  sample {seed + 1}/{args.samples}: {validation[index]['name']}, {len(samples[-1])} notes", flush=True)
     return samples, originals
-
-
-def checks(generated: dict, reference: dict) -> dict:
-    found = {}
-    for statistic, kind, allowed in TARGETS:
-        ours, theirs = generated[statistic]["mean"], reference[statistic]["mean"]
-        value = abs(ours / theirs - 1) if kind == "relative" else abs(ours - theirs)
-        found[statistic] = {"samples": ours, "chorales": theirs, "value": value, "allowed": allowed, "kind": kind}
-        found[statistic]["within"] = bool(value <= allowed)
-    return found
 
 
 def markdown(nll: dict, summaries: dict, found: dict, args, command: str) -> str:
@@ -165,7 +163,7 @@ def main():
         "training chorales, same bars": summarize([notes for notes in training if len(notes)]),
         "Bach after the same prompts": summarize(originals),
     }
-    found = checks(summaries["samples"], summaries["training chorales, same bars"])
+    found = against_chorales(summaries["samples"], summaries["training chorales, same bars"], TARGETS)
     command = "OMP_NUM_THREADS=1 .venv/bin/python scripts/release_report.py"
     table = markdown(nll, summaries, found, args, command)
     print(table)

@@ -53,3 +53,37 @@ def weights_digest(model) -> str:
         digest.update(name.encode())
         digest.update(np.ascontiguousarray(tensor.detach().cpu().float().numpy()).tobytes())
     return digest.hexdigest()
+
+
+def run_without_package(body: str, tmp_path, timeout: int = 600) -> dict:
+    """Run ``body`` (Python source that prints ``RESULT <json>``) in a fresh interpreter where hf_music_xl cannot be
+    imported, as for a user without the package, offline; return the parsed JSON. ``-I -S``: no PYTHONPATH, no
+    user site and no .pth files, so the editable install is invisible; the venv's site-packages is added as a
+    plain path for torch and transformers."""
+    import json
+    import os
+    import subprocess
+    import sysconfig
+    import textwrap
+
+    preamble = textwrap.dedent(
+        f"""
+        import json, sys
+        sys.path.append({sysconfig.get_paths()["purelib"]!r})
+        try:
+            import hf_music_xl
+            raise SystemExit("hf_music_xl is importable")
+        except ImportError:
+            pass
+        """
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", preamble + textwrap.dedent(body)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))[7:])

@@ -2,15 +2,11 @@
 in a fresh interpreter without hf_music_xl, on real chorale MIDI files."""
 
 import json
-import os
-import subprocess
-import sys
-import sysconfig
-import textwrap
 
 import numpy as np
 import pytest
 import symusic
+from helpers import run_without_package
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_music_xl import MidiReadError
@@ -43,15 +39,8 @@ def test_saved_model_names_its_pipeline(tiny_model_dir):
 def test_pipeline_without_the_package_in_a_fresh_interpreter(tiny_model_dir, chorale_midi_files, tmp_path):
     """-I -S hides the editable install (as in test_modeling); the pipeline comes from the model directory."""
     midi = str(chorale_midi_files[0])
-    script = textwrap.dedent(
+    out = run_without_package(
         f"""
-        import json, sys
-        sys.path.append({sysconfig.get_paths()["purelib"]!r})
-        try:
-            import hf_music_xl
-            raise SystemExit("hf_music_xl is importable")
-        except ImportError:
-            pass
         import symusic
         from transformers import pipeline
         pipe = pipeline(model={str(tiny_model_dir)!r}, trust_remote_code=True)
@@ -67,14 +56,9 @@ def test_pipeline_without_the_package_in_a_fresh_interpreter(tiny_model_dir, cho
             "batch": [[s["ids"] for s in samples] for samples in batch],
             "nothing": nothing[0]["ids"],
         }}, default=int))
-        """
+        """,
+        tmp_path,
     )
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))[7:])
     assert out["class"].startswith("transformers_modules.") and out["class"].endswith(
         "pipeline_music_xl.MusicXLPipeline"
     )

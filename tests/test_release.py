@@ -2,12 +2,7 @@
 every command, and loads through the pipeline without this package."""
 
 import json
-import os
 import re
-import subprocess
-import sys
-import sysconfig
-import textwrap
 
 import numpy as np
 import pytest
@@ -78,27 +73,17 @@ def test_every_command_uses_it_when_no_model_is_named(tmp_path, monkeypatch):
 
 
 def test_pipeline_loads_it_without_the_package(tmp_path):
-    script = textwrap.dedent(
+    from helpers import run_without_package
+
+    out = run_without_package(
         f"""
-        import json, sys
-        sys.path.append({sysconfig.get_paths()["purelib"]!r})
-        try:
-            import hf_music_xl
-            raise SystemExit("hf_music_xl is importable")
-        except ImportError:
-            pass
         from transformers import pipeline
         pipe = pipeline(model={str(RELEASE_DIR)!r}, trust_remote_code=True)
         [sample] = pipe(None, bars=1, seed=0)
         print("RESULT " + json.dumps({{"ids": sample["ids"], "bars": sample["bars"]}}, default=int))
-        """
+        """,
+        tmp_path,
     )
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))[7:])
     assert encoding.first_invalid_position(np.asarray(out["ids"])) is None and out["bars"] >= 1
 
 

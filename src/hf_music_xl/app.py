@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .generate import load_pipeline
 from .models.music_xl.sampling_music_xl import MAX_PROMPT_BARS, SAMPLING_PRESETS, sampling_settings
+from .release import default_model, model_field
 from .render import find_renderer, find_soundfont, render_outputs
 
 logger = logging.getLogger(__name__)
@@ -46,14 +47,7 @@ class BadUpload(ValueError):
 class AppSettings:
     """Everything ``hf-music-xl app`` needs; each field is a flag, ``model`` the positional argument."""
 
-    model: str = field(
-        default="",
-        metadata={
-            "help": "a model directory or Hub id; default: the released model",
-            "positional": True,
-            "optional": True,
-        },
-    )
+    model: str = model_field()
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on (0.0.0.0 for all)"})
     port: int = field(default=7860, metadata={"help": "port"})
     max_upload_bytes: int = field(default=MAX_UPLOAD_BYTES, metadata={"help": "largest prompt file accepted"})
@@ -223,8 +217,6 @@ def launch_kwargs(settings: AppSettings, output_dir: Path) -> dict:
 def run_app(settings: AppSettings, block: bool = True):
     """Load the model, build the page and serve it; returns the running page when ``block`` is False."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from .release import default_model
-
     model = settings.model or default_model()
     pipe = load_pipeline(model)
     output_dir = Path(settings.output_dir or tempfile.mkdtemp(prefix="hf_music_xl_app_"))

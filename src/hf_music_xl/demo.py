@@ -228,20 +228,13 @@ def run_demo(settings: DemoSettings) -> dict:
 def look_like_the_chorales(chorales: dict, generated: dict, validation_nll: float) -> dict:
     """Each ``CHECKS`` figure of the samples against the chorales', and the validation NLL against its ceiling:
     {name: {"value", "target", "within"}}."""
+    from .evaluate import against_chorales
+
     checks = {}
-    for statistic, kind, allowed in CHECKS:
-        ours, theirs = generated[statistic]["mean"], chorales[statistic]["mean"]
-        if kind == "difference":
-            value, target = (
-                abs(ours - theirs),
-                f"|samples - chorales| <= {allowed} (samples {ours:.2f}, chorales {theirs:.2f})",
-            )
-        else:
-            value, target = (
-                abs(ours / theirs - 1),
-                f"|samples / chorales - 1| <= {allowed} (samples {ours:.2f}, chorales {theirs:.2f})",
-            )
-        checks[statistic] = {"value": value, "target": target, "within": bool(value <= allowed)}
+    for statistic, found in against_chorales(generated, chorales, CHECKS).items():
+        measure = "|samples / chorales - 1|" if found["kind"] == "relative" else "|samples - chorales|"
+        target = f"{measure} <= {found['allowed']} (samples {found['samples']:.2f}, chorales {found['chorales']:.2f})"
+        checks[statistic] = {"value": found["value"], "target": target, "within": found["within"]}
     checks["validation_nll_per_token"] = {
         "value": validation_nll,
         "target": f"<= {MAX_VALIDATION_NLL}",

@@ -153,6 +153,19 @@ def summarize(pieces: list[encoding.Notes], desc: str | None = None) -> dict:
     return summary
 
 
+def against_chorales(generated: dict, chorales: dict, targets) -> dict:
+    """Each target ``(statistic, kind, allowed)`` of the samples' mean against the chorales' (summaries as
+    ``summarize`` makes them): kind "difference" compares |samples - chorales|, "relative" |samples / chorales - 1|,
+    with ``allowed``. Returns {statistic: {"samples", "chorales", "value", "allowed", "kind", "within"}}."""
+    found = {}
+    for statistic, kind, allowed in targets:
+        ours, theirs = generated[statistic]["mean"], chorales[statistic]["mean"]
+        value = abs(ours / theirs - 1) if kind == "relative" else abs(ours - theirs)
+        found[statistic] = {"samples": ours, "chorales": theirs, "value": value, "allowed": allowed, "kind": kind}
+        found[statistic]["within"] = bool(value <= allowed)
+    return found
+
+
 def format_table(summaries: dict[str, dict]) -> str:
     """A plain-text table: one row per statistic, one column (mean ± std) per set of pieces."""
     names = list(summaries)

@@ -33,6 +33,7 @@ from .models.music_xl.sampling_music_xl import (
     prompt_ids,
     sample_rows,
 )
+from .release import default_model, model_field
 
 logger = logging.getLogger(__name__)
 
@@ -179,14 +180,7 @@ class GenerateSettings(SamplingRequest):
     """Everything ``hf-music-xl generate`` needs: a ``SamplingRequest`` and where its prompt comes from and its
     files go; each field is a flag (``--prompt-bars``), ``model`` the positional argument."""
 
-    model: str = field(
-        default="",
-        metadata={
-            "help": "a model directory or Hub id; default: the released model",
-            "positional": True,
-            "optional": True,
-        },
-    )
+    model: str = model_field()
     prompt: str = field(
         default="", metadata={"help": "MIDI file whose first --prompt-bars bars start each sample; empty: from nothing"}
     )
@@ -208,7 +202,6 @@ def load_model_and_tokenizer(name_or_path: str | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .hub.errors import check_model_access, hub_errors
-    from .release import default_model
 
     name_or_path = name_or_path or default_model()
     local_files_only = Path(name_or_path).is_dir() or not is_repo_id(name_or_path) or check_model_access(name_or_path)

@@ -9,12 +9,19 @@ Hub id, which ``from_pretrained`` finds in the local cache or downloads.
 from __future__ import annotations
 
 import os
+from dataclasses import field
 from pathlib import Path
 
 RELEASE_NAME = "chorale-xl"
 RELEASE_DIR = Path(__file__).resolve().parents[2] / "models" / RELEASE_NAME  # the repository's models/ folder
 RELEASE_REPO_ID = f"hf-music-xl/{RELEASE_NAME}"
 MODEL_ENV = "HF_MUSIC_XL_MODEL"  # names another default model (a folder or a Hub id)
+
+
+def model_field():
+    """The ``model`` field of a command's settings: the optional positional argument, empty for the release."""
+    help_text = "a model directory or Hub id; default: the released model"
+    return field(default="", metadata={"help": help_text, "positional": True, "optional": True})
 
 
 def default_model() -> str:
