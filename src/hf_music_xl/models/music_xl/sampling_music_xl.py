@@ -236,6 +236,9 @@ def sample_rows(model, prompt: np.ndarray | list[int], request: SamplingRequest,
         with torch.no_grad():
             out = model.generate(
                 sequence,
+                # every row starts xxbos: no padding (the mask the model would make); given, so that generate()
+                # does not take the xxpad ending an empty prompt for right padding and warn
+                attention_mask=torch.ones_like(sequence),
                 past_key_values=cache,
                 generation_config=GenerationConfig(
                     max_new_tokens=min(chunk_tokens, budget - new_tokens),
