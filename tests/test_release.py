@@ -3,6 +3,7 @@ every command, and loads through the pipeline without this package."""
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,3 +106,13 @@ def test_push_publishes_the_folder_as_it_is(tmp_path):
         assert hub.store.read("tester/chorale-xl", "README.md") == (RELEASE_DIR / "README.md").read_bytes()
     local = {path.name for path in RELEASE_DIR.iterdir() if path.is_file()}
     assert local <= published | {".gitattributes"}
+
+
+def test_its_code_is_the_packages():
+    """The folder's code files are the package's model files (as tokenizer/'s are): a change to the model's code
+    reaches the release, which loads with trust_remote_code, by copying the file there."""
+    from hf_music_xl.models import music_xl
+
+    package = Path(music_xl.__file__).parent
+    for path in RELEASE_DIR.glob("*.py"):
+        assert path.read_text() == (package / path.name).read_text(), f"{path.name} differs from the package's"
