@@ -1,6 +1,8 @@
 """Work bounded by the input (issue 25, defect 3): what a small file can make the encoder do."""
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_bad_midi import midi, note, track
 
 from hf_music_xl.models.music_xl import encoding as E
@@ -38,3 +40,34 @@ def test_the_cached_meter_lookup_gives_the_table_s_answer():
                 assert E.meter_token(num, den, steps_per_beat) == E.meter_token.__wrapped__(num, den, steps_per_beat)
     assert not E.meter_bar_lengths(4).flags.writeable  # shared between calls: nobody may change it
     np.testing.assert_array_equal(E.meter_bar_lengths(4), [E.bar_steps(n, d) for n, d in E.METERS])
+
+
+def stretch_by_stretch_ids(notes: E.Notes) -> list[int]:
+    """The ids of a note table the obvious way, one meter's stretch at a time (what notes_to_ids did before it
+    wrote all events at once): its token, its notes with waits counted from its start, the wait to the next."""
+    ids, changes = [E.BOS_ID, E.PAD_ID], notes.meters.tolist()
+    for k, (start, num, den) in enumerate(changes):
+        end = changes[k + 1][0] if k + 1 < len(changes) else None
+        inside = (notes.onset >= start) & (notes.onset < end if end is not None else True)
+        ids.append(E.meter_token(num, den))
+        ids += E.note_pair_ids(notes.onset[inside] - start, notes.pitch[inside], notes.duration[inside]).tolist()
+        if end is not None:
+            last = int(notes.onset[inside][-1] - start) if inside.any() else 0
+            ids += E.wait_ids(end - start - last).tolist()
+    return ids
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 3000), st.integers(0, 127), st.integers(1, 160)), max_size=30),
+    st.lists(st.tuples(st.integers(1, 3200), st.sampled_from(E.METERS)), max_size=8),
+    st.sampled_from(E.METERS),
+)
+def test_all_events_at_once_write_what_stretch_by_stretch_writes(note_rows, changes, first_meter):
+    onset, pitch, duration = (np.array(column, np.int64).reshape(-1) for column in zip(*note_rows or [((), (), ())]))
+    order = np.argsort(onset, kind="stable")
+    times = sorted({time for time, _ in changes})
+    meter_of = dict(changes)
+    meters = np.array([[0, *first_meter]] + [[time, *meter_of[time]] for time in times], np.int64)
+    notes = E.Notes(onset[order], pitch[order], duration[order], meters)
+    assert E.notes_to_ids(notes).tolist() == stretch_by_stretch_ids(notes)

@@ -400,19 +400,28 @@ def notes_to_ids(notes: Notes, add_bos: bool = True, add_eos: bool = False, mete
                 np.array(tail, np.int64),
             ]
         )
-    # one stretch per meter: its token, its notes (waits counted from where it starts), the wait to the next one
-    parts, changes = [np.array(head, np.int64)], notes.meters
-    bounds = np.searchsorted(notes.onset, changes[:, 0], side="left").tolist() + [len(notes)]
-    for k, (start, num, den) in enumerate(changes):
-        inside = slice(bounds[k], bounds[k + 1])
-        parts += [
-            np.array([meter_token(num, den)], np.int64),
-            note_pair_ids(notes.onset[inside] - start, notes.pitch[inside], notes.duration[inside]),
-        ]
-        if k + 1 < len(changes):
-            last = int(notes.onset[inside][-1] - start) if bounds[k + 1] > bounds[k] else 0
-            parts.append(wait_ids(int(changes[k + 1, 0] - start) - last))
-    return np.concatenate(parts + [np.array(tail, np.int64)])
+    # Meter changes and notes are one list of events in time order (a change before the notes at its time), each
+    # written as the xxsep pairs of the wait since the event before, then its own tokens: a time signature's one
+    # or a note's two. All in arrays: a file of a million time signatures costs what a million notes cost.
+    meters, count = notes.meters, len(notes) + len(notes.meters)
+    meter_at = np.searchsorted(notes.onset, meters[:, 0], side="left") + np.arange(len(meters))  # event index
+    is_note = np.ones(count, bool)
+    is_note[meter_at] = False
+    time = np.empty(count, np.int64)
+    time[meter_at], time[is_note] = meters[:, 0], notes.onset
+    wait = np.diff(time, prepend=time[:1])  # [E] steps since the event before (the first meter's: none)
+    seps = -(-wait // MAX_DURATION)  # [E] xxsep pairs before each event: d160 each, the remainder last
+    size = 2 * seps + np.where(is_note, 2, 1)
+    first = np.cumsum(size) - size  # [E] index of each event's first token
+    ids = np.empty(int(size.sum()), np.int64)
+    pair = np.repeat(first, seps) + 2 * (np.arange(int(seps.sum())) - np.repeat(np.cumsum(seps) - seps, seps))
+    ids[pair], ids[pair + 1] = SEP_ID, DURATION_OFFSET + MAX_DURATION
+    rest = seps > 0
+    ids[first[rest] + 2 * seps[rest] - 1] = DURATION_OFFSET + wait[rest] - MAX_DURATION * (seps[rest] - 1)
+    own = first + 2 * seps  # [E] index of the event's own first token
+    ids[own[meter_at]] = [meter_token(num, den) for _, num, den in meters.tolist()]
+    ids[own[is_note]], ids[own[is_note] + 1] = NOTE_OFFSET + notes.pitch, DURATION_OFFSET + notes.duration
+    return np.concatenate([np.array(head, np.int64), ids, np.array(tail, np.int64)])
 
 
 def wait_ids(steps: int) -> np.ndarray:
