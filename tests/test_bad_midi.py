@@ -115,14 +115,18 @@ def test_odd_but_usable_files_encode_sensibly(data, expected):
     assert text_of(E.encode_midi(data)) == expected
 
 
-def test_absurd_tick_values_give_a_long_rest_or_a_clear_limit(tmp_path):
-    far = midi(track(*note(60, delta=0x0FFFFFFF)))  # the largest delta a MIDI file can hold: ~280,000 bars
+def test_absurd_tick_values_give_a_short_rest_or_a_clear_limit(tmp_path):
+    far = midi(track(*note(60, delta=0x0FFFFFFF)))  # the largest delta a MIDI file can hold: ~140,000 bars
     ids = E.encode_midi(far)
     assert ids.max() < E.VOCAB_SIZE and E.first_invalid_position(ids) is None
-    assert E.ids_to_notes(ids).onset.tolist() == [E.quantize(np.array([0x0FFFFFFF]), 480, 4)[0]]
+    step = int(E.quantize(np.array([0x0FFFFFFF]), 480, 4)[0])
+    # the silence is shortened by whole bars to at most MAX_REST_STEPS (see test_bounded_work.py)
+    assert E.ids_to_notes(ids).onset.tolist() == [E.MAX_REST_STEPS - 16 + step % 16]
+    # with the rest limit raised, the whole silence is written, and the token limit still stops a longer one
+    assert E.ids_to_notes(E.encode_midi(far, max_rest_steps=step)).onset.tolist() == [step]
     path = write(tmp_path, "far.mid", far)
     with pytest.raises(E.MidiReadError, match="far.mid.*limit of 10000 tokens"):
-        E.encode_midi(path, max_tokens=10_000)
+        E.encode_midi(path, max_tokens=10_000, max_rest_steps=step)
 
 
 def test_size_and_note_limits(tmp_path):

@@ -30,6 +30,8 @@ Where we differ from the reference (each a defect there):
 - note durations are clamped to ``MAX_DURATION`` (160 steps = 10 bars of 4/4) and rounded to at least 1 step;
 - the whole pitch range 0..127 is kept; notes with the same (onset, pitch) collapse to one (the longest);
 - rounding is half-up, so 32nd notes land on the grid instead of vanishing;
+- a note-free span longer than ``MAX_REST_STEPS`` (40 bars of 4/4) is shortened by whole bars to at most that,
+  so a small file's silence of millions of bars costs a few waits, not millions of tokens;
 - decoding never fails on sampled output (``strict=True`` reports the first invalid position instead).
 
 Everything here works on numpy arrays: no Python loop runs per note.
@@ -37,6 +39,7 @@ Everything here works on numpy arrays: no Python loop runs per note.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 
@@ -119,6 +122,9 @@ MAX_FILE_BYTES = 64 * 2**20
 MAX_NOTES = 1_000_000
 MAX_TOKENS = 8_000_000  # also bounds the rests written for absurd tick values (a note at tick 2**31)
 MAX_TICK = 2**31 - 1  # symusic keeps tick times in int32
+# The longest note-free span written (4 xxsep pairs); a longer one is shortened by whole bars, so the notes after
+# it keep their place in the bar. 640 steps: 40 bars of 4/4 at 16th notes, a silence no real piece holds.
+MAX_REST_STEPS = 4 * MAX_DURATION
 
 MidiSource = "str | os.PathLike | bytes | symusic.Score"  # what encode_midi accepts
 
@@ -177,18 +183,28 @@ def beat_steps(num: int, den: int, steps_per_beat: int = STEPS_PER_BEAT) -> int:
     return max(1, round((3 if compound else 1) * 4 * steps_per_beat / den))
 
 
+@functools.lru_cache(maxsize=4096)
 def meter_token(num: int, den: int, steps_per_beat: int = STEPS_PER_BEAT) -> int:
     """The time signature token of num/den. A meter outside ``METERS`` (17/8, 7/32, ...) gets the token of the same
     bar length, from the finest denominator that has one (17/8 is 34 steps: 17/8 does not exist, but no
-    representation of 34 steps does either, so the nearest length wins: 16/8 and 9/4 tie, the first is taken)."""
+    representation of 34 steps does either, so the nearest length wins: 16/8 and 9/4 tie, the first is taken).
+    Cached: a file may hold a million time signatures, and each costs a lookup, not a pass over the table."""
     if (num, den) in METERS:
         return METER_OFFSET + METERS.index((num, den))
     target = bar_steps(num, den, steps_per_beat)
-    lengths = np.array([bar_steps(n, d, steps_per_beat) for n, d in METERS])
+    lengths = meter_bar_lengths(steps_per_beat)
     exact = np.flatnonzero(lengths == target)
     if len(exact):  # the finest denominator first: METERS runs from 1 to 16, so take the last
         return METER_OFFSET + int(exact[-1])
     return METER_OFFSET + int(np.argmin(np.abs(lengths - target)))
+
+
+@functools.lru_cache(maxsize=64)
+def meter_bar_lengths(steps_per_beat: int) -> np.ndarray:
+    """Grid steps in a bar of each meter of ``METERS``, in its order (read-only: the array is shared)."""
+    lengths = np.array([bar_steps(n, d, steps_per_beat) for n, d in METERS])
+    lengths.flags.writeable = False
+    return lengths
 
 
 def token_meter(token_id: int) -> tuple[int, int]:
@@ -345,19 +361,40 @@ def score_meters(score: symusic.Score, steps_per_beat: int = STEPS_PER_BEAT) -> 
     """(time step, numerator, denominator) of each meter of a tick-based score, each as its token reads it back
     (``meter_token``), on the grid; 4/4 from 0 until the first time signature; a meter equal to the one before, or
     replaced at the same step, is dropped."""
-    events = sorted(
-        ((int(ts.time), int(ts.numerator), int(ts.denominator)) for ts in score.time_signatures),
-        key=lambda event: event[0],
-    )  # stable: of two at one time, the later in the file wins
-    events = [(ticks, num, den) for ticks, num, den in events if num >= 1 and den >= 1]  # corrupt ones: dropped
-    if not events:
+    signatures = score.time_signatures.numpy()  # read as arrays: one Python object per event costs ~25 us
+    order = np.argsort(signatures["time"], kind="stable")  # stable: of two at one time, the later in the file wins
+    ticks, nums, dens = (signatures[name][order].astype(np.int64) for name in ("time", "numerator", "denominator"))
+    valid = (nums >= 1) & (dens >= 1)  # corrupt ones: dropped
+    if not valid.any():
         return default_meters()
-    steps = np.maximum(
-        quantize(np.array([ticks for ticks, _, _ in events]), score.ticks_per_quarter, steps_per_beat), 0
-    )
-    return meter_table(
-        [(int(step), *token_meter(meter_token(num, den, steps_per_beat))) for step, (_, num, den) in zip(steps, events)]
-    )
+    steps = np.maximum(quantize(ticks[valid], score.ticks_per_quarter, steps_per_beat), 0)
+    tokens = [meter_token(num, den, steps_per_beat) for num, den in zip(nums[valid].tolist(), dens[valid].tolist())]
+    return meter_table([(step, *token_meter(token)) for step, token in zip(steps.tolist(), tokens)])
+
+
+def shorten_rests(notes: Notes, max_rest_steps: int = MAX_REST_STEPS, steps_per_beat: int = STEPS_PER_BEAT) -> Notes:
+    """The notes with every note-free span (between two onsets or meter changes, or before the first) longer than
+    ``max_rest_steps`` shortened to at most that, by whole bars of the meter in force there, so that everything
+    after it keeps its place in the bar (by exactly the excess where one bar is longer than the limit). Later
+    notes and meters move earlier together."""
+    if max_rest_steps < 1:
+        raise ValueError(f"max_rest_steps must be at least 1, got {max_rest_steps}")
+    times = np.unique(np.r_[0, notes.onset, notes.meters[:, 0]])  # every event, in time order
+    gaps = np.diff(times)  # [G] the span after each event up to the next
+    if not len(gaps) or gaps.max() <= max_rest_steps:
+        return notes
+    bars = Bars(notes.meters, steps_per_beat)
+    length = bars.lengths[np.searchsorted(bars.times, times[:-1], side="right") - 1]  # [G] bar in force
+    excess = np.maximum(gaps - max_rest_steps, 0)
+    cut = -(-excess // length) * length  # whole bars, at least the excess
+    cut = np.where(gaps - cut >= 1, cut, excess)  # a bar longer than the limit: just the excess
+    moved = np.r_[0, np.cumsum(cut)]  # [G + 1] how far each event moves earlier
+
+    def shifted(at: np.ndarray) -> np.ndarray:
+        return at - moved[np.searchsorted(times, at)]
+
+    meters = np.c_[shifted(notes.meters[:, 0]), notes.meters[:, 1:]]
+    return Notes(shifted(notes.onset), notes.pitch, notes.duration, meters)
 
 
 def meter_table(changes, collapse: bool = True) -> np.ndarray:
@@ -393,19 +430,28 @@ def notes_to_ids(notes: Notes, add_bos: bool = True, add_eos: bool = False, mete
                 np.array(tail, np.int64),
             ]
         )
-    # one stretch per meter: its token, its notes (waits counted from where it starts), the wait to the next one
-    parts, changes = [np.array(head, np.int64)], notes.meters
-    bounds = np.searchsorted(notes.onset, changes[:, 0], side="left").tolist() + [len(notes)]
-    for k, (start, num, den) in enumerate(changes):
-        inside = slice(bounds[k], bounds[k + 1])
-        parts += [
-            np.array([meter_token(num, den)], np.int64),
-            note_pair_ids(notes.onset[inside] - start, notes.pitch[inside], notes.duration[inside]),
-        ]
-        if k + 1 < len(changes):
-            last = int(notes.onset[inside][-1] - start) if bounds[k + 1] > bounds[k] else 0
-            parts.append(wait_ids(int(changes[k + 1, 0] - start) - last))
-    return np.concatenate(parts + [np.array(tail, np.int64)])
+    # Meter changes and notes are one list of events in time order (a change before the notes at its time), each
+    # written as the xxsep pairs of the wait since the event before, then its own tokens: a time signature's one
+    # or a note's two. All in arrays: a file of a million time signatures costs what a million notes cost.
+    meters, count = notes.meters, len(notes) + len(notes.meters)
+    meter_at = np.searchsorted(notes.onset, meters[:, 0], side="left") + np.arange(len(meters))  # event index
+    is_note = np.ones(count, bool)
+    is_note[meter_at] = False
+    time = np.empty(count, np.int64)
+    time[meter_at], time[is_note] = meters[:, 0], notes.onset
+    wait = np.diff(time, prepend=time[:1])  # [E] steps since the event before (the first meter's: none)
+    seps = -(-wait // MAX_DURATION)  # [E] xxsep pairs before each event: d160 each, the remainder last
+    size = 2 * seps + np.where(is_note, 2, 1)
+    first = np.cumsum(size) - size  # [E] index of each event's first token
+    ids = np.empty(int(size.sum()), np.int64)
+    pair = np.repeat(first, seps) + 2 * (np.arange(int(seps.sum())) - np.repeat(np.cumsum(seps) - seps, seps))
+    ids[pair], ids[pair + 1] = SEP_ID, DURATION_OFFSET + MAX_DURATION
+    rest = seps > 0
+    ids[first[rest] + 2 * seps[rest] - 1] = DURATION_OFFSET + wait[rest] - MAX_DURATION * (seps[rest] - 1)
+    own = first + 2 * seps  # [E] index of the event's own first token
+    ids[own[meter_at]] = [meter_token(num, den) for _, num, den in meters.tolist()]
+    ids[own[is_note]], ids[own[is_note] + 1] = NOTE_OFFSET + notes.pitch, DURATION_OFFSET + notes.duration
+    return np.concatenate([np.array(head, np.int64), ids, np.array(tail, np.int64)])
 
 
 def wait_ids(steps: int) -> np.ndarray:
@@ -448,13 +494,15 @@ def encode_midi(
     max_notes: int = MAX_NOTES,
     max_tokens: int = MAX_TOKENS,
     meter: bool = True,
+    max_rest_steps: int = MAX_REST_STEPS,
 ) -> np.ndarray:
     """Token ids of a MIDI path, bytes or ``symusic.Score``; with ``meter``, its time signatures as tokens (a file
     without one is in 4/4, as MIDI defines it).
 
     Raises ``MidiReadError`` (a ValueError naming the input) for unreadable input, a file over ``max_bytes``,
     more than ``max_notes`` notes or time signatures, or more than ``max_tokens`` tokens, and a score without notes
-    (drums do not count) unless ``allow_empty`` (then the result is just the prefix)."""
+    (drums do not count) unless ``allow_empty`` (then the result is just the prefix). A note-free span longer than
+    ``max_rest_steps`` grid steps is shortened to at most that by whole bars (``shorten_rests``)."""
     score = load_score(source, max_bytes=max_bytes)
     if score.note_num() > max_notes or len(score.time_signatures) > max_notes:
         raise MidiReadError(
@@ -467,6 +515,8 @@ def encode_midi(
     last_onset = int(notes.onset[-1]) if len(notes) else 0
     # meter changes after the last note move nothing that sounds
     notes.meters = notes.meters[notes.meters[:, 0] <= last_onset] if len(notes) else notes.meters[:1]
+    notes = shorten_rests(notes, max_rest_steps, steps_per_beat)
+    last_onset = int(notes.onset[-1]) if len(notes) else 0
     # Each note writes 2 tokens, each xxsep pair covers up to MAX_DURATION steps of its wait (plus one pair per
     # note or meter at most for the remainders), each meter 1: a cheap upper bound checked before anything is built.
     if 3 + 4 * len(notes) + 3 * len(notes.meters) + 2 * (last_onset // MAX_DURATION) > max_tokens:

@@ -58,7 +58,8 @@ from ..models.music_xl import encoding
 logger = logging.getLogger(__name__)
 
 # Bump whenever the ids produced for the same input change (encoding or corpus rules): it is in the cache key.
-ENCODER_VERSION = "2"  # 2: time signature tokens; ABC tunes read through music21 (meters and pickups)
+ENCODER_VERSION = "3"  # 2: time signature tokens; ABC tunes read through music21 (meters and pickups); 3: long
+# rests shortened (encoding.MAX_REST_STEPS)
 DEFAULT_SOURCE = "bach-chorales"
 MIDI_SUFFIXES = (".mid", ".midi")
 ABC_SUFFIXES = (".abc",)

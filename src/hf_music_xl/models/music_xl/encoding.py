@@ -30,6 +30,8 @@ Where we differ from the reference (each a defect there):
 - note durations are clamped to ``MAX_DURATION`` (160 steps = 10 bars of 4/4) and rounded to at least 1 step;
 - the whole pitch range 0..127 is kept; notes with the same (onset, pitch) collapse to one (the longest);
 - rounding is half-up, so 32nd notes land on the grid instead of vanishing;
+- a note-free span longer than ``MAX_REST_STEPS`` (40 bars of 4/4) is shortened by whole bars to at most that,
+  so a small file's silence of millions of bars costs a few waits, not millions of tokens;
 - decoding never fails on sampled output (``strict=True`` reports the first invalid position instead).
 
 Everything here works on numpy arrays: no Python loop runs per note.
@@ -120,6 +122,9 @@ MAX_FILE_BYTES = 64 * 2**20
 MAX_NOTES = 1_000_000
 MAX_TOKENS = 8_000_000  # also bounds the rests written for absurd tick values (a note at tick 2**31)
 MAX_TICK = 2**31 - 1  # symusic keeps tick times in int32
+# The longest note-free span written (4 xxsep pairs); a longer one is shortened by whole bars, so the notes after
+# it keep their place in the bar. 640 steps: 40 bars of 4/4 at 16th notes, a silence no real piece holds.
+MAX_REST_STEPS = 4 * MAX_DURATION
 
 MidiSource = "str | os.PathLike | bytes | symusic.Score"  # what encode_midi accepts
 
@@ -367,6 +372,31 @@ def score_meters(score: symusic.Score, steps_per_beat: int = STEPS_PER_BEAT) -> 
     return meter_table([(step, *token_meter(token)) for step, token in zip(steps.tolist(), tokens)])
 
 
+def shorten_rests(notes: Notes, max_rest_steps: int = MAX_REST_STEPS, steps_per_beat: int = STEPS_PER_BEAT) -> Notes:
+    """The notes with every note-free span (between two onsets or meter changes, or before the first) longer than
+    ``max_rest_steps`` shortened to at most that, by whole bars of the meter in force there, so that everything
+    after it keeps its place in the bar (by exactly the excess where one bar is longer than the limit). Later
+    notes and meters move earlier together."""
+    if max_rest_steps < 1:
+        raise ValueError(f"max_rest_steps must be at least 1, got {max_rest_steps}")
+    times = np.unique(np.r_[0, notes.onset, notes.meters[:, 0]])  # every event, in time order
+    gaps = np.diff(times)  # [G] the span after each event up to the next
+    if not len(gaps) or gaps.max() <= max_rest_steps:
+        return notes
+    bars = Bars(notes.meters, steps_per_beat)
+    length = bars.lengths[np.searchsorted(bars.times, times[:-1], side="right") - 1]  # [G] bar in force
+    excess = np.maximum(gaps - max_rest_steps, 0)
+    cut = -(-excess // length) * length  # whole bars, at least the excess
+    cut = np.where(gaps - cut >= 1, cut, excess)  # a bar longer than the limit: just the excess
+    moved = np.r_[0, np.cumsum(cut)]  # [G + 1] how far each event moves earlier
+
+    def shifted(at: np.ndarray) -> np.ndarray:
+        return at - moved[np.searchsorted(times, at)]
+
+    meters = np.c_[shifted(notes.meters[:, 0]), notes.meters[:, 1:]]
+    return Notes(shifted(notes.onset), notes.pitch, notes.duration, meters)
+
+
 def meter_table(changes, collapse: bool = True) -> np.ndarray:
     """(k, 3) meters from (time, num, den) changes in time order: 4/4 from 0 until the first, a change replaced by a
     later one at the same time, and with ``collapse`` a meter equal to the one before dropped (without, it stays:
@@ -464,13 +494,15 @@ def encode_midi(
     max_notes: int = MAX_NOTES,
     max_tokens: int = MAX_TOKENS,
     meter: bool = True,
+    max_rest_steps: int = MAX_REST_STEPS,
 ) -> np.ndarray:
     """Token ids of a MIDI path, bytes or ``symusic.Score``; with ``meter``, its time signatures as tokens (a file
     without one is in 4/4, as MIDI defines it).
 
     Raises ``MidiReadError`` (a ValueError naming the input) for unreadable input, a file over ``max_bytes``,
     more than ``max_notes`` notes or time signatures, or more than ``max_tokens`` tokens, and a score without notes
-    (drums do not count) unless ``allow_empty`` (then the result is just the prefix)."""
+    (drums do not count) unless ``allow_empty`` (then the result is just the prefix). A note-free span longer than
+    ``max_rest_steps`` grid steps is shortened to at most that by whole bars (``shorten_rests``)."""
     score = load_score(source, max_bytes=max_bytes)
     if score.note_num() > max_notes or len(score.time_signatures) > max_notes:
         raise MidiReadError(
@@ -483,6 +515,8 @@ def encode_midi(
     last_onset = int(notes.onset[-1]) if len(notes) else 0
     # meter changes after the last note move nothing that sounds
     notes.meters = notes.meters[notes.meters[:, 0] <= last_onset] if len(notes) else notes.meters[:1]
+    notes = shorten_rests(notes, max_rest_steps, steps_per_beat)
+    last_onset = int(notes.onset[-1]) if len(notes) else 0
     # Each note writes 2 tokens, each xxsep pair covers up to MAX_DURATION steps of its wait (plus one pair per
     # note or meter at most for the remainders), each meter 1: a cheap upper bound checked before anything is built.
     if 3 + 4 * len(notes) + 3 * len(notes.meters) + 2 * (last_onset // MAX_DURATION) > max_tokens:

@@ -30,7 +30,8 @@ class MidiTokenizerMixin:
     def encode_midi(self, source, add_eos: bool = False, **limits) -> list[int]:
         """Token ids of a MIDI file path, MIDI bytes or ``symusic.Score``, starting ``xxbos xxpad`` and its time
         signature. Unreadable input or a piece without notes raises ``encoding.MidiReadError`` (a ValueError
-        naming the file); ``limits`` are ``max_bytes``, ``max_notes``, ``max_tokens`` of ``encoding.encode_midi``."""
+        naming the file); ``limits`` are ``max_bytes``, ``max_notes``, ``max_tokens``, ``max_rest_steps`` of
+        ``encoding.encode_midi``."""
         return encode_midi(
             source, steps_per_beat=self.steps_per_beat, add_eos=add_eos, meter=self.meter, **limits
         ).tolist()
