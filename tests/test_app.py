@@ -6,8 +6,9 @@ import threading
 import pytest
 import symusic
 
-from hf_music_xl.app import MAX_BARS, BadUpload, MusicApp, read_upload
+from hf_music_xl.app import MAX_BARS, BadUpload, MusicApp, build_app, read_upload
 from hf_music_xl.generate import load_pipeline
+from hf_music_xl.models.music_xl.sampling_music_xl import MAX_PROMPT_BARS
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +87,10 @@ def test_a_missing_upload_is_a_clear_error(app, tmp_path):
 def test_non_finite_seed_or_temperature_is_a_clear_error(app, seed, temperature):
     status, *files = app.generate(None, 0, 2, "default", temperature, seed, "none")
     assert status.startswith("**Error:** ") and len(status) > len("**Error:** ") + 10 and files == [None, None, None]
+
+
+def test_the_page_s_sliders_have_the_bounds_direct_calls_get(app):
+    page = build_app(app, "bounds")
+    sliders = {block.elem_id: block for block in page.blocks.values() if block.elem_id in ("bars", "prompt-bars")}
+    assert (sliders["bars"].minimum, sliders["bars"].maximum) == (1, MAX_BARS)
+    assert (sliders["prompt-bars"].minimum, sliders["prompt-bars"].maximum) == (0, MAX_PROMPT_BARS)  # was 16

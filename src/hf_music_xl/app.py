@@ -177,7 +177,7 @@ def build_app(app: MusicApp, title: str):
                     type="filepath",
                     elem_id="prompt",
                 )
-                prompt_bars = gr.Slider(0, 16, value=4, step=1, label="Prompt bars", elem_id="prompt-bars")
+                prompt_bars = gr.Slider(0, MAX_PROMPT_BARS, value=4, step=1, label="Prompt bars", elem_id="prompt-bars")
                 bars = gr.Slider(1, MAX_BARS, value=8, step=1, label="Bars to generate", elem_id="bars")
                 preset = gr.Dropdown(list(SAMPLING_PRESETS), value="default", label="Preset", elem_id="preset")
                 temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Note temperature", elem_id="temperature")
