@@ -70,11 +70,17 @@ def build_identity(folder: Path) -> dict:
 
 def test_second_build_is_cached(chorale_corpus_dir, tmp_path, monkeypatch, caplog):
     before = build_identity(chorale_corpus_dir)
-    read = []
-    monkeypatch.setattr(corpus_module, "read_item", lambda *args: read.append(args) or ([], []))
+    reads = tmp_path / "reads.txt"
+
+    def recording_reader(item, steps_per_beat):  # runs in a reading process: it leaves its trace in a file
+        with open(reads, "a") as file:
+            file.write(item.label + "\n")
+        return [], []
+
+    monkeypatch.setattr(corpus_module, "read_item", recording_reader)
     with caplog.at_level(logging.INFO, logger="hf_music_xl.data.corpus"):
         again = build_corpus("bach-chorales", limit=12, cache_dir=chorale_corpus_dir.parent, num_proc=1)
-    assert read == []  # not one file read again
+    assert not reads.exists()  # not one file read again
     assert f"corpus bach-chorales: using the cached build in {chorale_corpus_dir}" in caplog.messages
     assert Path(again["train"].cache_files[0]["filename"]).parent.parent == chorale_corpus_dir
     assert build_identity(chorale_corpus_dir) == before  # the very same files
@@ -82,7 +88,7 @@ def test_second_build_is_cached(chorale_corpus_dir, tmp_path, monkeypatch, caplo
     # the check can fail: a different limit is another corpus, built (here from nothing, so refused)
     with pytest.raises(ValueError, match="no piece could be read"):
         build_corpus("bach-chorales", limit=11, cache_dir=chorale_corpus_dir.parent, num_proc=1)
-    assert len(read) == 11
+    assert len(reads.read_text().splitlines()) == 11
 
 
 def test_rebuild_replaces_the_cached_build(chorale_midi_files, tmp_path):

@@ -85,11 +85,16 @@ def add_build_corpus(subparsers) -> None:
     parser.add_argument("--midi-column", default="", help="dataset sources: the column of MIDI bytes or note tables")
     parser.add_argument("--note-tempo", type=float, default=120.0, help="tempo (qpm) of note tables without one")
     parser.add_argument("--streaming", action="store_true", help="hf:ORG/NAME: encode as it streams, no download")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        help="seconds to read one file before it counts as hung and is skipped (default: 600; 0: no limit)",
+    )
     parser.set_defaults(run=command_build_corpus)
 
 
 def command_build_corpus(args) -> None:
-    from .data.corpus import build_corpus, read_report
+    from .data.corpus import DEFAULT_TIME_LIMIT, build_corpus, read_report
 
     started = time.perf_counter()
     corpus = build_corpus(
@@ -104,6 +109,7 @@ def command_build_corpus(args) -> None:
         midi_column=args.midi_column,
         note_tempo=args.note_tempo,
         streaming=args.streaming,
+        time_limit=DEFAULT_TIME_LIMIT if args.time_limit is None else args.time_limit or None,
     )
     report = read_report(corpus)
     location = args.output or corpus["train"].cache_files[0]["filename"].rsplit("/", 2)[0]

@@ -24,7 +24,9 @@ Sources (``build_corpus(source)`` and ``hf-music-xl build-corpus SOURCE``):
 
 Pieces stream from the readers into Arrow files on disk as they come, so memory does not grow with the music:
 what grows is about 2 KB per file (the file list, the deduplication hashes, the report). A file that
-cannot be read is recorded in ``report.json`` and skipped; the build never stops for it. Files
+cannot be read is recorded in ``report.json`` and skipped; the build never stops for it. Files are read in child
+processes (``workers``), each with a time limit: a reader that crashes (a segfault, the OOM killer) or hangs is
+that file's failure in the report, with the signal or the limit, and the build goes on. Files
 with the same content, and pieces with the same tokens, are kept once. The split is a hash of a stable key
 per piece (the BWV number for chorales, the content otherwise), so a piece stays on its side of the split
 when the corpus grows.
@@ -36,11 +38,11 @@ committed to this repository: the cache lives outside it.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import re
 import shutil
@@ -54,6 +56,7 @@ from datasets.arrow_writer import ArrowWriter
 from tqdm.auto import tqdm
 
 from ..models.music_xl import encoding
+from .workers import map_in_workers
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +67,9 @@ DEFAULT_SOURCE = "bach-chorales"
 MIDI_SUFFIXES = (".mid", ".midi")
 ABC_SUFFIXES = (".abc",)
 SCORE_SUFFIXES = (".krn", ".mxl", ".xml", ".musicxml")  # parsed by music21 (an optional dependency)
+# Seconds to read one item (a file; an ABC file's tunes together: 700 folk tunes take about a minute) before it
+# counts as hung and its process is stopped; ``build_corpus(time_limit=)``, ``build-corpus --time-limit``.
+DEFAULT_TIME_LIMIT = 600.0
 FEATURES = Features(
     {
         "input_ids": Sequence(Value("int16")),  # ids < 299: int16 halves the cache
@@ -226,21 +232,24 @@ def _read_star(args):
     return read_item(*args)
 
 
-def _pool_context():
-    # fork starts workers instantly with music21 already imported; elsewhere use the platform default.
-    return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+def _failed_item(job, reason: str) -> tuple[list[dict], list[dict]]:
+    """An item whose reading process died or ran past the time limit: that item's failure, in the report."""
+    item, _ = job
+    return [], [{"source": item.label, "reason": reason}]
 
 
-def read_items(items: list[Item], steps_per_beat: int, num_proc: int):
-    """Yield (pieces, skips) of each item in order, read in parallel, with a progress bar. A generator: the
-    caller writes each piece to disk before the next arrive, so memory does not grow with the corpus."""
+def read_items(items: list[Item], steps_per_beat: int, num_proc: int, time_limit: float | None = DEFAULT_TIME_LIMIT):
+    """Yield (pieces, skips) of each item in order, read in ``num_proc`` child processes (at least one), with a
+    progress bar. A generator: the caller writes each piece to disk before the next arrive, so memory does not grow
+    with the corpus. An item whose process dies (a crash in a reader, the OOM killer) or that takes longer than
+    ``time_limit`` seconds is a skip with the reason; the build goes on (see ``workers``)."""
     jobs = [(item, steps_per_beat) for item in items]
     progress = dict(total=len(jobs), desc="reading pieces", unit="file")
-    if num_proc > 1 and len(jobs) > 1:
-        with _pool_context().Pool(min(num_proc, len(jobs))) as pool:
-            yield from tqdm(pool.imap(_read_star, jobs, chunksize=4), **progress)
-    else:
-        yield from (read_item(*job) for job in tqdm(jobs, **progress))
+    readings = map_in_workers(_read_star, jobs, min(num_proc, len(jobs)), time_limit, _failed_item)
+    try:
+        yield from tqdm(readings, **progress)
+    finally:  # stop the workers now, not when the generator is collected
+        readings.close()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -311,6 +320,7 @@ def build_corpus(
     midi_column: str = "",
     note_tempo: float = 120.0,
     streaming: bool = False,
+    time_limit: float | None = DEFAULT_TIME_LIMIT,
 ) -> DatasetDict:
     """Build (or load from the cache) the corpus of ``source`` and return it memory-mapped from disk.
 
@@ -320,13 +330,16 @@ def build_corpus(
         steps_per_beat: grid steps per quarter note (4 = 16th notes).
         validation_fraction: share of pieces (by hash of a stable key) in the validation split.
         limit: read only the first ``limit`` items (quick tests).
-        num_proc: worker processes for reading.
+        num_proc: worker processes for reading (each file is read in a child process, even with 1: a crash in a
+            reader or the OOM killer ends that file's reading, recorded in the report, not the build).
         cache_dir: where built corpora are cached (default ``$HF_MUSIC_XL_CACHE/corpora`` or
             ``~/.cache/hf_music_xl/corpora``).
         rebuild: ignore a cached build.
         midi_column, note_tempo, streaming: for a dataset source (parquet, save_to_disk, ``hf:``; see
             ``dataset_sources``): the column of MIDI bytes or note tables, the tempo of note tables without one,
             and whether to stream a Hub dataset instead of downloading it first.
+        time_limit: seconds to read one file (or task of dataset rows) before it counts as hung, is stopped and
+            recorded as skipped; None: no limit.
     """
     from .dataset_sources import is_dataset_source, open_source
 
@@ -335,7 +348,8 @@ def build_corpus(
     key = cache_key(source, items, steps_per_beat, limit, validation_fraction, rows and rows.fingerprint())
     cached = Path(cache_dir or default_cache_dir()) / f"{_slug(source)}-{key}"
     if rebuild or not (cached / "dataset_dict.json").exists():
-        _build_into(cached, source, items, key, steps_per_beat, validation_fraction, num_proc, rows, limit)
+        reading = Reading(steps_per_beat, num_proc, time_limit)
+        _build_into(cached, source, items, key, reading, validation_fraction, rows, limit)
     else:
         logger.info("corpus %s: using the cached build in %s", source, cached)
     if output is not None:
@@ -346,9 +360,16 @@ def build_corpus(
 SPLITS = ("train", "validation")
 
 
-def _build_into(
-    target: Path, source, items, key, steps_per_beat, validation_fraction, num_proc, rows=None, limit=None
-) -> None:
+@dataclass(frozen=True)
+class Reading:
+    """How a build reads its pieces: the grid, the worker processes, the time limit per file."""
+
+    steps_per_beat: int
+    num_proc: int
+    time_limit: float | None
+
+
+def _build_into(target: Path, source, items, key, reading: Reading, validation_fraction, rows=None, limit=None) -> None:
     """Read, deduplicate and split the pieces, streaming each into an Arrow file of its split on disk (memory
     stays flat however large the corpus), then save the DatasetDict and ``report.json`` into ``target``.
     ``rows``: a ``DatasetSource`` read instead of ``items`` (its pieces may carry the split their source names)."""
@@ -372,23 +393,27 @@ def _build_into(
     meters = MeterCounts()
     lowest_train = (2.0, -1)  # (split score, row) of the train piece closest to validation
     try:
-        readings = rows.read(steps_per_beat, num_proc, limit) if rows else read_items(items, steps_per_beat, num_proc)
-        for pieces, skipped in readings:
-            skips.extend(skipped)
-            for piece in pieces:
-                first = first_seen(seen, piece)
-                if first is not None:
-                    duplicates.append({"source": piece["source"], "same_as": first})
-                    continue
-                score = split_score(piece["split_key"])
-                split = piece.get("split") or ("validation" if score < validation_fraction else "train")
-                if split == "train":
-                    lowest_train = min(lowest_train, (score, stats["train"]["pieces"]))
-                writers[split].write({name: piece[name] for name in FEATURES})
-                stats[split]["pieces"] += 1
-                stats[split]["tokens"] += len(piece["input_ids"])
-                stats[split]["notes"] += piece["n_notes"]
-                meters.count(piece["input_ids"])
+        if rows:
+            readings = rows.read(reading.steps_per_beat, reading.num_proc, limit, reading.time_limit)
+        else:
+            readings = read_items(items, reading.steps_per_beat, reading.num_proc, reading.time_limit)
+        with contextlib.closing(readings):  # a write that fails stops the readers at once
+            for pieces, skipped in readings:
+                skips.extend(skipped)
+                for piece in pieces:
+                    first = first_seen(seen, piece)
+                    if first is not None:
+                        duplicates.append({"source": piece["source"], "same_as": first})
+                        continue
+                    score = split_score(piece["split_key"])
+                    split = piece.get("split") or ("validation" if score < validation_fraction else "train")
+                    if split == "train":
+                        lowest_train = min(lowest_train, (score, stats["train"]["pieces"]))
+                    writers[split].write({name: piece[name] for name in FEATURES})
+                    stats[split]["pieces"] += 1
+                    stats[split]["tokens"] += len(piece["input_ids"])
+                    stats[split]["notes"] += piece["n_notes"]
+                    meters.count(piece["input_ids"])
         for writer in writers.values():
             writer.finalize()
         total = sum(split_stats["pieces"] for split_stats in stats.values())
@@ -401,7 +426,7 @@ def _build_into(
             "source": source,
             "cache_key": key,
             "encoder_version": ENCODER_VERSION,
-            "steps_per_beat": steps_per_beat,
+            "steps_per_beat": reading.steps_per_beat,
             "pieces_end_with_xxeos": True,
             "split_rule": f"sha1(key) < {validation_fraction} -> validation; key = BWV number for chorales, "
             "content hash otherwise",

@@ -33,6 +33,8 @@ import pyarrow.parquet as pq
 import symusic
 from tqdm.auto import tqdm
 
+from .workers import map_in_workers
+
 HF_PREFIX = "hf:"
 SPLIT_NAMES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation"}
 SPLIT_NAMES |= {"dev": "validation", "test": "test"}
@@ -131,22 +133,37 @@ class DatasetSource:
         """The source's own split decides (train/validation/test) only if it names a validation split."""
         return "validation" in self.splits
 
-    def read(self, steps_per_beat: int, num_proc: int, limit: int | None):
-        """Yield (pieces, skips) per task of rows, like ``corpus.read_items``; a piece carries ``split`` when the
-        source's split decides it. Grid errors of note tables are gathered in ``self.grid``."""
+    def read(self, steps_per_beat: int, num_proc: int, limit: int | None, time_limit: float | None = None):
+        """Yield (pieces, skips) per task of rows, like ``corpus.read_items`` (in child processes: a row whose
+        process dies or passes ``time_limit`` seconds is a skip); a piece carries ``split`` when the source's split
+        decides it. Grid errors of note tables are gathered in ``self.grid``."""
         self.grid = GridError(self.note_tempo)
         rows = islice(self._rows(), limit)
         tasks = _batches(rows, ROWS_PER_TASK)
         total = limit or self._length()
         progress = tqdm(total=total, desc="reading rows", unit="row", smoothing=0.1)
         jobs = ((task, self.column, self.layout, self.note_tempo, steps_per_beat) for task in tasks)
-        for pieces, skips, errors, count in _map_bounded(_read_rows, jobs, num_proc):
+        readings = map_in_workers(_read_rows, jobs, num_proc, time_limit, FailedRows, chunk=1)
+        try:
+            for reading in readings:
+                if isinstance(reading, FailedRows) and len(reading.job[0]) > 1:  # find the row at fault
+                    singles = [([row], *reading.job[1:]) for row in reading.job[0]]
+                    yield from self._take(map_in_workers(_read_rows, singles, 1, time_limit, FailedRows), progress)
+                else:
+                    yield from self._take([reading], progress)
+        finally:  # stop the workers now, not when the generator is collected
+            readings.close()
+            progress.close()
+
+    def _take(self, readings, progress):
+        """(pieces, skips) of each reading, counting its rows and gathering its grid errors."""
+        for reading in readings:
+            pieces, skips, errors, count = reading.as_skips() if isinstance(reading, FailedRows) else reading
             for error in errors:
                 self.grid.add(error)
             self.rows_read += count
             progress.update(count)
             yield pieces, skips
-        progress.close()
 
     def report(self) -> dict:
         described = {
@@ -324,19 +341,14 @@ def _batches(iterable, size: int):
         yield batch
 
 
-def _map_bounded(function, jobs, num_proc: int):
-    """``function`` over ``jobs`` in order, in ``num_proc`` processes with only a few jobs in flight (``Pool.imap``
-    would read the whole input ahead), so memory stays flat however many rows stream in."""
-    if num_proc <= 1:
-        yield from map(function, jobs)
-        return
-    from .corpus import _pool_context
+@dataclass
+class FailedRows:
+    """A task of rows whose reading process died or ran past the time limit (``map_in_workers``' failure)."""
 
-    with _pool_context().Pool(num_proc) as pool:
-        pending = []
-        for job in jobs:
-            pending.append(pool.apply_async(function, (job,)))
-            if len(pending) >= 2 * num_proc:
-                yield pending.pop(0).get()
-        for result in pending:
-            yield result.get()
+    job: tuple
+    reason: str
+
+    def as_skips(self) -> tuple[list[dict], list[dict], list[np.ndarray], int]:
+        """What ``_read_rows`` returns, with every row of the task a skip for ``reason``."""
+        rows = self.job[0]
+        return [], [{"source": row[1], "reason": self.reason} for row in rows], [], len(rows)
