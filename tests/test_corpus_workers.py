@@ -198,3 +198,7 @@ def test_no_reading_process_outlives_a_build_killed_by_sigkill(folder_with_a_mar
     while process_state(worker) not in (None, "Z") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert process_state(worker) in (None, "Z"), "the reading process outlived the build"
+    # the killed build left its scratch folder in the cache; the next build there removes it
+    assert [name for name in os.listdir(tmp_path / "cache") if f".rows-{build.pid}@" in name]
+    build_corpus(str(folder), cache_dir=tmp_path / "cache", num_proc=num_proc)
+    assert [name for name in os.listdir(tmp_path / "cache") if name.startswith(".")] == []

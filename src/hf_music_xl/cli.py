@@ -332,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .data.atomic import CorpusWriteError
     from .hub.errors import HubAccessError
 
     args = build_parser().parse_args(argv)
@@ -340,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, HubAccessError) as error:  # bad input, Hub problems: one clear line
+    except (ValueError, FileNotFoundError, HubAccessError, CorpusWriteError) as error:  # one clear line
         sys.exit(f"hf-music-xl {args.command}: error: {error}")
 
 

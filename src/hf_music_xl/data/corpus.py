@@ -56,6 +56,7 @@ from datasets.arrow_writer import ArrowWriter
 from tqdm.auto import tqdm
 
 from ..models.music_xl import encoding
+from .atomic import Writing, clean_leftovers, replace_folder, scratch
 from .workers import map_in_workers
 
 logger = logging.getLogger(__name__)
@@ -347,6 +348,7 @@ def build_corpus(
     items = [] if rows else list_items(source)[:limit]
     key = cache_key(source, items, steps_per_beat, limit, validation_fraction, rows and rows.fingerprint())
     cached = Path(cache_dir or default_cache_dir()) / f"{_slug(source)}-{key}"
+    clean_leftovers(cached.parent)  # of builds killed before (SIGKILL, power cut): their process is gone
     if rebuild or not (cached / "dataset_dict.json").exists():
         reading = Reading(steps_per_beat, num_proc, time_limit)
         _build_into(cached, source, items, key, reading, validation_fraction, rows, limit)
@@ -358,6 +360,7 @@ def build_corpus(
 
 
 SPLITS = ("train", "validation")
+CACHE_HINT = " (choose another folder with --cache-dir or $HF_MUSIC_XL_CACHE)"
 
 
 @dataclass(frozen=True)
@@ -374,25 +377,26 @@ def _build_into(target: Path, source, items, key, reading: Reading, validation_f
     stays flat however large the corpus), then save the DatasetDict and ``report.json`` into ``target``.
     ``rows``: a ``DatasetSource`` read instead of ``items`` (its pieces may carry the split their source names)."""
     started = time.perf_counter()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename, so an interrupted build never leaves a half cache behind.
-    partial = target.parent / f".{target.name}.partial-{os.getpid()}"
-    rows_dir = target.parent / f".{target.name}.rows-{os.getpid()}"
-    for folder in (partial, rows_dir):
-        shutil.rmtree(folder, ignore_errors=True)
-    rows_dir.mkdir()
-    # Small write batches: a batch is the only part of the corpus held in memory (pieces can be long).
+    # Written beside the target and renamed into place, so an interrupted or failed build leaves the old corpus
+    # or none, never half a cache; a disk that refuses is one line naming the folder.
+    cache_error = Writing(f"cannot write the corpus cache in {target.parent}", CACHE_HINT)
+    with cache_error:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    partial, rows_dir = scratch(target, "partial"), scratch(target, "rows")
     splits = SPLITS + (("test",) if rows and "test" in rows.splits else ())
-    writers = {
-        name: ArrowWriter(features=FEATURES, path=str(rows_dir / f"{name}.arrow"), writer_batch_size=64)
-        for name in splits
-    }
     stats = {name: {"pieces": 0, "tokens": 0, "notes": 0} for name in splits}
     seen: dict[str, str] = {}
     skips, duplicates = [], []
     meters = MeterCounts()
     lowest_train = (2.0, -1)  # (split score, row) of the train piece closest to validation
     try:
+        with cache_error:
+            rows_dir.mkdir()
+            # Small write batches: a batch is the only part of the corpus held in memory (pieces can be long).
+            writers = {
+                name: ArrowWriter(features=FEATURES, path=str(rows_dir / f"{name}.arrow"), writer_batch_size=64)
+                for name in splits
+            }
         if rows:
             readings = rows.read(reading.steps_per_beat, reading.num_proc, limit, reading.time_limit)
         else:
@@ -409,13 +413,15 @@ def _build_into(target: Path, source, items, key, reading: Reading, validation_f
                     split = piece.get("split") or ("validation" if score < validation_fraction else "train")
                     if split == "train":
                         lowest_train = min(lowest_train, (score, stats["train"]["pieces"]))
-                    writers[split].write({name: piece[name] for name in FEATURES})
+                    with cache_error:
+                        writers[split].write({name: piece[name] for name in FEATURES})
                     stats[split]["pieces"] += 1
                     stats[split]["tokens"] += len(piece["input_ids"])
                     stats[split]["notes"] += piece["n_notes"]
                     meters.count(piece["input_ids"])
-        for writer in writers.values():
-            writer.finalize()
+        with cache_error:
+            for writer in writers.values():
+                writer.finalize()
         total = sum(split_stats["pieces"] for split_stats in stats.values())
         if not total:
             raise ValueError(f"{source!r}: no piece could be read ({len(skips)} skipped, see the reasons: {skips[:3]})")
@@ -439,10 +445,10 @@ def _build_into(target: Path, source, items, key, reading: Reading, validation_f
             "build_seconds": round(time.perf_counter() - started, 2),
             **(rows.report() if rows else {}),
         }
-        corpus.save_to_disk(str(partial))
-        (partial / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(partial, target)
+        with cache_error:
+            corpus.save_to_disk(str(partial))
+            (partial / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            replace_folder(partial, target)
     finally:
         shutil.rmtree(rows_dir, ignore_errors=True)
         shutil.rmtree(partial, ignore_errors=True)
@@ -487,12 +493,25 @@ def _move_to_validation(corpus: DatasetDict, stats: dict, row: int) -> tuple[Dat
 
 
 def _copy_corpus(cached: Path, output: Path) -> None:
+    """Copy the built corpus to ``output`` aside and rename it into place: a full disk leaves the old corpus
+    there (or nothing), never a half copy that ``load_corpus`` would fail on."""
     if output.resolve() == cached.resolve():
         return
-    if output.exists() and any(output.iterdir()) and not (output / "dataset_dict.json").exists():
+    if (
+        output.exists()
+        and not (output / "dataset_dict.json").exists()
+        and (not output.is_dir() or any(output.iterdir()))
+    ):
         raise ValueError(f"{output} exists and is not a corpus directory: refusing to overwrite it")
-    shutil.rmtree(output, ignore_errors=True)
-    shutil.copytree(cached, output)
+    copy = scratch(output, "copy")
+    try:
+        with Writing(f"cannot write the corpus to {output}"):
+            output.parent.mkdir(parents=True, exist_ok=True)
+            clean_leftovers(output.parent)
+            shutil.copytree(cached, copy)
+            replace_folder(copy, output)
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
 
 
 def load_corpus(corpus: str | os.PathLike = DEFAULT_SOURCE, **build_kwargs) -> DatasetDict:
