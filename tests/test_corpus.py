@@ -2,11 +2,13 @@
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import symusic
 
 from hf_music_xl.cli import main as cli_main
 from hf_music_xl.data import corpus as corpus_module
@@ -116,6 +118,28 @@ def test_rebuild_replaces_the_cached_build(chorale_midi_files, tmp_path):
     assert Path(changed["train"].cache_files[0]["filename"]).parent.parent != built
     rows = {row["name"]: row["input_ids"] for split in changed.values() for row in split}
     assert rows[chorale_midi_files[0].stem] == encoding.encode_midi(chorale_midi_files[3], add_eos=True).tolist()
+
+
+def test_a_file_changed_in_place_with_its_size_and_times_kept_is_rebuilt(chorale_midi_files, tmp_path):
+    # what cp -p and rsync -a do: new bytes, the same size and modification time
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    for path in chorale_midi_files[:3]:
+        shutil.copy(path, folder / path.name)
+    changed = folder / chorale_midi_files[0].name
+    first = build_corpus(str(folder), cache_dir=tmp_path / "cache", num_proc=1)
+    before = changed.stat()
+    score = symusic.Score(str(changed))
+    score.shift_pitch(1, inplace=True)  # every pitch a semitone up: the same events, so the same bytes count
+    score.dump_midi(str(changed))
+    os.utime(changed, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (changed.stat().st_size, changed.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    rebuilt = build_corpus(str(folder), cache_dir=tmp_path / "cache", num_proc=1)
+    rows = {row["name"]: row["input_ids"] for split in rebuilt.values() for row in split}
+    assert rows[changed.stem] == encoding.encode_midi(changed, add_eos=True).tolist()
+    old_rows = {row["name"]: row["input_ids"] for split in first.values() for row in split}
+    assert rows[changed.stem] != old_rows[changed.stem]
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # a new key, not the old build served
 
 
 def test_cache_folder_names(chorale_midi_files, tmp_path):

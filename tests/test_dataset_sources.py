@@ -3,6 +3,7 @@ note tables, read through the same build as folders of MIDI files. The datasets 
 chorale fixtures; nothing is downloaded."""
 
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -131,6 +132,24 @@ def test_note_tables_land_on_the_grid_at_their_tempo_and_absurd_ones_are_reporte
     )
     reasons = {skip["source"].rsplit("/", 1)[1]: skip["reason"] for skip in report["skipped"]}
     assert "absurd tempo 1000" in reasons["2"] and "no notes" in reasons["3"]
+
+
+def test_a_parquet_file_changed_in_place_with_its_size_and_mtime_kept_is_rebuilt(chorale_midi_files, tmp_path):
+    paths = chorale_midi_files[:3]
+    table = pa.table(midi_rows(paths))
+    data = tmp_path / "rows.parquet"
+    pq.write_table(table, data, compression="none")
+    first = build_corpus(str(data), cache_dir=tmp_path / "cache", num_proc=1)
+    before = data.stat()
+    swapped = midi_rows([paths[1], paths[0], paths[2]])  # two rows' music swapped: new bytes, the same size
+    swapped["md5"] = [path.stem for path in paths]
+    pq.write_table(pa.table(swapped), data, compression="none")
+    os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (data.stat().st_size, data.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    rebuilt = build_corpus(str(data), cache_dir=tmp_path / "cache", num_proc=1)
+    by_name = {row["name"]: row["input_ids"] for split in rebuilt.values() for row in split}
+    assert by_name[paths[0].stem] == encoding.encode_midi(paths[1], add_eos=True).tolist()
+    assert {row["name"]: row["input_ids"] for split in first.values() for row in split} != by_name
 
 
 def test_find_column_and_notes_to_score_name_the_problem():

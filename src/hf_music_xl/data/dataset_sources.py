@@ -116,7 +116,7 @@ class DatasetSource:
     column: str
     layout: str  # "midi" (bytes) | "notes" (a note table)
     note_tempo: float
-    files: list = field(default_factory=list)  # (path, size, mtime) of local files, for the cache key
+    files: list = field(default_factory=list)  # (path, size, mtime, ctime) of local files, for the cache key
     total_rows: int | None = None  # when known without reading the rows (parquet metadata), for the ETA
     rows_read: int = 0
 
@@ -233,7 +233,11 @@ def open_source(source: str, midi_column: str = "", note_tempo: float = 120.0, s
 
 
 def _stats(paths) -> list:
-    return [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
+    """What identifies the content of local dataset files without reading them (they may hold gigabytes): size,
+    modification and status-change times. ``cp -p`` and ``rsync -a`` set the first two back, but writing a file
+    always moves its status-change time (ctime), which no tool sets."""
+    stats = [(str(path), os.stat(path)) for path in paths]
+    return [(path, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns) for path, stat in stats]
 
 
 def find_column(source: str, features, midi_column: str = "") -> tuple[str, str]:
