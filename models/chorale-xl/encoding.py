@@ -183,7 +183,7 @@ def beat_steps(num: int, den: int, steps_per_beat: int = STEPS_PER_BEAT) -> int:
     return max(1, round((3 if compound else 1) * 4 * steps_per_beat / den))
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache  # bare, not called: remote code runs nothing at import (it keeps the last 128 meters)
 def meter_token(num: int, den: int, steps_per_beat: int = STEPS_PER_BEAT) -> int:
     """The time signature token of num/den. A meter outside ``METERS`` (17/8, 7/32, ...) gets the token of the same
     bar length, from the finest denominator that has one (17/8 is 34 steps: 17/8 does not exist, but no
@@ -199,7 +199,7 @@ def meter_token(num: int, den: int, steps_per_beat: int = STEPS_PER_BEAT) -> int
     return METER_OFFSET + int(np.argmin(np.abs(lengths - target)))
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache
 def meter_bar_lengths(steps_per_beat: int) -> np.ndarray:
     """Grid steps in a bar of each meter of ``METERS``, in its order (read-only: the array is shared)."""
     lengths = np.array([bar_steps(n, d, steps_per_beat) for n, d in METERS])
