@@ -18,8 +18,8 @@ from hf_music_xl.data.corpus import (
     load_corpus,
     read_report,
     split_abc_tunes,
-    split_score,
 )
+from hf_music_xl.data.corpus_writer import split_score
 from hf_music_xl.models.music_xl import encoding
 
 TWO_TUNES = """%abc-2.1

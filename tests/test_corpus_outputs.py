@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from hf_music_xl.cli import main as cli_main
-from hf_music_xl.data import corpus as corpus_module
+from hf_music_xl.data import corpus_writer
 from hf_music_xl.data.atomic import HOST, CorpusWriteError
 from hf_music_xl.data.corpus import build_corpus, load_corpus
 
@@ -132,7 +132,7 @@ def test_a_build_that_fails_leaves_the_old_cached_corpus(three_and_sixty, tmp_pa
             raise RuntimeError("the build stops here")
         return None
 
-    monkeypatch.setattr(corpus_module, "first_seen", lambda _, piece: fail_on_the_second_piece(piece))
+    monkeypatch.setattr(corpus_writer, "first_seen", lambda _, piece: fail_on_the_second_piece(piece))
     with pytest.raises(RuntimeError, match="the build stops here"):
         build_corpus(str(three), cache_dir=tmp_path / "cache", num_proc=1, rebuild=True)
     assert {path: path.stat().st_ino for path in folder.rglob("*")} == before  # the old build, untouched

@@ -51,12 +51,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from datasets import Dataset, DatasetDict, Features, Sequence, Value, concatenate_datasets, load_from_disk
-from datasets.arrow_writer import ArrowWriter
+from datasets import DatasetDict, concatenate_datasets, load_from_disk
 from tqdm.auto import tqdm
 
 from ..models.music_xl import encoding
 from .atomic import Writing, clean_leftovers, replace_folder, scratch
+from .corpus_writer import SPLITS, CorpusWriter
 from .workers import map_in_workers
 
 logger = logging.getLogger(__name__)
@@ -71,14 +71,6 @@ SCORE_SUFFIXES = (".krn", ".mxl", ".xml", ".musicxml")  # parsed by music21 (an 
 # Seconds to read one item (a file; an ABC file's tunes together: 700 folk tunes take about a minute) before it
 # counts as hung and its process is stopped; ``build_corpus(time_limit=)``, ``build-corpus --time-limit``.
 DEFAULT_TIME_LIMIT = 600.0
-FEATURES = Features(
-    {
-        "input_ids": Sequence(Value("int16")),  # ids < 299: int16 halves the cache
-        "source": Value("string"),
-        "name": Value("string"),
-        "n_notes": Value("int32"),
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -254,25 +246,6 @@ def read_items(items: list[Item], steps_per_beat: int, num_proc: int, time_limit
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Deduplication and split
-
-
-def first_seen(seen: dict[str, str], piece: dict) -> str | None:
-    """The source of an earlier piece with the same file content or the same tokens, else None (and the piece
-    is remembered). ``seen`` holds short hashes, not pieces."""
-    keys = (piece["content_key"], _sha1(piece["input_ids"].tobytes()))
-    first = next((seen[key] for key in keys if key in seen), None)
-    if first is None:
-        seen.update({key: piece["source"] for key in keys})
-    return first
-
-
-def split_score(split_key: str) -> float:
-    """A number in [0, 1) fixed by the key: the piece goes to validation if it is below the fraction."""
-    return int(_sha1(split_key.encode())[:8], 16) / 2**32
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Building, caching, loading
 
 
@@ -369,7 +342,6 @@ def build_corpus(
     return load_from_disk(str(cached))
 
 
-SPLITS = ("train", "validation")
 CACHE_HINT = " (choose another folder with --cache-dir or $HF_MUSIC_XL_CACHE)"
 
 
@@ -383,62 +355,21 @@ class Reading:
 
 
 def _build_into(target: Path, source, items, key, reading: Reading, validation_fraction, rows=None, limit=None) -> None:
-    """Read, deduplicate and split the pieces, streaming each into an Arrow file of its split on disk (memory
-    stays flat however large the corpus), then save the DatasetDict and ``report.json`` into ``target``.
+    """Read the pieces and stream them into a ``CorpusWriter``, which saves the DatasetDict and ``report.json``
+    into ``target``, aside and renamed into place: a build that fails or is killed leaves the old corpus or none.
     ``rows``: a ``DatasetSource`` read instead of ``items`` (its pieces may carry the split their source names)."""
     started = time.perf_counter()
-    # Written beside the target and renamed into place, so an interrupted or failed build leaves the old corpus
-    # or none, never half a cache; a disk that refuses is one line naming the folder.
-    cache_error = Writing(f"cannot write the corpus cache in {target.parent}", CACHE_HINT)
-    with cache_error:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    partial, rows_dir = scratch(target, "partial"), scratch(target, "rows")
+    failure = Writing(f"cannot write the corpus cache in {target.parent}", CACHE_HINT)
     splits = SPLITS + (("test",) if rows and "test" in rows.splits else ())
-    stats = {name: {"pieces": 0, "tokens": 0, "notes": 0} for name in splits}
-    seen: dict[str, str] = {}
-    skips, duplicates = [], []
-    meters = MeterCounts()
-    lowest_train = (2.0, -1)  # (split score, row) of the train piece closest to validation
-    try:
-        with cache_error:
-            rows_dir.mkdir()
-            # Small write batches: a batch is the only part of the corpus held in memory (pieces can be long).
-            writers = {
-                name: ArrowWriter(features=FEATURES, path=str(rows_dir / f"{name}.arrow"), writer_batch_size=64)
-                for name in splits
-            }
+    with CorpusWriter(target, source, splits, validation_fraction, failure) as writer:
         if rows:
             readings = rows.read(reading.steps_per_beat, reading.num_proc, limit, reading.time_limit)
         else:
             readings = read_items(items, reading.steps_per_beat, reading.num_proc, reading.time_limit)
         with contextlib.closing(readings):  # a write that fails stops the readers at once
             for pieces, skipped in readings:
-                skips.extend(skipped)
-                for piece in pieces:
-                    first = first_seen(seen, piece)
-                    if first is not None:
-                        duplicates.append({"source": piece["source"], "same_as": first})
-                        continue
-                    score = split_score(piece["split_key"])
-                    split = piece.get("split") or ("validation" if score < validation_fraction else "train")
-                    if split == "train":
-                        lowest_train = min(lowest_train, (score, stats["train"]["pieces"]))
-                    with cache_error:
-                        writers[split].write({name: piece[name] for name in FEATURES})
-                    stats[split]["pieces"] += 1
-                    stats[split]["tokens"] += len(piece["input_ids"])
-                    stats[split]["notes"] += piece["n_notes"]
-                    meters.count(piece["input_ids"])
-        with cache_error:
-            for writer in writers.values():
-                writer.finalize()
-        total = sum(split_stats["pieces"] for split_stats in stats.values())
-        if not total:
-            raise ValueError(f"{source!r}: no piece could be read ({len(skips)} skipped, see the reasons: {skips[:3]})")
-        corpus = DatasetDict({name: Dataset.from_file(str(rows_dir / f"{name}.arrow")) for name in splits})
-        if validation_fraction > 0 and not stats["validation"]["pieces"] and total >= 2:
-            corpus, stats = _move_to_validation(corpus, stats, lowest_train[1])
-        report = {
+                writer.add(pieces, skipped)
+        head = {
             "source": source,
             "cache_key": key,
             "encoder_version": ENCODER_VERSION,
@@ -447,59 +378,18 @@ def _build_into(target: Path, source, items, key, reading: Reading, validation_f
             "split_rule": f"sha1(key) < {validation_fraction} -> validation; key = BWV number for chorales, "
             "content hash otherwise",
             "items_read": rows.rows_read if rows else len(items),
-            "pieces_kept": total,
-            "skipped": skips,
-            "duplicates": duplicates,
-            "splits": stats,
-            "meters": meters.report(),
-            "build_seconds": round(time.perf_counter() - started, 2),
-            **(rows.report() if rows else {}),
         }
-        with cache_error:
-            corpus.save_to_disk(str(partial))
-            (partial / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-            replace_folder(partial, target)
-    finally:
-        shutil.rmtree(rows_dir, ignore_errors=True)
-        shutil.rmtree(partial, ignore_errors=True)
+        tail = {"build_seconds": round(time.perf_counter() - started, 2), **(rows.report() if rows else {})}
+        report = writer.save(head, tail)
     logger.info(
         "corpus %s: %d pieces (%d skipped, %d duplicates) in %.1f s -> %s",
         source,
-        total,
-        len(skips),
-        len(duplicates),
+        report["pieces_kept"],
+        len(report["skipped"]),
+        len(report["duplicates"]),
         report["build_seconds"],
         target,
     )
-
-
-class MeterCounts:
-    """How many pieces start in each meter, and how many change meter on the way (the corpus report's "meters")."""
-
-    def __init__(self):
-        self.first: dict[str, int] = {}
-        self.changing = 0
-
-    def count(self, ids) -> None:
-        tokens = np.asarray(ids)[encoding.is_meter(np.asarray(ids))]
-        first = encoding.VOCAB[int(tokens[0])].removeprefix("ts") if len(tokens) else "none"
-        self.first[first] = self.first.get(first, 0) + 1
-        self.changing += bool(len(set(tokens.tolist())) > 1)
-
-    def report(self) -> dict:
-        ordered = dict(sorted(self.first.items(), key=lambda item: -item[1]))
-        return {"first_meter": ordered, "pieces_changing_meter": self.changing}
-
-
-def _move_to_validation(corpus: DatasetDict, stats: dict, row: int) -> tuple[DatasetDict, dict]:
-    """A small corpus whose hashes picked no validation piece: move the train piece with the lowest score there,
-    so that tests and tiny corpora still have one."""
-    train = corpus["train"]
-    piece = train[row]
-    moved = {"pieces": 1, "tokens": len(piece["input_ids"]), "notes": piece["n_notes"]}
-    stats = {**stats, "train": {name: stats["train"][name] - moved[name] for name in moved}, "validation": moved}
-    rest = train.select([index for index in range(len(train)) if index != row])
-    return DatasetDict({**corpus, "train": rest, "validation": train.select([row])}), stats
 
 
 def _copy_corpus(cached: Path, output: Path) -> None:

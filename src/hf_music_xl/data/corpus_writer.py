@@ -1,0 +1,165 @@
+"""Writing one corpus build: pieces streamed into an Arrow file per split as they are read, duplicates dropped,
+each piece's split fixed by a hash of its key; then the DatasetDict and ``report.json`` saved in a scratch folder
+beside the target and renamed into place (``atomic``).
+
+Memory stays flat however large the corpus: a write batch (64 pieces) is all of the music held at once; what grows
+is two short hashes and a report line or two per piece.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset, DatasetDict, Features, Sequence, Value
+from datasets.arrow_writer import ArrowWriter
+
+from ..models.music_xl import encoding
+from .atomic import Writing, replace_folder, scratch
+
+SPLITS = ("train", "validation")
+FEATURES = Features(
+    {
+        "input_ids": Sequence(Value("int16")),  # ids < 379: int16 halves the cache
+        "source": Value("string"),
+        "name": Value("string"),
+        "n_notes": Value("int32"),
+    }
+)
+WRITE_BATCH = 64  # pieces held before a write (pieces can be long)
+
+
+def _sha1(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+def first_seen(seen: dict[str, str], piece: dict) -> str | None:
+    """The source of an earlier piece with the same file content or the same tokens, else None (and the piece
+    is remembered). ``seen`` holds short hashes, not pieces."""
+    keys = (piece["content_key"], _sha1(piece["input_ids"].tobytes()))
+    first = next((seen[key] for key in keys if key in seen), None)
+    if first is None:
+        seen.update({key: piece["source"] for key in keys})
+    return first
+
+
+def split_score(split_key: str) -> float:
+    """A number in [0, 1) fixed by the key: the piece goes to validation if it is below the fraction."""
+    return int(_sha1(split_key.encode())[:8], 16) / 2**32
+
+
+class MeterCounts:
+    """How many pieces start in each meter, and how many change meter on the way (the corpus report's "meters")."""
+
+    def __init__(self):
+        self.first: dict[str, int] = {}
+        self.changing = 0
+
+    def count(self, ids) -> None:
+        tokens = np.asarray(ids)[encoding.is_meter(np.asarray(ids))]
+        first = encoding.VOCAB[int(tokens[0])].removeprefix("ts") if len(tokens) else "none"
+        self.first[first] = self.first.get(first, 0) + 1
+        self.changing += bool(len(set(tokens.tolist())) > 1)
+
+    def report(self) -> dict:
+        ordered = dict(sorted(self.first.items(), key=lambda item: -item[1]))
+        return {"first_meter": ordered, "pieces_changing_meter": self.changing}
+
+
+class CorpusWriter:
+    """The Arrow files of one build, in a scratch folder beside ``target``, and what they hold so far. Use it as a
+    ``with`` block: its scratch folders are removed at the end, whatever happened. An OSError while writing
+    becomes ``failure``'s one line (a ``CorpusWriteError``)."""
+
+    def __init__(self, target: Path, source: str, splits: tuple, validation_fraction: float, failure: Writing):
+        self.target, self.source, self.splits, self.failure = target, source, splits, failure
+        self.validation_fraction = validation_fraction
+        self.rows_dir, self.partial = scratch(target, "rows"), scratch(target, "partial")
+        self.stats = {name: {"pieces": 0, "tokens": 0, "notes": 0} for name in splits}
+        self.seen: dict[str, str] = {}
+        self.skips: list[dict] = []
+        self.duplicates: list[dict] = []
+        self.meters = MeterCounts()
+        self.lowest_train = (2.0, -1)  # (split score, row) of the train piece closest to validation
+        self.writers: dict[str, ArrowWriter] = {}
+
+    def __enter__(self) -> CorpusWriter:
+        try:
+            with self.failure:
+                self.target.parent.mkdir(parents=True, exist_ok=True)
+                self.rows_dir.mkdir()
+                self.writers = {
+                    name: ArrowWriter(
+                        features=FEATURES, path=str(self.rows_dir / f"{name}.arrow"), writer_batch_size=WRITE_BATCH
+                    )
+                    for name in self.splits
+                }
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exception) -> bool:
+        shutil.rmtree(self.rows_dir, ignore_errors=True)
+        shutil.rmtree(self.partial, ignore_errors=True)
+        return False
+
+    def add(self, pieces: list[dict], skipped: list[dict]) -> None:
+        """The pieces and skips of one reading: duplicates are recorded, the others written to their split."""
+        self.skips.extend(skipped)
+        for piece in pieces:
+            first = first_seen(self.seen, piece)
+            if first is not None:
+                self.duplicates.append({"source": piece["source"], "same_as": first})
+                continue
+            score = split_score(piece["split_key"])
+            split = piece.get("split") or ("validation" if score < self.validation_fraction else "train")
+            if split == "train":
+                self.lowest_train = min(self.lowest_train, (score, self.stats["train"]["pieces"]))
+            with self.failure:
+                self.writers[split].write({name: piece[name] for name in FEATURES})
+            self.stats[split]["pieces"] += 1
+            self.stats[split]["tokens"] += len(piece["input_ids"])
+            self.stats[split]["notes"] += piece["n_notes"]
+            self.meters.count(piece["input_ids"])
+
+    def save(self, head: dict, tail: dict) -> dict:
+        """Finish the Arrow files, save the DatasetDict and ``report.json`` (``head``, the counts, ``tail``) and
+        rename them into ``target``; the report. Raises ValueError if no piece was kept."""
+        with self.failure:
+            for writer in self.writers.values():
+                writer.finalize()
+        total = sum(split_stats["pieces"] for split_stats in self.stats.values())
+        if not total:
+            reasons = f"{len(self.skips)} skipped, see the reasons: {self.skips[:3]}"
+            raise ValueError(f"{self.source!r}: no piece could be read ({reasons})")
+        corpus = DatasetDict({name: Dataset.from_file(str(self.rows_dir / f"{name}.arrow")) for name in self.splits})
+        if self.validation_fraction > 0 and not self.stats["validation"]["pieces"] and total >= 2:
+            corpus, self.stats = move_to_validation(corpus, self.stats, self.lowest_train[1])
+        counts = {
+            "pieces_kept": total,
+            "skipped": self.skips,
+            "duplicates": self.duplicates,
+            "splits": self.stats,
+            "meters": self.meters.report(),
+        }
+        report = {**head, **counts, **tail}
+        with self.failure:
+            corpus.save_to_disk(str(self.partial))
+            (self.partial / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            replace_folder(self.partial, self.target)
+        return report
+
+
+def move_to_validation(corpus: DatasetDict, stats: dict, row: int) -> tuple[DatasetDict, dict]:
+    """A small corpus whose hashes picked no validation piece: move the train piece with the lowest score there,
+    so that tests and tiny corpora still have one."""
+    train = corpus["train"]
+    piece = train[row]
+    moved = {"pieces": 1, "tokens": len(piece["input_ids"]), "notes": piece["n_notes"]}
+    stats = {**stats, "train": {name: stats["train"][name] - moved[name] for name in moved}, "validation": moved}
+    rest = train.select([index for index in range(len(train)) if index != row])
+    return DatasetDict({**corpus, "train": rest, "validation": train.select([row])}), stats
