@@ -368,8 +368,11 @@ def score_meters(score: symusic.Score, steps_per_beat: int = STEPS_PER_BEAT) -> 
     if not valid.any():
         return default_meters()
     steps = np.maximum(quantize(ticks[valid], score.ticks_per_quarter, steps_per_beat), 0)
-    tokens = [meter_token(num, den, steps_per_beat) for num, den in zip(nums[valid].tolist(), dens[valid].tolist())]
-    return meter_table([(step, *token_meter(token)) for step, token in zip(steps.tolist(), tokens)])
+    span = int(dens[valid].max()) + 1  # (num, den) packed in one integer: unique() of a 1-D array is fast
+    kinds, kind = np.unique(nums[valid] * span + dens[valid], return_inverse=True)
+    read_back = np.array([token_meter(meter_token(*divmod(key, span), steps_per_beat)) for key in kinds.tolist()])
+    meters = read_back[kind.reshape(-1)]  # each kind of meter looked up once, however many times it stands
+    return meter_table([(step, num, den) for step, (num, den) in zip(steps.tolist(), meters.tolist())])
 
 
 def shorten_rests(notes: Notes, max_rest_steps: int = MAX_REST_STEPS, steps_per_beat: int = STEPS_PER_BEAT) -> Notes:
