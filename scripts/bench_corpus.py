@@ -14,7 +14,8 @@
    - streamed: the same encoding written row by row with ``Dataset.from_generator`` (Arrow on disk as it goes; what
      a flat-memory build looks like);
    - MidiTok REMI (16th grid, no velocities) tokenizing every file (speed peer only; sizes <= --miditok-max);
-   pieces/s, and peak RSS (VmHWM) minus the RSS after imports, i.e. what the build itself added.
+   pieces/s, and peak RSS (VmHWM) minus the RSS after imports, i.e. what the build itself added; and the time
+   the cache key takes (every file's bytes hashed), the price of a cache hit.
 Prints ratios; absolute times on a shared machine are noise.
 """
 
@@ -124,6 +125,19 @@ def write_folder(folder: Path, scores: list, size: int) -> None:
     raise ValueError(f"at most {len(variants) * len(scores)} distinct files from {len(scores)} chorales")
 
 
+def cache_key_seconds(folder: Path) -> float:
+    """What deciding whether a folder's corpus is cached costs: its files listed and hashed (best of 3)."""
+    from hf_music_xl.data import corpus
+
+    items = corpus.list_items(str(folder))
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        corpus.cache_key(str(folder), items, 4, None, 0.1)
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
 def bench_chorales(count: int, cache: Path) -> dict:
     from music21 import corpus as m21corpus
 
@@ -172,6 +186,7 @@ def main():
         for size in [int(s) for s in args.sizes.split(",")]:
             folder = tmp / f"midi-{size}"
             write_folder(folder, scores, size)
+            print(f"   cache key of {size} files (the sha1 of each): {cache_key_seconds(folder):.2f} s", flush=True)
             methods = ["ours", "naive", "generator"] + (["miditok"] if size <= args.miditok_max else [])
             found = {m: run_child(m, folder, tmp / f"cache-{size}-{m}") for m in methods}
             rows.append((size, found))

@@ -361,6 +361,8 @@ def score_meters(score: symusic.Score, steps_per_beat: int = STEPS_PER_BEAT) -> 
     """(time step, numerator, denominator) of each meter of a tick-based score, each as its token reads it back
     (``meter_token``), on the grid; 4/4 from 0 until the first time signature; a meter equal to the one before, or
     replaced at the same step, is dropped."""
+    if not len(score.time_signatures):
+        return default_meters()
     signatures = score.time_signatures.numpy()  # read as arrays: one Python object per event costs ~25 us
     order = np.argsort(signatures["time"], kind="stable")  # stable: of two at one time, the later in the file wins
     ticks, nums, dens = (signatures[name][order].astype(np.int64) for name in ("time", "numerator", "denominator"))
@@ -368,11 +370,13 @@ def score_meters(score: symusic.Score, steps_per_beat: int = STEPS_PER_BEAT) -> 
     if not valid.any():
         return default_meters()
     steps = np.maximum(quantize(ticks[valid], score.ticks_per_quarter, steps_per_beat), 0)
-    span = int(dens[valid].max()) + 1  # (num, den) packed in one integer: unique() of a 1-D array is fast
-    kinds, kind = np.unique(nums[valid] * span + dens[valid], return_inverse=True)
-    read_back = np.array([token_meter(meter_token(*divmod(key, span), steps_per_beat)) for key in kinds.tolist()])
-    meters = read_back[kind.reshape(-1)]  # each kind of meter looked up once, however many times it stands
-    return meter_table([(step, num, den) for step, (num, den) in zip(steps.tolist(), meters.tolist())])
+    read_back: dict[tuple[int, int], tuple[int, int]] = {}  # each kind of meter looked up once, however often
+    changes = []
+    for step, num, den in zip(steps.tolist(), nums[valid].tolist(), dens[valid].tolist()):
+        if (num, den) not in read_back:
+            read_back[num, den] = token_meter(meter_token(num, den, steps_per_beat))
+        changes.append((step, *read_back[num, den]))
+    return meter_table(changes)
 
 
 def shorten_rests(notes: Notes, max_rest_steps: int = MAX_REST_STEPS, steps_per_beat: int = STEPS_PER_BEAT) -> Notes:
@@ -382,10 +386,14 @@ def shorten_rests(notes: Notes, max_rest_steps: int = MAX_REST_STEPS, steps_per_
     notes and meters move earlier together."""
     if max_rest_steps < 1:
         raise ValueError(f"max_rest_steps must be at least 1, got {max_rest_steps}")
+    # Meters between two onsets only split the span: if no onset follows the one before (or 0) by more than the
+    # limit, and no meter lies that far past the last onset, there is nothing to shorten (a real piece).
+    last_onset = int(notes.onset[-1]) if len(notes) else 0
+    longest = np.diff(notes.onset, prepend=0).max(initial=0)
+    if longest <= max_rest_steps and notes.meters[-1, 0] - last_onset <= max_rest_steps:
+        return notes
     times = np.unique(np.r_[0, notes.onset, notes.meters[:, 0]])  # every event, in time order
     gaps = np.diff(times)  # [G] the span after each event up to the next
-    if not len(gaps) or gaps.max() <= max_rest_steps:
-        return notes
     bars = Bars(notes.meters, steps_per_beat)
     length = bars.lengths[np.searchsorted(bars.times, times[:-1], side="right") - 1]  # [G] bar in force
     excess = np.maximum(gaps - max_rest_steps, 0)
@@ -433,6 +441,10 @@ def notes_to_ids(notes: Notes, add_bos: bool = True, add_eos: bool = False, mete
                 np.array(tail, np.int64),
             ]
         )
+    if len(notes.meters) == 1:  # most pieces: the meter's token, then the notes as without meters
+        start, num, den = notes.meters[0].tolist()
+        body = note_pair_ids(notes.onset - start, notes.pitch, notes.duration)
+        return np.concatenate([np.array([*head, meter_token(num, den)], np.int64), body, np.array(tail, np.int64)])
     # Meter changes and notes are one list of events in time order (a change before the notes at its time), each
     # written as the xxsep pairs of the wait since the event before, then its own tokens: a time signature's one
     # or a note's two. All in arrays: a file of a million time signatures costs what a million notes cost.
