@@ -134,8 +134,12 @@ class Pool:
         self.ahead = num_proc * (CHUNKS_AHEAD + 2) * chunk  # jobs taken and not given back, at most
         self.exhausted = False
         self.workers: list[Worker] = []
-        for _ in range(num_proc):
-            self.workers.append(self.start_worker())
+        try:
+            for _ in range(num_proc):
+                self.workers.append(self.start_worker())
+        except BaseException:  # fork failed (no memory, too many processes): stop the ones started
+            self.close()
+            raise
 
     def results(self) -> Iterator:
         while True:
@@ -225,12 +229,14 @@ class Pool:
     def replace(self, worker: Worker, reason: str) -> None:
         """The job the worker reads fails with ``reason``; the others it holds are read again; a new worker."""
         held = [task for chunk in worker.chunks for task in chunk]
-        if held:
-            current = worker.current()
-            index, job = next((task for task in held if task[0] == current), held[0])
-            self.done[index] = self.on_failure(job, reason)
-            self.retry.extendleft(reversed([task for task in held if task[0] != index]))
-            worker.chunks.clear()
+        current = worker.current()
+        if current is None and held:  # it died before starting a job: taking in its chunk (the first job's)
+            current = held[0][0]
+        for index, job in held:  # a job it answered before dying is not among them: then none is to blame
+            if index == current:
+                self.done[index] = self.on_failure(job, reason)
+        self.retry.extendleft(reversed([task for task in held if task[0] != current]))
+        worker.chunks.clear()
         stop(worker, kill=True)
         self.workers[self.workers.index(worker)] = self.start_worker()
 
