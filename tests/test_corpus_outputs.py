@@ -79,7 +79,7 @@ def pieces(corpus) -> int:
 
 def test_a_full_disk_while_copying_the_output_keeps_the_old_corpus(three_and_sixty, tmp_path):
     three, sixty = three_and_sixty
-    with tmpfs(tmp_path / "disk", "128k") as disk:
+    with tmpfs(tmp_path / "disk", "64k") as disk:  # the three fit, the sixty do not
         build_corpus(str(three), output=disk / "out", cache_dir=tmp_path / "cache", num_proc=1)
         assert pieces(load_corpus(disk / "out")) == 3
         with pytest.raises(CorpusWriteError, match=f"cannot write the corpus to {disk / 'out'}: No space left"):
