@@ -18,7 +18,8 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 
 from .configuration_music_xl import MusicXLConfig
 from .encoding import BOS_ID, EOS_ID, NOTE_OFFSET, NUM_PITCHES, PAD_ID, SEP_ID, is_meter, meter_token, token_bars
-from .generation_music_xl import MaxBarsCriteria, MusicGrammarProcessor
+from .generation_music_xl import GivenNotesProcessor, MaxBarsCriteria, MusicGrammarProcessor
+from .tasks_music_xl import TaskPrompt
 
 # ----------------------------------------------------------------------------------------------------------
 # Presets and the request
@@ -204,8 +205,15 @@ class RowSampler(LogitsProcessor):
         return torch.full_like(scores, -float("inf")).scatter_(1, drawn, 0.0)  # (B, V): only the drawn ids
 
 
-def sample_rows(model, prompt: np.ndarray | list[int], request: SamplingRequest, seeds: list[int], streamer=None):
-    """Sample one continuation of ``prompt`` (ids starting ``xxbos xxpad``) per seed, all in one batch, as
+def sample_rows(
+    model,
+    prompt: np.ndarray | list[int] | TaskPrompt,
+    request: SamplingRequest,
+    seeds: list[int],
+    streamer=None,
+):
+    """Sample one continuation of ``prompt`` (ids starting ``xxbos xxpad``, or a task's prompt: ``TaskPrompt``, whose
+    given tokens are written at their walls and whose bars replace the request's) per seed, all in one batch, as
     ``request`` asks, with the grammar processor on, in chunks of ``request.chunk_tokens`` (default ``mem_len``)
     that each resume the memory cache the previous chunk returned, so only new tokens are fed to the model. A row
     leaves the batch when it has its bars or ends, so the others do not carry it. After each chunk yields
@@ -213,7 +221,12 @@ def sample_rows(model, prompt: np.ndarray | list[int], request: SamplingRequest,
     ``request.bars`` is given) or tokens done. A caller may stop iterating at any chunk boundary; ``streamer``
     (one seed only) receives tokens as they come."""
     config, sampling, bars = model.config, request.sampling, request.bars or None
+    task = prompt if isinstance(prompt, TaskPrompt) else None
+    if task is not None:
+        prompt, bars = task.ids, task.bars
     budget = request.max_new_tokens or TOKENS_PER_BAR_BOUND * bars
+    if task is not None:  # the given tokens are written on top of the model's own
+        budget += sum(len(block) for block in task.blocks)
     chunk_tokens = request.chunk_tokens or max(config.mem_len, 16)
     prompt = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=model.device)[None]  # (1, P)
     grammar = MusicGrammarProcessor(
@@ -225,6 +238,7 @@ def sample_rows(model, prompt: np.ndarray | list[int], request: SamplingRequest,
         allow_end=request.allow_end,
     )
     sampler = RowSampler(seeds, sampling.top_k, sampling.top_p, model.device)
+    given = GivenNotesProcessor(config, task.walls, task.blocks, len(seeds)) if task is not None else None
     stop_at_bars = MaxBarsCriteria(bars, config, prompt_length=prompt.shape[1]) if bars else None
     model.eval()
 
@@ -249,7 +263,7 @@ def sample_rows(model, prompt: np.ndarray | list[int], request: SamplingRequest,
                     pad_token_id=config.pad_token_id,  # after a row ends; the grammar never samples it there
                     return_dict_in_generate=True,
                 ),
-                logits_processor=LogitsProcessorList([grammar, sampler]),
+                logits_processor=LogitsProcessorList([grammar] + ([given] if given else []) + [sampler]),
                 stopping_criteria=StoppingCriteriaList([stop_at_bars] if stop_at_bars else []),
                 streamer=streamer,
             )
@@ -273,6 +287,8 @@ def sample_rows(model, prompt: np.ndarray | list[int], request: SamplingRequest,
                 sequence = sequence[index]
                 cache.batch_select_indices(index)
                 sampler.keep(keep)
+                if given is not None:
+                    given.keep(keep)
             active = [active[k] for k in keep]
 
 
