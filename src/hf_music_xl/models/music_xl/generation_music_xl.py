@@ -98,8 +98,9 @@ class MusicGrammarProcessor(LogitsProcessor):
     note, `xxsep` or, if `allow_end`, `xxeos`; after the `xxpad` that follows `xxbos` a note or `xxsep`; after
     `xxeos` only `xxbos`, after `xxbos` only `xxpad`. A time signature (when the vocabulary has them) may come after
     that `xxpad` or after a duration, and only where a bar starts; after it a note or `xxsep`. The unused specials
-    (xxs2scls, xxmask, xxcseq, xxmseq, xxnscls, xxunk) are never produced. After any other token (e.g. a prompt
-    ending in an unused special) the next token is a note or `xxsep`.
+    (xxs2scls, xxmask, xxcseq, xxmseq, xxnscls, xxunk) and the task tokens (xxgiven, xxback, xxinfill,
+    xxharmonize: `GivenNotesProcessor` writes them in a task's layout) are never produced. After any other token
+    (e.g. a prompt ending in `xxback` or an unused special) the next token is a note or `xxsep`.
 
     Args:
         config: a `MusicXLConfig` (for the vocabulary ids); the default vocabulary if None.
