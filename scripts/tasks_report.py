@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "runs" / "tasks-report"
 SEEDS = (0, 1)
-MODELS = {"multitask": "continue:2,infill:1,harmonize:1", "continue": "continue"}
+MODELS = {"multitask": "continue,infill,harmonize", "continue": "continue"}  # the default weights: 2:1:1
 RECIPE = dict(preset="tiny", batch_size=8, n_segments=2, max_steps=800, eval_steps=400, save_steps=400)
 SPAN_BARS = 4
 

@@ -156,9 +156,9 @@ def test_waits_may_not_cross_a_wall_and_time_signatures_come_only_given():
 
 def test_task_mixing_weights():
     assert parse_tasks("continue,infill,harmonize") == pytest.approx(
-        {"continue": 1 / 3, "infill": 1 / 3, "harmonize": 1 / 3}
+        {"continue": 0.5, "infill": 0.25, "harmonize": 0.25}
     )
-    assert parse_tasks("continue:2,infill:1,harmonize:1")["continue"] == pytest.approx(0.5)
+    assert parse_tasks("continue:1,infill:3") == pytest.approx({"continue": 0.25, "infill": 0.75})
     for bad, message in [("sing", "unknown task"), ("infill:0", "> 0"), ("infill:x", "a number"), ("", "no task")]:
         with pytest.raises(ValueError, match=message):
             parse_tasks(bad)

@@ -19,9 +19,14 @@ from ..models.music_xl import encoding, tasks_music_xl
 from ..models.music_xl.configuration_music_xl import TASKS
 
 
+# The weight of a task named without one: half continuation, as tasks_report.py measured it (BENCHMARKS.md); fill-in-
+# the-middle code models mix 50-90% FIM examples at little cost to left-to-right quality.
+DEFAULT_WEIGHTS = {"continue": 2.0, "infill": 1.0, "harmonize": 1.0}
+
+
 def parse_tasks(text: str) -> dict[str, float]:
-    """'continue,infill,harmonize' (equal weights) or 'continue:2,infill:1,harmonize:1' -> {task: weight}, the
-    weights summing to 1; refuses unknown tasks and weights that are not positive and finite."""
+    """'continue,infill,harmonize' (``DEFAULT_WEIGHTS``) or 'continue:1,infill:1' -> {task: weight}, the weights
+    summing to 1; refuses unknown tasks and weights that are not positive and finite."""
     weights = {}
     for item in filter(None, (part.strip() for part in str(text).split(","))):
         name, _, weight = item.partition(":")
@@ -29,7 +34,7 @@ def parse_tasks(text: str) -> dict[str, float]:
         if name not in TASKS:
             raise ValueError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
         try:
-            value = float(weight) if weight.strip() else 1.0
+            value = float(weight) if weight.strip() else DEFAULT_WEIGHTS[name]
         except ValueError:
             raise ValueError(f"the weight of task {name!r} must be a number, got {weight!r}") from None
         if not np.isfinite(value) or value <= 0:
