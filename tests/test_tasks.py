@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import dur, note
 
 from hf_music_xl import MusicXLConfig
 from hf_music_xl.data.streams import PieceStreams
@@ -14,8 +15,6 @@ from hf_music_xl.models.music_xl import encoding as E
 from hf_music_xl.models.music_xl import tasks_music_xl as T
 from hf_music_xl.models.music_xl.generation_music_xl import GivenNotesProcessor, MusicGrammarProcessor
 from hf_music_xl.models.music_xl.positions_music_xl import compute_positions
-
-from helpers import dur, note
 
 GIVEN, BACK, SEP, EOS = E.GIVEN_ID, E.BACK_ID, E.SEP_ID, E.EOS_ID
 TS44 = E.meter_token(4, 4)

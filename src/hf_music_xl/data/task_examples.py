@@ -18,7 +18,6 @@ import numpy as np
 from ..models.music_xl import encoding, tasks_music_xl
 from ..models.music_xl.configuration_music_xl import TASKS
 
-
 # The weight of a task named without one: half continuation, as tasks_report.py measured it (BENCHMARKS.md); fill-in-
 # the-middle code models mix 50-90% FIM examples at little cost to left-to-right quality.
 DEFAULT_WEIGHTS = {"continue": 2.0, "infill": 1.0, "harmonize": 1.0}
