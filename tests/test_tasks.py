@@ -11,6 +11,7 @@ from helpers import dur, note
 from hf_music_xl import MusicXLConfig
 from hf_music_xl.data.streams import PieceStreams
 from hf_music_xl.data.task_examples import parse_tasks, piece_notes, task_example
+from hf_music_xl.hub.model_card import build_model_card
 from hf_music_xl.models.music_xl import encoding as E
 from hf_music_xl.models.music_xl import tasks_music_xl as T
 from hf_music_xl.models.music_xl.generation_music_xl import GivenNotesProcessor, MusicGrammarProcessor
@@ -204,6 +205,11 @@ def test_train_records_its_tasks(chorale_corpus_dir, tmp_path):
     train_command(chorale_corpus_dir, tmp_path, "--max-steps", "2", "--tasks", "continue:2,infill,harmonize")
     config = json.loads((tmp_path / "final" / "config.json").read_text())
     assert config["tasks"] == "continue,infill,harmonize" and config["vocab_size"] == E.VOCAB_SIZE
+    card = build_model_card(tmp_path / "final", "me/multitask").content
+    assert (
+        "Trained for the tasks continue, infill, harmonize" in card
+        and "| tasks | `continue:2,infill,harmonize` |" in card
+    )
     with pytest.raises(SystemExit, match="needs --train-mode stream"):  # the CLI prints the one line
         train_command(
             chorale_corpus_dir, tmp_path / "w", "--max-steps", "2", "--tasks", "infill", "--train-mode", "windows"
