@@ -1,7 +1,7 @@
 """What each task earns (issue 22): multitask models against continuation-only models of the same budget, on the
 held-out (validation) chorales.
 
-    python scripts/tasks_report.py --train        # trains 2 x 2 tiny models into runs/tasks-report (about an hour)
+    python scripts/tasks_report.py --train        # trains 2 x 2 tiny models into runs/tasks-report (about 50 min)
     python scripts/tasks_report.py                # measures them; writes runs/tasks-report/report.json
 
 Every model is trained by ``hf-music-xl train`` with the same recipe (steps, tokens a step, seed), differing only
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "runs" / "tasks-report"
 SEEDS = (0, 1)
 MODELS = {"multitask": "continue,infill,harmonize", "continue": "continue"}  # the default weights: 2:1:1
-RECIPE = dict(preset="tiny", batch_size=8, n_segments=2, max_steps=800, eval_steps=400, save_steps=400)
+RECIPE = dict(preset="tiny", batch_size=8, n_segments=2, max_steps=1600, eval_steps=800, save_steps=800)
 SPAN_BARS = 4
 
 

@@ -9,8 +9,12 @@ Infilling bars ``a..b`` (0-based here, inclusive; times ``T0`` and ``T1`` where 
 fill-in-the-middle with bar lines as the cut points: the left side, then the right side given, then the middle::
 
     xxbos xxpad xxinfill ts4/4  <notes before T0>  <wait to T0>
-    xxgiven <wait T0..T1> <notes from T1 on>  xxback          (time goes back to T0)
+    xxgiven <wait T0..T1> <notes of the INFILL_CONTEXT_BARS bars after T1>  xxback          (time goes back to T0)
     <notes of bars a..b>  <wait to T1>  xxeos
+
+The right side is the few bars after the span, not the rest of the piece: the middle is written right after it,
+and the end of the left side must stay within the memory too (a right side of the whole piece pushed both out of
+a small model's reach: the multitask model then scored the middle worse given both sides than given the left).
 
 Harmonization, the given voice (the melody) of each bar placed just before the notes written under it, so the
 condition is always within the memory however long the piece::
@@ -53,6 +57,7 @@ from .encoding import (
 
 TASK_TOKEN = {"infill": INFILL_ID, "harmonize": HARMONIZE_ID}
 MAX_INFILL_BARS = 8  # the longest span drawn in training (the pipeline refuses nothing longer: it may do worse)
+INFILL_CONTEXT_BARS = 4  # bars after the span given as its right side
 
 
 @dataclass
@@ -74,10 +79,13 @@ class TaskPrompt:
 def stretch_ids(notes: Notes, start: int, end: int | None, wait_to_end: bool = True, meters: bool = True) -> np.ndarray:
     """The pairs of the notes with onset in ``[start, end)`` (``end`` None: to the last note), time counted from
     ``start``; with ``meters``, the time signature token of each change in ``(start, end]`` after the wait that
-    reaches it; with ``wait_to_end``, the wait from the last note (or change) to ``end``."""
+    reaches it (``(start, end)`` without ``wait_to_end``); with ``wait_to_end``, the wait from the last note (or
+    change) to ``end``."""
     last_time = int(notes.onset[-1]) if len(notes) else start
     stop = end if end is not None else max(last_time, start)
-    changes = [(int(t), int(n), int(d)) for t, n, d in notes.meters if start < t <= stop] if meters else []
+    reaches_stop = wait_to_end or end is None  # a change at the stop is written only after a wait that reaches it
+    changes = [(int(t), int(n), int(d)) for t, n, d in notes.meters if start < t < stop or (t == stop and reaches_stop)]
+    changes = changes if meters else []
     parts, here = [], start
     for time, num, den in changes + [(end, 0, 0)]:
         inside = (notes.onset >= here) & ((notes.onset < time) if time is not None else True)
@@ -128,16 +136,19 @@ def span_times(notes: Notes, first_bar: int, last_bar: int) -> tuple[int, int]:
 
 def infill_parts(notes: Notes, first_bar: int, last_bar: int) -> tuple[np.ndarray, np.ndarray, int, int]:
     """(prompt, middle, T0, T1) of the infilling layout: the prompt ends with ``xxback``, the middle (the notes of
-    the span, the wait to T1 and ``xxeos``) is what the model writes."""
+    the span, the wait to T1 and ``xxeos``) is what the model writes. The right side given is the
+    ``INFILL_CONTEXT_BARS`` bars after the span."""
     start, end = span_times(notes, first_bar, last_bar)
-    before, inside, after = notes.onset < start, (notes.onset >= start) & (notes.onset < end), notes.onset >= end
+    context_end = notes.bars().bar_time(last_bar + 1 + INFILL_CONTEXT_BARS)
+    before, inside = notes.onset < start, (notes.onset >= start) & (notes.onset < end)
+    after = (notes.onset >= end) & (notes.onset < context_end)
     prompt = [
         head_ids("infill", notes),
         stretch_ids(notes.select(before), 0, start),
         [GIVEN_ID],
         wait_ids(end - start),
         meter_at(notes, end),
-        stretch_ids(notes.select(after), end, None),
+        stretch_ids(notes.select(after), end, context_end, wait_to_end=False),
         [BACK_ID],
     ]
     middle = [stretch_ids(notes.select(inside), start, end, meters=False), [EOS_ID]]
@@ -237,6 +248,7 @@ def _join(parts) -> np.ndarray:
 
 
 __all__ = [
+    "INFILL_CONTEXT_BARS",
     "MAX_INFILL_BARS",
     "TASK_TOKEN",
     "TaskPrompt",
