@@ -72,6 +72,17 @@ class TaskPrompt:
     start: int  # grid step where the written notes start (T0, or 0 for a harmonization)
 
 
+def check_task(config, task: str) -> None:
+    """Refuse, in one line naming the ``--tasks`` it was trained with, a task the model was not trained for
+    (``config.task_names``; "continue" only for models saved before the task tokens)."""
+    trained = config.task_names
+    if task not in trained:
+        raise ValueError(
+            f"this model was trained with --tasks {','.join(trained)}; {task} needs a model trained with "
+            f"--tasks ...,{task}"
+        )
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Writing stretches of notes
 
@@ -253,6 +264,7 @@ __all__ = [
     "TASK_TOKEN",
     "TaskPrompt",
     "bar_starts",
+    "check_task",
     "given_notes",
     "given_tokens",
     "harmonize_ids",
