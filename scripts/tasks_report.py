@@ -57,11 +57,11 @@ def train_one(name: str, seed: int) -> float:
     return time.perf_counter() - started
 
 
-def train_all(jobs: int) -> None:
+def train_all(jobs: int, names: list[str]) -> None:
     from hf_music_xl.data.corpus import load_corpus
 
     load_corpus("bach-chorales")  # built once here, before the runs load it side by side
-    runs = [(name, seed) for seed in SEEDS for name in MODELS]
+    runs = [(name, seed) for seed in SEEDS for name in names]
     with ThreadPoolExecutor(jobs) as pool:
         for (name, seed), seconds in zip(runs, pool.map(lambda run: train_one(*run), runs)):
             print(f"{name} seed {seed}: {seconds / 60:.1f} min", flush=True)
@@ -71,11 +71,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", action="store_true", help="train the models (else measure them)")
     parser.add_argument("--jobs", type=int, default=2, help="trainings run side by side (one thread each)")
+    parser.add_argument("--models", default=",".join(MODELS), help="which models to train, of " + ", ".join(MODELS))
     parser.add_argument("--pieces", type=int, default=0, help="validation chorales measured (0: all)")
     parser.add_argument("--samples", type=int, default=1, help="sampled harmonizations per held-out soprano")
     args = parser.parse_args()
     if args.train:
-        train_all(args.jobs)
+        train_all(args.jobs, args.models.split(","))
         return
     from tasks_measures import measure_all  # noqa: PLC0415 - the measuring half, beside this script
 

@@ -34,19 +34,40 @@ def test_infill_layout_written_out_by_hand():
     ids = T.infill_ids(two_voice_piece(), 1, 1)  # bar 2 of 3 (0-based 1): steps 16..32
     expected = (
         [E.BOS_ID, E.PAD_ID, E.INFILL_ID, TS44]
+        + [GIVEN, SEP, dur(32), note(79), dur(8), note(48), dur(16), SEP, dur(8), note(77), dur(8), BACK]  # bar 3
         + [note(72), dur(8), note(48), dur(16), SEP, dur(8), note(74), dur(8), SEP, dur(8)]  # bar 1, wait to 16
-        + [GIVEN, SEP, dur(16), note(79), dur(8), note(48), dur(16), SEP, dur(8), note(77), dur(8), BACK]
         + [note(76), dur(8), note(43), dur(16), SEP, dur(8), note(77), dur(8), SEP, dur(8), EOS]  # bar 2, to 32
     )
-    assert ids.tolist() == expected
+    assert ids.tolist() == expected  # the right side given ahead (here from 0), the span after the left side
+
+
+def test_the_right_side_is_given_a_few_bars_ahead(chorale_scores):
+    notes = E.read_notes(chorale_scores[0][1])
+    ids = T.infill_ids(notes, 6, 7)
+    given_at = int(np.flatnonzero(ids == GIVEN)[0])
+    assert E.ids_to_notes(ids[:given_at]).onset.max() < notes.bars().bar_time(6 - T.INFILL_AHEAD_BARS)
+    assert E.ids_to_notes(ids[given_at:]).onset.max() < notes.bars().bar_time(8 + T.INFILL_CONTEXT_BARS)
 
 
 def test_harmonize_layout_written_out_by_hand():
     notes = two_voice_piece()
     ids = T.harmonize_ids(notes, notes.voice == 0)
-    bar = lambda first, second, bass: (  # noqa: E731 - one bar of the layout
-        [GIVEN, note(first), dur(8), SEP, dur(8), note(second), dur(8), BACK, note(bass), dur(16), SEP, dur(16)]
-    )
+
+    def bar(first, second, bass):  # the bar's melody given, then the bar: each melody note given where it sounds
+        block = [GIVEN, note(first), dur(8), SEP, dur(8), note(second), dur(8), BACK]
+        return (
+            block
+            + [GIVEN, note(first), dur(8), BACK, note(bass), dur(16), SEP, dur(8)]
+            + [
+                GIVEN,
+                note(second),
+                dur(8),
+                BACK,
+                SEP,
+                dur(8),
+            ]
+        )
+
     expected = [E.BOS_ID, E.PAD_ID, E.HARMONIZE_ID, TS44] + bar(72, 74, 48) + bar(76, 77, 43) + bar(79, 77, 48)
     assert ids.tolist() == expected + [EOS]
 
@@ -57,9 +78,10 @@ def test_a_meter_change_stands_where_the_plain_encoding_puts_it():
     harmonized = T.harmonize_ids(notes, notes.voice == 0)
     ts34 = E.meter_token(3, 4)
     at = int(np.flatnonzero(harmonized == ts34)[0])
-    assert harmonized[at + 1] == GIVEN and harmonized[at - 2 : at].tolist() == [SEP, dur(16)]  # after bar 1's wait
+    assert harmonized[at + 1] == GIVEN and harmonized[at - 2 : at].tolist() == [SEP, dur(8)]  # after bar 1's wait
     prompt = T.harmonize_prompt(notes.select(notes.voice == 0))
-    assert prompt.walls == [16, 28, 40, 52] and prompt.blocks[0][:2] == [ts34, GIVEN]  # the sampler writes it
+    assert prompt.walls == [8, 16, 24, 28, 32, 40, 52]  # the melody's onsets and the bar lines
+    assert prompt.blocks[1][:2] == [ts34, GIVEN] and prompt.blocks[-1] == [EOS]  # the sampler writes the change
     with pytest.raises(ValueError, match="time signature change"):
         T.span_times(notes, 0, 1)  # bars 1-2 would cross the change at bar 2
     assert T.span_times(notes, 1, 2) == (16, 40)  # a span may start one
@@ -89,11 +111,11 @@ def test_layout_notes_get_the_positions_and_times_of_the_plain_piece(chorale_sco
             is_note = (sequence >= E.NOTE_OFFSET) & (sequence < E.NOTE_OFFSET + E.NUM_PITCHES)
             features[len(features)] = sorted((int(sequence[i]), *found[0, i].tolist()) for i in np.flatnonzero(is_note))
         decoded = E.ids_to_notes(ids)
-        order = np.lexsort((-decoded.pitch, decoded.onset))
+        decoded = np.unique(np.c_[decoded.onset, -decoded.pitch], axis=0)  # a harmonization gives the melody twice
         kept = notes.onset < (notes.bars().bar_time(6 + T.INFILL_CONTEXT_BARS) if task == "infill" else np.inf)
-        assert set(features[1]) <= set(features[0]) and len(features[1]) == kept.sum()
-        assert np.array_equal(decoded.onset[order], notes.onset[kept])
-        assert np.array_equal(decoded.pitch[order], notes.pitch[kept])
+        assert set(features[1]) <= set(features[0])
+        assert len(set(features[1])) == len({(int(o), int(p)) for o, p in zip(notes.onset[kept], notes.pitch[kept])})
+        assert decoded.tolist() == np.c_[notes.onset, -notes.pitch][kept].tolist()
         assert E.first_invalid_position(ids) is None
 
 
@@ -153,7 +175,7 @@ def test_waits_may_not_cross_a_wall_and_time_signatures_come_only_given():
     scores = given(torch.as_tensor(sequence)[None], torch.zeros(1, E.VOCAB_SIZE))[0]
     allowed_waits = [i - E.DURATION_OFFSET for i in range(E.DURATION_OFFSET, E.DURATION_OFFSET + E.NUM_DURATIONS)]
     allowed_waits = [wait for wait in allowed_waits if torch.isfinite(scores[E.DURATION_OFFSET + wait])]
-    assert max(allowed_waits) == 16  # to the bar line, not past it
+    assert max(allowed_waits) == 8  # to the melody's next note, not past it
     assert not torch.isfinite(scores[E.METER_OFFSET : E.METER_OFFSET + len(E.METERS)]).any()
 
 

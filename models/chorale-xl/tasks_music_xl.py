@@ -5,30 +5,36 @@ stand between ``xxgiven`` and ``xxback``; ``xxback`` takes time (and the meter) 
 (the position rule of ``positions_music_xl.compute_positions``), so the notes written after it get the beat
 positions of the bars they belong to. A task token after ``xxbos xxpad`` says which layout follows.
 
+Both layouts keep the piece in its plain order (the order continuation trains on) where the model writes, and
+place the given notes it needs a little ahead of where they sound (as the Anticipatory Music Transformer places
+its controls), so the condition is always within the memory, however long the piece.
+
 Infilling bars ``a..b`` (0-based here, inclusive; times ``T0`` and ``T1`` where bar ``a`` starts and bar ``b`` ends),
-fill-in-the-middle with bar lines as the cut points: the left side, then the right side given, then the middle::
+fill-in-the-middle with bar lines as the cut points: the right side (the ``INFILL_CONTEXT_BARS`` bars after the
+span) is given ``INFILL_AHEAD_BARS`` bars before ``T0``, at ``A``; then the left side goes on to ``T0`` and the
+model writes the span as the continuation of it::
 
-    xxbos xxpad xxinfill ts4/4  <notes before T0>  <wait to T0>
-    xxgiven <wait T0..T1> <notes of the INFILL_CONTEXT_BARS bars after T1>  xxback          (time goes back to T0)
-    <notes of bars a..b>  <wait to T1>  xxeos
+    xxbos xxpad xxinfill ts4/4  <notes before A>
+    xxgiven <wait A..T1> <notes of the bars after the span>  xxback       (time goes back to A)
+    <notes from A to T0>  <wait to T0>  <notes of bars a..b>  <wait to T1>  xxeos
 
-The right side is the few bars after the span, not the rest of the piece: the middle is written right after it,
-and the end of the left side must stay within the memory too (a right side of the whole piece pushed both out of
-a small model's reach: the multitask model then scored the middle worse given both sides than given the left).
-
-Harmonization, the given voice (the melody) of each bar placed just before the notes written under it, so the
-condition is always within the memory however long the piece::
+Harmonization: each bar's melody (the top voice) given at the start of the bar, then the bar in plain order, the
+melody's notes given again where they sound (first at their onset, as the plain order writes the top voice), the
+other voices written around them::
 
     xxbos xxpad xxharmonize ts4/4
-    xxgiven <melody of bar 0> xxback  <other voices of bar 0>  <wait to bar 1>
-    xxgiven <melody of bar 1> xxback  <other voices of bar 1>  <wait to bar 2>  ...  xxeos
+    xxgiven <melody of bar 0> xxback  xxgiven n72 d8 xxback n64 d8 n55 d8 n48 d8 xxsep d8 xxgiven n74 d8 xxback ...
+
+(A right side given after the whole left side, and the melody of a bar only ahead of it, measured worse than the
+plain piece's own order: a small model then had the left side's end, or each chord's top note, out of easy
+reach.)
 
 A time signature change stands where the plain encoding puts it, after the wait that reaches its bar line (in a
 harmonization, before that bar's ``xxgiven``). An infilled span may not contain a meter change inside it (its
 first bar may start one).
 
-At generation the given tokens are not sampled: ``schedule`` lists, per row, the times ("walls") at which the
-sampler must write them (``GivenNotesProcessor``); a wait may not cross the next wall.
+At generation the given tokens are not sampled: a ``TaskPrompt`` lists the times ("walls") at which the sampler
+writes them (``GivenNotesProcessor``); a wait may not cross the next wall.
 
 This file is copied next to saved weights (the pipeline imports it), so it may import only torch, transformers,
 numpy and its sibling files, and does nothing at import time beyond defining things.
@@ -58,6 +64,7 @@ from .encoding import (
 TASK_TOKEN = {"infill": INFILL_ID, "harmonize": HARMONIZE_ID}
 MAX_INFILL_BARS = 8  # the longest span drawn in training (the pipeline refuses nothing longer: it may do worse)
 INFILL_CONTEXT_BARS = 4  # bars after the span given as its right side
+INFILL_AHEAD_BARS = 4  # bars before the span at which the right side is given
 
 
 @dataclass
@@ -95,7 +102,7 @@ def stretch_ids(notes: Notes, start: int, end: int | None, wait_to_end: bool = T
     last_time = int(notes.onset[-1]) if len(notes) else start
     stop = end if end is not None else max(last_time, start)
     reaches_stop = wait_to_end or end is None  # a change at the stop is written only after a wait that reaches it
-    changes = [(int(t), int(n), int(d)) for t, n, d in notes.meters if start < t < stop or (t == stop and reaches_stop)]
+    changes = [(int(t), int(n), int(d)) for t, n, d in notes.meters if start < t and (t < stop or (t == stop and reaches_stop))]
     changes = changes if meters else []
     parts, here = [], start
     for time, num, den in changes + [(end, 0, 0)]:
@@ -146,21 +153,23 @@ def span_times(notes: Notes, first_bar: int, last_bar: int) -> tuple[int, int]:
 
 
 def infill_parts(notes: Notes, first_bar: int, last_bar: int) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """(prompt, middle, T0, T1) of the infilling layout: the prompt ends with ``xxback``, the middle (the notes of
-    the span, the wait to T1 and ``xxeos``) is what the model writes. The right side given is the
-    ``INFILL_CONTEXT_BARS`` bars after the span."""
+    """(prompt, middle, T0, T1) of the infilling layout: the prompt ends at T0, the middle (the notes of the span,
+    the wait to T1 and ``xxeos``) is what the model writes."""
     start, end = span_times(notes, first_bar, last_bar)
-    context_end = notes.bars().bar_time(last_bar + 1 + INFILL_CONTEXT_BARS)
-    before, inside = notes.onset < start, (notes.onset >= start) & (notes.onset < end)
-    after = (notes.onset >= end) & (notes.onset < context_end)
+    bars = notes.bars()
+    ahead, context_end = (
+        bars.bar_time(max(first_bar - INFILL_AHEAD_BARS, 0)),
+        bars.bar_time(last_bar + 1 + INFILL_CONTEXT_BARS),
+    )
+    before, left = notes.onset < ahead, (notes.onset >= ahead) & (notes.onset < start)
+    inside, after = (notes.onset >= start) & (notes.onset < end), (notes.onset >= end) & (notes.onset < context_end)
     prompt = [
         head_ids("infill", notes),
-        stretch_ids(notes.select(before), 0, start),
+        stretch_ids(notes.select(before), 0, ahead),
         [GIVEN_ID],
-        wait_ids(end - start),
-        meter_at(notes, end),
-        stretch_ids(notes.select(after), end, context_end, wait_to_end=False),
+        stretch_ids(notes.select(after), ahead, context_end, wait_to_end=False),  # its meters, from A
         [BACK_ID],
+        stretch_ids(notes.select(left), ahead, start),
     ]
     middle = [stretch_ids(notes.select(inside), start, end, meters=False), [EOS_ID]]
     return _join(prompt), _join(middle), start, end
@@ -190,10 +199,36 @@ def bar_starts(notes: Notes) -> np.ndarray:
     return np.array([bars.bar_time(bar) for bar in range(last_bar + 2)], np.int64)
 
 
+def given_pairs(melody: Notes, at: np.ndarray) -> list[int]:
+    """The melody's notes where ``at`` is True, as pairs between ``xxgiven`` and ``xxback`` (none: empty)."""
+    if not at.any():
+        return []
+    zero = np.zeros(int(at.sum()), np.int64)  # all at one onset: no wait between them
+    return [GIVEN_ID] + note_pair_ids(zero, melody.pitch[at], melody.duration[at]).tolist() + [BACK_ID]
+
+
 def melody_block(melody: Notes, start: int, end: int, meter: list[int]) -> list[int]:
-    """The tokens written at bar line ``start``: a time signature change there, then the melody of the bar given."""
-    pairs = stretch_ids(melody, start, end, wait_to_end=False, meters=False)
-    return meter + [GIVEN_ID] + pairs.tolist() + [BACK_ID]
+    """The tokens given at bar line ``start``: a time signature change there, the melody of the bar, then the
+    melody's notes that sound at the bar line."""
+    pairs = stretch_ids(melody, start, end, wait_to_end=False, meters=False).tolist()
+    return meter + [GIVEN_ID] + pairs + [BACK_ID] + given_pairs(melody, melody.onset == start)
+
+
+def bar_ids(melody: Notes, others: Notes, start: int, end: int, meter: list[int]) -> list[int]:
+    """One bar of the harmonization layout: its melody block, then onset by onset the melody's notes given and the
+    other voices' written, the waits between them, the wait to ``end`` and a time signature change there."""
+    tokens = melody_block(melody, start, end, [])  # the change at `start` ended the bar before
+    mine = (others.onset >= start) & (others.onset < end)
+    onsets = np.unique(np.r_[melody.onset[(melody.onset > start) & (melody.onset < end)], others.onset[mine]])
+    here = start
+    for onset in onsets.tolist():
+        tokens += wait_ids(onset - here).tolist()
+        here = onset
+        if onset > start:
+            tokens += given_pairs(melody, melody.onset == onset)
+        at = others.onset == onset
+        tokens += note_pair_ids(np.zeros(int(at.sum()), np.int64), others.pitch[at], others.duration[at]).tolist()
+    return tokens + wait_ids(end - here).tolist() + meter
 
 
 def harmonize_ids(notes: Notes, given: np.ndarray) -> np.ndarray:
@@ -201,19 +236,23 @@ def harmonize_ids(notes: Notes, given: np.ndarray) -> np.ndarray:
     melody, others, lines = notes.select(given), notes.select(~given), bar_starts(notes)
     parts = [head_ids("harmonize", notes)]
     for start, end in zip(lines[:-1].tolist(), lines[1:].tolist()):
-        parts.append(melody_block(melody, start, end, []))  # a change at `start` ended the bar before
-        parts.append(stretch_ids(others, start, end))  # ends with the wait to `end` and a change there
+        parts.append(bar_ids(melody, others, start, end, meter_at(notes, end)))
     parts.append([EOS_ID])
     return _join(parts)
 
 
 def harmonize_prompt(melody: Notes) -> TaskPrompt:
-    """What the sampler needs to write voices under ``melody``: the head and bar 0's melody; at each later bar
-    line the sampler writes that bar's melody (and a time signature change there), and ``xxeos`` at the end."""
+    """What the sampler needs to write voices under ``melody``: the head and bar 0's melody block; then it gives
+    each later bar's block at its bar line (with a time signature change there), each melody note where it sounds,
+    and ``xxeos`` at the end."""
     lines = bar_starts(melody).tolist()
-    blocks = [melody_block(melody, start, end, meter_at(melody, start)) for start, end in zip(lines, lines[1:])]
-    prompt = np.concatenate([head_ids("harmonize", melody), np.array(blocks[0], np.int64)])
-    return TaskPrompt(prompt, lines[1:], blocks[1:] + [[EOS_ID]], len(lines) - 1, 0)
+    walls = {line: melody_block(melody, line, end, meter_at(melody, line)) for line, end in zip(lines, lines[1:])}
+    for onset in np.unique(melody.onset).tolist():
+        walls.setdefault(onset, given_pairs(melody, melody.onset == onset))  # inside a bar: the note alone
+    walls[lines[-1]] = [EOS_ID]
+    times = sorted(walls)
+    prompt = np.concatenate([head_ids("harmonize", melody), np.array(walls[0], np.int64)])
+    return TaskPrompt(prompt, times[1:], [walls[time] for time in times[1:]], len(lines) - 1, 0)
 
 
 def melody_voice(notes: Notes) -> int | None:
@@ -248,10 +287,13 @@ def written_notes(ids: np.ndarray, prompt_length: int) -> Notes:
 
 
 def given_notes(ids: np.ndarray) -> Notes:
-    """The notes of a task sequence's given blocks, at their times."""
+    """The notes of a task sequence's given blocks, at their times, each once (a harmonization gives the melody
+    twice: ahead of its bar and where it sounds)."""
     ids = np.asarray(ids, dtype=np.int64)
     is_note = (ids >= NOTE_OFFSET) & (ids < NOTE_OFFSET + NUM_PITCHES)
-    return ids_to_notes(np.where(is_note & ~given_tokens(ids), PAD_ID, ids))
+    notes = ids_to_notes(np.where(is_note & ~given_tokens(ids), PAD_ID, ids))
+    rows = np.unique(np.c_[notes.onset, -notes.pitch, notes.duration], axis=0)  # by onset, then pitch high to low
+    return Notes(rows[:, 0], -rows[:, 1], rows[:, 2], notes.meters)
 
 
 def _join(parts) -> np.ndarray:
@@ -259,6 +301,7 @@ def _join(parts) -> np.ndarray:
 
 
 __all__ = [
+    "INFILL_AHEAD_BARS",
     "INFILL_CONTEXT_BARS",
     "MAX_INFILL_BARS",
     "TASK_TOKEN",
