@@ -102,8 +102,8 @@ def stretch_ids(notes: Notes, start: int, end: int | None, wait_to_end: bool = T
     last_time = int(notes.onset[-1]) if len(notes) else start
     stop = end if end is not None else max(last_time, start)
     reaches_stop = wait_to_end or end is None  # a change at the stop is written only after a wait that reaches it
-    changes = [(int(t), int(n), int(d)) for t, n, d in notes.meters if start < t and (t < stop or (t == stop and reaches_stop))]
-    changes = changes if meters else []
+    inside = [(int(t), int(n), int(d)) for t, n, d in notes.meters if start < t <= stop]
+    changes = [change for change in inside if change[0] < stop or reaches_stop] if meters else []
     parts, here = [], start
     for time, num, den in changes + [(end, 0, 0)]:
         inside = (notes.onset >= here) & ((notes.onset < time) if time is not None else True)
