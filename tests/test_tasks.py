@@ -208,6 +208,11 @@ def test_task_examples_are_a_function_of_seed_epoch_and_index(chorale_corpus):
     reads = [first[i]["input_ids"] for i in order]
     assert all(np.array_equal(again[i]["input_ids"], reads[i]) for i in reversed(order))  # any order of reading
     assert not all(np.array_equal(other[i]["input_ids"], reads[i]) for i in order)
+    # the same piece at the same place of the deal: another seed draws other tasks and spans (not only another deal)
+    places = [(piece, 0, 0, cursor) for cursor, piece in enumerate(range(len(chorale_corpus["train"])))]
+    draws = [[streams.example(*place) for place in places] for streams in (first, again, other)]
+    assert all(np.array_equal(a, b) for a, b in zip(draws[0], draws[1]))
+    assert not all(np.array_equal(a, b) for a, b in zip(draws[0], draws[2]))
     seen = np.concatenate(reads)
     assert (seen == E.INFILL_ID).any() and (seen == E.HARMONIZE_ID).any() and (seen == E.BOS_ID).any()
     plain = PieceStreams(chorale_corpus["train"], 2, 128, seed=3)
