@@ -83,3 +83,23 @@ def tiny_model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_model")
     MusicXLPipeline(model=model, tokenizer=MusicXLTokenizerFast()).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def task_model_dir(chorale_corpus_dir, tmp_path_factory):
+    """A tiny model trained by the real Trainer for 60 steps with --tasks continue,infill,harmonize on the chorales
+    (about 30 s): far from music, but it has learnt the task layouts well enough to write them to their end."""
+    from hf_music_xl.training.run import train
+    from hf_music_xl.training.settings import TrainSettings
+
+    settings = TrainSettings(
+        corpus=str(chorale_corpus_dir),
+        output_dir=str(tmp_path_factory.mktemp("task_model")),
+        preset="tiny",
+        model_overrides="mem_len=64,segment_len=64",
+        batch_size=4,
+        n_segments=2,
+        max_steps=60,
+        tasks="continue,infill,harmonize",
+    )
+    return train(settings).final_dir

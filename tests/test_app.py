@@ -1,12 +1,12 @@
-"""The app's generation behind the page (no browser): progress, Cancel, bad uploads; the page itself is tested in
-Chromium by test_app_browser.py."""
+"""The app's generation behind the page (no browser): progress, Cancel, bad uploads, the tasks; the page itself is
+tested in Chromium by test_app_browser.py."""
 
 import threading
 
 import pytest
 import symusic
 
-from hf_music_xl.app import MAX_BARS, BadUpload, MusicApp, build_app, read_upload
+from hf_music_xl.app import MAX_BARS, TASKS, BadUpload, MusicApp, build_app, read_upload
 from hf_music_xl.generate import load_pipeline
 from hf_music_xl.models.music_xl.sampling_music_xl import MAX_PROMPT_BARS
 
@@ -41,7 +41,9 @@ def test_cancel_stops_a_long_generation_at_the_next_chunk(app):
         started.set()
 
     worker = threading.Thread(
-        target=lambda: result.update(out=app.generate(None, 0, 64, "default", 1.0, 0, "none", "session-a", progress))
+        target=lambda: result.update(
+            out=app.generate(None, 0, 64, "default", 1.0, 0, "none", session="session-a", progress=progress)
+        )
     )
     worker.start()
     assert started.wait(300), "no progress reported"
@@ -90,7 +92,74 @@ def test_non_finite_seed_or_temperature_is_a_clear_error(app, seed, temperature)
 
 
 def test_the_page_s_sliders_have_the_bounds_direct_calls_get(app):
+    pytest.importorskip("gradio", reason="the app extra is not installed (pip install -e '.[app]')")
     page = build_app(app, "bounds")
     sliders = {block.elem_id: block for block in page.blocks.values() if block.elem_id in ("bars", "prompt-bars")}
     assert (sliders["bars"].minimum, sliders["bars"].maximum) == (1, MAX_BARS)
     assert (sliders["prompt-bars"].minimum, sliders["prompt-bars"].maximum) == (0, MAX_PROMPT_BARS)  # was 16
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tasks
+
+
+@pytest.fixture(scope="module")
+def task_app(task_model_dir, tmp_path_factory):
+    return MusicApp(load_pipeline(str(task_model_dir)), tmp_path_factory.mktemp("task_app_out"))
+
+
+def test_fill_bars_keeps_the_rest_of_the_file(task_app, chorale_midi_files):
+    path = chorale_midi_files[11]
+    status, picture, audio, midi = task_app.generate(
+        str(path), 4, 8, "default", 1.0, 2, "none", task="infill", fill_bars=(3.0, 4.0)
+    )
+    assert status.startswith("Filled bars 3-4: ") and status.endswith("kept (seed 2).")
+    given, out = symusic.Score(str(path)), symusic.Score(midi)
+    assert picture.endswith(".png") and midi.endswith("-infill-seed2.mid")
+    assert [track.name for track in out.tracks[:4]] == [track.name for track in given.tracks]
+    assert out.tracks[4].name == "Generated (bars 3-4)" and out.note_num() != given.note_num()
+
+
+def test_harmonize_keeps_the_melody(task_app, chorale_midi_files):
+    path = chorale_midi_files[11]
+    status, picture, audio, midi = task_app.generate(
+        str(path), 4, 8, "default", 1.0, 0, "none", task="harmonize", melody_track=" tenor "
+    )
+    assert status.startswith("Harmonized ") and "new notes under" in status
+    melody = symusic.Score(midi).tracks[0]
+    tenor = symusic.Score(str(path)).tracks[2]
+    assert melody.name == "tenor" and melody.notes.numpy()["time"].tolist() == tenor.notes.numpy()["time"].tolist()
+
+
+@pytest.mark.parametrize(
+    "upload, task, fill_bars, problem",
+    [
+        (True, "infill", (0, 2), "the bars to fill need 1 <= first <= last (bars count from 1), got 0-2"),
+        (True, "infill", (float("nan"), 2), "a bar to fill must be a whole number, got nan"),
+        (True, "infill", (30, 31), "bars 30-31 are not within the piece's bars 1-10"),
+        (False, "infill", (1, 2), "upload the MIDI file to fill"),
+        (False, "harmonize", (1, 2), "upload the melody to harmonize"),
+    ],
+)
+def test_the_tasks_settings_are_checked(task_app, chorale_midi_files, upload, task, fill_bars, problem):
+    path = str(chorale_midi_files[11]) if upload else None
+    status, *files = task_app.generate(path, 4, 8, "default", 1.0, 0, "none", task=task, fill_bars=fill_bars)
+    assert problem in status and status.startswith("**Error:** ") and files == [None, None, None]
+
+
+def test_a_model_without_the_task_says_so(app, chorale_midi_files):
+    for task in ("infill", "harmonize"):
+        status, *files = app.generate(str(chorale_midi_files[0]), 4, 8, "default", 1.0, 0, "none", task=task)
+        assert status == (
+            f"**Error:** this model was trained with --tasks continue; {task} needs a model trained with "
+            f"--tasks ...,{task}"
+        )
+
+
+def test_the_page_offers_the_task_choice(app):
+    pytest.importorskip("gradio", reason="the app extra is not installed (pip install -e '.[app]')")
+    page = build_app(app, "test")
+    [choice] = [block for block in page.blocks.values() if getattr(block, "elem_id", None) == "task"]
+    assert choice.choices == TASKS and [task for _, task in TASKS] == ["continue", "infill", "harmonize"]
+    ids = {getattr(block, "elem_id", None) for block in page.blocks.values()}
+    assert {"fill-first", "fill-last", "melody-track", "bars", "prompt-bars"} <= ids

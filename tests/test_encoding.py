@@ -41,7 +41,8 @@ def test_ids_match_the_reference_layout():
         "xxunk",
     ]
     # time signatures come after: ids 0..298 keep their meaning
-    assert E.VOCAB_SIZE == 379 and len(set(E.VOCAB)) == 379 and E.LEGACY_VOCAB_SIZE == 299
+    assert E.VOCAB_SIZE == 383 and len(set(E.VOCAB)) == 383 and E.LEGACY_VOCAB_SIZE == 299
+    assert E.VOCAB[379:] == ["xxgiven", "xxback", "xxinfill", "xxharmonize"]  # the task tokens, after them
     assert E.VOCAB[299] == "ts1/1" and E.VOCAB[378] == "ts16/16"
     needed = ["2/4", "3/4", "4/4", "5/4", "6/4", "2/2", "3/2", "3/8", "6/8", "9/8", "12/8"]
     assert all(f"ts{meter}" in E.TOKEN_TO_ID for meter in needed)

@@ -9,7 +9,7 @@ from hf_music_xl.models.music_xl import encoding
 from hf_music_xl.models.music_xl.generation_music_xl import scale_pitch_classes
 
 METERS = range(299, 379)
-V = 379
+V = 383  # with the task tokens (379..382)
 
 
 PROMPTS = torch.tensor(

@@ -22,7 +22,7 @@ from hf_music_xl.models.music_xl.modeling_music_xl import (
 )
 from hf_music_xl.models.music_xl.positions_music_xl import STATE_SIZE, compute_positions
 
-V = 379  # the vocabulary: ids 0..298 of the reference, then time signatures
+V = 383  # the vocabulary: ids 0..298 of the reference, then time signatures and task tokens
 
 
 def random_ids(batch, length, seed=1):
@@ -45,7 +45,7 @@ def test_presets_sizes_and_aliases():
     assert (base.n_layer, base.d_model, base.n_head, base.d_inner, base.mem_len) == (16, 512, 8, 2048, 256)
     assert (base.num_hidden_layers, base.hidden_size, base.num_attention_heads) == (16, 512, 8)
     assert (
-        base.vocab_size == 379 and base.tie_word_embeddings and base.mask_p == 0.2 and base.position_scheme == "meter"
+        base.vocab_size == 383 and base.tie_word_embeddings and base.mask_p == 0.2 and base.position_scheme == "meter"
     )
     with pytest.raises(ValueError):
         MusicXLConfig.from_preset("huge")

@@ -8,9 +8,11 @@ defining classes.
 from transformers import PretrainedConfig
 
 from .vocabulary_music_xl import (
+    BACK_ID,
     BOS_ID,
     DURATION_OFFSET,
     EOS_ID,
+    GIVEN_ID,
     MAX_METER_NUMERATOR,
     METER_DENOMINATORS,
     METER_OFFSET,
@@ -18,8 +20,12 @@ from .vocabulary_music_xl import (
     NUM_DURATIONS,
     PAD_ID,
     SEP_ID,
+    TASK_OFFSET,
+    TASK_TOKENS,
     VOCAB_SIZE,
 )
+
+TASKS = ("continue", "infill", "harmonize")  # what a model can be trained for (tasks_music_xl.py)
 
 # name -> overrides of the defaults; parameter counts are with the default vocabulary and max_bars
 MODEL_PRESETS = {
@@ -40,8 +46,9 @@ class MusicXLConfig(PretrainedConfig):
     `MusicXLConfig.from_preset("tiny" | "medium" | "small" | "base", **overrides)`.
 
     Architecture:
-        vocab_size (`int`, defaults to 379): ids 0-8 specials, 9-136 notes n0..n127, 137-297 durations d0..d160,
-            298 xxunk, 299-378 time signatures ts1/1..ts16/16. Models saved before time signatures have 299.
+        vocab_size (`int`, defaults to 383): ids 0-8 specials, 9-136 notes n0..n127, 137-297 durations d0..d160,
+            298 xxunk, 299-378 time signatures ts1/1..ts16/16, 379-382 task tokens (xxgiven, xxback, xxinfill,
+            xxharmonize). Models saved before time signatures have 299, before the task tokens 379.
         d_model (`int`, defaults to 512): width of the residual stream (alias `hidden_size`).
         n_layer (`int`, defaults to 16): number of transformer blocks (alias `num_hidden_layers`).
         n_head (`int`, defaults to 8): attention heads (alias `num_attention_heads`).
@@ -79,9 +86,13 @@ class MusicXLConfig(PretrainedConfig):
             mask; 0 switches window masks off.
         mask_steps (`int`, defaults to 4): window sizes are drawn uniformly from 1..mask_steps.
 
+    Tasks (see `tasks_music_xl.py`):
+        tasks (`str`, defaults to "continue"): the tasks the model was trained for, comma-separated, from "continue",
+            "infill" and "harmonize" (`hf-music-xl train --tasks`); the pipeline refuses any other task.
+
     Vocabulary ids (fixed by the tokenizer): bos_token_id 0 (xxbos), pad_token_id 1 (xxpad),
     eos_token_id 2 (xxeos), sep_token_id 8 (xxsep), note_offset 9, duration_offset 137, num_durations 161,
-    meter_offset 299.
+    meter_offset 299, given_token_id 379 (xxgiven), back_token_id 380 (xxback).
     """
 
     model_type = "music_xl"
@@ -122,6 +133,9 @@ class MusicXLConfig(PretrainedConfig):
     duration_offset: int = DURATION_OFFSET
     num_durations: int = NUM_DURATIONS
     meter_offset: int = METER_OFFSET
+    given_token_id: int = GIVEN_ID
+    back_token_id: int = BACK_ID
+    tasks: str = "continue"
 
     def __post_init__(self, **kwargs):
         if self.d_head is None:
@@ -143,6 +157,21 @@ class MusicXLConfig(PretrainedConfig):
             raise ValueError("duration ids run past vocab_size")
         if self.position_scheme not in ("meter", "grid"):
             raise ValueError(f"position_scheme must be 'meter' or 'grid', got {self.position_scheme!r}")
+        unknown = [task for task in self.task_names if task not in TASKS]
+        if unknown or not self.task_names:
+            raise ValueError(f"tasks must name some of {', '.join(TASKS)}, got {self.tasks!r}")
+        if self.task_names != ["continue"] and not self.has_task_tokens:
+            raise ValueError(f"tasks {self.tasks!r} need the task tokens: vocab_size {TASK_OFFSET + len(TASK_TOKENS)}")
+
+    @property
+    def task_names(self) -> list[str]:
+        """The tasks the model was trained for, in the order given."""
+        return [task.strip() for task in str(self.tasks).split(",") if task.strip()]
+
+    @property
+    def has_task_tokens(self) -> bool:
+        """Whether the vocabulary has xxgiven, xxback and the task tokens (models saved before them do not)."""
+        return self.vocab_size >= TASK_OFFSET + len(TASK_TOKENS)
 
     @property
     def meters(self) -> list[tuple[int, int]]:
@@ -167,4 +196,4 @@ class MusicXLConfig(PretrainedConfig):
         return cls(**{**MODEL_PRESETS[name], **overrides})
 
 
-__all__ = ["MusicXLConfig", "MODEL_PRESETS"]
+__all__ = ["MODEL_PRESETS", "TASKS", "MusicXLConfig"]

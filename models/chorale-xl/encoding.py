@@ -20,6 +20,7 @@ ids        tokens       meaning
 137..297   d0..d160     duration or wait in grid steps
 298        xxunk        a text word outside the vocabulary (text tokenizers only)
 299..378   ts1/1..      time signatures: numerators 1..16 over 1, 2, 4, 8 and 16 (``METERS``)
+379..382   tasks        xxgiven xxback xxinfill xxharmonize (layouts: ``tasks_music_xl.py``)
 =========  ===========  ===========================================================
 
 Vocabularies saved before the time signatures (ids 0..298, ``LEGACY_VOCAB_SIZE``) encode without them
@@ -47,6 +48,9 @@ import numpy as np
 import symusic
 
 from .vocabulary_music_xl import (
+    BACK_ID as BACK_ID,
+)
+from .vocabulary_music_xl import (
     BOS_ID as BOS_ID,
 )
 from .vocabulary_music_xl import (
@@ -57,6 +61,15 @@ from .vocabulary_music_xl import (
 )
 from .vocabulary_music_xl import (
     EOS_ID as EOS_ID,
+)
+from .vocabulary_music_xl import (
+    GIVEN_ID as GIVEN_ID,
+)
+from .vocabulary_music_xl import (
+    HARMONIZE_ID as HARMONIZE_ID,
+)
+from .vocabulary_music_xl import (
+    INFILL_ID as INFILL_ID,
 )
 from .vocabulary_music_xl import (
     LEGACY_VOCAB_SIZE as LEGACY_VOCAB_SIZE,
@@ -96,6 +109,12 @@ from .vocabulary_music_xl import (
 # encoding find them here too (``encoding.BOS_ID``).
 from .vocabulary_music_xl import (
     SPECIAL_TOKENS as SPECIAL_TOKENS,
+)
+from .vocabulary_music_xl import (
+    TASK_OFFSET as TASK_OFFSET,
+)
+from .vocabulary_music_xl import (
+    TASK_TOKENS as TASK_TOKENS,
 )
 from .vocabulary_music_xl import (
     TOKEN_TO_ID as TOKEN_TO_ID,
@@ -155,13 +174,15 @@ class Notes:
     pitch: np.ndarray  # int64 [n], 0..127
     duration: np.ndarray  # int64 [n], grid steps, 1..MAX_DURATION
     meters: np.ndarray = field(default_factory=default_meters)  # int64 [k, 3]
+    voice: np.ndarray | None = None  # int64 [n], the non-drum track each note came from (read from MIDI), or None
 
     def __len__(self) -> int:
         return len(self.onset)
 
     def select(self, keep: np.ndarray) -> Notes:
         """The notes where ``keep`` is True, with the same meters."""
-        return Notes(self.onset[keep], self.pitch[keep], self.duration[keep], self.meters)
+        voice = None if self.voice is None else self.voice[keep]
+        return Notes(self.onset[keep], self.pitch[keep], self.duration[keep], self.meters, voice)
 
     def bars(self, steps_per_beat: int = STEPS_PER_BEAT) -> Bars:
         return Bars(self.meters, steps_per_beat)
@@ -214,6 +235,10 @@ def token_meter(token_id: int) -> tuple[int, int]:
 
 def is_meter(ids: np.ndarray) -> np.ndarray:
     return (ids >= METER_OFFSET) & (ids < METER_OFFSET + len(METERS))
+
+
+def is_task(ids: np.ndarray) -> np.ndarray:
+    return (ids >= TASK_OFFSET) & (ids < TASK_OFFSET + len(TASK_TOKENS))
 
 
 @dataclass
@@ -339,7 +364,8 @@ def score_to_notes(score: symusic.Score, steps_per_beat: int = STEPS_PER_BEAT) -
         merged.extend(notes)
     meters = score_meters(score, steps_per_beat)
     if not len(merged):
-        return Notes(*(np.zeros(0, np.int64) for _ in range(3)), meters)
+        return Notes(*(np.zeros(0, np.int64) for _ in range(3)), meters, np.zeros(0, np.int64))
+    track_of_note = np.repeat(np.arange(len(tracks)), [len(notes) for notes in tracks])  # [n] voice of each note
     arrays = merged.numpy()
     tpq = score.ticks_per_quarter
     onset = np.maximum(quantize(arrays["time"], tpq, steps_per_beat), 0)
@@ -349,12 +375,16 @@ def score_to_notes(score: symusic.Score, steps_per_beat: int = STEPS_PER_BEAT) -
 
     # Order by onset, then pitch high to low, then the longest note first, by sorting one packed key:
     # bits 16.. onset, 8..15 (127 - pitch), 0..7 (255 - duration). Unpacking the sorted key gives the columns.
-    key = np.sort((onset << 16) - (pitch << 8) - duration + (127 << 8 | 255))
+    key = (onset << 16) - (pitch << 8) - duration + (127 << 8 | 255)
+    order = np.argsort(key, kind="stable")  # of equal notes, the earlier track's is kept
+    key = key[order]
     first_of_kind = np.empty(len(key), dtype=bool)  # deduplicate (onset, pitch), keeping the longest
     first_of_kind[0] = True
     np.not_equal(key[1:] >> 8, key[:-1] >> 8, out=first_of_kind[1:])
-    key = key[first_of_kind]
-    return Notes(onset=key >> 16, pitch=127 - ((key >> 8) & 255), duration=255 - (key & 255), meters=meters)
+    key, voice = key[first_of_kind], track_of_note[order][first_of_kind]
+    return Notes(
+        onset=key >> 16, pitch=127 - ((key >> 8) & 255), duration=255 - (key & 255), meters=meters, voice=voice
+    )
 
 
 def score_meters(score: symusic.Score, steps_per_beat: int = STEPS_PER_BEAT) -> np.ndarray:
@@ -405,7 +435,7 @@ def shorten_rests(notes: Notes, max_rest_steps: int = MAX_REST_STEPS, steps_per_
         return at - moved[np.searchsorted(times, at)]
 
     meters = np.c_[shifted(notes.meters[:, 0]), notes.meters[:, 1:]]
-    return Notes(shifted(notes.onset), notes.pitch, notes.duration, meters)
+    return Notes(shifted(notes.onset), notes.pitch, notes.duration, meters, notes.voice)
 
 
 def meter_table(changes, collapse: bool = True) -> np.ndarray:
@@ -512,12 +542,27 @@ def encode_midi(
     max_rest_steps: int = MAX_REST_STEPS,
 ) -> np.ndarray:
     """Token ids of a MIDI path, bytes or ``symusic.Score``; with ``meter``, its time signatures as tokens (a file
-    without one is in 4/4, as MIDI defines it).
+    without one is in 4/4, as MIDI defines it). The notes are ``read_notes``'s (see there for what raises)."""
+    notes = read_notes(source, steps_per_beat, allow_empty, max_bytes, max_notes, max_tokens, max_rest_steps)
+    return notes_to_ids(notes, add_bos=add_bos, add_eos=add_eos, meter=meter)
+
+
+def read_notes(
+    source: MidiSource,
+    steps_per_beat: int = STEPS_PER_BEAT,
+    allow_empty: bool = False,
+    max_bytes: int = MAX_FILE_BYTES,
+    max_notes: int = MAX_NOTES,
+    max_tokens: int = MAX_TOKENS,
+    max_rest_steps: int = MAX_REST_STEPS,
+) -> Notes:
+    """The notes of a MIDI path, bytes or ``symusic.Score`` on the grid, each with its voice (the non-drum track it
+    came from), and the meters up to the last note.
 
     Raises ``MidiReadError`` (a ValueError naming the input) for unreadable input, a file over ``max_bytes``,
     more than ``max_notes`` notes or time signatures, or more than ``max_tokens`` tokens, and a score without notes
-    (drums do not count) unless ``allow_empty`` (then the result is just the prefix). A note-free span longer than
-    ``max_rest_steps`` grid steps is shortened to at most that by whole bars (``shorten_rests``)."""
+    (drums do not count) unless ``allow_empty``. A note-free span longer than ``max_rest_steps`` grid steps is
+    shortened to at most that by whole bars (``shorten_rests``)."""
     score = load_score(source, max_bytes=max_bytes)
     if score.note_num() > max_notes or len(score.time_signatures) > max_notes:
         raise MidiReadError(
@@ -539,7 +584,16 @@ def encode_midi(
             f"{_describe(source)}: the last note starts at grid step {last_onset}, which would take "
             f"more than the limit of {max_tokens} tokens"
         )
-    return notes_to_ids(notes, add_bos=add_bos, add_eos=add_eos, meter=meter)
+    return notes
+
+
+def token_voices(ids: np.ndarray, voice: np.ndarray) -> np.ndarray:
+    """(T,) int8 the voice of every token of ``ids`` (the encoding of notes whose voices are ``voice``, in their
+    order): a note's pitch and duration tokens carry its voice, every other token -1. Voices past 126 read as 126."""
+    voices = np.full(len(ids), -1, np.int8)
+    at = np.flatnonzero((ids >= NOTE_OFFSET) & (ids < NOTE_OFFSET + NUM_PITCHES))  # [n] the notes, in order
+    voices[at] = voices[at + 1] = np.minimum(voice, 126)
+    return voices
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -553,14 +607,15 @@ def _classify(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def first_invalid_position(ids: np.ndarray | list[int]) -> int | None:
-    """Index of the first token that breaks the grammar, or None. Valid: ``xxbos``, ``xxpad`` and ``xxeos``
-    between pairs; every note and every ``xxsep`` directly followed by a duration; nothing else."""
+    """Index of the first token that breaks the grammar, or None. Valid: ``xxbos``, ``xxpad``, ``xxeos``, time
+    signatures and task tokens between pairs; every note and every ``xxsep`` directly followed by a duration;
+    nothing else."""
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
     is_note, is_duration, is_sep = _classify(ids)
     opens_pair = is_note | is_sep
     opened_before = np.r_[False, opens_pair[:-1]]
     closed_after = np.r_[is_duration[1:], False]
-    is_frame = np.isin(ids, [BOS_ID, PAD_ID, EOS_ID]) | is_meter(ids)
+    is_frame = np.isin(ids, [BOS_ID, PAD_ID, EOS_ID]) | is_meter(ids) | is_task(ids)
     valid = (opens_pair & closed_after) | (is_duration & opened_before) | is_frame
     bad = np.flatnonzero(~valid)
     return int(bad[0]) if len(bad) else None
@@ -578,7 +633,7 @@ def ids_to_notes(ids: np.ndarray | list[int], strict: bool = False) -> Notes:
     is_note, is_duration, is_sep = _classify(ids)
     closes = np.r_[False, is_duration[1:]]  # [T] token i is a duration, so (i-1, i) may be a pair
     wait_at = np.where(closes & np.r_[False, is_sep[:-1]], ids - DURATION_OFFSET, 0)  # [T]
-    time_at = np.cumsum(wait_at) - wait_at  # [T] time before token i's own wait
+    time_at = taken_back(ids, np.cumsum(wait_at) - wait_at)  # [T] time before token i's own wait
     note_end = np.flatnonzero(closes & np.r_[False, is_note[:-1]])  # index of each note's duration token
     pitch = ids[note_end - 1] - NOTE_OFFSET
     duration = ids[note_end] - DURATION_OFFSET
@@ -586,6 +641,21 @@ def ids_to_notes(ids: np.ndarray | list[int], strict: bool = False) -> Notes:
     keep = duration > 0  # d0 is in the vocabulary but cannot sound
     meters = meter_table([(int(time_at[i]), *token_meter(ids[i])) for i in np.flatnonzero(is_meter(ids))])
     return Notes(onset[keep], pitch[keep], duration[keep], meters)
+
+
+def taken_back(ids: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """``times`` (a token's time from the waits before it) with the task layouts' rule: an ``xxback`` takes time
+    back to the latest ``xxgiven`` before it, if no other ``xxback`` closed that one (the model's rule,
+    ``positions_music_xl.compute_positions``)."""
+    backs, givens = np.flatnonzero(ids == BACK_ID), np.flatnonzero(ids == GIVEN_ID)
+    if not len(backs) or not len(givens):
+        return times
+    opened = np.searchsorted(givens, backs) - 1  # [b] the latest xxgiven before each xxback, -1: none
+    previous_back = np.r_[-1, backs[:-1]]
+    closes = (opened >= 0) & (givens[np.maximum(opened, 0)] > previous_back)  # that xxgiven is still open
+    shift = np.zeros(len(ids), np.int64)
+    shift[backs[closes]] = times[backs[closes]] - times[givens[opened[closes]]]
+    return times - np.cumsum(shift)
 
 
 def overlap_layers(notes: Notes, max_layers: int = 16) -> np.ndarray:

@@ -10,6 +10,7 @@ from .positions_music_xl import (
     STATE_BAR,
     STATE_METER,
     STATE_TIME,
+    STATE_TOKEN,
     bar_and_beat_lengths,
     compute_positions,
 )
@@ -97,8 +98,9 @@ class MusicGrammarProcessor(LogitsProcessor):
     note, `xxsep` or, if `allow_end`, `xxeos`; after the `xxpad` that follows `xxbos` a note or `xxsep`; after
     `xxeos` only `xxbos`, after `xxbos` only `xxpad`. A time signature (when the vocabulary has them) may come after
     that `xxpad` or after a duration, and only where a bar starts; after it a note or `xxsep`. The unused specials
-    (xxs2scls, xxmask, xxcseq, xxmseq, xxnscls, xxunk) are never produced. After any other token (e.g. a prompt
-    ending in an unused special) the next token is a note or `xxsep`.
+    (xxs2scls, xxmask, xxcseq, xxmseq, xxnscls, xxunk) and the task tokens (xxgiven, xxback, xxinfill,
+    xxharmonize: `GivenNotesProcessor` writes them in a task's layout) are never produced. After any other token
+    (e.g. a prompt ending in `xxback` or an unused special) the next token is a note or `xxsep`.
 
     Args:
         config: a `MusicXLConfig` (for the vocabulary ids); the default vocabulary if None.
@@ -181,6 +183,54 @@ class MusicGrammarProcessor(LogitsProcessor):
         return scores.masked_fill(~allowed, float("-inf"))
 
 
+class GivenNotesProcessor(LogitsProcessor):
+    """Writes the given tokens of a task layout (`tasks_music_xl.py`) where they stand, and keeps the model's own
+    tokens between them: when a row's time reaches its next wall (a grid step), the tokens of that wall are
+    written one per step whatever the model predicts; a wait may not cross the next wall; time signatures come
+    only with the given tokens. Run it after `MusicGrammarProcessor` (it overrides the grammar where it writes).
+
+    Args:
+        config: a `MusicXLConfig` (the vocabulary's ids).
+        walls: grid steps (increasing) at which given tokens are written, the same for every row.
+        blocks: the tokens written at each wall.
+        batch: rows; `keep` drops rows that left the batch.
+    """
+
+    def __init__(self, config, walls, blocks, batch):
+        self.config, self.walls, self.blocks = config, list(walls), [list(block) for block in blocks]
+        self.next_wall = [0] * batch  # per row: the index of the next wall
+        self.queue = [[] for _ in range(batch)]  # per row: given tokens still to write
+        self.positions = PositionTracker(config)
+        self.meters = slice(config.meter_offset, config.meter_offset + len(config.meters))
+
+    def keep(self, rows: list[int]) -> None:
+        self.next_wall = [self.next_wall[row] for row in rows]
+        self.queue = [self.queue[row] for row in rows]
+
+    def __call__(self, input_ids, scores):
+        # input_ids: (B, L); scores: (B, V) -> (B, V)
+        state = self.positions.last_state(input_ids)  # (B, STATE_SIZE)
+        time, last = state[:, STATE_TIME].tolist(), state[:, STATE_TOKEN].tolist()
+        config = self.config
+        scores = scores.clone()
+        scores[:, self.meters] = -float("inf")
+        for row in range(input_ids.shape[0]):
+            wall = self.next_wall[row]
+            pair_open = config.note_offset <= last[row] < config.note_offset + 128 or last[row] == config.sep_token_id
+            if not self.queue[row] and wall < len(self.walls) and time[row] >= self.walls[wall] and not pair_open:
+                self.queue[row], self.next_wall[row] = list(self.blocks[wall]), wall + 1
+            if self.queue[row]:
+                token = self.queue[row].pop(0)
+                scores[row] = -float("inf")
+                scores[row, token] = 0.0
+            elif last[row] == config.sep_token_id and wall < len(self.walls):
+                room = self.walls[wall] - time[row]  # the longest wait that does not cross the wall
+                scores[row, config.duration_offset + room + 1 : config.duration_offset + config.num_durations] = -float(
+                    "inf"
+                )
+        return scores
+
+
 class MaxBarsCriteria(StoppingCriteria):
     """Stop a sequence once time has advanced `num_bars` bars past the end of the prompt (or from 0), bars as the
     time signatures lay them out (`compute_positions`; 4/4 where there is none). Generation stops right after the
@@ -211,6 +261,7 @@ class MaxBarsCriteria(StoppingCriteria):
 
 
 __all__ = [
+    "GivenNotesProcessor",
     "MaxBarsCriteria",
     "MusicGrammarProcessor",
     "PositionTracker",

@@ -1,4 +1,4 @@
-"""A `transformers` pipeline for MusicXL models: a MIDI prompt in, continued pieces out.
+"""A `transformers` pipeline for MusicXL models: a MIDI file in, continued, infilled or harmonized pieces out.
 
     from transformers import pipeline
 
@@ -7,6 +7,8 @@
     open("continued.mid", "wb").write(sample["midi"])
     pipe(None, bars=4, num_samples=3)                                   # from nothing: three pieces
     pipe(["a.mid", b_bytes, a_score], bars=4)                           # a batch: one list of samples per prompt
+    pipe("song.mid", task="infill", bars=(5, 8))                        # bars 5-8 written again, the rest kept
+    pipe("melody.mid", task="harmonize")                                # the melody with voices under it
 
 Every model that hf_music_xl saves carries this file and names it in config.json (``custom_pipelines``), so the
 call above works where hf_music_xl is not installed. The file therefore imports only torch, transformers, numpy,
@@ -25,8 +27,18 @@ import symusic
 import torch
 from transformers import Pipeline
 
-from .encoding import STEPS_PER_BEAT, decode_ids, encode_midi, ids_to_notes
-from .sampling_music_xl import SamplingRequest, bars_done, empty_prompt, fell_short, prompt_ids, sample_rows
+from .encoding import STEPS_PER_BEAT, decode_ids, encode_midi, ids_to_notes, load_score, read_notes
+from .sampling_music_xl import (
+    MAX_PROMPT_BARS,
+    SamplingRequest,
+    bars_done,
+    empty_prompt,
+    fell_short,
+    prompt_ids,
+    sample_rows,
+)
+from .task_midi_music_xl import melody_track, with_generated, with_tracks, without_span
+from .tasks_music_xl import bar_starts, check_task, harmonize_prompt, infill_prompt, span_times, written_notes
 
 TASK = "music-generation"
 
@@ -36,21 +48,41 @@ TASK = "music-generation"
 
 
 class MusicXLPipeline(Pipeline):
-    """Continue a piece of music, or start one from nothing.
+    """Continue a piece of music (or start one from nothing), fill some of its bars, or harmonize a melody.
 
-    Input: a MIDI file path, MIDI bytes, a ``symusic.Score``, or ``None`` (start from ``xxbos xxpad``); a list
-    of these is a batch. Its first ``prompt_bars`` bars are the prompt. Output: a list of ``num_samples``
-    samples (a list of such lists for a batch), each a dict:
+    Input: a MIDI file path, MIDI bytes, a ``symusic.Score``, or ``None`` (continue from ``xxbos xxpad``); a list
+    of these is a batch. ``task`` says what is done with it:
 
-    - ``midi``: the whole piece (prompt, then continuation) as a MIDI file (bytes);
+    - "continue" (default): its first ``prompt_bars`` bars are the prompt, ``bars`` bars follow;
+    - "infill": ``bars=(first, last)`` (counted from 1, inclusive) are written again with the music on both sides
+      in view; the piece comes back whole, every note outside those bars as it was (a note is inside when its
+      onset, on the grid, falls in them; drum tracks stay whole);
+    - "harmonize": the melody (a one-track file's track, else ``melody_track``, a track's name or index from 0,
+      else the highest track by mean pitch) comes back as it was, with the other voices written under it.
+
+    The model must have been trained for the task (``hf-music-xl train --tasks``, saved in its config); otherwise
+    the call raises ValueError with one line naming the tasks it was trained with.
+
+    Output: a list of ``num_samples`` samples (a list of such lists for a batch), each a dict:
+
+    - ``midi``: the whole piece as a MIDI file (bytes). A continuation is the prompt, then the new bars, as the
+      model's notes; an infilling or a harmonization is the input file's own notes (the notes outside the bars, or
+      the melody track: same ticks, velocities and tracks, same tempos and time signatures) with the new notes in
+      one added track, "Generated (bars 5-8)" or "Harmonization", at the input's ticks per quarter;
     - ``notes``: its notes, dicts of ``pitch`` (MIDI number), ``onset`` and ``duration`` (in grid steps,
-      ``steps_per_beat`` per quarter note) and ``prompt`` (True for the prompt's notes);
-    - ``ids``: its token ids; ``prompt_length``: how many of them are the prompt;
-    - ``bars``: whole bars the continuation spans (fewer than asked if it ended early); ``seed``: its seed.
+      ``steps_per_beat`` per quarter note) and ``prompt`` (True for a note that was given: the prompt's, the kept
+      ones of an infilling, the melody's; False for those the model wrote);
+    - ``ids``: its token ids (for a task, its layout: see tasks_music_xl.py); ``prompt_length``: how many of them
+      are the prompt;
+    - ``bars``: whole bars written (fewer than asked if it ended early); ``seed``: its seed; ``task``: its task;
+      an infilling's ``infill_bars``: (first, last) as asked.
 
     Call parameters (all optional) are the fields of ``SamplingRequest``, checked there:
-        bars (`int`, 8): bars to generate. max_new_tokens (`int`): tokens to generate instead of bars (with
-            ``bars`` too: a bound on the tokens). prompt_bars (`int`, 4): bars of the input kept as prompt.
+        task (`str`, "continue"): "continue", "infill" or "harmonize".
+        bars (`int`, 8): bars to generate; for "infill", `(first, last)`: the bars to fill.
+        max_new_tokens (`int`): tokens to generate instead of bars (with ``bars`` too: a bound on the tokens).
+        prompt_bars (`int`, 4): bars of the input kept as prompt (continue).
+        melody_track (`str` or `int`): the melody to harmonize, a track's name or its index from 0.
         meter (`str`, e.g. "3/4"): the time signature of a piece started from nothing (a prompt brings its own);
             without it the model chooses.
         preset (`str`, "default"): "default", "conservative" or "adventurous"; note_temperature,
@@ -58,7 +90,7 @@ class MusicXLPipeline(Pipeline):
         seed (`int`, 0): sample ``i`` uses ``seed + i``, as ``hf-music-xl generate`` does, so any sample can
             be made again alone. num_samples (`int`, 1): samples per prompt.
         scale (`str`, e.g. "D minor") and pitch_range (`(low, high)`): restrict the new notes.
-        allow_end (`bool`, False): let the model end a piece early. chunk_tokens (`int`): tokens per
+        allow_end (`bool`, False): let the model end a continuation early. chunk_tokens (`int`): tokens per
             generate() call (default mem_len).
         progress_callback: called after each chunk with (done, total) counted over all samples of a prompt,
             in bars (or tokens when ``bars`` is not given); an exception raised in it stops generation.
@@ -82,10 +114,17 @@ class MusicXLPipeline(Pipeline):
         unknown = sorted(set(parameters) - set(names))
         if unknown:
             raise ValueError(f"unknown parameters {', '.join(unknown)}; the pipeline takes {', '.join(names)}")
+        if isinstance(parameters.get("bars"), (tuple, list)):  # bars=(5, 8): the bars to fill
+            if parameters.get("task") != "infill":
+                raise ValueError("bars=(first, last) are bars to fill: pass task='infill' too")
+            if parameters.get("infill_bars") is not None:
+                raise ValueError("give the bars to fill once, as bars=(first, last)")
+            parameters["infill_bars"] = parameters.pop("bars")
         if "max_new_tokens" in parameters and "bars" not in parameters:
             parameters["bars"] = 0  # the length in tokens
         request = SamplingRequest.from_fields({key: value for key, value in parameters.items() if value is not None})
-        return {"request": request}, {"request": request, "progress_callback": progress_callback}, {}
+        forward = {"request": request, "progress_callback": progress_callback}
+        return {"request": request}, forward, {"request": request}
 
     @property
     def steps_per_beat(self) -> int:
@@ -93,6 +132,13 @@ class MusicXLPipeline(Pipeline):
 
     def preprocess(self, inputs, request: SamplingRequest | None = None):
         request = request or SamplingRequest()
+        check_task(self.model.config, request.task)  # before reading anything: the model may not do it at all
+        if inputs is not None and not is_midi_source(inputs):
+            raise ValueError(
+                f"a prompt is a MIDI file path, MIDI bytes, a symusic.Score or None, not {type(inputs).__name__}"
+            )
+        if request.task != "continue":
+            return self.task_inputs(inputs, request)
         meter = request.meter
         if meter and inputs is not None:
             raise ValueError(
@@ -102,20 +148,42 @@ class MusicXLPipeline(Pipeline):
             raise ValueError("this model's vocabulary has no time signatures (it was saved before them)")
         if inputs is None:
             prompt = empty_prompt(meter)
-        elif isinstance(inputs, (str, bytes, bytearray, symusic.Score)) or hasattr(inputs, "__fspath__"):
+        else:
             # with time signatures only for a vocabulary that has them; MidiReadError (a ValueError) names the problem
             ids = encode_midi(inputs, steps_per_beat=self.steps_per_beat, meter=bool(self.model.config.meters))
             prompt = prompt_ids(ids, request.prompt_bars)
-        else:
-            raise ValueError(
-                f"a prompt is a MIDI file path, MIDI bytes, a symusic.Score or None, not {type(inputs).__name__}"
-            )
         return {"prompt": torch.as_tensor(prompt)}
+
+    def task_inputs(self, inputs, request: SamplingRequest) -> dict:
+        """An infilling's or a harmonization's ``TaskPrompt``, the notes given (on the grid), the score the
+        generated notes join (the input's notes kept) and the name of their track."""
+        if inputs is None:
+            raise ValueError(f"{request.task} needs a piece: a MIDI file path, MIDI bytes or a symusic.Score")
+        score = load_score(inputs)  # MidiReadError (a ValueError) names the problem
+        notes = read_notes(score, self.steps_per_beat)
+        if len(bar_starts(notes)) - 1 > MAX_PROMPT_BARS:  # the whole piece is the prompt: bound its cost
+            raise ValueError(f"the piece has {len(bar_starts(notes)) - 1} bars; a task takes at most {MAX_PROMPT_BARS}")
+        if request.task == "infill":
+            first, last = request.infill_bars
+            start, end = span_times(notes, first - 1, last - 1)  # a span outside the piece: ValueError
+            kept = without_span(score, start, end, self.steps_per_beat)
+            given = notes.select((notes.onset < start) | (notes.onset >= end))
+            task_prompt, name = infill_prompt(notes, first - 1, last - 1), f"Generated (bars {first}-{last})"
+        else:
+            kept = with_tracks(score, [melody_track(score, request.melody_track, notes)])
+            given = read_notes(kept, self.steps_per_beat)  # the track alone: no note lost to another track's
+            task_prompt, name = harmonize_prompt(given), "Harmonization"
+        return {"task_prompt": task_prompt, "given": given, "score": kept, "track_name": name}
 
     def _forward(self, model_inputs, request: SamplingRequest | None = None, progress_callback=None):
         request = request or SamplingRequest()
-        prompt = model_inputs["prompt"].cpu().numpy()
-        per_sample = request.bars or request.max_new_tokens
+        task_prompt = model_inputs.get("task_prompt")
+        if task_prompt is not None:
+            prompt, prompt_length, asked_bars = task_prompt, len(task_prompt.ids), task_prompt.bars
+        else:
+            prompt = model_inputs["prompt"].cpu().numpy()
+            prompt_length, asked_bars = len(prompt), request.bars
+        per_sample = asked_bars or request.max_new_tokens
         # every sample of the prompt in one batch; each row draws from its own seed, as it would alone
         for rows, done in sample_rows(self.model, prompt, request, request.seeds):  # noqa: B007 - the last is kept
             if progress_callback is not None:
@@ -123,16 +191,27 @@ class MusicXLPipeline(Pipeline):
         samples = []
         for index, (row, seed) in enumerate(zip(rows, request.seeds)):
             ids = row.cpu().numpy()
-            if fell_short(ids, done[index], request.bars, self.model.config):
+            if fell_short(ids, done[index], asked_bars, self.model.config):
                 logging.getLogger(__name__).warning(
-                    "sample %d stopped at its token bound after %d of %d bars", index, done[index], request.bars
+                    "sample %d stopped at its token bound after %d of %d bars", index, done[index], asked_bars
                 )
-            samples.append((ids, seed, bars_done(row[None], len(prompt), self.model.config)))
-        return {"samples": samples, "prompt_length": len(prompt)}
+            samples.append((ids, seed, bars_done(row[None], prompt_length, self.model.config)))
+        given = {key: value for key, value in model_inputs.items() if key != "prompt"}  # a task's inputs
+        return {"samples": samples, "prompt_length": prompt_length, **given}
 
-    def postprocess(self, model_outputs):
+    def postprocess(self, model_outputs, request: SamplingRequest | None = None):
+        request = request or SamplingRequest()
         prompt_length = model_outputs["prompt_length"]
-        return [self.describe_sample(ids, prompt_length, seed, bars) for ids, seed, bars in model_outputs["samples"]]
+        samples = []
+        for ids, seed, bars in model_outputs["samples"]:
+            if request.task == "continue":
+                sample = self.describe_sample(ids, prompt_length, seed, bars)
+            else:
+                sample = self.describe_task_sample(ids, prompt_length, seed, bars, model_outputs)
+            samples.append({**sample, "task": request.task})
+            if request.task == "infill":
+                samples[-1]["infill_bars"] = request.infill_bars
+        return samples
 
     def describe_sample(self, ids: np.ndarray, prompt_length: int, seed: int, bars: int) -> dict:
         notes = ids_to_notes(ids)
@@ -140,10 +219,23 @@ class MusicXLPipeline(Pipeline):
         score = decode_ids(ids, steps_per_beat=self.steps_per_beat)
         return {
             "midi": score.dumps_midi(),
-            "notes": [
-                {"pitch": int(pitch), "onset": int(onset), "duration": int(duration), "prompt": index < prompt_notes}
-                for index, (onset, pitch, duration) in enumerate(zip(notes.onset, notes.pitch, notes.duration))
-            ],
+            "notes": note_rows(notes.onset, notes.pitch, notes.duration, np.arange(len(notes)) < prompt_notes),
+            "ids": ids.tolist(),
+            "prompt_length": prompt_length,
+            "bars": bars,
+            "seed": seed,
+        }
+
+    def describe_task_sample(self, ids: np.ndarray, prompt_length: int, seed: int, bars: int, inputs: dict) -> dict:
+        """A task's sample: the input's kept score with the notes the model wrote added as a track."""
+        given, written = inputs["given"], written_notes(ids, prompt_length)
+        score = with_generated(inputs["score"], written, inputs["track_name"], self.steps_per_beat)
+        onset, pitch = np.r_[given.onset, written.onset], np.r_[given.pitch, written.pitch]
+        order = np.lexsort((-pitch, onset))  # by onset, the highest first, as the encoding orders notes
+        duration, is_given = np.r_[given.duration, written.duration], np.arange(len(onset)) < len(given)
+        return {
+            "midi": score.dumps_midi(),
+            "notes": note_rows(onset[order], pitch[order], duration[order], is_given[order]),
             "ids": ids.tolist(),
             "prompt_length": prompt_length,
             "bars": bars,
@@ -153,6 +245,19 @@ class MusicXLPipeline(Pipeline):
     def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
         # one prompt at a time, whatever batch_size (see the class docstring)
         return super().get_iterator(inputs, num_workers, 1, preprocess_params, forward_params, postprocess_params)
+
+
+def is_midi_source(inputs) -> bool:
+    """A MIDI file path, MIDI bytes or a ``symusic.Score``."""
+    return isinstance(inputs, (str, bytes, bytearray, symusic.Score)) or hasattr(inputs, "__fspath__")
+
+
+def note_rows(onset, pitch, duration, given) -> list[dict]:
+    """A sample's ``notes``: one dict per note, ``prompt`` True for a given one."""
+    return [
+        {"pitch": int(p), "onset": int(o), "duration": int(d), "prompt": bool(g)}
+        for o, p, d, g in zip(onset, pitch, duration, given)
+    ]
 
 
 __all__ = ["MusicXLPipeline", "TASK"]

@@ -56,10 +56,20 @@ def token_waits(input_ids: torch.Tensor, config: MusicXLConfig, previous_token: 
 
 # The running state of the position rule after a token, one row of STATE_SIZE per sequence: the grid step of the next
 # token, the token itself (a wait is a duration after xxsep), the time signature in force (its token id), where that
-# meter took effect (its time, a bar line, and the bar index there), and the piece the token belongs to (the number
-# of xxbos so far: a token attends only to its own piece).
+# meter took effect (its time, a bar line, and the bar index there), the piece the token belongs to (the number
+# of xxbos so far: a token attends only to its own piece), and what the last open xxgiven saved (its time, -1 when
+# none is open, and the meter, anchor and bar there), which xxback returns to.
 STATE_TIME, STATE_TOKEN, STATE_METER, STATE_ANCHOR, STATE_BAR, STATE_PIECE = range(6)
-STATE_SIZE = 6
+STATE_SAVED_TIME, STATE_SAVED_METER, STATE_SAVED_ANCHOR, STATE_SAVED_BAR = range(6, 10)
+STATE_SIZE = 10
+
+
+def initial_state(batch: int, device) -> torch.Tensor:
+    """(B, STATE_SIZE) the state before a sequence's first token: time 0, no token before, 4/4, nothing given."""
+    state = torch.zeros(batch, STATE_SIZE, dtype=torch.long, device=device)
+    state[:, STATE_TOKEN] = -1
+    state[:, STATE_SAVED_TIME] = -1
+    return state
 
 
 def meter_lengths(config: MusicXLConfig):
@@ -99,9 +109,11 @@ def compute_positions(input_ids: torch.Tensor, config: MusicXLConfig, state=None
 
     Time: `compute_beat_positions` (waits since the last `xxbos`). Meter: a piece starts in 4/4 at bar 0; a time
     signature token takes effect at its own time, where a bar starts (the bars before it counted up, a short last
-    one included), and the token itself counts in the new meter; `xxbos` starts over. The features are, with
-    `config.position_scheme` "meter", (bar, beat within the bar, step within the beat), and with "grid" (bar of
-    `steps_per_bar` steps, step within it, 0).
+    one included), and the token itself counts in the new meter; `xxbos` starts over. Given notes (the task
+    layouts of `tasks_music_xl.py`): `xxgiven` saves the time and the meter where it stands, and the next `xxback`
+    takes both back there (an `xxback` with no open `xxgiven` does nothing), so the notes written after it sound
+    in the same bars as the given ones. The features are, with `config.position_scheme` "meter", (bar, beat within
+    the bar, step within the beat), and with "grid" (bar of `steps_per_bar` steps, step within it, 0).
 
     state: (B, STATE_SIZE) long, the state after the last token consumed (the cache keeps it), or None at a start.
     Returns features (B, T, 3) and states (B, T, STATE_SIZE), both long.
@@ -109,27 +121,40 @@ def compute_positions(input_ids: torch.Tensor, config: MusicXLConfig, state=None
     batch, length = input_ids.shape
     device = input_ids.device
     if state is None:
-        state = torch.zeros(batch, STATE_SIZE, dtype=torch.long, device=device)
-        state[:, STATE_TOKEN] = -1
+        state = initial_state(batch, device)
     times, _ = compute_beat_positions(input_ids, config, state[:, STATE_TIME], state[:, STATE_TOKEN])
     bar_len, beat_len = bar_and_beat_lengths(config, device)
     is_bos = input_ids == config.bos_token_id
     is_meter = (input_ids >= config.meter_offset) & (input_ids < config.meter_offset + len(config.meters))
-    # the meter, its time and its bar only change at xxbos and time signatures: walk those columns only (few)
+    is_given = (input_ids == config.given_token_id) & config.has_task_tokens
+    is_back = (input_ids == config.back_token_id) & config.has_task_tokens
+    # the meter, its time, its bar, the time taken back and the saved state only change at xxbos, time signatures,
+    # xxgiven and xxback: walk those columns only (few)
     meter, anchor, bar = state[:, STATE_METER], state[:, STATE_ANCHOR], state[:, STATE_BAR]
     meter = torch.where(meter >= config.meter_offset, meter, 0)  # 0: not a meter token, read as 4/4
-    in_force = [torch.stack([meter, anchor, bar], dim=1)]  # (B, 3) before each event column, then after it
-    event_columns = (is_bos | is_meter).any(dim=0)
+    rewound = torch.zeros_like(meter)  # steps xxback has taken time back within this call
+    saved = state[:, STATE_SAVED_TIME : STATE_SAVED_BAR + 1]  # (B, 4) time, meter, anchor, bar at the open xxgiven
+    in_force = [torch.cat([torch.stack([meter, anchor, bar, rewound], dim=1), saved], dim=1)]  # (B, 8) per event
+    event_columns = (is_bos | is_meter | is_given | is_back).any(dim=0)
     for column in event_columns.nonzero().flatten().tolist():
-        time = times[:, column]
+        time = times[:, column] - rewound
         bars_so_far = bar + torch.div(time - anchor + bar_len[meter] - 1, bar_len[meter], rounding_mode="floor")
         here_meter, here_bos = is_meter[:, column], is_bos[:, column]
         meter = torch.where(here_meter, input_ids[:, column], torch.where(here_bos, 0, meter))
         anchor = torch.where(here_meter, time, torch.where(here_bos, 0, anchor))
         bar = torch.where(here_meter, bars_so_far, torch.where(here_bos, 0, bar))
-        in_force.append(torch.stack([meter, anchor, bar], dim=1))
+        saved = torch.where(is_given[:, column, None], torch.stack([time, meter, anchor, bar], dim=1), saved)
+        back = is_back[:, column] & (saved[:, 0] >= 0)  # (B,) rows whose xxback closes an open xxgiven
+        rewound = torch.where(back, rewound + time - saved[:, 0], rewound)
+        meter, anchor, bar = (torch.where(back, saved[:, k], value) for k, value in ((1, meter), (2, anchor), (3, bar)))
+        closed = torch.where(back | here_bos, -1, saved[:, 0])  # xxbos starts a piece with nothing given
+        saved = torch.cat([closed[:, None], saved[:, 1:]], dim=1)
+        rewound = torch.where(here_bos, 0, rewound)  # the raw times restart at xxbos too
+        in_force.append(torch.cat([torch.stack([meter, anchor, bar, rewound], dim=1), saved], dim=1))
     which = event_columns.long().cumsum(dim=0)  # (T,) entry of in_force for each token
-    meter, anchor, bar = torch.stack(in_force, dim=1)[:, which].unbind(dim=-1)  # each (B, T)
+    forced = torch.stack(in_force, dim=1)[:, which]  # (B, T, 8)
+    meter, anchor, bar, rewound = forced[..., :4].unbind(dim=-1)  # each (B, T)
+    times = times - rewound
     since = times - anchor
     bars, steps = bar + since // bar_len[meter], since % bar_len[meter]  # (B, T)
     if config.position_scheme == "meter":
@@ -141,7 +166,7 @@ def compute_positions(input_ids: torch.Tensor, config: MusicXLConfig, state=None
         input_ids, config, state[:, STATE_TOKEN]
     )  # time after each token (an xxbos next resets it)
     piece = state[:, STATE_PIECE, None] + is_bos.long().cumsum(dim=1)  # an xxbos opens its own piece
-    states = torch.stack([after, input_ids, meter, anchor, bar, piece], dim=-1)
+    states = torch.cat([torch.stack([after, input_ids, meter, anchor, bar, piece], dim=-1), forced[..., 4:]], dim=-1)
     return features, states
 
 
@@ -150,12 +175,17 @@ __all__ = [
     "STATE_BAR",
     "STATE_METER",
     "STATE_PIECE",
+    "STATE_SAVED_ANCHOR",
+    "STATE_SAVED_BAR",
+    "STATE_SAVED_METER",
+    "STATE_SAVED_TIME",
     "STATE_SIZE",
     "STATE_TIME",
     "STATE_TOKEN",
     "bar_and_beat_lengths",
     "compute_beat_positions",
     "compute_positions",
+    "initial_state",
     "meter_lengths",
     "position_table_sizes",
     "token_waits",

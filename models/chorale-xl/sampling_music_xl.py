@@ -16,9 +16,10 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from .configuration_music_xl import MusicXLConfig
+from .configuration_music_xl import TASKS, MusicXLConfig
 from .encoding import BOS_ID, EOS_ID, NOTE_OFFSET, NUM_PITCHES, PAD_ID, SEP_ID, is_meter, meter_token, token_bars
-from .generation_music_xl import MaxBarsCriteria, MusicGrammarProcessor
+from .generation_music_xl import GivenNotesProcessor, MaxBarsCriteria, MusicGrammarProcessor
+from .tasks_music_xl import TaskPrompt
 
 # ----------------------------------------------------------------------------------------------------------
 # Presets and the request
@@ -58,6 +59,13 @@ def sampling_settings(preset: str = "default", **overrides) -> SamplingSettings:
 MAX_PROMPT_BARS = 256
 
 
+def bar_range(text: str) -> tuple[int, int]:
+    """'5-8' -> (5, 8), '5' -> (5, 5): the bars to fill as ``hf-music-xl infill --bars`` reads them (the request
+    checks them)."""
+    first, dash, last = str(text).partition("-")
+    return int(first), int(last if dash else first)
+
+
 @dataclass
 class SamplingRequest:
     """What to sample: the prompt's bars, the length, how tokens are drawn, seeds and constraints. The CLI builds
@@ -66,11 +74,19 @@ class SamplingRequest:
     bad number with the same message.
 
     The length is ``bars`` (``max_new_tokens`` is then a bound on the tokens, default ``TOKENS_PER_BAR_BOUND`` a
-    bar), or ``max_new_tokens`` tokens when ``bars`` is 0. Sample ``i`` uses seed ``seed + i``."""
+    bar), or ``max_new_tokens`` tokens when ``bars`` is 0. Sample ``i`` uses seed ``seed + i``.
 
-    prompt_bars: int = field(default=4, metadata={"help": "bars of the prompt kept"})
-    bars: int = field(default=8, metadata={"help": "bars to generate (0: use --max-new-tokens)"})
-    max_new_tokens: int = field(default=0, metadata={"help": "tokens to generate when --bars is 0 (else a bound)"})
+    ``task`` is what is asked of the input (``tasks_music_xl.py``): "continue" it, "infill" the bars
+    ``infill_bars`` (first and last, counted from 1, inclusive) or "harmonize" its melody (``melody_track``). A
+    field's metadata ``tasks`` names the tasks it is for (all when absent): a command has the flags of its task."""
+
+    prompt_bars: int = field(default=4, metadata={"help": "bars of the prompt kept", "tasks": ("continue",)})
+    bars: int = field(
+        default=8, metadata={"help": "bars to generate (0: use --max-new-tokens)", "tasks": ("continue",)}
+    )
+    max_new_tokens: int = field(
+        default=0, metadata={"help": "tokens to generate when --bars is 0 (else a bound)", "tasks": ("continue",)}
+    )
     preset: str = field(default="default", metadata={"help": "sampling preset", "choices": tuple(SAMPLING_PRESETS)})
     note_temperature: float | None = field(default=None, metadata={"help": "overrides the preset"})
     duration_temperature: float | None = field(default=None, metadata={"help": "overrides the preset"})
@@ -79,14 +95,41 @@ class SamplingRequest:
     num_samples: int = field(default=1, metadata={"help": "pieces to generate; sample i uses seed + i"})
     seed: int = field(default=0, metadata={"help": "seed of the first sample"})
     chunk_tokens: int = field(default=0, metadata={"help": "tokens per generate() call resuming the cache; 0: mem_len"})
-    allow_end: bool = field(default=False, metadata={"help": "let the model end a piece early with xxeos"})
+    allow_end: bool = field(
+        default=False, metadata={"help": "let the model end a piece early with xxeos", "tasks": ("continue",)}
+    )
     pitch_range: tuple[int, int] | None = field(
         default=None, metadata={"help": "lowest and highest MIDI pitch of new notes", "metavar": ("LOW", "HIGH")}
     )
     scale: str = field(default="", metadata={"help": "keep new notes in a scale, e.g. 'D minor'"})
     meter: str = field(
         default="",
-        metadata={"help": "time signature of a piece started from nothing, e.g. '3/4' (a prompt brings its own)"},
+        metadata={
+            "help": "time signature of a piece started from nothing, e.g. '3/4' (a prompt brings its own)",
+            "tasks": ("continue",),
+        },
+    )
+    task: str = field(
+        default="continue",
+        metadata={"help": "what to do with the input", "choices": TASKS, "tasks": ()},  # a command is one task
+    )
+    infill_bars: tuple[int, int] | None = field(
+        default=None,
+        metadata={
+            "help": "the bars to fill, first and last (counted from 1, inclusive), e.g. 5-8",
+            "tasks": ("infill",),
+            "flag": "bars",
+            "type": bar_range,
+            "metavar": "FIRST-LAST",
+        },
+    )
+    melody_track: str | int | None = field(
+        default=None,
+        metadata={
+            "help": "the melody: a track's name, or its index among the file's tracks (from 0); default: the only "
+            "track, else the highest by mean pitch",
+            "tasks": ("harmonize",),
+        },
     )
 
     def __post_init__(self):
@@ -116,6 +159,7 @@ class SamplingRequest:
             if not 0 <= low <= high <= 127:
                 raise ValueError(f"pitch_range must be LOW <= HIGH within 0..127, got {self.pitch_range}")
             self.pitch_range = (low, high)
+        self.check_task_fields()
         self.sampling = sampling_settings(  # also refuses an unknown preset
             self.preset,
             note_temperature=self.note_temperature,
@@ -123,6 +167,25 @@ class SamplingRequest:
             top_k=self.top_k,
             top_p=self.top_p,
         )
+
+    def check_task_fields(self) -> None:
+        """The task, and each task's own fields given only to it (a harmonization has no bars to fill)."""
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose from {', '.join(TASKS)}")
+        if self.task == "infill":
+            self.infill_bars = _bars_to_fill(self.infill_bars)
+        elif self.infill_bars is not None:
+            raise ValueError(f"infill_bars are the bars an infilling fills, not a {self.task} task's")
+        if self.melody_track in ("", None):
+            self.melody_track = None
+        elif self.task != "harmonize":
+            raise ValueError(f"melody_track chooses the melody of a harmonization, not of a {self.task} task")
+        elif not isinstance(self.melody_track, str):
+            self.melody_track = _whole_number("melody_track", self.melody_track)
+            if self.melody_track < 0:
+                raise ValueError(f"melody_track is a track's name or its index from 0, got {self.melody_track}")
+        if self.allow_end and self.task != "continue":
+            raise ValueError(f"allow_end lets a continuation end early; a {self.task} task ends where its input ends")
 
     @property
     def seeds(self) -> list[int]:
@@ -134,6 +197,24 @@ class SamplingRequest:
         are left out); a missing field keeps its default."""
         names = {item.name for item in fields(SamplingRequest)}
         return SamplingRequest(**{key: value for key, value in values.items() if key in names})
+
+
+def task_fields(task: str) -> list[str]:
+    """The request fields ``task`` takes (a field's metadata ``tasks``; every task's where it has none): a command's
+    flags, and what it passes on to the pipeline."""
+    return [item.name for item in fields(SamplingRequest) if task in item.metadata.get("tasks", TASKS)]
+
+
+def _bars_to_fill(value) -> tuple[int, int]:
+    """``value`` as (first, last), the bars an infilling fills: whole numbers with 1 <= first <= last."""
+    if value is None:
+        raise ValueError("infill needs the bars to fill, first and last (counted from 1), e.g. (5, 8)")
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise ValueError(f"the bars to fill are two whole numbers, first and last, e.g. (5, 8); got {value!r}")
+    first, last = (_whole_number("a bar to fill", bar) for bar in value)
+    if not 1 <= first <= last:
+        raise ValueError(f"the bars to fill need 1 <= first <= last (bars count from 1), got {first}-{last}")
+    return first, last
 
 
 def _whole_number(name: str, value) -> int:
@@ -204,8 +285,15 @@ class RowSampler(LogitsProcessor):
         return torch.full_like(scores, -float("inf")).scatter_(1, drawn, 0.0)  # (B, V): only the drawn ids
 
 
-def sample_rows(model, prompt: np.ndarray | list[int], request: SamplingRequest, seeds: list[int], streamer=None):
-    """Sample one continuation of ``prompt`` (ids starting ``xxbos xxpad``) per seed, all in one batch, as
+def sample_rows(
+    model,
+    prompt: np.ndarray | list[int] | TaskPrompt,
+    request: SamplingRequest,
+    seeds: list[int],
+    streamer=None,
+):
+    """Sample one continuation of ``prompt`` (ids starting ``xxbos xxpad``, or a task's prompt: ``TaskPrompt``, whose
+    given tokens are written at their walls and whose bars replace the request's) per seed, all in one batch, as
     ``request`` asks, with the grammar processor on, in chunks of ``request.chunk_tokens`` (default ``mem_len``)
     that each resume the memory cache the previous chunk returned, so only new tokens are fed to the model. A row
     leaves the batch when it has its bars or ends, so the others do not carry it. After each chunk yields
@@ -213,7 +301,12 @@ def sample_rows(model, prompt: np.ndarray | list[int], request: SamplingRequest,
     ``request.bars`` is given) or tokens done. A caller may stop iterating at any chunk boundary; ``streamer``
     (one seed only) receives tokens as they come."""
     config, sampling, bars = model.config, request.sampling, request.bars or None
+    task = prompt if isinstance(prompt, TaskPrompt) else None
+    if task is not None:
+        prompt, bars = task.ids, task.bars
     budget = request.max_new_tokens or TOKENS_PER_BAR_BOUND * bars
+    if task is not None:  # the given tokens are written on top of the model's own
+        budget += sum(len(block) for block in task.blocks)
     chunk_tokens = request.chunk_tokens or max(config.mem_len, 16)
     prompt = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=model.device)[None]  # (1, P)
     grammar = MusicGrammarProcessor(
@@ -225,6 +318,7 @@ def sample_rows(model, prompt: np.ndarray | list[int], request: SamplingRequest,
         allow_end=request.allow_end,
     )
     sampler = RowSampler(seeds, sampling.top_k, sampling.top_p, model.device)
+    given = GivenNotesProcessor(config, task.walls, task.blocks, len(seeds)) if task is not None else None
     stop_at_bars = MaxBarsCriteria(bars, config, prompt_length=prompt.shape[1]) if bars else None
     model.eval()
 
@@ -249,7 +343,7 @@ def sample_rows(model, prompt: np.ndarray | list[int], request: SamplingRequest,
                     pad_token_id=config.pad_token_id,  # after a row ends; the grammar never samples it there
                     return_dict_in_generate=True,
                 ),
-                logits_processor=LogitsProcessorList([grammar, sampler]),
+                logits_processor=LogitsProcessorList([grammar] + ([given] if given else []) + [sampler]),
                 stopping_criteria=StoppingCriteriaList([stop_at_bars] if stop_at_bars else []),
                 streamer=streamer,
             )
@@ -273,6 +367,8 @@ def sample_rows(model, prompt: np.ndarray | list[int], request: SamplingRequest,
                 sequence = sequence[index]
                 cache.batch_select_indices(index)
                 sampler.keep(keep)
+                if given is not None:
+                    given.keep(keep)
             active = [active[k] for k in keep]
 
 

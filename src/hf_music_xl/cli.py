@@ -5,6 +5,8 @@
     hf-music-xl demo
     hf-music-xl push runs/tiny/final you/music-xl-tiny
     hf-music-xl generate runs/tiny/final --prompt piece.mid --bars 16 --num-samples 3
+    hf-music-xl infill runs/tasks/final piece.mid --bars 5-8 --output filled.mid
+    hf-music-xl harmonize runs/tasks/final melody.mid --output harmonized.mid
     hf-music-xl evaluate --model runs/tiny/final --generated outputs/generated --skip-bars 4
     hf-music-xl app runs/tiny/final
     hf-music-xl push-space you/music-xl-tiny you/music-xl-tiny-demo
@@ -16,49 +18,13 @@ handler (``command_<name>``); to add a subcommand, write one and list it in ``SU
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
 import sys
 import time
-import types
-import typing
 
-
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per dataclass field (``--field-name``, or a positional argument where ``metadata['positional']``,
-    one that may be left out where ``metadata['optional']``),
-    with its default and ``metadata['help']``; the type says how it is read: ``bool`` as ``--x/--no-x``,
-    ``X | None`` as ``X``, ``tuple[int, int]`` as two values, ``list[str]`` as one or more. ``metadata`` may also
-    give ``choices``, ``metavar`` and ``const`` (the value of the bare flag)."""
-    hints = typing.get_type_hints(cls)
-    for item in dataclasses.fields(cls):
-        kind, meta = hints[item.name], item.metadata
-        default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
-        options = {"help": f"{meta.get('help', '')} (default: {default})", "default": default}
-        options.update({key: meta[key] for key in ("choices", "metavar", "const") if key in meta})
-        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
-            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
-        if kind is bool:
-            options["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(kind) in (tuple, list):
-            element, *_ = typing.get_args(kind)
-            options.update(type=element, nargs=len(typing.get_args(kind)) if typing.get_origin(kind) is tuple else "+")
-        else:
-            options["type"] = kind
-            if "const" in meta:
-                options["nargs"] = "?"
-        if meta.get("positional"):
-            optional = {"nargs": "?", "default": default} if meta.get("optional") else {}
-            parser.add_argument(item.name, help=meta.get("help", ""), **optional)
-        else:
-            parser.add_argument("--" + item.name.replace("_", "-"), dest=item.name, **options)
-
-
-def dataclass_from_args(cls, args: argparse.Namespace):
-    return cls(**{item.name: getattr(args, item.name) for item in dataclasses.fields(cls)})
-
+from .flags import add_dataclass_arguments, dataclass_from_args, not_flags_of
 
 # ----------------------------------------------------------------------------------------------------------
 # build-corpus
@@ -178,7 +144,7 @@ def add_generate(subparsers) -> None:
         "written as OUTPUT_DIR/<prefix>-<i>-seed<seed>.mid/.png/.wav. --max-new-tokens with the default --bars gives "
         "the length in tokens.",
     )
-    add_dataclass_arguments(parser, GenerateSettings)
+    add_dataclass_arguments(parser, GenerateSettings, skip=not_flags_of("continue"))
     parser.set_defaults(run=command_generate)
 
 
@@ -188,6 +154,49 @@ def command_generate(args) -> None:
     if args.max_new_tokens and args.bars == GenerateSettings.bars:
         args.bars = 0  # --max-new-tokens without --bars: the length in tokens (--bars has a default)
     run_generate(dataclass_from_args(GenerateSettings, args))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# infill, harmonize
+
+
+def add_task_command(subparsers, task: str, **texts) -> argparse.ArgumentParser:
+    """The subcommand of a task: the request flags of the task (``--bars`` of an infilling) and the files'."""
+    from .tasks import TaskSettings
+
+    parser = subparsers.add_parser(task, **texts)
+    add_dataclass_arguments(parser, TaskSettings, skip=not_flags_of(task))
+    parser.set_defaults(run=command_task, task=task)
+    return parser
+
+
+def add_infill(subparsers) -> None:
+    add_task_command(
+        subparsers,
+        "infill",
+        help="write some bars of a MIDI file again, keeping every other note (a model trained with --tasks ...,infill)",
+        description="Fill bars FIRST-LAST of FILE (counted from 1) with the music on both sides in view; OUTPUT is "
+        "FILE's own notes outside those bars with the new ones in an added track (OUT_1.mid, OUT_2.mid, ... for "
+        "several samples; sample i uses seed + i), next to a piano roll (given notes grey) and a WAV when possible.",
+    )
+
+
+def add_harmonize(subparsers) -> None:
+    add_task_command(
+        subparsers,
+        "harmonize",
+        help="write the other voices under a melody (a model trained with --tasks ...,harmonize)",
+        description="The melody is FILE's only track, else --melody-track (a name or an index from 0), else its "
+        "highest track by mean pitch; OUTPUT is that track as it was with the new voices in an added track "
+        "(OUT_1.mid, OUT_2.mid, ... for several samples), next to a piano roll (the melody grey) and a WAV when "
+        "possible.",
+    )
+
+
+def command_task(args) -> None:
+    from .tasks import TaskSettings, run_task
+
+    run_task(dataclass_from_args(TaskSettings, args))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -318,7 +327,18 @@ def command_push_space(args) -> None:
     print(describe_space(push_space(args.model_repo_id, args.space_id, private=args.private)))
 
 
-SUBCOMMANDS = [add_build_corpus, add_train, add_demo, add_generate, add_evaluate, add_push, add_app, add_push_space]
+SUBCOMMANDS = [
+    add_build_corpus,
+    add_train,
+    add_demo,
+    add_generate,
+    add_infill,
+    add_harmonize,
+    add_evaluate,
+    add_push,
+    add_app,
+    add_push_space,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

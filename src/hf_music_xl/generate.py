@@ -33,7 +33,9 @@ from .models.music_xl.sampling_music_xl import (
     prompt_ids,
     sample_rows,
 )
+from .models.music_xl.tasks_music_xl import check_task
 from .release import default_model, model_field
+from .render import FileOptions, render_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +178,7 @@ def output_stem(out_dir, prefix: str, index: int, seed: int) -> Path:
 
 
 @dataclass
-class GenerateSettings(SamplingRequest):
+class GenerateSettings(FileOptions, SamplingRequest):
     """Everything ``hf-music-xl generate`` needs: a ``SamplingRequest`` and where its prompt comes from and its
     files go; each field is a flag (``--prompt-bars``), ``model`` the positional argument."""
 
@@ -190,9 +192,6 @@ class GenerateSettings(SamplingRequest):
         default="",
         metadata={"help": "print notes as they come: '-' for stdout or a file to append to", "const": "-"},
     )
-    picture: bool = field(default=True, metadata={"help": "write a piano-roll PNG next to each MIDI file"})
-    audio: bool = field(default=True, metadata={"help": "write a WAV when a renderer and a local soundfont exist"})
-    soundfont: str = field(default="", metadata={"help": "a local .sf2 (also $HF_MUSIC_XL_SOUNDFONT)"})
 
 
 def load_model_and_tokenizer(name_or_path: str | None = None):
@@ -249,8 +248,6 @@ def generate_samples(model, prompt, settings: GenerateSettings, prefix: str) -> 
     """``settings.num_samples`` continuations of ``prompt`` (sample i with seed ``settings.seed + i - 1``), each
     written as ``OUTPUT_DIR/<prefix>-<i>-seed<seed>`` .mid/.png/.wav; the paths are printed. ``settings.model``
     and ``settings.prompt`` are not used (the caller has loaded them)."""
-    from .render import render_outputs
-
     stream_file = None
     if settings.stream:
         stream_file = sys.stdout if settings.stream == "-" else open(settings.stream, "a", encoding="utf-8")
@@ -287,6 +284,7 @@ def generate_samples(model, prompt, settings: GenerateSettings, prefix: str) -> 
 def run_generate(settings: GenerateSettings) -> list[Sample]:
     """``hf-music-xl generate``: load the model and the prompt, then ``generate_samples``."""
     model, tokenizer = load_model_and_tokenizer(settings.model)
+    check_task(model.config, "continue")
     if settings.meter and settings.prompt:
         raise ValueError("--meter chooses the time signature of a piece started from nothing; a prompt brings its own")
     if settings.meter and not model.config.meters:

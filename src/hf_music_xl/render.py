@@ -1,7 +1,8 @@
 """Looking at and listening to generated ids: MIDI, a piano-roll picture (PNG) and audio (WAV).
 
 ``render_outputs(ids, prompt_len, stem)`` writes ``stem.mid``, ``stem.png`` and, when a renderer and a local
-soundfont exist, ``stem.wav``. Audio never downloads anything: it uses
+soundfont exist, ``stem.wav``; ``render_sample`` does the same for a pipeline sample (an infilling's or a
+harmonization's piano roll shows what was given in grey). Audio never downloads anything: it uses
 
 - the ``fluidsynth`` program (Debian: ``apt-get install fluidsynth fluid-soundfont-gm``), or
 - the ``midirenderer`` pip package (a self-contained wheel),
@@ -18,6 +19,7 @@ import logging
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 PROMPT_COLOUR = "#4c72b0"  # blue
 CONTINUATION_COLOUR = "#dd8452"  # orange
+GIVEN_COLOUR = "#b0b0b0"  # grey: what a task was given (kept notes, the melody)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -53,25 +56,51 @@ def piano_roll(ids, prompt_len: int, path, title: str | None = None, continuatio
     """A PNG of pitch against time: prompt notes blue, the continuation orange (labelled ``continuation_label``),
     bar lines grey where the time signatures put them (a meter change shows as bars of another width), bars
     numbered, the end of the prompt dashed."""
-    from matplotlib.figure import Figure  # no pyplot: no global state, no display backend needed
-
     ids = np.asarray(ids, dtype=np.int64)
     prompt, continuation = split_notes(ids, prompt_len)
-    bars = prompt.bars()
-    ends = np.r_[prompt.onset + prompt.duration, continuation.onset + continuation.duration]
+    prompt_end = encoding.beat_positions(ids)[prompt_len] if len(prompt) and prompt_len < len(ids) else None
+    layers = [(prompt, PROMPT_COLOUR, "prompt"), (continuation, CONTINUATION_COLOUR, continuation_label)]
+    return draw_roll(layers, prompt.bars(), path, title, prompt_end=prompt_end)
+
+
+def task_piano_roll(sample: dict, path, title: str | None = None) -> Path:
+    """A PNG of an infilling or a harmonization (a pipeline sample): the given notes grey, the generated ones in
+    colour, an infilling's bars shaded."""
+    bars = encoding.ids_to_notes(sample["ids"]).bars()  # the meters, as the layout states them
+    given = [row for row in sample["notes"] if row["prompt"]]
+    written = [row for row in sample["notes"] if not row["prompt"]]
+    span = None
+    if "infill_bars" in sample:
+        first, last = sample["infill_bars"]
+        span = (bars.bar_time(first - 1), bars.bar_time(last))
+    layers = [(rows_to_notes(given), GIVEN_COLOUR, "given"), (rows_to_notes(written), CONTINUATION_COLOUR, "generated")]
+    return draw_roll(layers, bars, path, title, span=span)
+
+
+def rows_to_notes(rows: list[dict]) -> encoding.Notes:
+    """The ``notes`` dicts of a pipeline sample as a note table."""
+    columns = [np.array([row[key] for row in rows], dtype=np.int64) for key in ("onset", "pitch", "duration")]
+    return encoding.Notes(*columns)
+
+
+def draw_roll(layers, bars: encoding.Bars, path, title=None, prompt_end=None, span=None) -> Path:
+    """Draw ``layers`` ((notes, colour, label) each) as bars of pitch against time, bar lines as ``bars`` lays
+    them out, ``prompt_end`` (a grid step) dashed and ``span`` (grid steps) shaded."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display backend needed
+
+    ends = np.concatenate([notes.onset + notes.duration for notes, _, _ in layers])
     bar_lines = bars.bar_lines(int(ends.max(initial=1)) - 1)
     end = max(int(ends.max(initial=1)), bars.bar_time(len(bar_lines)))  # to the end of the last bar
-    pitches = np.r_[prompt.pitch, continuation.pitch]
+    pitches = np.concatenate([notes.pitch for notes, _, _ in layers])
     low, high = (int(pitches.min()) - 2, int(pitches.max()) + 2) if len(pitches) else (58, 74)
     scale = encoding.STEPS_PER_BAR  # x in 4/4 bars' worth of grid steps, so widths compare across meters
 
     figure = Figure(figsize=(min(max(6.0, 1.5 + 0.45 * end / scale), 30.0), 4.5), dpi=100, layout="constrained")
     axes = figure.add_subplot()
     axes.vlines(np.r_[bar_lines, end] / scale, low, high, colors="0.85", linewidth=0.8, zorder=0)
-    for notes, colour, label in (
-        (prompt, PROMPT_COLOUR, "prompt"),
-        (continuation, CONTINUATION_COLOUR, continuation_label),
-    ):
+    if span is not None:
+        axes.axvspan(span[0] / scale, span[1] / scale, color=CONTINUATION_COLOUR, alpha=0.12, zorder=0)
+    for notes, colour, label in layers:
         if len(notes):
             axes.barh(
                 notes.pitch,
@@ -83,9 +112,8 @@ def piano_roll(ids, prompt_len: int, path, title: str | None = None, continuatio
                 linewidth=0.3,
                 label=f"{label} ({len(notes)} notes)",
             )
-    if len(prompt) and prompt_len < len(ids):
-        prompt_end = encoding.beat_positions(ids)[prompt_len] / scale  # time when the continuation starts
-        axes.axvline(prompt_end, color="black", linestyle="--", linewidth=1.0)
+    if prompt_end is not None:  # time when the continuation starts
+        axes.axvline(prompt_end / scale, color="black", linestyle="--", linewidth=1.0)
 
     axes.set_xlim(0, end / scale)
     axes.set_ylim(low, high)
@@ -190,6 +218,15 @@ def render_wav(midi_path, wav_path, soundfont=None, renderer: str | None = None)
 # Everything for one sample
 
 
+@dataclass
+class FileOptions:
+    """The files written next to each MIDI file; each field is a flag of the commands that write them."""
+
+    picture: bool = field(default=True, metadata={"help": "write a piano-roll PNG next to each MIDI file"})
+    audio: bool = field(default=True, metadata={"help": "write a WAV when a renderer and a local soundfont exist"})
+    soundfont: str = field(default="", metadata={"help": "a local .sf2 (also $HF_MUSIC_XL_SOUNDFONT)"})
+
+
 def render_outputs(
     ids,
     prompt_len: int,
@@ -211,11 +248,39 @@ def render_outputs(
         paths["picture"] = piano_roll(
             ids, prompt_len, stem.with_name(stem.name + ".png"), title or stem.name, continuation_label
         )
-    if audio:
-        try:
-            paths["audio"] = render_wav(midi_path, stem.with_name(stem.name + ".wav"), soundfont)
-        except AudioUnavailableError as error:
-            if str(error) not in _already_told:
-                _already_told.add(str(error))
-                logger.warning("%s", error)
+    paths["audio"] = audio_if_possible(midi_path, audio, soundfont)
     return paths
+
+
+def render_sample(
+    sample: dict, midi_path, picture: bool = True, audio: bool = True, soundfont=None, title: str | None = None
+) -> dict[str, Path | None]:
+    """Write a pipeline sample's own MIDI bytes to ``midi_path``, its piano roll (a continuation's as
+    ``render_outputs`` draws it, a task's with what was given in grey) and WAV next to it, as ``render_outputs``
+    does."""
+    midi_path = Path(midi_path)
+    midi_path.parent.mkdir(parents=True, exist_ok=True)
+    midi_path.write_bytes(sample["midi"])
+    paths = {"midi": midi_path, "picture": None, "audio": None}
+    if picture:
+        png, title = midi_path.with_suffix(".png"), title or midi_path.stem
+        if sample.get("task", "continue") == "continue":
+            paths["picture"] = piano_roll(sample["ids"], sample["prompt_length"], png, title)
+        else:
+            paths["picture"] = task_piano_roll(sample, png, title)
+    paths["audio"] = audio_if_possible(midi_path, audio, soundfont)
+    return paths
+
+
+def audio_if_possible(midi_path: Path, audio: bool, soundfont=None) -> Path | None:
+    """``render_wav`` next to ``midi_path`` when ``audio`` is asked and possible; else None (how to enable audio is
+    said once per process)."""
+    if not audio:
+        return None
+    try:
+        return render_wav(midi_path, midi_path.with_suffix(".wav"), soundfont)
+    except AudioUnavailableError as error:
+        if str(error) not in _already_told:
+            _already_told.add(str(error))
+            logger.warning("%s", error)
+    return None

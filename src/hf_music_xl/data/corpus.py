@@ -62,8 +62,9 @@ from .workers import map_in_workers
 logger = logging.getLogger(__name__)
 
 # Bump whenever the ids produced for the same input change (encoding or corpus rules): it is in the cache key.
-ENCODER_VERSION = "3"  # 2: time signature tokens; ABC tunes read through music21 (meters and pickups); 3: long
-# rests shortened (encoding.MAX_REST_STEPS)
+# 2: time signature tokens; ABC tunes read through music21 (meters and pickups). 3: the voices column. 4: long rests
+# shortened (encoding.MAX_REST_STEPS).
+ENCODER_VERSION = "4"
 DEFAULT_SOURCE = "bach-chorales"
 MIDI_SUFFIXES = (".mid", ".midi")
 ABC_SUFFIXES = (".abc",)
@@ -161,10 +162,12 @@ def split_abc_tunes(text: str) -> list[tuple[str, str]]:
     return tunes
 
 
-def _piece(ids: np.ndarray, source: str, name: str, content_key: str, split_key: str) -> dict:
+def _piece(encoded: tuple[np.ndarray, np.ndarray], source: str, name: str, content_key: str, split_key: str) -> dict:
+    ids, voices = encoded
     n_notes = int(((ids >= encoding.NOTE_OFFSET) & (ids < encoding.NOTE_OFFSET + encoding.NUM_PITCHES)).sum())
     return {
         "input_ids": ids.astype(np.int16),
+        "voices": voices,
         "source": source,
         "name": name,
         "n_notes": n_notes,
@@ -173,8 +176,11 @@ def _piece(ids: np.ndarray, source: str, name: str, content_key: str, split_key:
     }
 
 
-def _encode(score_or_bytes, steps_per_beat: int) -> np.ndarray:
-    return encoding.encode_midi(score_or_bytes, steps_per_beat=steps_per_beat, add_bos=True, add_eos=True)
+def _encode(score_or_bytes, steps_per_beat: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, voices) of a MIDI input: the piece with ``xxeos`` and the voice of each token (``token_voices``)."""
+    notes = encoding.read_notes(score_or_bytes, steps_per_beat=steps_per_beat)
+    ids = encoding.notes_to_ids(notes, add_eos=True)
+    return ids, encoding.token_voices(ids, notes.voice)
 
 
 def read_item(item: Item, steps_per_beat: int) -> tuple[list[dict], list[dict]]:
@@ -184,15 +190,15 @@ def read_item(item: Item, steps_per_beat: int) -> tuple[list[dict], list[dict]]:
         if item.kind in ("chorale", "score"):
             from .music21_source import bwv_number, read_music21
 
-            ids = _encode(read_music21(item.path), steps_per_beat)
+            encoded = _encode(read_music21(item.path), steps_per_beat)
             key = _sha1(Path(item.path).read_bytes())
             split_key = f"bwv{bwv_number(item.path)}" if item.kind == "chorale" else key
-            pieces.append(_piece(ids, item.label, Path(item.path).stem, key, split_key))
+            pieces.append(_piece(encoded, item.label, Path(item.path).stem, key, split_key))
         elif item.kind == "midi":
             # from the path: the size limit is checked before the file is read, and errors name the file
-            ids = _encode(item.path, steps_per_beat)
+            encoded = _encode(item.path, steps_per_beat)
             key = _sha1(Path(item.path).read_bytes())
-            pieces.append(_piece(ids, item.label, Path(item.path).stem, key, key))
+            pieces.append(_piece(encoded, item.label, Path(item.path).stem, key, key))
         else:
             text = Path(item.path).read_text(encoding="utf-8", errors="replace")
             tunes = split_abc_tunes(text)
@@ -204,8 +210,8 @@ def read_item(item: Item, steps_per_beat: int) -> tuple[list[dict], list[dict]]:
                 try:
                     from .music21_source import read_abc_tune
 
-                    ids = _encode(read_abc_tune(tune), steps_per_beat)
-                    pieces.append(_piece(ids, source, f"{Path(item.path).stem} {label}", key, key))
+                    encoded = _encode(read_abc_tune(tune), steps_per_beat)
+                    pieces.append(_piece(encoded, source, f"{Path(item.path).stem} {label}", key, key))
                 except Exception as error:  # music21 fails on some tunes: skip that tune only
                     skips.append({"source": source, "reason": _reason(error)})
     except Exception as error:  # any failure of one file is recorded; the build goes on

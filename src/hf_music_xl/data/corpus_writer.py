@@ -23,7 +23,8 @@ from .atomic import Writing, replace_folder, scratch
 SPLITS = ("train", "validation")
 FEATURES = Features(
     {
-        "input_ids": Sequence(Value("int16")),  # ids < 379: int16 halves the cache
+        "input_ids": Sequence(Value("int16")),  # ids < 383: int16 halves the cache
+        "voices": Sequence(Value("int8")),  # per token: the voice (track, part) of a note's two tokens, else -1
         "source": Value("string"),
         "name": Value("string"),
         "n_notes": Value("int32"),

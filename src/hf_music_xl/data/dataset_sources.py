@@ -324,13 +324,13 @@ def _read_rows(job) -> tuple[list[dict], list[dict], list[np.ndarray], int]:
             if layout == "midi":
                 data = bytes(value)
                 key = hashlib.sha1(data).hexdigest()
-                ids = _encode(data, steps_per_beat)
+                encoded = _encode(data, steps_per_beat)
             else:
                 score, error = notes_to_score(value, float(tempo or note_tempo), steps_per_beat)
-                ids = _encode(score, steps_per_beat)
-                key = hashlib.sha1(ids.astype(np.int16).tobytes()).hexdigest()
+                encoded = _encode(score, steps_per_beat)
+                key = hashlib.sha1(encoded[0].astype(np.int16).tobytes()).hexdigest()
                 errors.append(error)
-            piece = _piece(ids, row_id, name, key, key)
+            piece = _piece(encoded, row_id, name, key, key)
             if split is not None:
                 piece["split"] = split
             pieces.append(piece)

@@ -19,6 +19,11 @@ So each process has its own ``rows`` streams, and with gradient accumulation mic
 micro-batch ``k``. The number of steps per epoch is fixed when the dataset is made (from the corpus size), so
 the Trainer's epoch length does not change from one shuffle to the next.
 
+With ``tasks`` (``hf-music-xl train --tasks``), each piece entering a stream becomes the example of a task drawn
+from a generator seeded by (seed, epoch, cycle, place in the deal) (``task_examples.py``); the deal then reads
+every piece once an epoch to learn its example's length (the examples themselves are rebuilt when a window needs
+them), so under DDP every process reads every piece. Without tasks (or ``continue`` alone) nothing changes.
+
 Nothing holds the corpus's tokens: the pieces stay in the split's memory-mapped Arrow file (``ArrowPieces``), an
 epoch's deal is each stream's list of piece indices (O(number of pieces) small integers), and a step reads only
 the few pieces its window overlaps. Under DDP a process is handed only its own streams' indices, so it reads only
@@ -34,6 +39,7 @@ import pyarrow.compute as pc
 import torch
 
 from ..models.music_xl import encoding
+from .task_examples import task_example
 
 
 class ArrowPieces:
@@ -90,6 +96,8 @@ class PieceStreams(torch.utils.data.Dataset):
         augment: transpose pieces as they enter a stream.
         transpose_p, transpose_range: probability of a shift and its bounds in semitones, narrowed per piece to
             what stays in 0..127.
+        tasks: {task: weight} (``task_examples.parse_tasks``); None or continuation alone: the pieces as they are.
+        voices: with ``pieces`` given as sequences, each one's ``voices`` (a split brings its own column).
     """
 
     def __init__(
@@ -102,10 +110,17 @@ class PieceStreams(torch.utils.data.Dataset):
         augment: bool = True,
         transpose_p: float = 0.5,
         transpose_range: tuple[int, int] = (-6, 5),
+        tasks: dict[str, float] | None = None,
+        voices=None,
     ):
-        self.pieces = (
-            ArrowPieces(pieces) if hasattr(pieces, "data") and hasattr(pieces, "_indices") else ListPieces(pieces)
-        )
+        is_split = hasattr(pieces, "data") and hasattr(pieces, "_indices")
+        self.pieces = ArrowPieces(pieces) if is_split else ListPieces(pieces)
+        self.tasks = tasks if tasks and set(tasks) != {"continue"} else None
+        self.voices = None
+        if self.tasks and is_split and "voices" in pieces.column_names:
+            self.voices = ArrowPieces(pieces, "voices")
+        elif self.tasks and voices is not None:
+            self.voices = ListPieces(voices)
         if not len(self.pieces):
             raise ValueError("no training pieces to stream")
         self.rows, self.processes, self.step_tokens = rows, processes, step_tokens
@@ -133,14 +148,18 @@ class PieceStreams(torch.utils.data.Dataset):
         if epoch == self.epoch:
             return
         self.epoch = epoch
-        self.dealt, self.ends = self.deal(epoch)
+        self.dealt, self.ends, self.example_keys = self.deal(epoch)
         self.shift_cache = [{} for _ in range(self.streams)]  # (place in stream) -> shift, of the pieces in use
+        self.example_cache = [{} for _ in range(self.streams)]  # (place in stream) -> task example, likewise
 
-    def deal(self, epoch: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """For each stream, the indices of its pieces in order and where each ends in the stream (tokens), for
-        ``epoch``: every stream at least ``steps x step_tokens + 1`` long."""
+    def deal(self, epoch: int) -> tuple[list[np.ndarray], list[np.ndarray], list[list[tuple[int, int]]]]:
+        """For each stream, the indices of its pieces in order, where each ends in the stream (tokens) and the key
+        of each one's task example ((cycle, place in the deal), empty without tasks), for ``epoch``: every stream
+        at least ``steps x step_tokens + 1`` long."""
         length = self.steps * self.step_tokens + 1
         lengths = self.pieces.lengths
+        keys = [[] for _ in range(self.streams)]
+        example_lengths = [[] for _ in range(self.streams)]
         order = np.random.default_rng([self.seed, epoch]).permutation(len(lengths))
         filled = [[] for _ in range(self.streams)]  # piece indices per stream
         shortest = [(0, stream) for stream in range(self.streams)]  # (size, stream): ties go to the lowest stream
@@ -150,11 +169,35 @@ class PieceStreams(torch.utils.data.Dataset):
                 cycle, cursor = cycle + 1, 0
                 order = np.random.default_rng([self.seed, epoch, cycle]).permutation(len(lengths))
             size, stream = shortest[0]
-            filled[stream].append(int(order[cursor]))
-            heapq.heapreplace(shortest, (size + int(lengths[order[cursor]]), stream))
+            piece = int(order[cursor])
+            filled[stream].append(piece)
+            piece_length = int(lengths[piece])
+            if self.tasks:
+                keys[stream].append((cycle, cursor))
+                piece_length = len(self.example(piece, epoch, cycle, cursor))
+                example_lengths[stream].append(piece_length)
+            heapq.heapreplace(shortest, (size + piece_length, stream))
             cursor += 1
         dealt = [np.asarray(indices, dtype=np.int64) for indices in filled]
-        return dealt, [np.cumsum(lengths[indices]) for indices in dealt]
+        if self.tasks:
+            return dealt, [np.cumsum(np.asarray(sizes, dtype=np.int64)) for sizes in example_lengths], keys
+        return dealt, [np.cumsum(lengths[indices]) for indices in dealt], keys
+
+    def example(self, piece: int, epoch: int, cycle: int, cursor: int) -> np.ndarray:
+        """The task example of ``piece`` at place ``cursor`` of cycle ``cycle`` of ``epoch``'s deal."""
+        generator = np.random.default_rng([self.seed, epoch, cycle, cursor, 1])  # 1: the tasks' own stream
+        voices = self.voices[piece] if self.voices is not None else None
+        return task_example(self.pieces[piece], voices, self.tasks, generator)[0]
+
+    def piece_ids(self, stream: int, place: int) -> np.ndarray:
+        """The tokens of the piece at ``place`` of ``stream``: the piece, or its task example."""
+        piece = int(self.dealt[stream][place])
+        if not self.tasks:
+            return self.pieces[piece]
+        cache = self.example_cache[stream]
+        if place not in cache:
+            cache[place] = self.example(piece, self.epoch, *self.example_keys[stream][place])
+        return cache[place]
 
     def draw_shift(self, ids: np.ndarray, epoch: int, stream: int, place: int) -> int:
         """The transposition of one piece entering a stream: 0, or uniform in its safe range."""
@@ -172,11 +215,12 @@ class PieceStreams(torch.utils.data.Dataset):
         ends = self.ends[stream]
         first, last = np.searchsorted(ends, [begin, end - 1], side="right")
         cache = self.shift_cache[stream]
-        for place in [place for place in cache if place < first]:  # pieces the stream has moved past
-            del cache[place]
+        for stale in (cache, self.example_cache[stream]):
+            for place in [place for place in stale if place < first]:  # pieces the stream has moved past
+                del stale[place]
         parts = []
         for place in range(int(first), int(last) + 1):
-            ids = self.pieces[int(self.dealt[stream][place])]
+            ids = self.piece_ids(stream, place)
             start = ends[place] - len(ids)
             part = ids[max(begin - start, 0) : end - start].astype(np.int64)
             if transpose:

@@ -34,6 +34,7 @@ CORPUS_NAMES = {"bach-chorales": "Bach chorales (music21 corpus)"}
 CARD_SETTINGS = (
     "preset",
     "model_overrides",
+    "tasks",
     "n_segments",
     "epochs",
     "max_steps",
@@ -211,6 +212,17 @@ def build_model_card(
         f"a vocabulary of {config.get('vocab_size')} tokens"
         + (f"; {parameters:,} parameters (safetensors, {config.get('dtype', 'float32')})." if parameters else ".")
     )
+    tasks = [task.strip() for task in str(config.get("tasks", "continue")).split(",") if task.strip()]
+    if tasks != ["continue"]:  # a multitask model: say what it can do beyond continuing
+        examples = {
+            "infill": '`pipe("song.mid", task="infill", bars=(5, 8))`',
+            "harmonize": '`pipe("melody.mid", task="harmonize")`',
+        }
+        description += (
+            f" Trained for the tasks {', '.join(tasks)} (`hf-music-xl train --tasks`): "
+            + ", ".join(examples[task] for task in tasks if task in examples)
+            + "."
+        )
     corpus = record.corpus
     data_lines = [
         f"Corpus: {corpus_label(corpus)}." if corpus else "The training corpus was not recorded with the model."

@@ -10,7 +10,9 @@ What the Trainer is given, and why:
   stream of whole pieces (``streams.PieceStreams``: shuffled each epoch from the seed, transposed on the fly), and
   ``MusicXLTrainer`` carries each row's memory (a ``MusicXLCache`` of detached keys/values) from one step to the
   next, through gradient accumulation too, so every token trains with a full memory. Each process of a DDP run has
-  its own streams (the sequential sampler hands them out). ``--train-mode windows``: random augmented windows of
+  its own streams (the sequential sampler hands them out). With ``--tasks`` each piece entering a stream becomes
+  an example of a drawn task (``data.task_examples``: infilling, harmonization), and the config records the tasks.
+  ``--train-mode windows``: random augmented windows of
   ``n_segments * segment_len`` tokens drawn on the fly (``data.TrainTransform`` through ``with_transform``, hence
   ``remove_unused_columns=False``), each starting without memory, for comparison.
 - evaluation: every validation piece whole, run in consecutive segments with the memory carried across them
@@ -65,6 +67,7 @@ from transformers import Trainer, set_seed
 from ..data.corpus import load_corpus
 from ..data.pieces import eval_pieces, seeded_subset
 from ..data.streams import PieceStreams
+from ..data.task_examples import parse_tasks
 from ..data.windows import TrainTransform
 from ..hub.push import describe_push, push_after_training
 from ..models.music_xl.configuration_music_xl import MusicXLConfig
@@ -105,7 +108,10 @@ def train(settings: TrainSettings) -> TrainResult:
         raise ValueError(f"corpus {settings.corpus!r} has no validation pieces")
 
     set_seed(settings.seed)  # the same initial weights on every rank
-    config = MusicXLConfig.from_preset(settings.preset, **parse_overrides(settings.model_overrides))
+    tasks = parse_tasks(settings.tasks)
+    config = MusicXLConfig.from_preset(
+        settings.preset, **{"tasks": ",".join(tasks), **parse_overrides(settings.model_overrides)}
+    )
     model = MusicXLForCausalLM(config)
     model.generation_config = generation_config_for(config)
     tokenizer = MusicXLTokenizerFast()
@@ -172,8 +178,11 @@ def training_data(settings: TrainSettings, split, config: MusicXLConfig, world_s
             settings.seed,
             settings.augment,
             settings.transpose_p,
+            tasks=parse_tasks(settings.tasks),
         )
         return streams, streams
+    if set(parse_tasks(settings.tasks)) != {"continue"}:
+        raise ValueError(f"--tasks {settings.tasks} needs --train-mode stream (windows are cut from plain pieces)")
     if settings.train_mode == "windows":
         transform = TrainTransform(
             step_tokens,

@@ -40,6 +40,13 @@ class TrainSettings:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
     augment: bool = field(default=True, metadata={"help": "random transposition of each drawn piece"})
     transpose_p: float = field(default=0.5, metadata={"help": "probability of transposing a drawn piece"})
+    tasks: str = field(
+        default="continue",
+        metadata={
+            "help": "what each streamed piece is turned into, with mixing weights: e.g. 'continue,infill,harmonize' "
+            "(equal) or 'continue:2,infill:1,harmonize:1'; saved in the model's config (stream training only)"
+        },
+    )
     plain_final_fraction: float = field(default=0.0, metadata={"help": "share of the last steps without transposition"})
     precision: str = field(default="auto", metadata={"help": "auto, fp32, bf16 or fp16 (CUDA only)"})
     gradient_checkpointing: bool = field(

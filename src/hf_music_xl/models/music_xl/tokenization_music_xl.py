@@ -15,9 +15,18 @@ import numpy as np
 import symusic
 from transformers import PreTrainedTokenizer
 
-from .encoding import LEGACY_VOCAB_SIZE, STEPS_PER_BEAT, TOKEN_TO_ID, decode_ids, encode_midi, position_features
+from .encoding import (
+    LEGACY_VOCAB_SIZE,
+    STEPS_PER_BEAT,
+    TASK_OFFSET,
+    TOKEN_TO_ID,
+    decode_ids,
+    encode_midi,
+    position_features,
+)
 
 VOCAB_FILES_NAMES = {"vocab_file": "vocab.json"}
+EARLIER_SIZES = (TASK_OFFSET, LEGACY_VOCAB_SIZE)  # vocabularies saved before the task tokens, before time signatures
 
 
 class MidiTokenizerMixin:
@@ -131,13 +140,13 @@ def save_vocab_json(save_directory: str, filename_prefix: str | None = None, voc
 
 
 def check_vocab(vocab: dict, where: str) -> dict[str, int]:
-    """``vocab`` if it is the encoder's fixed layout, or its first 299 ids (saved before time signatures); a
-    different map would silently shift every id the MIDI encoder writes."""
-    legacy = {token: index for token, index in TOKEN_TO_ID.items() if index < LEGACY_VOCAB_SIZE}  # ids 0..298
-    if vocab not in (TOKEN_TO_ID, legacy):
+    """``vocab`` if it is the encoder's fixed layout, or its first 379 ids (saved before the task tokens) or 299
+    (before time signatures); a different map would silently shift every id the MIDI encoder writes."""
+    earlier = [{token: index for token, index in TOKEN_TO_ID.items() if index < size} for size in EARLIER_SIZES]
+    if vocab not in [TOKEN_TO_ID] + earlier:
         raise ValueError(
-            f"{where} does not match the vocabulary of hf_music_xl.models.music_xl.encoding (ids 0..378, or 0..298 "
-            "saved before time signatures)"
+            f"{where} does not match the vocabulary of hf_music_xl.models.music_xl.encoding (ids 0..382, or 0..378 "
+            "saved before the task tokens, or 0..298 before time signatures)"
         )
     return dict(vocab)
 
