@@ -242,7 +242,9 @@ def test_push_space_then_the_space_runs_the_app_on_the_model_from_the_hub(hub, s
                 break
         assert server.poll() is None, "".join(lines)[-3000:]
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        status, picture, audio, midi = client.predict(None, 0, 1, "default", 1.0, 3, "none", api_name="/on_generate")
+        status, picture, audio, midi = client.predict(
+            None, "continue", 0, 1, 1, 1, "", "default", 1.0, 3, "none", api_name="/on_generate"
+        )
         assert status.startswith("Generated") and "(seed 3)" in status
         assert Path(midi).read_bytes()[:4] == b"MThd" and Path(picture).read_bytes()[:4] == b"\x89PNG"
     finally:
