@@ -1,4 +1,6 @@
-"""The musicautobot note/duration/SEP encoding: MIDI <-> token ids, beat positions, transposition.
+"""The musicautobot note/duration/SEP encoding: MIDI -> token ids. The note table and the meters it builds on
+(``notes_music_xl.py``) and decoding, beat positions and transposition (``decoding_music_xl.py``) are re-exported
+here, so ``encoding`` is the one module to import for all of them.
 
 A piece is a flat id sequence::
 
@@ -40,13 +42,100 @@ Everything here works on numpy arrays: no Python loop runs per note.
 
 from __future__ import annotations
 
-import functools
 import os
-from dataclasses import dataclass, field
 
 import numpy as np
 import symusic
 
+# The note table and the meters (notes_music_xl.py) and decoding (decoding_music_xl.py), re-exported (``as``
+# itself), so that ``encoding.Notes`` and ``encoding.decode_ids`` are found here too.
+from .decoding_music_xl import (
+    DEFAULT_TEMPO_QPM as DEFAULT_TEMPO_QPM,
+)
+from .decoding_music_xl import (
+    DEFAULT_VELOCITY as DEFAULT_VELOCITY,
+)
+from .decoding_music_xl import (
+    TICKS_PER_QUARTER as TICKS_PER_QUARTER,
+)
+from .decoding_music_xl import (
+    InvalidTokenError as InvalidTokenError,
+)
+from .decoding_music_xl import (
+    beat_positions as beat_positions,
+)
+from .decoding_music_xl import (
+    decode_ids as decode_ids,
+)
+from .decoding_music_xl import (
+    first_invalid_position as first_invalid_position,
+)
+from .decoding_music_xl import (
+    id_to_token as id_to_token,
+)
+from .decoding_music_xl import (
+    ids_to_notes as ids_to_notes,
+)
+from .decoding_music_xl import (
+    notes_to_score as notes_to_score,
+)
+from .decoding_music_xl import (
+    overlap_layers as overlap_layers,
+)
+from .decoding_music_xl import (
+    position_features as position_features,
+)
+from .decoding_music_xl import (
+    taken_back as taken_back,
+)
+from .decoding_music_xl import (
+    token_bars as token_bars,
+)
+from .decoding_music_xl import (
+    transpose_ids as transpose_ids,
+)
+from .decoding_music_xl import (
+    transposition_range as transposition_range,
+)
+from .notes_music_xl import (
+    STEPS_PER_BAR as STEPS_PER_BAR,
+)
+from .notes_music_xl import (
+    STEPS_PER_BEAT as STEPS_PER_BEAT,
+)
+from .notes_music_xl import (
+    Bars as Bars,
+)
+from .notes_music_xl import (
+    Notes as Notes,
+)
+from .notes_music_xl import (
+    bar_steps as bar_steps,
+)
+from .notes_music_xl import (
+    beat_steps as beat_steps,
+)
+from .notes_music_xl import (
+    default_meters as default_meters,
+)
+from .notes_music_xl import (
+    is_meter as is_meter,
+)
+from .notes_music_xl import (
+    is_task as is_task,
+)
+from .notes_music_xl import (
+    meter_bar_lengths as meter_bar_lengths,
+)
+from .notes_music_xl import (
+    meter_table as meter_table,
+)
+from .notes_music_xl import (
+    meter_token as meter_token,
+)
+from .notes_music_xl import (
+    token_meter as token_meter,
+)
 from .vocabulary_music_xl import (
     BACK_ID as BACK_ID,
 )
@@ -129,12 +218,6 @@ from .vocabulary_music_xl import (
     VOCAB_SIZE as VOCAB_SIZE,
 )
 
-STEPS_PER_BEAT = 4  # grid steps per quarter note (16th notes)
-STEPS_PER_BAR = 16  # 4/4 at 16th notes
-TICKS_PER_QUARTER = 480  # resolution of the MIDI we write
-DEFAULT_VELOCITY = 80
-DEFAULT_TEMPO_QPM = 120.0
-
 # Limits on input, so that a hostile or broken file fails clearly instead of exhausting memory. Real pieces
 # are far below them (a Bach chorale: 5 KB, 250 notes, 700 tokens). Each is a keyword of encode_midi.
 MAX_FILE_BYTES = 64 * 2**20
@@ -152,135 +235,8 @@ class MidiReadError(ValueError):
     """A MIDI input could not be turned into notes; the message names the input and the problem."""
 
 
-class InvalidTokenError(ValueError):
-    """A token sequence breaks the grammar (raised by ``decode_ids(..., strict=True)``)."""
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Reading MIDI into a note table
-
-
-def default_meters() -> np.ndarray:
-    return np.array([[0, *DEFAULT_METER]], dtype=np.int64)
-
-
-@dataclass
-class Notes:
-    """Notes on the grid, sorted by onset then pitch (highest first); all arrays have one entry per note. The
-    meters say where the bars fall: one row per time signature, (time in grid steps, numerator, denominator), in
-    time order, the first at 0 (4/4 when the source has none)."""
-
-    onset: np.ndarray  # int64 [n], grid steps
-    pitch: np.ndarray  # int64 [n], 0..127
-    duration: np.ndarray  # int64 [n], grid steps, 1..MAX_DURATION
-    meters: np.ndarray = field(default_factory=default_meters)  # int64 [k, 3]
-    voice: np.ndarray | None = None  # int64 [n], the non-drum track each note came from (read from MIDI), or None
-
-    def __len__(self) -> int:
-        return len(self.onset)
-
-    def select(self, keep: np.ndarray) -> Notes:
-        """The notes where ``keep`` is True, with the same meters."""
-        voice = None if self.voice is None else self.voice[keep]
-        return Notes(self.onset[keep], self.pitch[keep], self.duration[keep], self.meters, voice)
-
-    def bars(self, steps_per_beat: int = STEPS_PER_BEAT) -> Bars:
-        return Bars(self.meters, steps_per_beat)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Meters and bars
-
-
-def bar_steps(num: int, den: int, steps_per_beat: int = STEPS_PER_BEAT) -> int:
-    """Grid steps in a bar of num/den (4/4 at 16th notes: 16; 6/8: 12)."""
-    return max(1, round(num * 4 * steps_per_beat / den))
-
-
-def beat_steps(num: int, den: int, steps_per_beat: int = STEPS_PER_BEAT) -> int:
-    """Grid steps in a beat: the denominator's note, or three of them in compound meters (6/8, 9/8, 12/8: a dotted
-    quarter), so that 3/4 (three beats of 4 steps) and 6/8 (two of 6) differ although their bars do not."""
-    compound = den >= 8 and num > 3 and num % 3 == 0
-    return max(1, round((3 if compound else 1) * 4 * steps_per_beat / den))
-
-
-@functools.lru_cache  # bare, not called: remote code runs nothing at import (it keeps the last 128 meters)
-def meter_token(num: int, den: int, steps_per_beat: int = STEPS_PER_BEAT) -> int:
-    """The time signature token of num/den. A meter outside ``METERS`` (17/8, 7/32, ...) gets the token of the same
-    bar length, from the finest denominator that has one (17/8 is 34 steps: 17/8 does not exist, but no
-    representation of 34 steps does either, so the nearest length wins: 16/8 and 9/4 tie, the first is taken).
-    Cached: a file may hold a million time signatures, and each costs a lookup, not a pass over the table."""
-    if (num, den) in METERS:
-        return METER_OFFSET + METERS.index((num, den))
-    target = bar_steps(num, den, steps_per_beat)
-    lengths = meter_bar_lengths(steps_per_beat)
-    exact = np.flatnonzero(lengths == target)
-    if len(exact):  # the finest denominator first: METERS runs from 1 to 16, so take the last
-        return METER_OFFSET + int(exact[-1])
-    return METER_OFFSET + int(np.argmin(np.abs(lengths - target)))
-
-
-@functools.lru_cache
-def meter_bar_lengths(steps_per_beat: int) -> np.ndarray:
-    """Grid steps in a bar of each meter of ``METERS``, in its order (read-only: the array is shared)."""
-    lengths = np.array([bar_steps(n, d, steps_per_beat) for n, d in METERS])
-    lengths.flags.writeable = False
-    return lengths
-
-
-def token_meter(token_id: int) -> tuple[int, int]:
-    """(numerator, denominator) of a time signature token."""
-    return METERS[int(token_id) - METER_OFFSET]
-
-
-def is_meter(ids: np.ndarray) -> np.ndarray:
-    return (ids >= METER_OFFSET) & (ids < METER_OFFSET + len(METERS))
-
-
-def is_task(ids: np.ndarray) -> np.ndarray:
-    return (ids >= TASK_OFFSET) & (ids < TASK_OFFSET + len(TASK_TOKENS))
-
-
-@dataclass
-class Bars:
-    """Where the bars of a piece fall, from its meters (time in grid steps, numerator, denominator; the first at
-    0). A meter change starts a new bar where it stands: bar lines count on from it (so a pickup written as a short
-    bar of its own moves nothing after it), and a change that is not on a bar line of the old meter ends that bar
-    short."""
-
-    meters: np.ndarray  # int64 [k, 3]
-    steps_per_beat: int = STEPS_PER_BEAT
-
-    def __post_init__(self):
-        meters = np.asarray(self.meters, dtype=np.int64).reshape(-1, 3)
-        self.times = meters[:, 0]
-        self.lengths = np.array([bar_steps(n, d, self.steps_per_beat) for _, n, d in meters], dtype=np.int64)
-        self.beats = np.array([beat_steps(n, d, self.steps_per_beat) for _, n, d in meters], dtype=np.int64)
-        spans = np.diff(self.times)  # bars of each meter but the last: ceil(span / length)
-        self.first_bar = np.r_[0, np.cumsum(-(-spans // self.lengths[:-1]))].astype(np.int64)
-
-    def locate(self, times) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(bar index, step within the bar, steps in that bar) of each time."""
-        times = np.asarray(times, dtype=np.int64)
-        k = np.maximum(np.searchsorted(self.times, times, side="right") - 1, 0)
-        since = times - self.times[k]
-        return self.first_bar[k] + since // self.lengths[k], since % self.lengths[k], self.lengths[k]
-
-    def bar_time(self, bar: int) -> int:
-        """Grid step at which bar ``bar`` starts."""
-        k = max(int(np.searchsorted(self.first_bar, bar, side="right")) - 1, 0)
-        return int(self.times[k] + (bar - self.first_bar[k]) * self.lengths[k])
-
-    def bar_lines(self, end: int) -> np.ndarray:
-        """Times of every bar line from 0 up to ``end`` (included)."""
-        last_bar = int(self.locate([end])[0][0])
-        return np.array([self.bar_time(bar) for bar in range(last_bar + 1)], dtype=np.int64)
-
-    def beat_of(self, times) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(bar, beat within the bar, step within the beat) of each time: the model's position features."""
-        bar, step, _ = self.locate(times)
-        k = np.maximum(np.searchsorted(self.times, np.asarray(times, dtype=np.int64), side="right") - 1, 0)
-        return bar, step // self.beats[k], step % self.beats[k]
 
 
 def _describe(source: MidiSource) -> str:
@@ -438,21 +394,6 @@ def shorten_rests(notes: Notes, max_rest_steps: int = MAX_REST_STEPS, steps_per_
     return Notes(shifted(notes.onset), notes.pitch, notes.duration, meters, notes.voice)
 
 
-def meter_table(changes, collapse: bool = True) -> np.ndarray:
-    """(k, 3) meters from (time, num, den) changes in time order: 4/4 from 0 until the first, a change replaced by a
-    later one at the same time, and with ``collapse`` a meter equal to the one before dropped (without, it stays:
-    as a token, it starts a bar where it stands)."""
-    rows = [(0, *DEFAULT_METER)]
-    for time, num, den in changes:
-        if rows[-1][0] == time:
-            rows[-1] = (time, num, den)
-        elif rows[-1][1:] != (num, den) or not collapse:
-            rows.append((time, num, den))
-    if collapse:
-        rows = [rows[0]] + [row for before, row in zip(rows, rows[1:]) if row[1:] != before[1:]]
-    return np.array(rows, dtype=np.int64)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Notes -> ids
 
@@ -594,215 +535,3 @@ def token_voices(ids: np.ndarray, voice: np.ndarray) -> np.ndarray:
     at = np.flatnonzero((ids >= NOTE_OFFSET) & (ids < NOTE_OFFSET + NUM_PITCHES))  # [n] the notes, in order
     voices[at] = voices[at + 1] = np.minimum(voice, 126)
     return voices
-
-
-# ----------------------------------------------------------------------------------------------------------
-# ids -> notes -> MIDI
-
-
-def _classify(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    is_note = (ids >= NOTE_OFFSET) & (ids < NOTE_OFFSET + NUM_PITCHES)
-    is_duration = (ids >= DURATION_OFFSET) & (ids < DURATION_OFFSET + NUM_DURATIONS)
-    return is_note, is_duration, ids == SEP_ID
-
-
-def first_invalid_position(ids: np.ndarray | list[int]) -> int | None:
-    """Index of the first token that breaks the grammar, or None. Valid: ``xxbos``, ``xxpad``, ``xxeos``, time
-    signatures and task tokens between pairs; every note and every ``xxsep`` directly followed by a duration;
-    nothing else."""
-    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-    is_note, is_duration, is_sep = _classify(ids)
-    opens_pair = is_note | is_sep
-    opened_before = np.r_[False, opens_pair[:-1]]
-    closed_after = np.r_[is_duration[1:], False]
-    is_frame = np.isin(ids, [BOS_ID, PAD_ID, EOS_ID]) | is_meter(ids) | is_task(ids)
-    valid = (opens_pair & closed_after) | (is_duration & opened_before) | is_frame
-    bad = np.flatnonzero(~valid)
-    return int(bad[0]) if len(bad) else None
-
-
-def ids_to_notes(ids: np.ndarray | list[int], strict: bool = False) -> Notes:
-    """Notes of any id sequence. Lenient by default: a pair is read wherever a note or ``xxsep`` is directly
-    followed by a duration, and everything else is skipped. ``strict=True`` raises ``InvalidTokenError``."""
-    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-    if strict:
-        bad = first_invalid_position(ids)
-        if bad is not None:
-            window = " ".join(id_to_token(i) for i in ids[max(0, bad - 3) : bad + 3])
-            raise InvalidTokenError(f"invalid token {id_to_token(ids[bad])!r} at position {bad} (near: {window})")
-    is_note, is_duration, is_sep = _classify(ids)
-    closes = np.r_[False, is_duration[1:]]  # [T] token i is a duration, so (i-1, i) may be a pair
-    wait_at = np.where(closes & np.r_[False, is_sep[:-1]], ids - DURATION_OFFSET, 0)  # [T]
-    time_at = taken_back(ids, np.cumsum(wait_at) - wait_at)  # [T] time before token i's own wait
-    note_end = np.flatnonzero(closes & np.r_[False, is_note[:-1]])  # index of each note's duration token
-    pitch = ids[note_end - 1] - NOTE_OFFSET
-    duration = ids[note_end] - DURATION_OFFSET
-    onset = time_at[note_end]
-    keep = duration > 0  # d0 is in the vocabulary but cannot sound
-    meters = meter_table([(int(time_at[i]), *token_meter(ids[i])) for i in np.flatnonzero(is_meter(ids))])
-    return Notes(onset[keep], pitch[keep], duration[keep], meters)
-
-
-def taken_back(ids: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """``times`` (a token's time from the waits before it) with the task layouts' rule: an ``xxback`` takes time
-    back to the latest ``xxgiven`` before it, if no other ``xxback`` closed that one (the model's rule,
-    ``positions_music_xl.compute_positions``)."""
-    backs, givens = np.flatnonzero(ids == BACK_ID), np.flatnonzero(ids == GIVEN_ID)
-    if not len(backs) or not len(givens):
-        return times
-    opened = np.searchsorted(givens, backs) - 1  # [b] the latest xxgiven before each xxback, -1: none
-    previous_back = np.r_[-1, backs[:-1]]
-    closes = (opened >= 0) & (givens[np.maximum(opened, 0)] > previous_back)  # that xxgiven is still open
-    shift = np.zeros(len(ids), np.int64)
-    shift[backs[closes]] = times[backs[closes]] - times[givens[opened[closes]]]
-    return times - np.cumsum(shift)
-
-
-def overlap_layers(notes: Notes, max_layers: int = 16) -> np.ndarray:
-    """Layer (track) index per note such that no two notes of one pitch overlap within a layer.
-
-    A MIDI track cannot hold two sounding notes of the same pitch unambiguously (a reader pairs note-offs with
-    note-ons in its own order), yet merged voices do this (an alto joining the soprano's held note). Such notes
-    move to extra layers so the written file reads back to exactly the same notes."""
-    layer = np.zeros(len(notes), np.int64)
-    remaining = np.arange(len(notes))
-    for index in range(max_layers - 1):
-        if not len(remaining):
-            break
-        onset, pitch = notes.onset[remaining], notes.pitch[remaining]
-        order = np.lexsort((onset, pitch))  # group by pitch, in time order
-        onset, pitch, end = onset[order], pitch[order], onset[order] + notes.duration[remaining][order]
-        # Running max of note ends within each pitch group: offset groups so one cummax serves all of them.
-        group_offset = pitch * (int(end.max()) + 1)
-        ended_before = np.maximum.accumulate(end + group_offset) - group_offset  # [k] includes the note itself
-        previous_end = np.r_[0, ended_before[:-1]]
-        overlaps = np.r_[False, pitch[1:] == pitch[:-1]] & (onset < previous_end)
-        remaining = remaining[order][overlaps]
-        layer[remaining] = index + 1
-    return layer
-
-
-def notes_to_score(
-    notes: Notes,
-    steps_per_beat: int = STEPS_PER_BEAT,
-    ticks_per_quarter: int = TICKS_PER_QUARTER,
-    velocity: int = DEFAULT_VELOCITY,
-    tempo_qpm: float = DEFAULT_TEMPO_QPM,
-) -> symusic.Score:
-    """A piano score with the notes' time signatures (fixed tempo and velocity: the encoding keeps neither). Notes
-    overlapping a note of the same pitch go to extra piano tracks (see ``overlap_layers``); ``encode_midi`` merges
-    them back."""
-    ticks_per_step = ticks_per_quarter // steps_per_beat
-    # MIDI ticks are int32: absurdly long random sequences lose what lies past ~a million bars.
-    fits = (notes.onset + notes.duration) * ticks_per_step <= np.iinfo(np.int32).max
-    notes = notes.select(fits)
-    score = symusic.Score(ticks_per_quarter)
-    score.tempos.append(symusic.Tempo(0, tempo_qpm))
-    for time, num, den in notes.meters:
-        if time * ticks_per_step <= np.iinfo(np.int32).max:
-            score.time_signatures.append(symusic.TimeSignature(int(time * ticks_per_step), int(num), int(den)))
-    layers = overlap_layers(notes)
-    for layer in range(int(layers.max(initial=0)) + 1):
-        chosen = layers == layer
-        track = symusic.Track("Piano" if layer == 0 else f"Piano (overlap {layer})", 0, False)
-        track.notes = symusic.Note.from_numpy(
-            (notes.onset[chosen] * ticks_per_step).astype(np.int32),
-            (notes.duration[chosen] * ticks_per_step).astype(np.int32),
-            notes.pitch[chosen].astype(np.int8),
-            np.full(int(chosen.sum()), velocity, dtype=np.int8),
-        )
-        score.tracks.append(track)
-    return score
-
-
-def decode_ids(
-    ids: np.ndarray | list[int], strict: bool = False, steps_per_beat: int = STEPS_PER_BEAT
-) -> symusic.Score:
-    """A ``symusic.Score`` from any id sequence (see ``ids_to_notes`` for what is skipped)."""
-    return notes_to_score(ids_to_notes(ids, strict=strict), steps_per_beat=steps_per_beat)
-
-
-def id_to_token(token_id: int) -> str:
-    return VOCAB[token_id] if 0 <= token_id < VOCAB_SIZE else f"<id {int(token_id)}>"
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Beat positions
-
-
-def beat_positions(ids: np.ndarray | list[int]) -> np.ndarray:
-    """Grid step at which each token sounds: the waits before it since the last ``xxbos``.
-
-    As in the reference, an ``xxsep`` and its duration keep the old position and the token after them carries
-    the new one: ``xxsep(0) d2(0) n71(2) d2(2) xxsep(2) d2(2) n71(4)``.
-    """
-    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-    is_note, is_duration, is_sep = _classify(ids)
-    wait = np.where(is_duration & np.r_[False, is_sep[:-1]], ids - DURATION_OFFSET, 0)  # [T]
-    before = np.cumsum(wait) - wait  # [T] exclusive cumulative waits
-    at_last_bos = np.maximum.accumulate(np.where(ids == BOS_ID, before, 0))  # before is non-decreasing
-    return before - at_last_bos
-
-
-def token_bars(ids: np.ndarray | list[int], steps_per_beat: int = STEPS_PER_BEAT) -> tuple[np.ndarray, ...]:
-    """Per token, where it sounds by the meter rule: (bar, step within the bar, beat within the bar, step within the
-    beat). Each piece (from an ``xxbos``) starts in 4/4 at bar 0; a time signature token takes effect where it
-    stands in the sequence, at its time, where it starts a bar (the bars before it counted up, a short last one
-    included: ``Bars``); the token itself already counts in the new meter."""
-    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-    times = beat_positions(ids)
-    columns = [np.zeros(len(ids), np.int64) for _ in range(4)]
-    starts = np.r_[0, np.flatnonzero(ids == BOS_ID)]
-    for begin, end in zip(starts, np.r_[starts[1:], len(ids)]):  # one piece at a time
-        piece = slice(begin, end)
-        changes = begin + np.flatnonzero(is_meter(ids[piece]))
-        meters = [DEFAULT_METER] + [token_meter(token) for token in ids[changes]]
-        bars = Bars(np.c_[np.r_[0, times[changes]], meters], steps_per_beat)  # each meter from where it stands
-        which = np.cumsum(is_meter(ids[piece]))  # the meter each token counts in: the last token up to it
-        since = times[piece] - bars.times[which]
-        step = since % bars.lengths[which]
-        values = (
-            bars.first_bar[which] + since // bars.lengths[which],
-            step,
-            step // bars.beats[which],
-            step % bars.beats[which],
-        )
-        for column, value in zip(columns, values):
-            column[piece] = value
-    return tuple(columns)
-
-
-def position_features(
-    ids: np.ndarray | list[int], meter: bool = True, steps_per_beat: int = STEPS_PER_BEAT
-) -> np.ndarray:
-    """(T, 3) the model's beat-position input of each token: (bar, beat within the bar, step within the beat) by
-    the meter rule; or, for models saved before time signatures (``meter=False``), (bar, step within a 16-step
-    bar, 0) counted from ``xxbos``."""
-    if not meter:
-        times = beat_positions(ids)
-        return np.stack([times // STEPS_PER_BAR, times % STEPS_PER_BAR, np.zeros_like(times)], axis=1)
-    bar, _, beat, in_beat = token_bars(ids, steps_per_beat)
-    return np.stack([bar, beat, in_beat], axis=1)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Transposition
-
-
-def transposition_range(ids: np.ndarray | list[int]) -> tuple[int, int]:
-    """(lowest, highest) shift in semitones that keeps every note of ``ids`` within 0..127."""
-    ids = np.asarray(ids, dtype=np.int64)
-    pitches = ids[(ids >= NOTE_OFFSET) & (ids < NOTE_OFFSET + NUM_PITCHES)] - NOTE_OFFSET
-    if not len(pitches):
-        return -(NUM_PITCHES - 1), NUM_PITCHES - 1
-    return -int(pitches.min()), NUM_PITCHES - 1 - int(pitches.max())
-
-
-def transpose_ids(ids: np.ndarray | list[int], semitones: int) -> np.ndarray:
-    """Shift every note by ``semitones``; a shift outside ``transposition_range`` raises ValueError."""
-    ids = np.asarray(ids, dtype=np.int64)
-    low, high = transposition_range(ids)
-    if not low <= semitones <= high:
-        raise ValueError(f"a shift of {semitones} semitones leaves the pitch range; allowed {low}..{high}")
-    is_note = (ids >= NOTE_OFFSET) & (ids < NOTE_OFFSET + NUM_PITCHES)
-    return np.where(is_note, ids + semitones, ids)
