@@ -40,11 +40,12 @@ def is_pitch(ids: np.ndarray) -> np.ndarray:
 
 def infill_scores(model, ids: np.ndarray, notes: E.Notes, span: tuple[int, int]) -> tuple[float, float, int]:
     """(NLL of the span's notes given both sides, given the left side only, notes): each note's own pitch and
-    duration tokens (the two layouts write the waits differently, so they are left out of both)."""
-    layout = T.infill_ids(notes, *span)
-    back = int(np.flatnonzero(layout == E.BACK_ID)[0])
-    after = np.flatnonzero(is_pitch(layout) & (np.arange(len(layout)) > back))
-    both = token_nll(model, layout)[note_tokens(layout, after)].sum()
+    duration tokens, the notes the model writes after the prompt (the two layouts write the waits differently
+    at the span's edges, so waits are left out of both)."""
+    prompt, middle, _, _ = T.infill_parts(notes, *span)
+    layout = np.concatenate([prompt, middle])
+    written = np.flatnonzero(is_pitch(layout) & (np.arange(len(layout)) >= len(prompt)))  # the span's notes
+    both = token_nll(model, layout)[note_tokens(layout, written)].sum()
     start, end = T.span_times(notes, *span)
     times = E.beat_positions(ids)
     inside = np.flatnonzero(is_pitch(ids) & (times >= start) & (times < end))
