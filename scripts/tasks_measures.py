@@ -86,7 +86,7 @@ def bar_steps(notes: E.Notes) -> int:
 
 def infill_span(notes: E.Notes, piece: int, span_bars: int) -> tuple[int, int] | None:
     """A span of ``span_bars`` bars at a place seeded by the piece's index, with at least a bar on each side."""
-    bars = int(notes.bars().locate([int(notes.onset[-1])])[0][0]) + 1
+    bars = T.piece_bars(notes)
     if bars < span_bars + 2:
         return None
     first = int(np.random.default_rng([piece, 22]).integers(1, bars - span_bars))

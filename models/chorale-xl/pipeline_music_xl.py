@@ -38,7 +38,7 @@ from .sampling_music_xl import (
     sample_rows,
 )
 from .task_midi_music_xl import melody_track, with_generated, with_tracks, without_span
-from .tasks_music_xl import bar_starts, check_task, harmonize_prompt, infill_prompt, span_times, written_notes
+from .tasks_music_xl import check_task, harmonize_prompt, infill_prompt, piece_bars, span_times, written_notes
 
 TASK = "music-generation"
 
@@ -161,8 +161,8 @@ class MusicXLPipeline(Pipeline):
             raise ValueError(f"{request.task} needs a piece: a MIDI file path, MIDI bytes or a symusic.Score")
         score = load_score(inputs)  # MidiReadError (a ValueError) names the problem
         notes = read_notes(score, self.steps_per_beat)
-        if len(bar_starts(notes)) - 1 > MAX_PROMPT_BARS:  # the whole piece is the prompt: bound its cost
-            raise ValueError(f"the piece has {len(bar_starts(notes)) - 1} bars; a task takes at most {MAX_PROMPT_BARS}")
+        if piece_bars(notes) > MAX_PROMPT_BARS:  # the whole piece is the prompt: bound its cost
+            raise ValueError(f"the piece has {piece_bars(notes)} bars; a task takes at most {MAX_PROMPT_BARS}")
         if request.task == "infill":
             first, last = request.infill_bars
             start, end = span_times(notes, first - 1, last - 1)  # a span outside the piece: ValueError

@@ -134,11 +134,15 @@ def meter_at(notes: Notes, time: int) -> list[int]:
 # Infilling
 
 
+def piece_bars(notes: Notes) -> int:
+    """Bars the piece spans: up to the bar of its last note's onset, by the meters (1 for no notes)."""
+    return int(notes.bars().locate([int(notes.onset[-1])])[0][0]) + 1 if len(notes) else 1
+
+
 def span_times(notes: Notes, first_bar: int, last_bar: int) -> tuple[int, int]:
     """(T0, T1): where bar ``first_bar`` starts and bar ``last_bar`` ends (0-based, inclusive), by the meters.
     Raises ValueError for a span outside the piece or one with a meter change inside it."""
-    bars = notes.bars()
-    last_in_piece = int(bars.locate([int(notes.onset[-1])])[0][0]) if len(notes) else 0
+    bars, last_in_piece = notes.bars(), piece_bars(notes) - 1
     if not 0 <= first_bar <= last_bar <= last_in_piece:
         raise ValueError(f"bars {first_bar + 1}-{last_bar + 1} are not within the piece's bars 1-{last_in_piece + 1}")
     start, end = bars.bar_time(first_bar), bars.bar_time(last_bar + 1)
@@ -195,8 +199,7 @@ def infill_prompt(notes: Notes, first_bar: int, last_bar: int) -> TaskPrompt:
 def bar_starts(notes: Notes) -> np.ndarray:
     """Times of the bar lines from 0 to the end of the bar of the last note (included)."""
     bars = notes.bars()
-    last_bar = int(bars.locate([int(notes.onset[-1])])[0][0]) if len(notes) else 0
-    return np.array([bars.bar_time(bar) for bar in range(last_bar + 2)], np.int64)
+    return bars.bar_lines(bars.bar_time(piece_bars(notes)))
 
 
 def given_pairs(melody: Notes, at: np.ndarray) -> list[int]:
@@ -316,6 +319,7 @@ __all__ = [
     "infill_parts",
     "infill_prompt",
     "melody_voice",
+    "piece_bars",
     "span_times",
     "stretch_ids",
     "written_notes",

@@ -62,7 +62,7 @@ def piece_notes(ids: np.ndarray, voices: np.ndarray | None) -> encoding.Notes:
 def draw_infill_span(notes: encoding.Notes, generator: np.random.Generator) -> tuple[int, int] | None:
     """(first bar, last bar) of a span to fill, or None when the piece has fewer than two bars or the draw
     crosses a meter change."""
-    bars = int(notes.bars().locate([int(notes.onset[-1])])[0][0]) + 1 if len(notes) else 0
+    bars = tasks_music_xl.piece_bars(notes)
     if bars < 2:
         return None
     length = int(generator.integers(1, min(tasks_music_xl.MAX_INFILL_BARS, bars - 1) + 1))
