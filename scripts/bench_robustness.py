@@ -18,26 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-def varlen(value: int) -> bytes:
-    groups = [value & 0x7F]
-    value >>= 7
-    while value:
-        groups.append(0x80 | (value & 0x7F))
-        value >>= 7
-    return bytes(reversed(groups))
+import fuzz_midi  # beside this script: the MIDI bytes it writes
 
 
 def midi(events, division: int = 480) -> bytes:
-    body = b"".join(varlen(delta) + bytes(event) for delta, event in events) + b"\x00\xff\x2f\x00"
-    return b"MThd" + struct.pack(">IHHH", 6, 1, 1, division) + b"MTrk" + struct.pack(">I", len(body)) + body
+    """A one-track file from (delta ticks, event bytes) pairs (fuzz_midi.py, beside this script, writes the bytes)."""
+    return fuzz_midi.midi(fuzz_midi.track(*events), division=division)
 
 
 def long_rest() -> bytes:
