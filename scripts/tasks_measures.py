@@ -167,11 +167,12 @@ def strip(report: dict) -> dict:
 
 def measure_all(out: Path, models: dict, seeds, pieces: int, samples: int, span_bars: int) -> dict:
     split = load_corpus("bach-chorales")["validation"]
-    runs = {
-        f"{name}-seed{seed}": measure_model(out / f"{name}-seed{seed}", split, pieces, samples, span_bars)
-        for seed in seeds
-        for name in models
-    }
+    runs = {}
+    for seed in seeds:
+        for name in models:  # a few minutes each (a multitask model samples a harmonization of every soprano)
+            run = f"{name}-seed{seed}"
+            runs[run] = measure_model(out / run, split, pieces, samples, span_bars)
+            print(f"measured {run} in {runs[run]['seconds']:.0f} s", flush=True)
     summary = {}
     for name in models:
         values = [runs[f"{name}-seed{seed}"] for seed in seeds]
