@@ -414,10 +414,11 @@ class MusicXLModel(MusicXLPreTrainedModel):
             # a token sees only its own piece: stream training runs piece after piece, and a piece starts from
             # nothing (as it is evaluated and generated); pieces never decrease, so one row spans one piece when
             # its first key and its last query agree
-            key_piece = torch.cat([cache.key_pieces(start), states[:, begin:end, STATE_PIECE]], dim=1)  # (B, M+T)
             query_piece = states[:, begin:end, STATE_PIECE]  # (B, T)
+            first_piece = cache.key_pieces(start)[:, 0] if memory_len else query_piece[:, 0]  # (B,) first key's
             same_piece = None
-            if bool((key_piece[:, 0] != query_piece[:, -1]).any()):
+            if bool((first_piece != query_piece[:, -1]).any()):
+                key_piece = torch.cat([cache.key_pieces(start), query_piece], dim=1)  # (B, M+T)
                 same_piece = key_piece[:, None, :] == query_piece[:, :, None]  # (B, T, M+T)
             mask = self.chunk_mask(end - begin, memory_len, window, key_valid, same_piece, x.device)
             key_start = cache.first + start  # absolute index of the chunk's first key (for attention outputs)

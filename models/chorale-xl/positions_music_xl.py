@@ -30,17 +30,28 @@ def compute_beat_positions(
 
     Returns positions (B, T) and next_position (B,), both long.
     """
-    batch, length = input_ids.shape
     waits = token_waits(input_ids, config, previous_token)  # (B, T)
+    positions = times_from_waits(input_ids, waits, config, start_position)
+    return positions, positions[:, -1] + waits[:, -1]
+
+
+def times_from_waits(
+    input_ids: torch.Tensor, waits: torch.Tensor, config: MusicXLConfig, start_position: torch.Tensor | None
+):
+    """(B, T) the grid position of every token from the waits (B, T) of `token_waits`: the sum of the waits strictly
+    before it since the last `xxbos`, from `start_position` (B,) (None: 0)."""
     before = waits.cumsum(dim=1) - waits  # sum of the waits strictly before each token
     if start_position is not None:
         before = before + start_position[:, None]
+    is_bos = input_ids == config.bos_token_id
+    if not bool(is_bos.any()):  # a generation step: no restart to find
+        return before
     # restart at every xxbos: subtract the running sum found at the latest xxbos at or before each token
+    batch, length = input_ids.shape
     index = torch.arange(length, device=input_ids.device).expand(batch, length)
-    last_bos = torch.where(input_ids == config.bos_token_id, index, -1).cummax(dim=1).values  # (B, T), -1 = none
+    last_bos = torch.where(is_bos, index, -1).cummax(dim=1).values  # (B, T), -1 = none
     at_last_bos = before.gather(1, last_bos.clamp(min=0))
-    positions = before - torch.where(last_bos >= 0, at_last_bos, 0)
-    return positions, positions[:, -1] + waits[:, -1]
+    return before - torch.where(last_bos >= 0, at_last_bos, 0)
 
 
 def token_waits(input_ids: torch.Tensor, config: MusicXLConfig, previous_token: torch.Tensor | None = None):
@@ -85,16 +96,24 @@ def meter_lengths(config: MusicXLConfig):
 
 def bar_and_beat_lengths(config: MusicXLConfig, device: torch.device | str):
     """(V,) grid steps of a bar and of a beat for each token id: the meter's for time signature tokens, 4/4's for
-    every other id (so a state without a time signature yet reads as 4/4)."""
-    whole = 4 * config.steps_per_beat
-    bar = torch.full((config.vocab_size,), whole, dtype=torch.long, device=device)
-    beat = torch.full((config.vocab_size,), whole // 4, dtype=torch.long, device=device)
-    lengths = meter_lengths(config)
-    if lengths:
-        meters = slice(config.meter_offset, config.meter_offset + len(lengths))
-        bar[meters] = torch.tensor([b for b, _ in lengths], dtype=torch.long, device=device)
-        beat[meters] = torch.tensor([b for _, b in lengths], dtype=torch.long, device=device)
-    return bar, beat
+    every other id (so a state without a time signature yet reads as 4/4). Built once per vocabulary and device,
+    since every generation step reads them (rebuilding them was a twentieth of a one-row step); callers must not
+    write into them."""
+    key = (config.vocab_size, config.meter_offset, config.steps_per_beat, str(device))
+    if key not in LENGTH_TABLES:
+        whole = 4 * config.steps_per_beat
+        bar = torch.full((config.vocab_size,), whole, dtype=torch.long, device=device)
+        beat = torch.full((config.vocab_size,), whole // 4, dtype=torch.long, device=device)
+        lengths = meter_lengths(config)
+        if lengths:
+            meters = slice(config.meter_offset, config.meter_offset + len(lengths))
+            bar[meters] = torch.tensor([b for b, _ in lengths], dtype=torch.long, device=device)
+            beat[meters] = torch.tensor([b for _, b in lengths], dtype=torch.long, device=device)
+        LENGTH_TABLES[key] = bar, beat
+    return LENGTH_TABLES[key]
+
+
+LENGTH_TABLES = {}  # (vocab_size, meter_offset, steps_per_beat, device) -> the (bar, beat) tables
 
 
 def position_table_sizes(config: MusicXLConfig):
@@ -122,20 +141,24 @@ def compute_positions(input_ids: torch.Tensor, config: MusicXLConfig, state=None
     device = input_ids.device
     if state is None:
         state = initial_state(batch, device)
-    times, _ = compute_beat_positions(input_ids, config, state[:, STATE_TIME], state[:, STATE_TOKEN])
+    waits = token_waits(input_ids, config, state[:, STATE_TOKEN])  # (B, T)
+    times = times_from_waits(input_ids, waits, config, state[:, STATE_TIME])
     bar_len, beat_len = bar_and_beat_lengths(config, device)
     is_bos = input_ids == config.bos_token_id
     is_meter = (input_ids >= config.meter_offset) & (input_ids < config.meter_offset + len(config.meters))
-    is_given = (input_ids == config.given_token_id) & config.has_task_tokens
-    is_back = (input_ids == config.back_token_id) & config.has_task_tokens
+    is_event = is_bos | is_meter
+    is_given = is_back = torch.zeros_like(is_bos)
+    if config.has_task_tokens:
+        is_given, is_back = input_ids == config.given_token_id, input_ids == config.back_token_id
+        is_event = is_event | is_given | is_back
     # the meter, its time, its bar, the time taken back and the saved state only change at xxbos, time signatures,
-    # xxgiven and xxback: walk those columns only (few)
+    # xxgiven and xxback: walk those columns only (few; none in most generation steps)
     meter, anchor, bar = state[:, STATE_METER], state[:, STATE_ANCHOR], state[:, STATE_BAR]
     meter = torch.where(meter >= config.meter_offset, meter, 0)  # 0: not a meter token, read as 4/4
     rewound = torch.zeros_like(meter)  # steps xxback has taken time back within this call
     saved = state[:, STATE_SAVED_TIME : STATE_SAVED_BAR + 1]  # (B, 4) time, meter, anchor, bar at the open xxgiven
     in_force = [torch.cat([torch.stack([meter, anchor, bar, rewound], dim=1), saved], dim=1)]  # (B, 8) per event
-    event_columns = (is_bos | is_meter | is_given | is_back).any(dim=0)
+    event_columns = is_event.any(dim=0)  # (T,)
     for column in event_columns.nonzero().flatten().tolist():
         time = times[:, column] - rewound
         bars_so_far = bar + torch.div(time - anchor + bar_len[meter] - 1, bar_len[meter], rounding_mode="floor")
@@ -151,20 +174,22 @@ def compute_positions(input_ids: torch.Tensor, config: MusicXLConfig, state=None
         saved = torch.cat([closed[:, None], saved[:, 1:]], dim=1)
         rewound = torch.where(here_bos, 0, rewound)  # the raw times restart at xxbos too
         in_force.append(torch.cat([torch.stack([meter, anchor, bar, rewound], dim=1), saved], dim=1))
-    which = event_columns.long().cumsum(dim=0)  # (T,) entry of in_force for each token
-    forced = torch.stack(in_force, dim=1)[:, which]  # (B, T, 8)
+    if len(in_force) == 1:  # no event: one entry in force for every token
+        forced = in_force[0][:, None].expand(batch, length, 8)  # (B, T, 8)
+    else:
+        which = event_columns.long().cumsum(dim=0)  # (T,) entry of in_force for each token
+        forced = torch.stack(in_force, dim=1)[:, which]  # (B, T, 8)
     meter, anchor, bar, rewound = forced[..., :4].unbind(dim=-1)  # each (B, T)
     times = times - rewound
     since = times - anchor
-    bars, steps = bar + since // bar_len[meter], since % bar_len[meter]  # (B, T)
+    bar_steps, beat_steps = bar_len[meter], beat_len[meter]  # (B, T) each
+    bars, steps = bar + since // bar_steps, since % bar_steps  # (B, T)
     if config.position_scheme == "meter":
-        features = torch.stack([bars, steps // beat_len[meter], steps % beat_len[meter]], dim=-1)
+        features = torch.stack([bars, steps // beat_steps, steps % beat_steps], dim=-1)
     else:
         grid = config.steps_per_bar
         features = torch.stack([times // grid, times % grid, torch.zeros_like(times)], dim=-1)
-    after = times + token_waits(
-        input_ids, config, state[:, STATE_TOKEN]
-    )  # time after each token (an xxbos next resets it)
+    after = times + waits  # time after each token (an xxbos next resets it)
     piece = state[:, STATE_PIECE, None] + is_bos.long().cumsum(dim=1)  # an xxbos opens its own piece
     states = torch.cat([torch.stack([after, input_ids, meter, anchor, bar, piece], dim=-1), forced[..., 4:]], dim=-1)
     return features, states
@@ -188,5 +213,6 @@ __all__ = [
     "initial_state",
     "meter_lengths",
     "position_table_sizes",
+    "times_from_waits",
     "token_waits",
 ]
