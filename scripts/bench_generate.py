@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python scripts/bench_generate.py              # a few minutes
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python scripts/bench_generate.py --profile    # + top ops of a step
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python scripts/bench_generate.py --variants   # + compiled, bf16 weights
 
 For 1, 4, 16 and 64 rows (greedy, exactly --new-tokens new tokens a row; --new-tokens-64 at 64 rows, to keep the run
 short), prints each model's tokens/s over the cached steps (the prompt's forward excluded), the floor of each: the
@@ -9,11 +10,21 @@ step's linears (every layer's projections and the output head) timed alone at th
 fraction of the floor reached. Then the flat-cost check: one row, --long-tokens new tokens, tokens/s of the last
 1,024 against the first 1,024. Random weights (speed does not depend on them); the two models and their floors
 alternate at each batch size so that they share the machine's load; each figure is the best of --repeats runs. The
-target at one row, a step within 1.5x its floor, is a fraction of at least 0.67.
+target at one row, a step within 1.5x its floor, is a fraction of at least 0.67. The token counts are the issue's
+(1,024 a row, 512 at 64 rows): GPT-2's KV cache grows with them while MusicXL's memory stops at mem_len +
+segment_len, so shorter runs hide the difference at large batches, where reading the keys and values costs more than
+the linears.
+
+--variants also measures, against the eager fp32 model in the same run at 1 and 16 rows: every block compiled
+(torch.compile, dynamic shapes, since the memory grows step by step; the first call's compile time is reported, and a
+failure to compile is reported, not raised) and the weights stored in bfloat16; each with the share of greedy tokens
+equal to the fp32 eager ones (--release: the same check on the released model, a chorale prompt, --quality-tokens).
 """
 
 import argparse
+import copy
 import time
+from pathlib import Path
 
 import torch
 from bench_model import PROMPT, StepClock, build_models, count, window_rate
@@ -81,15 +92,86 @@ def print_profile(model, rows, steps=20):
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
 
 
+def greedy(model, rows, new_tokens, prompt=PROMPT):
+    """(seconds, tokens (rows, new_tokens)) of greedy generation of exactly new_tokens tokens a row."""
+    ids = torch.tensor(prompt).repeat(rows, 1)
+    start = time.perf_counter()
+    out = model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
+    )
+    return time.perf_counter() - start, out[:, ids.shape[1] :]
+
+
+def compiled(model):
+    """A copy of `model` with every block compiled, and the seconds the first calls took (compiling); or None and the
+    error where torch.compile does not work here."""
+    model = copy.deepcopy(model)
+    try:
+        for layer in model.transformer.layers:
+            layer.forward = torch.compile(layer.forward, dynamic=True)
+        start = time.perf_counter()
+        for rows in (1, 16):  # each batch size compiles once
+            greedy(model, rows, 4)
+        return model, time.perf_counter() - start
+    except Exception as error:  # no compiler (e.g. no C++ toolchain): report it, the bench goes on
+        return None, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+
+
+def print_variants(xl, new_tokens, repeats):
+    """tok/s of the compiled and bf16-weight variants against eager fp32 at 1 and 16 rows, and their tokens."""
+    variants = {"bf16 weights": (copy.deepcopy(xl).to(torch.bfloat16), None)}
+    model, compile_seconds = compiled(xl)
+    if model is None:
+        print(f"torch.compile failed: {compile_seconds}")
+    else:
+        variants["compiled blocks"] = (model, compile_seconds)
+    print("| variant | rows | fp32 eager tok/s | variant tok/s | variant / eager | greedy tokens equal | first call |")
+    print("|---|---|---|---|---|---|---|")
+    for name, (model, first_call) in variants.items():
+        for rows in (1, 16):
+            best = {"eager": 0.0, "variant": 0.0}
+            for _ in range(repeats):  # alternated, so that they share the load
+                seconds, eager_tokens = greedy(xl, rows, new_tokens)
+                best["eager"] = max(best["eager"], rows * new_tokens / seconds)
+                seconds, tokens = greedy(model, rows, new_tokens)
+                best["variant"] = max(best["variant"], rows * new_tokens / seconds)
+            equal = (tokens == eager_tokens).double().mean().item()
+            first = f"{first_call:.0f} s compiling" if first_call else "-"
+            print(
+                f"| {name} | {rows} | {best['eager']:.0f} | {best['variant']:.0f} | "
+                f"{best['variant'] / best['eager']:.2f}x | {equal:.3f} | {first} |",
+                flush=True,
+            )
+
+
+def print_release_quality(path, new_tokens):
+    """Greedy tokens of the released model in fp32 and with bf16 weights, from the same chorale opening."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch.float32).eval()
+    _, fp32 = greedy(model, 1, new_tokens)
+    _, bf16 = greedy(model.to(torch.bfloat16), 1, new_tokens)
+    differs = (fp32 != bf16)[0].nonzero()
+    first = differs[0].item() if len(differs) else None
+    print(
+        f"released model ({path}), {new_tokens} greedy tokens: bf16 weights give the same token at "
+        f"{(fp32 == bf16).double().mean().item():.3f} of the positions; first difference at token {first}"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--new-tokens", type=int, default=256, help="new tokens a row at 1, 4 and 16 rows")
-    parser.add_argument("--new-tokens-64", type=int, default=128, help="new tokens a row at 64 rows")
+    parser.add_argument("--new-tokens", type=int, default=1024, help="new tokens a row at 1, 4 and 16 rows")
+    parser.add_argument("--new-tokens-64", type=int, default=512, help="new tokens a row at 64 rows")
     parser.add_argument("--long-tokens", type=int, default=4096, help="the flat-cost check (one row)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="also print the top ops of a step at each batch")
+    parser.add_argument("--variants", action="store_true", help="also compiled blocks and bf16 weights")
+    parser.add_argument("--variant-tokens", type=int, default=256, help="new tokens a row for --variants")
+    parser.add_argument("--release", default=str(Path(__file__).resolve().parents[1] / "models" / "chorale-xl"))
+    parser.add_argument("--quality-tokens", type=int, default=512)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     xl, gpt2 = build_models(args.preset, len(PROMPT[0]) + args.long_tokens + 8, dropout=0.0)
@@ -129,6 +211,10 @@ def main():
             f"flat cost, one row, {n} new tokens: first {window} {first:.1f} tok/s, last {window} {last:.1f} tok/s, "
             f"ratio {last / first:.2f} (target 0.8-1.25)"
         )
+        if args.variants:
+            print_variants(xl, args.variant_tokens, args.repeats)
+            if Path(args.release).is_dir():
+                print_release_quality(args.release, args.quality_tokens)
 
 
 if __name__ == "__main__":
