@@ -15,10 +15,12 @@ target at one row, a step within 1.5x its floor, is a fraction of at least 0.67.
 segment_len, so shorter runs hide the difference at large batches, where reading the keys and values costs more than
 the linears.
 
---variants also measures, against the eager fp32 model in the same run at 1 and 16 rows: every block compiled
-(torch.compile, dynamic shapes, since the memory grows step by step; the first call's compile time is reported, and a
-failure to compile is reported, not raised) and the weights stored in bfloat16; each with the share of greedy tokens
-equal to the fp32 eager ones (--release: the same check on the released model, a chorale prompt, --quality-tokens).
+--variants also measures, against the eager fp32 model in the same run at 1, 16 and 64 rows: the blocks' linear
+weights stored in bfloat16 (`store_linears_in`, what the sampling commands do on a CPU with native bf16), the whole
+model in bfloat16, and every block compiled (torch.compile, dynamic shapes, since the memory grows step by step; the
+first call's compile time is reported, and a failure to compile is reported, not raised); each with the share of
+greedy tokens equal to the fp32 eager ones. Then the released model (--release) in fp32 and with bf16 linears: NLL on
+the validation chorales and --quality-tokens greedy tokens from four of their openings.
 """
 
 import argparse
@@ -118,8 +120,11 @@ def compiled(model):
 
 
 def print_variants(xl, new_tokens, repeats):
-    """tok/s of the compiled and bf16-weight variants against eager fp32 at 1 and 16 rows, and their tokens."""
-    variants = {"bf16 weights": (copy.deepcopy(xl).to(torch.bfloat16), None)}
+    """tok/s of the compiled and bf16 variants against eager fp32 at 1 and 16 rows, and their greedy tokens."""
+    variants = {
+        "bf16 linears (`store_linears_in`)": (copy.deepcopy(xl).store_linears_in(torch.bfloat16), None),
+        "all bf16 (`model.to(torch.bfloat16)`)": (copy.deepcopy(xl).to(torch.bfloat16), None),
+    }
     model, compile_seconds = compiled(xl)
     if model is None:
         print(f"torch.compile failed: {compile_seconds}")
@@ -128,7 +133,7 @@ def print_variants(xl, new_tokens, repeats):
     print("| variant | rows | fp32 eager tok/s | variant tok/s | variant / eager | greedy tokens equal | first call |")
     print("|---|---|---|---|---|---|---|")
     for name, (model, first_call) in variants.items():
-        for rows in (1, 16):
+        for rows in (1, 16, 64):
             best = {"eager": 0.0, "variant": 0.0}
             for _ in range(repeats):  # alternated, so that they share the load
                 seconds, eager_tokens = greedy(xl, rows, new_tokens)
@@ -144,18 +149,31 @@ def print_variants(xl, new_tokens, repeats):
             )
 
 
-def print_release_quality(path, new_tokens):
-    """Greedy tokens of the released model in fp32 and with bf16 weights, from the same chorale opening."""
+def print_release_quality(path, new_tokens, prompts=4, prompt_tokens=64):
+    """The released model in fp32 and with bf16 linears: NLL on the validation chorales, and greedy tokens from the
+    openings of the first `prompts` of them."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch.float32).eval()
-    _, fp32 = greedy(model, 1, new_tokens)
-    _, bf16 = greedy(model.to(torch.bfloat16), 1, new_tokens)
-    differs = (fp32 != bf16)[0].nonzero()
-    first = differs[0].item() if len(differs) else None
+    from hf_music_xl.data.corpus import load_corpus
+    from hf_music_xl.evaluate import corpus_nll
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    validation = load_corpus("bach-chorales")["validation"]
+    nll, same, total, first_differences = {}, 0, 0, []
+    for dtype in (torch.float32, torch.bfloat16):
+        nll[dtype] = corpus_nll(model.store_linears_in(dtype), validation, progress=False)["nll_per_note"]
+    for piece in validation.select(range(prompts)):
+        opening = piece["input_ids"][:prompt_tokens]
+        fp32 = greedy(model.store_linears_in(torch.float32), 1, new_tokens, [opening])[1][0]
+        bf16 = greedy(model.store_linears_in(torch.bfloat16), 1, new_tokens, [opening])[1][0]
+        differs = (fp32 != bf16).nonzero()
+        same, total = same + int((fp32 == bf16).sum()), total + new_tokens
+        first_differences.append(differs[0].item() if len(differs) else None)
     print(
-        f"released model ({path}), {new_tokens} greedy tokens: bf16 weights give the same token at "
-        f"{(fp32 == bf16).double().mean().item():.3f} of the positions; first difference at token {first}"
+        f"released model ({path}): NLL per note on the {len(validation)} validation chorales {nll[torch.float32]:.5f} "
+        f"in fp32, {nll[torch.bfloat16]:.5f} with bf16 linears ({nll[torch.bfloat16] / nll[torch.float32] - 1:+.4%}); "
+        f"{new_tokens} greedy tokens from {prompts} openings: {same / total:.3f} equal, first differences at "
+        f"{first_differences}"
     )
 
 
@@ -168,7 +186,7 @@ def main():
     parser.add_argument("--long-tokens", type=int, default=4096, help="the flat-cost check (one row)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="also print the top ops of a step at each batch")
-    parser.add_argument("--variants", action="store_true", help="also compiled blocks and bf16 weights")
+    parser.add_argument("--variants", action="store_true", help="also bf16 linears, all bf16 and compiled blocks")
     parser.add_argument("--variant-tokens", type=int, default=256, help="new tokens a row for --variants")
     parser.add_argument("--release", default=str(Path(__file__).resolve().parents[1] / "models" / "chorale-xl"))
     parser.add_argument("--quality-tokens", type=int, default=512)

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .generate import load_pipeline
+from .generate import linears_field, load_pipeline
 from .models.music_xl.sampling_music_xl import MAX_PROMPT_BARS, SAMPLING_PRESETS, sampling_settings
 from .release import default_model, model_field
 from .render import find_renderer, find_soundfont, render_sample
@@ -54,6 +54,7 @@ class AppSettings:
     """Everything ``hf-music-xl app`` needs; each field is a flag, ``model`` the positional argument."""
 
     model: str = model_field()
+    linears: str = linears_field()
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on (0.0.0.0 for all)"})
     port: int = field(default=7860, metadata={"help": "port"})
     max_upload_bytes: int = field(default=MAX_UPLOAD_BYTES, metadata={"help": "largest prompt file accepted"})
@@ -302,7 +303,7 @@ def run_app(settings: AppSettings, block: bool = True):
     """Load the model, build the page and serve it; returns the running page when ``block`` is False."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     model = settings.model or default_model()
-    pipe = load_pipeline(model)
+    pipe = load_pipeline(model, settings.linears)
     output_dir = Path(settings.output_dir or tempfile.mkdtemp(prefix="hf_music_xl_app_"))
     app = MusicApp(pipe, output_dir, settings.max_upload_bytes)
     if not app.audio:

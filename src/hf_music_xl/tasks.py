@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .generate import linears_field
 from .models.music_xl.sampling_music_xl import SamplingRequest, task_fields
 from .release import model_field
 from .render import FileOptions, render_sample
@@ -27,6 +28,7 @@ class TaskSettings(FileOptions, SamplingRequest):
     and where the files go; each field of the task is a flag, ``model`` and ``file`` the positional arguments."""
 
     model: str = model_field()
+    linears: str = linears_field()
     file: str = field(
         default="",
         metadata={"help": "the MIDI file: the piece to fill, or the melody to harmonize", "positional": True},
@@ -53,7 +55,7 @@ def run_task(settings: TaskSettings) -> list[dict]:
     piano roll and audio; the paths are printed. Returns the samples."""
     from .generate import load_pipeline
 
-    pipe = load_pipeline(settings.model)
+    pipe = load_pipeline(settings.model, settings.linears)
     parameters = {name: getattr(settings, name) for name in ["task", *task_fields(settings.task)]}
     with tqdm(unit="bar", leave=False, delay=1) as progress:  # delay: a refusal prints only its line
 

@@ -125,6 +125,18 @@ def relative_position_scores(query: torch.Tensor, relative: torch.Tensor):
 # The transformer
 
 
+class Linear(nn.Linear):
+    """nn.Linear that computes in its weight's dtype and returns its input's: with the weights stored in bfloat16
+    (`MusicXLForCausalLM.store_linears_in`) a generation step reads half the bytes, while the residual stream, the
+    attention and its memory, the embeddings and the output head stay float32. With matching dtypes (training,
+    autocast) it is nn.Linear."""
+
+    def forward(self, x: torch.Tensor):
+        if x.dtype == self.weight.dtype or torch.is_autocast_enabled(x.device.type):
+            return super().forward(x)
+        return super().forward(x.to(self.weight.dtype)).to(x.dtype)
+
+
 class MusicXLAttention(nn.Module):
     """Multi-head attention with TransformerXL relative positions, written out.
 
@@ -143,9 +155,9 @@ class MusicXLAttention(nn.Module):
         self.layer_idx = layer_idx
         self.n_head, self.d_head = config.n_head, config.d_head
         inner = config.n_head * config.d_head
-        self.qkv_proj = nn.Linear(config.d_model, 3 * inner, bias=False)
-        self.position_proj = nn.Linear(config.d_model, inner, bias=False)  # W_{k,R} of the paper
-        self.out_proj = nn.Linear(inner, config.d_model, bias=False)
+        self.qkv_proj = Linear(config.d_model, 3 * inner, bias=False)
+        self.position_proj = Linear(config.d_model, inner, bias=False)  # W_{k,R} of the paper
+        self.out_proj = Linear(inner, config.d_model, bias=False)
         self.attn_dropout = config.attn_dropout
 
     def split_heads(self, x: torch.Tensor):
@@ -215,8 +227,8 @@ class MusicXLBlock(GradientCheckpointingLayer):
         self.attn_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
         self.attention = MusicXLAttention(config, layer_idx)
         self.ff_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
-        self.ff_in = nn.Linear(config.d_model, config.d_inner)
-        self.ff_out = nn.Linear(config.d_inner, config.d_model)
+        self.ff_in = Linear(config.d_model, config.d_inner)
+        self.ff_out = Linear(config.d_inner, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
         # GPT-2's init: the two projections that write into the residual stream start smaller (_init_weights)
         self.attention.out_proj.writes_residual = True
@@ -537,6 +549,21 @@ class MusicXLForCausalLM(MusicXLPreTrainedModel, GenerationMixin):
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
+
+    def store_linears_in(self, dtype: torch.dtype = torch.bfloat16):
+        """Store the blocks' linear weights (every projection but the output head, which is tied to the embeddings)
+        in `dtype`, for generation: inputs are cast to it and outputs back (`Linear`), so everything else keeps its
+        dtype. On a CPU a step is bound by the bytes it reads, and bfloat16 weights on one with native bf16 make
+        generation faster (`scripts/bench_generate.py --variants`; float32 at `dtype` undoes it). Not for training,
+        which keeps float32 weights. Returns the model."""
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.to(dtype)
+        return self
+
+    def linears_dtype(self) -> torch.dtype:
+        """The dtype the blocks' linear weights are stored in (`store_linears_in`)."""
+        return self.transformer.layers[0].ff_in.weight.dtype
 
     # -- generate()
 
