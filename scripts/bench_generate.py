@@ -5,7 +5,8 @@
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python scripts/bench_generate.py --variants   # + compiled, bf16 weights
 
 For 1, 4, 16 and 64 rows (greedy, exactly --new-tokens new tokens a row; --new-tokens-64 at 64 rows, to keep the run
-short), prints each model's tokens/s over the cached steps (the prompt's forward excluded), the floor of each: the
+short), prints each model's tokens/s (MusicXL in float32, as GPT-2, and with its linears in bfloat16, as the sampling
+commands run it on a CPU with native bf16) over the cached steps (the prompt's forward excluded), the floor of each: the
 step's linears (every layer's projections and the output head) timed alone at that batch, as tokens/s, and the
 fraction of the floor reached. Then the flat-cost check: one row, --long-tokens new tokens, tokens/s of the last
 1,024 against the first 1,024. Random weights (speed does not depend on them); the two models and their floors
@@ -206,22 +207,24 @@ def main():
                 print_profile(xl, rows)
         print(
             "| rows | new tokens a row | MusicXL tok/s | its floor | fraction | GPT-2 tok/s | its floor | fraction "
-            "| MusicXL / GPT-2 |"
+            "| MusicXL / GPT-2 | MusicXL bf16 linears tok/s | its floor | fraction | bf16 linears / GPT-2 |"
         )
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        models = {"xl": xl, "gpt2": gpt2, "bf16": copy.deepcopy(xl).store_linears_in(torch.bfloat16)}
         for rows in ROWS:
             new_tokens = args.new_tokens_64 if rows == 64 else args.new_tokens
-            rates, floors = {"xl": 0.0, "gpt2": 0.0}, {"xl": 0.0, "gpt2": 0.0}
+            rates, floors = dict.fromkeys(models, 0.0), dict.fromkeys(models, 0.0)
             for _ in range(args.repeats):  # generation and floors alternated, so that they share the load
-                for name, model in (("xl", xl), ("gpt2", gpt2)):
+                for name, model in models.items():
                     rates[name] = max(rates[name], step_rate(model, rows, new_tokens)[0])
                     floors[name] = max(floors[name], floor_rate(model, rows))
-            print(
-                f"| {rows} | {new_tokens} | {rates['xl']:.0f} | {floors['xl']:.0f} | {rates['xl'] / floors['xl']:.2f} "
-                f"| {rates['gpt2']:.0f} | {floors['gpt2']:.0f} | {rates['gpt2'] / floors['gpt2']:.2f} "
-                f"| {rates['xl'] / rates['gpt2']:.2f}x |",
-                flush=True,
-            )
+            columns = [rows, new_tokens]
+            for name in ("xl", "gpt2"):
+                columns += [f"{rates[name]:.0f}", f"{floors[name]:.0f}", f"{rates[name] / floors[name]:.2f}"]
+            columns += [f"{rates['xl'] / rates['gpt2']:.2f}x"]
+            columns += [f"{rates['bf16']:.0f}", f"{floors['bf16']:.0f}", f"{rates['bf16'] / floors['bf16']:.2f}"]
+            columns += [f"{rates['bf16'] / rates['gpt2']:.2f}x"]
+            print("| " + " | ".join(str(column) for column in columns) + " |", flush=True)
         n, window = args.long_tokens, min(1024, args.long_tokens // 4)
         _, times = step_rate(xl, 1, n)
         first, last = window_rate(times, 1, window), window_rate(times, n - window, n)
