@@ -67,5 +67,5 @@ def test_cache_state_round_trip_repeat_rows_and_size():
         empty = MusicXLCache(model.config)
         empty.batch_repeat_interleave(3)  # nothing consumed yet: nothing to repeat
         assert empty.get_seq_length() == 0 and empty.nbytes() == 0
-    held = [*cache.keys, *cache.values, *cache.relative, cache.states, cache.valid, cache.fingerprints]
+    held = [*cache.keys, *cache.values, *cache.relative, cache.states, cache.valid, cache.fingerprints, cache.counts]
     assert cache.nbytes() == sum(t.numel() * t.element_size() for t in held) > 0

@@ -96,6 +96,25 @@ def test_prompt_lookup_and_assisted_decoding_equal_greedy():
     assert torch.equal(lookup, greedy) and torch.equal(assisted, greedy)
 
 
+@pytest.mark.parametrize("pads", [3, 5, 8, 11])
+def test_left_padding_shifts_no_segment_far_past_the_memory(pads):
+    # segments are counted in a row's own tokens: a row padded by any amount sees, at every token, the context it
+    # sees alone (with pads not a multiple of segment_len the batch's segments fall elsewhere in its tokens), in
+    # one forward of the whole batch and when generate() continues it step by step far past mem_len + segment_len
+    model = tiny_model(mem_len=16, segment_len=8)
+    row = torch.tensor([[BOS, PAD] + [t for i in range(21) for t in (note(60 + i % 7), dur(1 + i % 3))]])  # 44 tokens
+    batch = torch.cat([torch.cat([torch.full((1, pads), PAD), row], dim=1), torch.cat([row, row[:, :pads]], dim=1)])
+    mask = torch.ones_like(batch)
+    mask[0, :pads] = 0
+    with torch.no_grad():
+        alone = model(row).logits[0]
+        together = model(batch, attention_mask=mask).logits
+    torch.testing.assert_close(together[0, pads:], alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(together[1, : row.shape[1]], alone, atol=1e-5, rtol=1e-5)
+    generated = model.generate(batch, attention_mask=mask, max_new_tokens=40, do_sample=False)
+    assert torch.equal(generated[0, pads:], model.generate(row, max_new_tokens=40, do_sample=False)[0])
+
+
 def test_left_padded_batch_generates_as_each_prompt_alone():
     model = tiny_model(mem_len=16, segment_len=8)
     short = torch.tensor([[BOS, PAD, note(64), dur(2)]])

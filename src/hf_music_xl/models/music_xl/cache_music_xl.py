@@ -34,7 +34,7 @@ def history_fingerprint(input_ids: torch.Tensor):
     return fingerprint_terms(input_ids, 0).sum(dim=1) % FINGERPRINT_MODULUS
 
 
-RECORDS = ("states", "valid", "fingerprints")  # what the cache keeps per token, besides keys and values
+RECORDS = ("states", "valid", "fingerprints", "counts")  # what the cache keeps per token, besides keys and values
 
 
 class MusicXLCache:
@@ -49,7 +49,9 @@ class MusicXLCache:
     training and generation. They are stored detached: no gradient flows into earlier steps (the paper's SG(.)).
 
     Per token it also keeps the position rule's state after it (`compute_positions`: the next grid step, the token,
-    the meter in force), whether the token was padding (attention_mask 0), and the fingerprint of each row's history.
+    the meter in force), whether the token was padding (attention_mask 0), how many of the row's tokens so far were
+    not (segments are counted in a row's own tokens, so a left-padded row sees what it sees alone), and the
+    fingerprint of each row's history.
     So crop() (assisted and prompt-lookup decoding) restores exactly the state before the removed tokens, and resuming
     generate() with sequences this cache did not consume is caught (see `MusicXLForCausalLM`).
     """
@@ -62,9 +64,9 @@ class MusicXLCache:
         self.segment_len = config.segment_len
         self.n_head, self.d_head = config.n_head, config.d_head
         self.keys, self.values = [], []  # per layer (B, H, capacity, Dh), detached
-        # per token: the position state after it (B, capacity, STATE_SIZE), not padding and the history fingerprint
-        # (B, capacity) each
-        self.states = self.valid = self.fingerprints = None
+        # per token: the position state after it (B, capacity, STATE_SIZE); not padding, the history fingerprint and
+        # the count of the row's tokens up to it that are not padding (B, capacity) each
+        self.states = self.valid = self.fingerprints = self.counts = None
         self.first = 0  # absolute index (tokens since the sequence began) of buffer slot 0
         self.length = 0  # slots in use
         self.relative = []  # per layer (H, R, Dh) projected relative encodings; inference only (weights fixed)
@@ -99,7 +101,7 @@ class MusicXLCache:
         """Forget the last -max_length tokens (max_length <= 0, as generate() calls it) or all but the first
         max_length (> 0)."""
         keep = self.get_seq_length() + max_length if max_length <= 0 else max_length
-        needed = max(0, keep // self.segment_len * self.segment_len - self.mem_len)  # first token `keep` sees
+        needed = max(0, self.first_seen(keep))  # the first token the token at `keep` may see
         if needed < self.first or keep > self.get_seq_length():
             raise ValueError(
                 f"cannot crop a cache of {self.get_seq_length()} tokens to {keep}: the memory that "
@@ -134,9 +136,15 @@ class MusicXLCache:
         return self.get_seq_length() - self.first - self.visible_start(self.get_seq_length())
 
     def visible_start(self, position: int):
-        """Buffer slot of the first token seen by a token at absolute `position`: mem_len before its segment."""
+        """Buffer slot of the first token a token at absolute `position` may see."""
+        return max(0, self.first_seen(position) - self.first)
+
+    def first_seen(self, position: int):
+        """Absolute index of the first token a token at `position` may see: mem_len before its segment; a segment
+        earlier when rows are padded, since a padded row counts its segments from its own first token, which can
+        put its segment's start up to segment_len - 1 tokens before the batch's (the mask then picks each row's)."""
         segment_start = position // self.segment_len * self.segment_len
-        return max(0, segment_start - self.mem_len - self.first)
+        return segment_start - self.mem_len - (self.segment_len if self.has_padding() else 0)
 
     def chunks(self, new_tokens: int):
         """(begin, end) of the pieces of `new_tokens` inputs that fall in one segment each."""
@@ -161,6 +169,7 @@ class MusicXLCache:
             if self.states is None:
                 self.states = torch.zeros(batch, 0, STATE_SIZE, dtype=torch.long, device=device)
                 self.fingerprints = torch.zeros(batch, 0, dtype=torch.long, device=device)
+                self.counts = torch.zeros(batch, 0, dtype=torch.long, device=device)
                 self.valid = torch.zeros(batch, 0, dtype=torch.bool, device=device)
             for name in RECORDS:
                 setattr(self, name, self._moved(getattr(self, name), keep_from, capacity, dim=1))
@@ -186,20 +195,35 @@ class MusicXLCache:
         end = self.length + new_tokens
         return self.keys[layer_idx][:, :, start:end], self.values[layer_idx][:, :, start:end]
 
-    def append_tokens(self, input_ids: torch.Tensor, states: torch.Tensor, valid: torch.Tensor):
+    def append_tokens(
+        self, input_ids: torch.Tensor, states: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor | None = None
+    ):
         """After a chunk has been written in every layer: record its tokens (B, T), the position states after them
-        (B, T, STATE_SIZE) and which are not padding (B, T), and move past them."""
+        (B, T, STATE_SIZE), which are not padding (B, T) and their counts (`real_counts`, computed when not given),
+        and move past them."""
+        counts = self.real_counts(valid) if counts is None else counts
         end = self.length + input_ids.shape[1]
         terms = fingerprint_terms(input_ids, self.get_seq_length())
         previous = self.fingerprint() if self.length else torch.zeros_like(terms[:, 0])
         self.fingerprints[:, self.length : end] = (previous[:, None] + terms.cumsum(dim=1)) % FINGERPRINT_MODULUS
         self.states[:, self.length : end] = states
         self.valid[:, self.length : end] = valid
+        self.counts[:, self.length : end] = counts
         self.length = end
+
+    def real_counts(self, valid: torch.Tensor):
+        """(B, T) for the next T tokens, not padding where `valid` (B, T): how many of the row's tokens up to each
+        are not padding (a token's index in its row's own tokens is its count - 1)."""
+        before = self.counts[:, self.length - 1, None] if self.length else 0
+        return before + valid.long().cumsum(dim=1)
 
     def key_valid(self, start: int):
         """(B, M) False where a memory token from slot `start` on was padding."""
         return self.valid[:, start : self.length]
+
+    def key_counts(self, start: int):
+        """(B, M) the count (`real_counts`) of each memory token from slot `start` on."""
+        return self.counts[:, start : self.length]
 
     def key_pieces(self, start: int):
         """(B, M) the piece (count of xxbos) of each memory token from slot `start` on."""
@@ -222,6 +246,10 @@ class MusicXLCache:
     def from_state(cls, config: MusicXLConfig, tensors: dict[str, torch.Tensor], first: int):
         cache = cls(config)
         if tensors:
+            if "counts" not in tensors:  # saved before the counts: by stream training, which pads nothing
+                length = tensors["states"].shape[1]
+                counts = torch.arange(first + 1, first + length + 1, device=tensors["states"].device)
+                tensors = {**tensors, "counts": counts.expand(tensors["states"].shape[0], -1).contiguous()}
             for name in RECORDS:
                 setattr(cache, name, tensors[name])
             layers = sum(name.startswith("keys.") for name in tensors)
@@ -238,7 +266,9 @@ class MusicXLCache:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def has_padding(self):
-        return bool(self.length) and not bool(self.valid[:, : self.length].all())
+        """Whether some row had padding (its count of tokens falls behind the tokens consumed), even padding that is
+        no longer in the buffer: its segments stay shifted."""
+        return bool(self.length) and bool((self.counts[:, self.length - 1] != self.get_seq_length()).any())
 
 
 __all__ = ["MusicXLCache", "fingerprint_terms", "history_fingerprint"]

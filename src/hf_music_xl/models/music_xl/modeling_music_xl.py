@@ -6,8 +6,8 @@ token ids are in `positions_music_xl.py`, the memory (one cache for training, ev
 `cache_music_xl.py`.
 
 What a token sees is one rule, everywhere: a sequence is cut into segments of `segment_len` tokens counted from
-its first token, and a token attends to the earlier tokens of its segment and to the `mem_len` tokens before the
-segment (TransformerXL's memory). Whether a sequence is fed in one call, in chunks resuming a `MusicXLCache`, one
+its first token (padding is not counted, so a left-padded row sees what it sees alone), and a token attends to the
+earlier tokens of its segment and to the `mem_len` tokens before the segment (TransformerXL's memory). Whether a sequence is fed in one call, in chunks resuming a `MusicXLCache`, one
 token at a time by `generate()` or step after step by stream training, every token gets the same context, so
 the cache equals a full recomputation at any length.
 
@@ -41,11 +41,12 @@ def attention_block_mask(
     window: int,
     device: torch.device | str,
     key_valid: torch.Tensor | None = None,
-    same_piece: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
 ):
     """Where a query may NOT attend: (T, M + T) bool over [memory, current chunk] keys, or (B, T, M + T) with
-    `key_valid` (B, M + T) (False for padding, i.e. attention_mask 0) or `same_piece` (B, T, M + T) (False where a
-    key belongs to another piece than the query: an earlier one, before the query's `xxbos`).
+    `key_valid` (B, M + T) (False for padding, i.e. attention_mask 0) or `allowed` (B, T, M + T) (False where a
+    key is not the query's to see: it belongs to another piece (an earlier one, before the query's `xxbos`), or,
+    in a padded row, it lies before the memory of the query's own segment).
 
     window == 0: the causal mask. window = s >= 1 (training only): the chunk is cut into blocks of s positions and
     a query sees the memory and the earlier blocks but not its own block (musicautobot's window mask); the first
@@ -61,12 +62,12 @@ def attention_block_mask(
         blocked[:, 0] = False
     visible_memory = torch.zeros(query_len, memory_len, dtype=torch.bool, device=device)
     blocked = torch.cat([visible_memory, blocked], dim=1)  # (T, M+T)
-    if key_valid is None and same_piece is None:
+    if key_valid is None and allowed is None:
         return blocked
     if key_valid is not None:
         blocked = blocked | ~key_valid[:, None, :]  # (B, T, M+T)
-    if same_piece is not None:
-        blocked = blocked | ~same_piece  # (B, T, M+T)
+    if allowed is not None:
+        blocked = blocked | ~allowed  # (B, T, M+T)
     is_self = torch.zeros_like(blocked[0])
     is_self[:, memory_len:] = torch.eye(query_len, dtype=torch.bool, device=device)
     return blocked & ~(is_self & blocked.all(dim=-1, keepdim=True))
@@ -332,12 +333,13 @@ class MusicXLModel(MusicXLPreTrainedModel):
         return int(torch.randint(1, config.mask_steps + 1, ()).item())
 
     def relative_encodings(self, cache: MusicXLCache, dtype: torch.dtype, device: torch.device | str):
-        """Per layer (H, R, Dh) projected encodings of the distances R-1..0, R = mem_len + segment_len (the longest
-        span a token sees). Kept in the cache when no gradient is needed, so generation steps reuse them."""
+        """Per layer (H, R, Dh) projected encodings of the distances R-1..0, R = mem_len + 2 segment_len (the longest
+        span of keys a chunk is given: a segment more than a token sees when rows are padded, see
+        `MusicXLCache.first_seen`). Kept in the cache when no gradient is needed, so generation steps reuse them."""
         if cache.relative and not torch.is_grad_enabled():
             return cache.relative
         encodings = sinusoid_encodings(
-            self.config.mem_len + self.config.segment_len, self.config.d_model, device, dtype
+            self.config.mem_len + 2 * self.config.segment_len, self.config.d_model, device, dtype
         )
         tables = [layer.attention.project_positions(encodings) for layer in self.layers]
         if not torch.is_grad_enabled():
@@ -350,14 +352,25 @@ class MusicXLModel(MusicXLPreTrainedModel):
         memory_len: int,
         window: int,
         key_valid: torch.Tensor,
-        same_piece: torch.Tensor,
+        allowed: torch.Tensor,
         device: torch.device | str,
     ):
         """Keys a chunk's queries do not see: (T, M+T) or (B, 1, T, M+T) bool, or None when they see every key."""
-        if not window and query_len == 1 and key_valid is None and same_piece is None:
+        if not window and query_len == 1 and key_valid is None and allowed is None:
             return None
-        blocked = attention_block_mask(query_len, memory_len, window, device, key_valid, same_piece)
+        blocked = attention_block_mask(query_len, memory_len, window, device, key_valid, allowed)
         return blocked[:, None] if blocked.dim() == 3 else blocked  # (B, 1, T, M+T): one mask for all heads
+
+    def in_reach(self, memory_counts: torch.Tensor, chunk_counts: torch.Tensor):
+        """(B, T, M+T) True where a key lies within the reach of a query of a padded batch: the query's own segment
+        and the mem_len tokens before it, counted in the row's own tokens (padding is not counted), so that a row
+        sees what it sees alone wherever the batch's segments fall. Counts (`MusicXLCache.real_counts`) of the
+        memory's keys (B, M) and the chunk's tokens (B, T)."""
+        key_index = torch.cat([memory_counts, chunk_counts], dim=1) - 1  # (B, M+T) index in the row's own tokens
+        query_index = chunk_counts - 1  # (B, T)
+        segment = self.config.segment_len
+        reach = query_index // segment * segment - self.config.mem_len  # (B, T) first index each query sees
+        return key_index[:, None, :] >= reach[:, :, None]
 
     @can_return_tuple
     def forward(
@@ -410,6 +423,7 @@ class MusicXLModel(MusicXLPreTrainedModel):
         # padding is not a wait and is no token before a wait: read it as xxpad for the position rule
         rule_ids = input_ids.masked_fill(~valid, config.pad_token_id)
         features, states = compute_positions(rule_ids, config, cache.position_state())  # (B, L, 3), (B, L, 5)
+        counts = cache.real_counts(valid)  # (B, L) each token's count of its row's tokens that are not padding
         x = self.embed(input_ids, features if beat_positions is None else beat_positions)  # (B, L, D)
 
         window = self.sample_window()
@@ -422,17 +436,20 @@ class MusicXLModel(MusicXLPreTrainedModel):
             chunk = x[:, begin:end]  # (B, T, D)
             start = cache.make_room(end - begin, batch, x.device)
             memory_len = cache.length - start
-            key_valid = torch.cat([cache.key_valid(start), valid[:, begin:end]], dim=1) if has_padding else None
+            key_valid = allowed = None
+            if has_padding:
+                key_valid = torch.cat([cache.key_valid(start), valid[:, begin:end]], dim=1)  # (B, M+T)
+                allowed = self.in_reach(cache.key_counts(start), counts[:, begin:end])  # (B, T, M+T)
             # a token sees only its own piece: stream training runs piece after piece, and a piece starts from
             # nothing (as it is evaluated and generated); pieces never decrease, so one row spans one piece when
             # its first key and its last query agree
             query_piece = states[:, begin:end, STATE_PIECE]  # (B, T)
             first_piece = cache.key_pieces(start)[:, 0] if memory_len else query_piece[:, 0]  # (B,) first key's
-            same_piece = None
             if bool((first_piece != query_piece[:, -1]).any()):
                 key_piece = torch.cat([cache.key_pieces(start), query_piece], dim=1)  # (B, M+T)
                 same_piece = key_piece[:, None, :] == query_piece[:, :, None]  # (B, T, M+T)
-            mask = self.chunk_mask(end - begin, memory_len, window, key_valid, same_piece, x.device)
+                allowed = same_piece if allowed is None else allowed & same_piece
+            mask = self.chunk_mask(end - begin, memory_len, window, key_valid, allowed, x.device)
             key_start = cache.first + start  # absolute index of the chunk's first key (for attention outputs)
             chunk_inputs, chunk_attentions = [], []
             for i, layer in enumerate(self.layers):
@@ -443,7 +460,9 @@ class MusicXLModel(MusicXLPreTrainedModel):
                     chunk, table, self.content_bias, self.position_bias, mask, slots, output_attentions
                 )
                 chunk_attentions.append(probabilities)
-            cache.append_tokens(input_ids[:, begin:end], states[:, begin:end], valid[:, begin:end])
+            cache.append_tokens(
+                input_ids[:, begin:end], states[:, begin:end], valid[:, begin:end], counts[:, begin:end]
+            )
             outputs.append(chunk)
             layer_inputs.append(chunk_inputs)
             attentions.append((key_start, chunk_attentions))
