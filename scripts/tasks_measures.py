@@ -68,7 +68,7 @@ def sampled_harmony(model, notes: E.Notes, melody: int, seed: int, key) -> tuple
     note, tokens sampled)."""
     soprano = notes.select(notes.voice == melody)
     prompt = T.harmonize_prompt(soprano)
-    for rows, _ in sample_rows(model, prompt, SamplingRequest(bars=1), [seed]):  # noqa: B007 - the last is kept
+    for rows, _ in sample_rows(model, [prompt], SamplingRequest(bars=1), [seed]):  # noqa: B007 - the last is kept
         pass
     ids = rows[0].numpy()
     given, written = T.given_notes(ids), T.written_notes(ids, len(prompt.ids))

@@ -136,7 +136,7 @@ def generate_batch(
 
     Args:
         model: a ``MusicXLForCausalLM`` (put in eval mode here).
-        prompt: ids starting ``xxbos xxpad`` (see ``prompt_ids``).
+        prompt: ids starting ``xxbos xxpad`` (see ``prompt_ids``), the same for every seed.
         request: the length, sampling and constraints (its ``prompt_bars``, ``meter``, ``seed`` and
             ``num_samples`` are the caller's: the prompt is made, and the seeds are given).
         seeds: one per sample.
@@ -144,7 +144,7 @@ def generate_batch(
     """
     unit, total = ("bar", request.bars) if request.bars else ("token", request.max_new_tokens)
     with tqdm(total=total, unit=unit, disable=not progress, leave=False) as bar:
-        for rows, done in sample_rows(model, prompt, request, seeds, streamer=streamer):  # noqa: B007 - the last
+        for rows, done in sample_rows(model, [prompt] * len(seeds), request, seeds, streamer):  # noqa: B007 - the last
             bar.update(min(min(done), total) - bar.n)
     samples = [row.cpu().numpy() for row in rows]
     for ids, bars_done, seed in zip(samples, done, seeds):
