@@ -5,6 +5,7 @@ pieces that run far past the memory (so a row's segments must fall where they fa
 import numpy as np
 import pytest
 import torch
+from helpers import recorded_batches
 from transformers import AutoModelForCausalLM
 
 from hf_music_xl.generate import load_pipeline
@@ -40,18 +41,6 @@ def last(chunks):
     for rows, done in chunks:  # noqa: B007 - the last is kept
         pass
     return [row.tolist() for row in rows], done
-
-
-def recorded_batches(model, monkeypatch) -> list[int]:
-    """The rows of every generate() call from now on."""
-    calls, original = [], type(model).generate
-
-    def recording_generate(self, input_ids, **kwargs):
-        calls.append(input_ids.shape[0])
-        return original(self, input_ids, **kwargs)
-
-    monkeypatch.setattr(type(model), "generate", recording_generate)
-    return calls
 
 
 @pytest.mark.parametrize("length", ["bars", "tokens"])
