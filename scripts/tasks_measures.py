@@ -14,8 +14,9 @@ from hf_music_xl.data.corpus import load_corpus
 from hf_music_xl.data.task_examples import piece_notes
 from hf_music_xl.models.music_xl import encoding as E
 from hf_music_xl.models.music_xl import tasks_music_xl as T
+from hf_music_xl.models.music_xl.batch_sampling_music_xl import sample_rows
 from hf_music_xl.models.music_xl.modeling_music_xl import MusicXLForCausalLM
-from hf_music_xl.models.music_xl.sampling_music_xl import SamplingRequest, sample_rows
+from hf_music_xl.models.music_xl.sampling_music_xl import SamplingRequest
 
 
 def token_nll(model, ids: np.ndarray) -> np.ndarray:

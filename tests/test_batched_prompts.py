@@ -9,8 +9,9 @@ from helpers import recorded_batches
 from transformers import AutoModelForCausalLM
 
 from hf_music_xl.generate import load_pipeline
-from hf_music_xl.models.music_xl import encoding, sampling_music_xl
-from hf_music_xl.models.music_xl.sampling_music_xl import SamplingRequest, empty_prompt, prompt_ids, sample_rows
+from hf_music_xl.models.music_xl import batch_sampling_music_xl, encoding
+from hf_music_xl.models.music_xl.batch_sampling_music_xl import Row, sample_rows
+from hf_music_xl.models.music_xl.sampling_music_xl import SamplingRequest, empty_prompt, prompt_ids
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +77,12 @@ def test_prompts_far_apart_in_length_go_in_separate_batches(model, prompts, monk
     request = SamplingRequest(bars=0, max_new_tokens=12, chunk_tokens=12)
     seeds = list(range(len(prompts)))
     together, _ = last(sample_rows(model, prompts, request, seeds))
-    monkeypatch.setattr(sampling_music_xl, "MAX_FED_TOKENS", 10)
+    monkeypatch.setattr(batch_sampling_music_xl, "MAX_FED_TOKENS", 10)
     calls = recorded_batches(model, monkeypatch)
     apart, _ = last(sample_rows(model, prompts, request, seeds))
     assert apart == together
     lengths = sorted(map(len, prompts))  # [2, 3, 3, 23, 43, 63]: the short ones, then each chorale alone
-    groups = sampling_music_xl.batches([sampling_music_xl.Row(torch.zeros(n), 0, None, 1, None) for n in lengths])
+    groups = batch_sampling_music_xl.batches([Row(torch.zeros(n), 0, None, 1, None) for n in lengths])
     assert [len(group) for group in groups] == [3, 1, 1, 1]
     assert calls == [3, 2, 1, 1, 1]  # the rows of 3 prompt tokens end a token after the other: one call more
 
@@ -106,3 +107,4 @@ def test_the_pipeline_samples_a_list_of_prompts_in_one_batch(tiny_model_dir, cho
     ]
     assert [s["seed"] for s in together[1]] == [7, 8] and {s["prompt_length"] for s in together[1]} == {2}
     assert seen[-1][1] == 6 and [done for done, _ in seen] == sorted(done for done, _ in seen)
+    assert pipe([], **kwargs) == []

@@ -12,7 +12,7 @@ from helpers import recorded_batches, run_without_package
 
 from hf_music_xl import MusicXLConfig
 from hf_music_xl.generate import load_pipeline
-from hf_music_xl.models.music_xl import encoding, sampling_music_xl, tasks_music_xl
+from hf_music_xl.models.music_xl import batch_sampling_music_xl, encoding, tasks_music_xl
 from hf_music_xl.models.music_xl.sampling_music_xl import SamplingRequest, bar_range
 
 TPQ = 384  # not the 480 the encoding writes: added notes must take the input's resolution
@@ -90,7 +90,7 @@ def span(path, bars) -> tuple[int, int]:
 def test_a_list_of_pieces_is_one_batch_and_each_is_its_sample_alone(pipe, pieces, monkeypatch, task, fields):
     """Each row keeps its own walls, given tokens, bars and prompt end: a 4/4 and a 3/4 piece of different lengths
     in one batch give, note for note, what each gives alone."""
-    monkeypatch.setattr(sampling_music_xl, "MAX_FED_TOKENS", 10_000)  # the two layouts differ by hundreds of tokens
+    monkeypatch.setattr(batch_sampling_music_xl, "MAX_FED_TOKENS", 10_000)  # the layouts differ by hundreds of tokens
     inputs = [str(pieces[11]), str(pieces[6])]
     alone = [pipe(path, task=task, num_samples=2, seed=3, **fields) for path in inputs]
     calls = recorded_batches(pipe.model, monkeypatch)

@@ -25,14 +25,8 @@ from tqdm.auto import tqdm
 from transformers.generation.streamers import BaseStreamer
 
 from .models.music_xl import encoding
-from .models.music_xl.sampling_music_xl import (
-    TOKENS_PER_BAR_BOUND,
-    SamplingRequest,
-    empty_prompt,
-    fell_short,
-    prompt_ids,
-    sample_rows,
-)
+from .models.music_xl.batch_sampling_music_xl import TOKENS_PER_BAR_BOUND, fell_short, sample_rows
+from .models.music_xl.sampling_music_xl import SamplingRequest, empty_prompt, prompt_ids
 from .models.music_xl.tasks_music_xl import check_task
 from .release import default_model, model_field
 from .render import FileOptions, render_outputs
@@ -131,7 +125,7 @@ def generate_batch(
     progress: bool = True,
 ) -> list[np.ndarray]:
     """Prompt followed by one continuation per seed (ids), sampled in one batch as ``request`` asks, with the
-    grammar processor on (``sample_rows`` of sampling_music_xl.py, with a progress bar); sample ``i`` is the one
+    grammar processor on (``sample_rows`` of batch_sampling_music_xl.py, with a progress bar); sample ``i`` is the one
     its seed gives alone.
 
     Args:

@@ -14,9 +14,10 @@ Every model that hf_music_xl saves carries this file and names it in config.json
 call above works where hf_music_xl is not installed. The file therefore imports only torch, transformers, numpy,
 symusic and its sibling files, and only defines things when imported.
 
-Its call parameters are the fields of ``SamplingRequest`` (sampling_music_xl.py, where sampling lives for the whole
-package: the CLI and the web app use the same request and the same ``sample_rows``). The samples of all prompts of
-a call are drawn in one batch, each row from its own seed, so a sample is the same asked for alone or with others.
+Its call parameters are the fields of ``SamplingRequest`` (sampling_music_xl.py), and ``sample_rows``
+(batch_sampling_music_xl.py) samples: the CLI and the web app use the same request and the same sampling. The
+samples of all prompts of a call are drawn in one batch, each row from its own seed, so a sample is the same asked
+for alone or with others.
 """
 
 import logging
@@ -27,16 +28,9 @@ import symusic
 import torch
 from transformers import Pipeline
 
+from .batch_sampling_music_xl import bars_done, fell_short, sample_rows
 from .encoding import STEPS_PER_BEAT, decode_ids, encode_midi, ids_to_notes, load_score, read_notes
-from .sampling_music_xl import (
-    MAX_PROMPT_BARS,
-    SamplingRequest,
-    bars_done,
-    empty_prompt,
-    fell_short,
-    prompt_ids,
-    sample_rows,
-)
+from .sampling_music_xl import MAX_PROMPT_BARS, SamplingRequest, empty_prompt, prompt_ids
 from .task_midi_music_xl import melody_track, with_generated, with_tracks, without_span
 from .tasks_music_xl import check_task, harmonize_prompt, infill_prompt, piece_bars, span_times, written_notes
 
@@ -269,6 +263,8 @@ class MusicXLPipeline(Pipeline):
         forward = {**self._forward_params, **forward}
         postprocess = {**self._postprocess_params, **postprocess}
         prompts = [self.preprocess(item, **preprocess) for item in inputs]
+        if not prompts:
+            return []
         request = forward.get("request") or SamplingRequest()
         with self.device_placement(), torch.no_grad():
             outputs = self.sample_prompts(prompts, request, forward.get("progress_callback"))
