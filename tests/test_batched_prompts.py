@@ -5,12 +5,14 @@ pieces that run far past the memory (so a row's segments must fall where they fa
 import numpy as np
 import pytest
 import torch
-from helpers import recorded_batches
+from helpers import BOS, PAD, SEP, dur, note, recorded_batches
 from transformers import AutoModelForCausalLM
 
+from hf_music_xl import MusicXLConfig
 from hf_music_xl.generate import load_pipeline
 from hf_music_xl.models.music_xl import batch_sampling_music_xl, encoding
 from hf_music_xl.models.music_xl.batch_sampling_music_xl import Row, sample_rows
+from hf_music_xl.models.music_xl.generation_music_xl import MaxBarsCriteria
 from hf_music_xl.models.music_xl.sampling_music_xl import SamplingRequest, empty_prompt, prompt_ids
 
 
@@ -67,8 +69,29 @@ def test_prompts_of_different_lengths_and_meters_in_one_batch_equal_each_alone(m
         assert min(done) >= 32
     else:
         assert [len(row) - len(prompt) for row, prompt in zip(together, prompts)] == [70] * len(prompts)
+        # one generate() call per chunk of 10 tokens, from the shortest prompt's end to the longest row's end
+        assert len(calls) == -(-(max(map(len, prompts)) + 70 - min(map(len, prompts))) // 10)
     assert sum(len(row) > 2 * 32 for row in together) >= 3  # far past what a token sees whole
     assert calls[0] == len(prompts) and calls == sorted(calls, reverse=True)  # one batch; rows leave as they end
+
+
+def test_each_row_counts_its_bars_from_its_own_prompt_s_end():
+    """Rows of one batch with prompts of 6, 2 and 10 tokens (4/4: a wait of d16 is a bar): bars are counted from
+    each row's own prompt end, and a row still inside its prompt is not done."""
+    config = MusicXLConfig()
+    rows = torch.tensor(
+        [
+            [BOS, PAD, note(60), dur(16), SEP, dur(16), SEP, dur(16)],  # prompt: 1 bar, then 1 more
+            [BOS, PAD, SEP, dur(16), SEP, dur(16), SEP, dur(16)],  # prompt: nothing, then 3 bars
+            [BOS, PAD, SEP, dur(16), SEP, dur(16), SEP, dur(16)],  # prompt: 10 tokens, 2 still to come
+        ]
+    )
+    criteria = MaxBarsCriteria([1, 3, 1], config, prompt_length=[6, 2, 10])
+    assert criteria.bars_done(rows)[:2].tolist() == [1.0, 3.0] and criteria.bars_done(rows)[2].isnan()
+    assert criteria(rows, None).tolist() == [True, True, False]
+    assert MaxBarsCriteria(2, config, prompt_length=[6, 2, 10])(rows, None).tolist() == [False, True, False]
+    criteria.keep([1])
+    assert criteria(rows[1:2], None).tolist() == [True] and criteria.bars_done(rows[1:2]).tolist() == [3.0]
 
 
 def test_prompts_far_apart_in_length_go_in_separate_batches(model, prompts, monkeypatch):
