@@ -9,7 +9,7 @@ from helpers import BOS, PAD, SEP, dur, note, recorded_batches
 from transformers import AutoModelForCausalLM
 
 from hf_music_xl import MusicXLConfig
-from hf_music_xl.generate import load_pipeline
+from hf_music_xl.generate import generate_batch, load_pipeline
 from hf_music_xl.models.music_xl import batch_sampling_music_xl, encoding
 from hf_music_xl.models.music_xl.batch_sampling_music_xl import Row, sample_rows
 from hf_music_xl.models.music_xl.generation_music_xl import MaxBarsCriteria
@@ -73,6 +73,8 @@ def test_prompts_of_different_lengths_and_meters_in_one_batch_equal_each_alone(m
         assert len(calls) == -(-(max(map(len, prompts)) + 70 - min(map(len, prompts))) // 10)
     assert sum(len(row) > 2 * 32 for row in together) >= 3  # far past what a token sees whole
     assert calls[0] == len(prompts) and calls == sorted(calls, reverse=True)  # one batch; rows leave as they end
+    # generate_batch (the CLI's, and the demo's statistics over several chorales) is the same batch
+    assert [ids.tolist() for ids in generate_batch(model, prompts, request, seeds, progress=False)] == together
 
 
 def test_each_row_counts_its_bars_from_its_own_prompt_s_end():
