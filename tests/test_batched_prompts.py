@@ -57,8 +57,19 @@ def test_prompts_of_different_lengths_and_meters_in_one_batch_equal_each_alone(m
     alone = [last(sample_rows(model, [prompt], request, [seed])) for prompt, seed in zip(prompts, seeds)]
     assert len({len(prompt) for prompt in prompts}) == 5 and max(map(len, prompts)) < 128  # 3/4 and 6/8: 3 each
 
+    counted_from = []  # the prompt lengths the batch's MaxBarsCriteria counts each row's bars from
+
+    class RecordingBars(MaxBarsCriteria):
+        def __init__(self, num_bars, config=None, prompt_length=None):
+            if isinstance(prompt_length, list):  # (bars_done() counts one finished row with an int)
+                counted_from.append(prompt_length)
+            super().__init__(num_bars, config, prompt_length)
+
+    monkeypatch.setattr(batch_sampling_music_xl, "MaxBarsCriteria", RecordingBars)
     calls = recorded_batches(model, monkeypatch)
     together, done = last(sample_rows(model, prompts, request, seeds))
+    if length == "bars":  # (the random model's rows jump many bars at once: a wrong prompt end may not show)
+        assert [sorted(lengths) for lengths in counted_from] == [sorted(map(len, prompts))]
     for row, prompt, (single, single_done), bars_done in zip(together, prompts, alone, done):
         assert row == single[0] and bars_done == single_done[0]
         assert row[: len(prompt)] == prompt.tolist()
