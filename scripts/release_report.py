@@ -34,7 +34,7 @@ from hf_music_xl.evaluate import (
     summarize,
     write_json,
 )
-from hf_music_xl.generate import GenerateSettings, generate_continuation, load_model_and_tokenizer
+from hf_music_xl.generate import GenerateSettings, generate_batch, load_model_and_tokenizer
 from hf_music_xl.models.music_xl import encoding
 from hf_music_xl.models.music_xl.sampling_music_xl import prompt_ids
 from hf_music_xl.release import RELEASE_DIR, write_release_card
@@ -74,22 +74,24 @@ def nll_figures(model_dir: Path, demo_model: Path, anchor: Path, validation) -> 
 
 def sample_continuations(model, validation, args, out: Path) -> tuple[list, list]:
     """(continuation notes of each sample, Bach's notes of the same bars), for the first ``args.samples``
-    validation chorales by name with notes in those bars."""
+    validation chorales by name with notes in those bars, all continued in one batch (sample i from seed i, as it
+    would be alone)."""
     order = sorted(range(len(validation)), key=lambda i: validation[i]["name"])
-    samples, originals = [], []
+    chosen, originals = [], []
     for index in order:
-        if len(samples) == args.samples:
+        if len(chosen) == args.samples:
             break
         piece = np.asarray(validation[index]["input_ids"], dtype=np.int64)
         bach = bars_excerpt(encoding.ids_to_notes(piece), args.prompt_bars, args.bars)
-        if not len(bach):
-            continue  # shorter than its prompt
-        prompt = prompt_ids(piece, args.prompt_bars)
-        seed = len(samples)
-        request = GenerateSettings(bars=args.bars, preset=args.preset, prompt_bars=args.prompt_bars)
-        ids = generate_continuation(model, prompt, request, seed=seed, progress=False)
+        if len(bach):  # else shorter than its prompt
+            chosen.append((index, prompt_ids(piece, args.prompt_bars)))
+            originals.append(bach)
+    request = GenerateSettings(bars=args.bars, preset=args.preset, prompt_bars=args.prompt_bars)
+    prompts = [prompt for _, prompt in chosen]
+    continued = generate_batch(model, prompts, request, list(range(len(prompts))), progress=False)
+    samples = []
+    for seed, ((index, prompt), ids) in enumerate(zip(chosen, continued)):
         samples.append(split_notes(ids, len(prompt))[1])
-        originals.append(bach)
         if seed < args.render:
             render_outputs(ids, len(prompt), out / f"{validation[index]['name']}-seed{seed}", audio=False)
         print(f"  sample {seed + 1}/{args.samples}: {validation[index]['name']}, {len(samples[-1])} notes", flush=True)

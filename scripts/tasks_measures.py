@@ -14,8 +14,9 @@ from hf_music_xl.data.corpus import load_corpus
 from hf_music_xl.data.task_examples import piece_notes
 from hf_music_xl.models.music_xl import encoding as E
 from hf_music_xl.models.music_xl import tasks_music_xl as T
+from hf_music_xl.models.music_xl.batch_sampling_music_xl import sample_rows
 from hf_music_xl.models.music_xl.modeling_music_xl import MusicXLForCausalLM
-from hf_music_xl.models.music_xl.sampling_music_xl import SamplingRequest, sample_rows
+from hf_music_xl.models.music_xl.sampling_music_xl import SamplingRequest
 
 
 def token_nll(model, ids: np.ndarray) -> np.ndarray:
@@ -68,7 +69,7 @@ def sampled_harmony(model, notes: E.Notes, melody: int, seed: int, key) -> tuple
     note, tokens sampled)."""
     soprano = notes.select(notes.voice == melody)
     prompt = T.harmonize_prompt(soprano)
-    for rows, _ in sample_rows(model, prompt, SamplingRequest(bars=1), [seed]):  # noqa: B007 - the last is kept
+    for rows, _ in sample_rows(model, [prompt], SamplingRequest(bars=1), [seed]):  # noqa: B007 - the last is kept
         pass
     ids = rows[0].numpy()
     given, written = T.given_notes(ids), T.written_notes(ids, len(prompt.ids))

@@ -26,6 +26,18 @@ def tiny_model(**overrides):
     return MusicXLForCausalLM(config).eval()
 
 
+def recorded_batches(model, monkeypatch) -> list[int]:
+    """The rows of every generate() call from now on."""
+    calls, original = [], type(model).generate
+
+    def recording_generate(self, input_ids, **kwargs):
+        calls.append(input_ids.shape[0])
+        return original(self, input_ids, **kwargs)
+
+    monkeypatch.setattr(type(model), "generate", recording_generate)
+    return calls
+
+
 def block_package() -> None:
     """Make ``import hf_music_xl`` fail in this process, as for a user who does not have the package."""
 

@@ -222,7 +222,7 @@ def test_a_batch_of_samples_is_one_batch_and_each_row_is_its_sample_alone(model,
         return original(self, input_ids, **kwargs)
 
     monkeypatch.setattr(type(model), "generate", recording_generate)
-    together = generate_batch(model, prompt, request, seeds=[0, 1, 2, 3], progress=False)
+    together = generate_batch(model, [prompt] * 4, request, seeds=[0, 1, 2, 3], progress=False)
     for ids, single in zip(together, alone):
         assert ids.tolist() == single.tolist()
         bars = MaxBarsCriteria(2, model.config, prompt_length=len(prompt)).bars_done(torch.as_tensor(ids)[None])

@@ -154,9 +154,9 @@ def test_processors_allow_the_harmonization_layout_and_write_its_given_tokens():
     prompt = T.harmonize_prompt(notes.select(notes.voice == 0))
     assert layout[: len(prompt.ids)].tolist() == prompt.ids.tolist()
     grammar = MusicGrammarProcessor(config, allow_end=False)
-    given = GivenNotesProcessor(config, prompt.walls, prompt.blocks, batch=1)
+    given = GivenNotesProcessor(config, [prompt.walls], [prompt.blocks])
     assert walk(layout, len(prompt.ids), [grammar, given]) == []
-    given = GivenNotesProcessor(config, prompt.walls, prompt.blocks, batch=1)
+    given = GivenNotesProcessor(config, [prompt.walls], [prompt.blocks])
     forced = []
     for end in range(len(prompt.ids), len(layout)):
         scores = given(torch.as_tensor(layout[:end])[None], torch.zeros(1, E.VOCAB_SIZE))
@@ -170,7 +170,7 @@ def test_waits_may_not_cross_a_wall_and_time_signatures_come_only_given():
     config = MusicXLConfig.from_preset("tiny")
     notes = two_voice_piece()
     prompt = T.harmonize_prompt(notes.select(notes.voice == 0))
-    given = GivenNotesProcessor(config, prompt.walls, prompt.blocks, batch=1)
+    given = GivenNotesProcessor(config, [prompt.walls], [prompt.blocks])
     sequence = np.concatenate([prompt.ids, [note(48), dur(16), SEP]])  # the bass, then a wait from step 0
     scores = given(torch.as_tensor(sequence)[None], torch.zeros(1, E.VOCAB_SIZE))[0]
     allowed_waits = [i - E.DURATION_OFFSET for i in range(E.DURATION_OFFSET, E.DURATION_OFFSET + E.NUM_DURATIONS)]

@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 import symusic
-from helpers import run_without_package
+from helpers import recorded_batches, run_without_package
 
 from hf_music_xl import MusicXLConfig
 from hf_music_xl.generate import load_pipeline
-from hf_music_xl.models.music_xl import encoding, tasks_music_xl
+from hf_music_xl.models.music_xl import batch_sampling_music_xl, encoding, tasks_music_xl
 from hf_music_xl.models.music_xl.sampling_music_xl import SamplingRequest, bar_range
 
 TPQ = 384  # not the 480 the encoding writes: added notes must take the input's resolution
@@ -84,6 +84,21 @@ def span(path, bars) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------------------------------------
 # Infilling
+
+
+@pytest.mark.parametrize("task, fields", [("infill", {"bars": (2, 3)}), ("harmonize", {})])
+def test_a_list_of_pieces_is_one_batch_and_each_is_its_sample_alone(pipe, pieces, monkeypatch, task, fields):
+    """Each row keeps its own walls, given tokens, bars and prompt end: a 4/4 and a 3/4 piece of different lengths
+    in one batch give, note for note, what each gives alone."""
+    monkeypatch.setattr(batch_sampling_music_xl, "MAX_FED_TOKENS", 10_000)  # the layouts differ by hundreds of tokens
+    inputs = [str(pieces[11]), str(pieces[6])]
+    alone = [pipe(path, task=task, num_samples=2, seed=3, **fields) for path in inputs]
+    calls = recorded_batches(pipe.model, monkeypatch)
+    together = pipe(inputs, task=task, num_samples=2, seed=3, **fields)
+    assert calls[0] == 4
+    for samples, single in zip(together, alone):
+        assert [(s["ids"], s["midi"], s["bars"]) for s in samples] == [(s["ids"], s["midi"], s["bars"]) for s in single]
+    assert len({len(s["ids"]) for samples in together for s in samples}) > 1
 
 
 @pytest.mark.parametrize("index, bars", [(0, (3, 5)), (6, (2, 3))])  # 4/4 and 3/4

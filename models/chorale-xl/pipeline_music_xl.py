@@ -14,9 +14,10 @@ Every model that hf_music_xl saves carries this file and names it in config.json
 call above works where hf_music_xl is not installed. The file therefore imports only torch, transformers, numpy,
 symusic and its sibling files, and only defines things when imported.
 
-Its call parameters are the fields of ``SamplingRequest`` (sampling_music_xl.py, where sampling lives for the whole
-package: the CLI and the web app use the same request and the same ``sample_rows``). The samples of one prompt are
-drawn in one batch, each row from its own seed, so a sample is the same asked for alone or with others.
+Its call parameters are the fields of ``SamplingRequest`` (sampling_music_xl.py), and ``sample_rows``
+(batch_sampling_music_xl.py) samples: the CLI and the web app use the same request and the same sampling. The
+samples of all prompts of a call are drawn in one batch, each row from its own seed, so a sample is the same asked
+for alone or with others.
 """
 
 import logging
@@ -27,16 +28,9 @@ import symusic
 import torch
 from transformers import Pipeline
 
+from .batch_sampling_music_xl import bars_done, fell_short, sample_rows
 from .encoding import STEPS_PER_BEAT, decode_ids, encode_midi, ids_to_notes, load_score, read_notes
-from .sampling_music_xl import (
-    MAX_PROMPT_BARS,
-    SamplingRequest,
-    bars_done,
-    empty_prompt,
-    fell_short,
-    prompt_ids,
-    sample_rows,
-)
+from .sampling_music_xl import MAX_PROMPT_BARS, SamplingRequest, empty_prompt, prompt_ids
 from .task_midi_music_xl import melody_track, with_generated, with_tracks, without_span
 from .tasks_music_xl import check_task, harmonize_prompt, infill_prompt, piece_bars, span_times, written_notes
 
@@ -92,12 +86,13 @@ class MusicXLPipeline(Pipeline):
         scale (`str`, e.g. "D minor") and pitch_range (`(low, high)`): restrict the new notes.
         allow_end (`bool`, False): let the model end a continuation early. chunk_tokens (`int`): tokens per
             generate() call (default mem_len).
-        progress_callback: called after each chunk with (done, total) counted over all samples of a prompt,
+        progress_callback: called after each chunk with (done, total) counted over all samples of all prompts,
             in bars (or tokens when ``bars`` is not given); an exception raised in it stops generation.
 
-    Prompts of a batch are generated one after another (whatever ``batch_size``), so that sample ``i`` of a prompt
-    is the same whether it was asked for alone or in a batch (its own seed ``seed + i`` draws every token). The
-    grammar processor is always on, so every sample decodes to valid notes.
+    A list of prompts is sampled in one batch (``sample_rows``: all ``num_samples`` rows of every prompt at once,
+    whatever ``batch_size``), and sample ``i`` of a prompt is the same whether it was asked for alone or in a batch:
+    its own seed ``seed + i`` draws every token, and its row sees what it would see alone. The grammar processor is
+    always on, so every sample decodes to valid notes.
     """
 
     _load_tokenizer = None  # optional: the tokenizer's MIDI methods when the repo has one, else the same encoding
@@ -106,7 +101,9 @@ class MusicXLPipeline(Pipeline):
     _load_feature_extractor = False
 
     def __call__(self, inputs=None, **kwargs):
-        """``pipe()`` or ``pipe(None)`` starts from nothing; see the class docstring."""
+        """``pipe()`` or ``pipe(None)`` starts from nothing; a list is one batch; see the class docstring."""
+        if isinstance(inputs, list):
+            return self.run_batch(inputs, **kwargs)
         return super().__call__(inputs, **kwargs)
 
     def _sanitize_parameters(self, progress_callback=None, **parameters):
@@ -176,28 +173,43 @@ class MusicXLPipeline(Pipeline):
         return {"task_prompt": task_prompt, "given": given, "score": kept, "track_name": name}
 
     def _forward(self, model_inputs, request: SamplingRequest | None = None, progress_callback=None):
-        request = request or SamplingRequest()
-        task_prompt = model_inputs.get("task_prompt")
-        if task_prompt is not None:
-            prompt, prompt_length, asked_bars = task_prompt, len(task_prompt.ids), task_prompt.bars
-        else:
-            prompt = model_inputs["prompt"].cpu().numpy()
-            prompt_length, asked_bars = len(prompt), request.bars
-        per_sample = asked_bars or request.max_new_tokens
-        # every sample of the prompt in one batch; each row draws from its own seed, as it would alone
-        for rows, done in sample_rows(self.model, prompt, request, request.seeds):  # noqa: B007 - the last is kept
+        [outputs] = self.sample_prompts([model_inputs], request or SamplingRequest(), progress_callback)
+        return outputs
+
+    def sample_prompts(self, prompts: list[dict], request: SamplingRequest, progress_callback=None) -> list[dict]:
+        """The samples of every prompt (``preprocess``'s outputs) in one batch: ``num_samples`` rows per prompt,
+        row i of a prompt from seed ``seed + i``, each what its prompt and seed give alone (``sample_rows``)."""
+        row_prompts, asked_bars, prompt_lengths = [], [], []
+        for model_inputs in prompts:
+            task_prompt = model_inputs.get("task_prompt")
+            if task_prompt is not None:
+                prompt, bars = task_prompt, task_prompt.bars
+                prompt_lengths.append(len(task_prompt.ids))
+            else:
+                prompt, bars = model_inputs["prompt"].cpu().numpy(), request.bars
+                prompt_lengths.append(len(prompt))
+            row_prompts += [prompt] * request.num_samples
+            asked_bars += [bars] * request.num_samples
+        seeds = request.seeds * len(prompts)
+        per_row = [bars or request.max_new_tokens for bars in asked_bars]
+        for rows, done in sample_rows(self.model, row_prompts, request, seeds):  # noqa: B007 - the last is kept
             if progress_callback is not None:
-                progress_callback(sum(min(d, per_sample) for d in done), request.num_samples * per_sample)
-        samples = []
-        for index, (row, seed) in enumerate(zip(rows, request.seeds)):
-            ids = row.cpu().numpy()
-            if fell_short(ids, done[index], asked_bars, self.model.config):
-                logging.getLogger(__name__).warning(
-                    "sample %d stopped at its token bound after %d of %d bars", index, done[index], asked_bars
-                )
-            samples.append((ids, seed, bars_done(row[None], prompt_length, self.model.config)))
-        given = {key: value for key, value in model_inputs.items() if key != "prompt"}  # a task's inputs
-        return {"samples": samples, "prompt_length": prompt_length, **given}
+                progress_callback(sum(min(d, total) for d, total in zip(done, per_row)), sum(per_row))
+        outputs = []
+        for number, model_inputs in enumerate(prompts):
+            samples = []
+            for index in range(request.num_samples):
+                row = number * request.num_samples + index
+                ids = rows[row].cpu().numpy()
+                if fell_short(ids, done[row], asked_bars[row], self.model.config):
+                    logging.getLogger(__name__).warning(
+                        "sample %d stopped at its token bound after %d of %d bars", index, done[row], asked_bars[row]
+                    )
+                bars = bars_done(rows[row][None], prompt_lengths[number], self.model.config)
+                samples.append((ids, seeds[row], bars))
+            given = {key: value for key, value in model_inputs.items() if key != "prompt"}  # a task's inputs
+            outputs.append({"samples": samples, "prompt_length": prompt_lengths[number], **given})
+        return outputs
 
     def postprocess(self, model_outputs, request: SamplingRequest | None = None):
         request = request or SamplingRequest()
@@ -242,8 +254,24 @@ class MusicXLPipeline(Pipeline):
             "seed": seed,
         }
 
+    def run_batch(self, inputs: list, **kwargs) -> list[list[dict]]:
+        """``pipe([a, b, ...])``: every prompt read, then the samples of all of them in one batch, then described.
+        ``batch_size`` and ``num_workers`` change nothing (the whole list is one batch)."""
+        kwargs.pop("batch_size", None), kwargs.pop("num_workers", None)
+        preprocess, forward, postprocess = self._sanitize_parameters(**kwargs)
+        preprocess = {**self._preprocess_params, **preprocess}
+        forward = {**self._forward_params, **forward}
+        postprocess = {**self._postprocess_params, **postprocess}
+        prompts = [self.preprocess(item, **preprocess) for item in inputs]
+        if not prompts:
+            return []
+        request = forward.get("request") or SamplingRequest()
+        with self.device_placement(), torch.no_grad():
+            outputs = self.sample_prompts(prompts, request, forward.get("progress_callback"))
+        return [self.postprocess(output, **postprocess) for output in outputs]
+
     def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
-        # one prompt at a time, whatever batch_size (see the class docstring)
+        # a dataset or a generator: one prompt at a time, whatever batch_size (a list is one batch: run_batch)
         return super().get_iterator(inputs, num_workers, 1, preprocess_params, forward_params, postprocess_params)
 
 

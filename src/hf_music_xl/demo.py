@@ -81,7 +81,7 @@ def run_demo(settings: DemoSettings) -> dict:
     from .evaluate import bars_excerpt, format_table, summarize, write_json
     from .generate import (
         GenerateSettings,
-        generate_continuation,
+        generate_batch,
         generate_samples,
         load_model_and_tokenizer,
         prompt_ids,
@@ -169,11 +169,11 @@ def run_demo(settings: DemoSettings) -> dict:
         f"{first + 1}-{first + count}) next to the same bars of the training chorales"
     )
     order = sorted(range(len(validation)), key=lambda i: names[i])[: settings.check_prompts]
-    checked, request = [], GenerateSettings(bars=count, preset=CHECK_PRESET)
-    for seed, i in enumerate(order, start=settings.seed):
-        start = prompt_ids(np.asarray(validation[i]["input_ids"], dtype=np.int64), first)
-        ids = generate_continuation(model, start, request, seed=seed, progress=False)
-        checked.append(split_notes(ids, len(start))[1])
+    starts = [prompt_ids(np.asarray(validation[i]["input_ids"], dtype=np.int64), first) for i in order]
+    seeds = list(range(settings.seed, settings.seed + len(starts)))
+    request = GenerateSettings(bars=count, preset=CHECK_PRESET)  # every prompt in one batch, each from its seed
+    continued = generate_batch(model, starts, request, seeds, progress=False)
+    checked = [split_notes(ids, len(start))[1] for ids, start in zip(continued, starts)]
     training = [bars_excerpt(encoding.ids_to_notes(ids), first, count) for ids in corpus["train"]["input_ids"]]
     summaries = {
         "training chorales": summarize([notes for notes in training if len(notes)]),

@@ -25,14 +25,8 @@ from tqdm.auto import tqdm
 from transformers.generation.streamers import BaseStreamer
 
 from .models.music_xl import encoding
-from .models.music_xl.sampling_music_xl import (
-    TOKENS_PER_BAR_BOUND,
-    SamplingRequest,
-    empty_prompt,
-    fell_short,
-    prompt_ids,
-    sample_rows,
-)
+from .models.music_xl.batch_sampling_music_xl import TOKENS_PER_BAR_BOUND, fell_short, sample_rows
+from .models.music_xl.sampling_music_xl import SamplingRequest, empty_prompt, prompt_ids
 from .models.music_xl.tasks_music_xl import check_task
 from .release import default_model, model_field
 from .render import FileOptions, render_outputs
@@ -124,19 +118,20 @@ class NoteStreamer(BaseStreamer):
 @torch.no_grad()
 def generate_batch(
     model,
-    prompt,
+    prompts: list,
     request: SamplingRequest,
     seeds: list[int],
     streamer: BaseStreamer | None = None,
     progress: bool = True,
 ) -> list[np.ndarray]:
-    """Prompt followed by one continuation per seed (ids), sampled in one batch as ``request`` asks, with the
-    grammar processor on (``sample_rows`` of sampling_music_xl.py, with a progress bar); sample ``i`` is the one
-    its seed gives alone.
+    """Each prompt followed by a continuation from its seed (ids), all sampled in one batch as ``request`` asks,
+    with the grammar processor on (``sample_rows`` of batch_sampling_music_xl.py, with a progress bar); sample ``i``
+    is the one its prompt and seed give alone.
 
     Args:
         model: a ``MusicXLForCausalLM`` (put in eval mode here).
-        prompt: ids starting ``xxbos xxpad`` (see ``prompt_ids``).
+        prompts: one per seed, ids starting ``xxbos xxpad`` (see ``prompt_ids``); ``[prompt] * n`` for the samples
+            of one prompt.
         request: the length, sampling and constraints (its ``prompt_bars``, ``meter``, ``seed`` and
             ``num_samples`` are the caller's: the prompt is made, and the seeds are given).
         seeds: one per sample.
@@ -144,7 +139,7 @@ def generate_batch(
     """
     unit, total = ("bar", request.bars) if request.bars else ("token", request.max_new_tokens)
     with tqdm(total=total, unit=unit, disable=not progress, leave=False) as bar:
-        for rows, done in sample_rows(model, prompt, request, seeds, streamer=streamer):  # noqa: B007 - the last
+        for rows, done in sample_rows(model, prompts, request, seeds, streamer):  # noqa: B007 - the last is kept
             bar.update(min(min(done), total) - bar.n)
     samples = [row.cpu().numpy() for row in rows]
     for ids, bars_done, seed in zip(samples, done, seeds):
@@ -164,7 +159,7 @@ def generate_continuation(
     model, prompt, request: SamplingRequest, seed: int | None = None, streamer=None, progress: bool = True
 ) -> np.ndarray:
     """``generate_batch`` of one seed (default ``request.seed``): the prompt followed by its continuation."""
-    [ids] = generate_batch(model, prompt, request, [request.seed if seed is None else seed], streamer, progress)
+    [ids] = generate_batch(model, [prompt], request, [request.seed if seed is None else seed], streamer, progress)
     return ids
 
 
@@ -291,7 +286,8 @@ def generate_samples(model, prompt, settings: GenerateSettings, prefix: str) -> 
             if stream_file:
                 print(f"# {prefix}-{len(samples) + 1}-seed{seeds[0]}", file=stream_file, flush=True)
             progress = stream_file is not sys.stdout
-            for ids, seed in zip(generate_batch(model, prompt, settings, seeds, streamer, progress), seeds):
+            continued = generate_batch(model, [prompt] * len(seeds), settings, seeds, streamer, progress)
+            for ids, seed in zip(continued, seeds):
                 index = len(samples) + 1
                 files = render_outputs(
                     ids,

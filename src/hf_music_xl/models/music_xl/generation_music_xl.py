@@ -191,21 +191,28 @@ class GivenNotesProcessor(LogitsProcessor):
 
     Args:
         config: a `MusicXLConfig` (the vocabulary's ids).
-        walls: grid steps (increasing) at which given tokens are written, the same for every row.
-        blocks: the tokens written at each wall.
-        batch: rows; `keep` drops rows that left the batch.
+        walls: per row, grid steps (increasing) at which given tokens are written.
+        blocks: per row, the tokens written at each of its walls.
+        prompt_lengths: per row, the length of its prompt; a row still inside its prompt (rows of different
+            prompts are fed their prompts' last tokens one a step, see `sample_rows`) is left alone. None: every
+            row's prompt is in the first call's input.
+    `keep` drops rows that left the batch.
     """
 
-    def __init__(self, config, walls, blocks, batch):
-        self.config, self.walls, self.blocks = config, list(walls), [list(block) for block in blocks]
-        self.next_wall = [0] * batch  # per row: the index of the next wall
-        self.queue = [[] for _ in range(batch)]  # per row: given tokens still to write
+    def __init__(self, config, walls, blocks, prompt_lengths=None):
+        if len(walls) != len(blocks):
+            raise ValueError(f"walls and blocks are per row: {len(walls)} rows of walls, {len(blocks)} of blocks")
+        self.config = config
+        self.walls, self.blocks = [list(row) for row in walls], [[list(block) for block in row] for row in blocks]
+        self.prompt_lengths = list(prompt_lengths) if prompt_lengths is not None else [0] * len(walls)
+        self.next_wall = [0] * len(walls)  # per row: the index of its next wall
+        self.queue = [[] for _ in walls]  # per row: given tokens still to write
         self.positions = PositionTracker(config)
         self.meters = slice(config.meter_offset, config.meter_offset + len(config.meters))
 
     def keep(self, rows: list[int]) -> None:
-        self.next_wall = [self.next_wall[row] for row in rows]
-        self.queue = [self.queue[row] for row in rows]
+        for name in ("walls", "blocks", "prompt_lengths", "next_wall", "queue"):
+            setattr(self, name, [getattr(self, name)[row] for row in rows])
 
     def __call__(self, input_ids, scores):
         # input_ids: (B, L); scores: (B, V) -> (B, V)
@@ -215,16 +222,18 @@ class GivenNotesProcessor(LogitsProcessor):
         scores = scores.clone()
         scores[:, self.meters] = -float("inf")
         for row in range(input_ids.shape[0]):
-            wall = self.next_wall[row]
+            if input_ids.shape[1] < self.prompt_lengths[row]:  # still its prompt: the sampler writes it
+                continue
+            walls, wall = self.walls[row], self.next_wall[row]
             pair_open = config.note_offset <= last[row] < config.note_offset + 128 or last[row] == config.sep_token_id
-            if not self.queue[row] and wall < len(self.walls) and time[row] >= self.walls[wall] and not pair_open:
-                self.queue[row], self.next_wall[row] = list(self.blocks[wall]), wall + 1
+            if not self.queue[row] and wall < len(walls) and time[row] >= walls[wall] and not pair_open:
+                self.queue[row], self.next_wall[row] = list(self.blocks[row][wall]), wall + 1
             if self.queue[row]:
                 token = self.queue[row].pop(0)
                 scores[row] = -float("inf")
                 scores[row, token] = 0.0
-            elif last[row] == config.sep_token_id and wall < len(self.walls):
-                room = self.walls[wall] - time[row]  # the longest wait that does not cross the wall
+            elif last[row] == config.sep_token_id and wall < len(walls):
+                room = walls[wall] - time[row]  # the longest wait that does not cross the wall
                 scores[row, config.duration_offset + room + 1 : config.duration_offset + config.num_durations] = -float(
                     "inf"
                 )
@@ -237,9 +246,11 @@ class MaxBarsCriteria(StoppingCriteria):
     wait that crosses the boundary, so every note starts inside the bars asked for.
 
     Args:
-        num_bars: bars to generate.
+        num_bars: bars to generate: one number, or one per row.
         config: a `MusicXLConfig` (the vocabulary's ids); the default vocabulary if None.
-        prompt_length: count bars from the end of the prompt (its first this many tokens) instead of from 0.
+        prompt_length: count bars from the end of the prompt (its first this many tokens) instead of from 0: one
+            length, or one per row (rows of different prompts; a row whose prompt is not all there yet is not done).
+    `keep` drops rows that left the batch.
     """
 
     def __init__(self, num_bars, config=None, prompt_length=None):
@@ -248,16 +259,40 @@ class MaxBarsCriteria(StoppingCriteria):
         self.prompt_length = prompt_length
         self.positions = PositionTracker(self.config)
         self.prompt_positions = PositionTracker(self.config)
+        self.prompt_clocks = None  # per row (lengths per row): the bar clock at the end of its prompt, once there
+
+    def keep(self, rows: list[int]) -> None:
+        if not isinstance(self.num_bars, (int, float)):
+            self.num_bars = [self.num_bars[row] for row in rows]
+        if self.prompt_length is not None and not isinstance(self.prompt_length, int):
+            self.prompt_length = [self.prompt_length[row] for row in rows]
+            if self.prompt_clocks is not None:
+                self.prompt_clocks = self.prompt_clocks[rows]
 
     def __call__(self, input_ids, scores, **kwargs):
-        return self.bars_done(input_ids) >= self.num_bars  # (B,) bool
+        bars = torch.as_tensor(self.num_bars, dtype=torch.double, device=input_ids.device)
+        return self.bars_done(input_ids) >= bars  # (B,) bool (NaN, a prompt not all there: False)
 
     def bars_done(self, input_ids: torch.Tensor):
-        """(B,) bars (with the fraction of the current one) from the end of the prompt to after the last token."""
-        start = 0.0
-        if self.prompt_length:
-            start = bar_clock(self.prompt_positions.last_state(input_ids[:, : self.prompt_length]), self.config)
-        return bar_clock(self.positions.last_state(input_ids), self.config) - start
+        """(B,) bars (with the fraction of the current one) from the end of the prompt to after the last token;
+        NaN for a row whose prompt is longer than `input_ids`."""
+        clock = bar_clock(self.positions.last_state(input_ids), self.config)
+        if not self.prompt_length:
+            return clock
+        if isinstance(self.prompt_length, int):
+            prompt = input_ids[:, : self.prompt_length]
+            return clock - bar_clock(self.prompt_positions.last_state(prompt), self.config)
+        return clock - self.prompt_ends(input_ids)
+
+    def prompt_ends(self, input_ids: torch.Tensor):
+        """(B,) the bar clock at the end of each row's prompt (its own length), NaN where it is not all there."""
+        if self.prompt_clocks is None:
+            self.prompt_clocks = torch.full((input_ids.shape[0],), float("nan"), dtype=torch.double)
+        for row, length in enumerate(self.prompt_length):
+            if torch.isnan(self.prompt_clocks[row]) and input_ids.shape[1] >= length:  # once per row
+                _, states = compute_positions(input_ids[row : row + 1, :length], self.config)
+                self.prompt_clocks[row] = bar_clock(states[:, -1], self.config)[0]
+        return self.prompt_clocks.to(input_ids.device)
 
 
 __all__ = [

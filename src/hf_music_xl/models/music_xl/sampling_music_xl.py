@@ -1,8 +1,8 @@
-"""Sampling for the whole package: what a person asks for (``SamplingRequest``), the prompt it starts from, and a
-continuation sampled in chunks that each resume the memory cache, with the grammar processor always on.
+"""Sampling for the whole package: what a person asks for (``SamplingRequest``) and the prompt it starts from; the
+rows are sampled by ``batch_sampling_music_xl.sample_rows``.
 
 Read top to bottom: the presets and the request (one object that travels from the CLI, the app and the pipeline
-to the sampling loop, checked once when it is made), prompts cut at a bar line, then ``sample_chunks``.
+to the sampling loop, checked once when it is made), then prompts cut at a bar line.
 
 This file is copied next to saved weights (the pipeline imports it), so it may import only torch, transformers,
 numpy and its sibling files, and does nothing at import time beyond defining things.
@@ -12,14 +12,9 @@ import math
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
-import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
-from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from .configuration_music_xl import TASKS, MusicXLConfig
+from .configuration_music_xl import TASKS
 from .encoding import BOS_ID, EOS_ID, NOTE_OFFSET, NUM_PITCHES, PAD_ID, SEP_ID, is_meter, meter_token, token_bars
-from .generation_music_xl import GivenNotesProcessor, MaxBarsCriteria, MusicGrammarProcessor
-from .tasks_music_xl import TaskPrompt
 
 # ----------------------------------------------------------------------------------------------------------
 # Presets and the request
@@ -255,143 +250,3 @@ def prompt_ids(ids: np.ndarray | list[int], bars: int) -> np.ndarray:
     end = int(later[0]) if len(later) else len(ids)
     prompt = ids[:end]
     return prompt[: len(prompt) - 1] if len(prompt) and prompt[-1] == EOS_ID else prompt
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Sampling in chunks
-
-# Bars asked for, tokens allowed: chorales average about 30 tokens a bar, busy four-voice 16th-note writing
-# about 70; the bound only stops a model that never moves time forward.
-TOKENS_PER_BAR_BOUND = 160
-
-
-class RowSampler(LogitsProcessor):
-    """Draws each row's next token from its own generator, seeded with that sample's seed, after top-k and top-p,
-    and leaves only the drawn token possible (so generate()'s greedy pick takes it): sample ``i`` of a batch is
-    the sample its seed gives alone, and rows can leave the batch as they finish."""
-
-    def __init__(self, seeds: list[int], top_k: int, top_p: float, device):
-        self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
-        self.filters = ([TopKLogitsWarper(top_k)] if top_k else []) + ([TopPLogitsWarper(top_p)] if top_p < 1 else [])
-
-    def keep(self, rows: list[int]) -> None:
-        self.generators = [self.generators[row] for row in rows]
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        for keep_likely in self.filters:
-            scores = keep_likely(input_ids, scores)
-        probs = torch.softmax(scores.float(), dim=-1)  # (B, V)
-        drawn = torch.stack([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, self.generators)])
-        return torch.full_like(scores, -float("inf")).scatter_(1, drawn, 0.0)  # (B, V): only the drawn ids
-
-
-def sample_rows(
-    model,
-    prompt: np.ndarray | list[int] | TaskPrompt,
-    request: SamplingRequest,
-    seeds: list[int],
-    streamer=None,
-):
-    """Sample one continuation of ``prompt`` (ids starting ``xxbos xxpad``, or a task's prompt: ``TaskPrompt``, whose
-    given tokens are written at their walls and whose bars replace the request's) per seed, all in one batch, as
-    ``request`` asks, with the grammar processor on, in chunks of ``request.chunk_tokens`` (default ``mem_len``)
-    that each resume the memory cache the previous chunk returned, so only new tokens are fed to the model. A row
-    leaves the batch when it has its bars or ends, so the others do not carry it. After each chunk yields
-    ``(rows, done)``: per seed, the prompt and what has been sampled so far (a 1-D tensor), and the bars (when
-    ``request.bars`` is given) or tokens done. A caller may stop iterating at any chunk boundary; ``streamer``
-    (one seed only) receives tokens as they come."""
-    config, sampling, bars = model.config, request.sampling, request.bars or None
-    task = prompt if isinstance(prompt, TaskPrompt) else None
-    if task is not None:
-        prompt, bars = task.ids, task.bars
-    budget = request.max_new_tokens or TOKENS_PER_BAR_BOUND * bars
-    if task is not None:  # the given tokens are written on top of the model's own
-        budget += sum(len(block) for block in task.blocks)
-    chunk_tokens = request.chunk_tokens or max(config.mem_len, 16)
-    prompt = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=model.device)[None]  # (1, P)
-    grammar = MusicGrammarProcessor(
-        config,
-        sampling.note_temperature,
-        sampling.duration_temperature,
-        pitch_range=request.pitch_range,
-        scale=request.scale or None,
-        allow_end=request.allow_end,
-    )
-    sampler = RowSampler(seeds, sampling.top_k, sampling.top_p, model.device)
-    given = GivenNotesProcessor(config, task.walls, task.blocks, len(seeds)) if task is not None else None
-    stop_at_bars = MaxBarsCriteria(bars, config, prompt_length=prompt.shape[1]) if bars else None
-    model.eval()
-
-    sequence, cache = prompt.expand(len(seeds), -1), None  # (B, L): the rows still being sampled
-    active = list(range(len(seeds)))  # their samples' indices
-    rows, done = [prompt[0]] * len(seeds), [0] * len(seeds)
-    while active:
-        new_tokens = sequence.shape[1] - prompt.shape[1]
-        with torch.no_grad():
-            out = model.generate(
-                sequence,
-                # every row starts xxbos: no padding (the mask the model would make); given, so that generate()
-                # does not take the xxpad ending an empty prompt for right padding and warn
-                attention_mask=torch.ones_like(sequence),
-                past_key_values=cache,
-                generation_config=GenerationConfig(
-                    max_new_tokens=min(chunk_tokens, budget - new_tokens),
-                    do_sample=False,  # the RowSampler has drawn: greedy takes its token
-                    top_k=50,  # unused by a greedy pick (the RowSampler filters); generate()'s defaults, so that
-                    top_p=1.0,  # it neither fills in the model's sampling values nor warns about them
-                    eos_token_id=config.eos_token_id,
-                    pad_token_id=config.pad_token_id,  # after a row ends; the grammar never samples it there
-                    return_dict_in_generate=True,
-                ),
-                logits_processor=LogitsProcessorList([grammar] + ([given] if given else []) + [sampler]),
-                stopping_criteria=StoppingCriteriaList([stop_at_bars] if stop_at_bars else []),
-                streamer=streamer,
-            )
-        sequence, cache = out.sequences, out.past_key_values
-        finished = []
-        for k, sample in enumerate(active):
-            rows[sample] = without_trailing_pads(sequence[k], prompt.shape[1], config)
-            generated = len(rows[sample]) - prompt.shape[1]
-            done[sample] = bars_done(rows[sample][None], prompt.shape[1], config) if bars else generated
-            finished.append(
-                len(rows[sample]) < sequence.shape[1]  # padded: generate() saw it end
-                or rows[sample][-1] == config.eos_token_id
-                or (bars is not None and done[sample] >= bars)
-                or generated >= budget
-            )
-        yield rows, done
-        keep = [k for k, ended in enumerate(finished) if not ended]
-        if len(keep) < len(active):
-            if keep:
-                index = torch.tensor(keep, device=sequence.device)
-                sequence = sequence[index]
-                cache.batch_select_indices(index)
-                sampler.keep(keep)
-                if given is not None:
-                    given.keep(keep)
-            active = [active[k] for k in keep]
-
-
-def without_trailing_pads(row: torch.Tensor, prompt_length: int, config: MusicXLConfig) -> torch.Tensor:
-    """``row`` (1-D) up to its last generated token: generate() pads a row that ended while others went on (the
-    grammar never samples ``xxpad`` after the prompt, so a pad there is padding)."""
-    generated = row[prompt_length:]
-    real = torch.nonzero(generated != config.pad_token_id)
-    return row[: prompt_length + (int(real[-1]) + 1 if len(real) else 0)]
-
-
-def sample_chunks(model, prompt: np.ndarray | list[int], request: SamplingRequest, seed: int, streamer=None):
-    """``sample_rows`` of one seed: yields ``(sequence, done)``, the prompt and what has been sampled so far as a
-    (1, L) tensor and the bars or tokens done."""
-    for rows, done in sample_rows(model, prompt, request, [seed], streamer):
-        yield rows[0][None], done[0]
-
-
-def bars_done(sequence: torch.Tensor, prompt_length: int, config: MusicXLConfig) -> int:
-    """Whole bars the first sequence has advanced past the end of the prompt (as MaxBarsCriteria counts them)."""
-    return max(0, int(MaxBarsCriteria(0, config, prompt_length).bars_done(sequence[:1])[0]))
-
-
-def fell_short(ids: np.ndarray | list[int], done: int, bars: int | None, config: MusicXLConfig) -> bool:
-    """True when sampling for ``bars`` bars hit its token bound first (rather than the bars or the end)."""
-    return bool(bars) and done < bars and int(ids[-1]) != config.eos_token_id
