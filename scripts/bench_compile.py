@@ -1,0 +1,93 @@
+"""torch.compile of the training step: MusicXL eager against MusicXL with the attention of its training chunks
+compiled (``hf-music-xl train --compile``), in fp32 and in bf16 autocast, and against GPT-2 eager of the same dims,
+in the same run (CPU).
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_compile.py            # small preset, batch 8 x 512
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_compile.py --quick    # shorter rows, fewer steps
+
+Prints, per precision: the first compiled step's seconds (it compiles the attention's graphs) against an eager
+step; tokens/s of forward + backward + AdamW of MusicXL eager, MusicXL compiled and GPT-2 eager, alternated step by
+step (scripts/bench_model.py's ``bench_training``), with the ratios compiled / eager and MusicXL / GPT-2; and how far
+the compiled step's loss and gradients are from eager's on the same batch (dropout 0, so both compute the same).
+"""
+
+import argparse
+import time
+
+import torch
+from bench_model import bench_training, build_models, precision
+
+
+def training_step(model, ids, dtype):
+    """Forward + backward of one batch in `dtype` ("fp32" or "bf16"); returns the loss."""
+    with precision(dtype):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.detach()
+
+
+def compile_seconds(eager, compiled, ids, dtype):
+    """(seconds of the first compiled step, seconds of an eager step) on the same batch."""
+    seconds = []
+    for model in (compiled, eager):
+        model.train()
+        start = time.perf_counter()
+        training_step(model, ids, dtype)
+        seconds.append(time.perf_counter() - start)
+        model.zero_grad(set_to_none=True)
+    return seconds
+
+
+def largest_differences(preset, ids, dtype):
+    """(loss difference, largest gradient difference, largest gradient) of a compiled step against eager, both
+    from the same weights without dropout."""
+    steps = []
+    for compiled in (False, True):
+        model, _ = build_models(preset, ids.shape[1], dropout=0.0)
+        model.compile_training_attention(compiled)
+        model.train()
+        loss = training_step(model, ids, dtype)
+        steps.append((loss, [p.grad for p in model.parameters()]))
+    (eager_loss, eager_grads), (compiled_loss, compiled_grads) = steps
+    grad_difference = max((a - b).abs().max().item() for a, b in zip(eager_grads, compiled_grads))
+    return (eager_loss - compiled_loss).abs().item(), grad_difference, max(g.abs().max().item() for g in eager_grads)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--quick", action="store_true", help="rows of 256 tokens, batch 4, 3 steps")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--length", type=int, default=512, help="training row length (MusicXL: 2 segments)")
+    parser.add_argument("--train-steps", type=int, default=6)
+    parser.add_argument("--precisions", default="fp32,bf16")
+    args = parser.parse_args()
+    if args.quick:
+        args.batch, args.length, args.train_steps = 4, 256, 3
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch} x {args.length}")
+    ids = torch.randint(9, 298, (args.batch, args.length), generator=torch.Generator().manual_seed(0))
+    for dtype in args.precisions.split(","):
+        eager, gpt2 = build_models(args.preset, args.length, dropout=0.1)
+        compiled, _ = build_models(args.preset, args.length, dropout=0.1)
+        compiled.compile_training_attention()
+        first, eager_step = compile_seconds(eager, compiled, ids, dtype)
+        runs = {"eager": (eager, dtype, False), "compiled": (compiled, dtype, False), "GPT-2": (gpt2, dtype, False)}
+        rates = bench_training(runs, args.batch, args.length, args.train_steps)
+        loss_difference, grad_difference, grad_size = largest_differences(args.preset, ids, dtype)
+        print(
+            f"{dtype}: first compiled step {first:.1f} s (the compile; an eager step {eager_step:.1f} s); tokens/s "
+            f"MusicXL eager {rates['eager']:.0f}, MusicXL compiled {rates['compiled']:.0f}, GPT-2 eager "
+            f"{rates['GPT-2']:.0f}"
+        )
+        print(
+            f"   compiled / eager {rates['compiled'] / rates['eager']:.2f}x; MusicXL / GPT-2 eager: eager "
+            f"{rates['eager'] / rates['GPT-2']:.2f}x, compiled {rates['compiled'] / rates['GPT-2']:.2f}x "
+            f"(target >= 1.0); compiled vs eager: loss {loss_difference:.1e}, gradients {grad_difference:.1e} "
+            f"(largest gradient {grad_size:.1e})"
+        )
+
+
+if __name__ == "__main__":
+    main()
