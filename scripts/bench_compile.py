@@ -76,8 +76,8 @@ def main():
         loss_difference, grad_difference, grad_size = largest_differences(args.preset, ids, dtype)
         eager_step = args.batch * args.length / rates["eager"]
         print(
-            f"{dtype}: first compiled step {first:.1f} s (the compile; an eager step takes {eager_step:.1f} s); tokens/s "
-            f"MusicXL eager {rates['eager']:.0f}, MusicXL compiled {rates['compiled']:.0f}, GPT-2 eager "
+            f"{dtype}: first compiled step {first:.1f} s (the compile; an eager step takes {eager_step:.1f} s); "
+            f"tokens/s MusicXL eager {rates['eager']:.0f}, MusicXL compiled {rates['compiled']:.0f}, GPT-2 eager "
             f"{rates['GPT-2']:.0f}"
         )
         print(
