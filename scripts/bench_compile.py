@@ -9,13 +9,22 @@ Prints, per precision: the first compiled step's seconds (it compiles the attent
 step's; tokens/s of forward + backward + AdamW of MusicXL eager, MusicXL compiled and GPT-2 eager, alternated step by
 step (scripts/bench_model.py's ``bench_training``), with the ratios compiled / eager and MusicXL / GPT-2; and how far
 the compiled step's loss and gradients are from eager's on the same batch (dropout 0, so both compute the same).
+Before them, the attention of one chunk with a full memory alone (forward + backward, no projections), in the
+query blocks training uses against all queries over all keys, alternated call by call (median).
 """
 
 import argparse
+import statistics
 import time
 
 import torch
 from bench_model import bench_training, build_models, precision
+
+from hf_music_xl.models.music_xl.modeling_music_xl import (
+    attention_block_mask,
+    attention_in_query_blocks,
+    relative_attention,
+)
 
 
 def training_step(model, ids, dtype):
@@ -51,6 +60,35 @@ def largest_differences(preset, ids, dtype):
     return (eager_loss - compiled_loss).abs().item(), grad_difference, max(g.abs().max().item() for g in eager_grads)
 
 
+def attention_alone(preset, batch, dtype, repeats):
+    """Median seconds of forward + backward of the attention of one training chunk with a full memory (no
+    projections): the queries in blocks, as training runs it, and all queries over all keys (the plain
+    `relative_attention`), alternated call by call: a load-robust measure of what the blocks save."""
+    config = build_models(preset, 8, dropout=0.0)[0].config
+    heads, d_head, length, memory = config.n_head, config.d_head, config.segment_len, config.mem_len
+    generator = torch.Generator().manual_seed(3)
+    # (B, H, T, Dh) as the model's queries are: a view of the (B, T, H * Dh) projection
+    query = torch.randn(batch, length, heads, d_head, generator=generator).transpose(1, 2).requires_grad_()
+    keys, values = (torch.randn(batch, heads, memory + length, d_head, generator=generator) for _ in range(2))
+    relative = torch.randn(heads, memory + length, d_head, generator=generator, requires_grad=True)
+    bias = torch.zeros(heads, d_head, requires_grad=True)
+    mask = attention_block_mask(length, memory, 0, "cpu")
+    inputs = (query, keys, values, relative, bias, bias, mask, 0.0)
+    ways = {
+        "blocks": lambda: attention_in_query_blocks(relative_attention, *inputs),
+        "whole": lambda: relative_attention(*inputs)[0],
+    }
+    seconds = {name: [] for name in ways}
+    for _ in range(repeats):
+        for name, attend in ways.items():
+            start = time.perf_counter()
+            with precision(dtype):
+                out = attend()
+            out.float().square().mean().backward()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times) for name, times in seconds.items()}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small")
@@ -67,6 +105,12 @@ def main():
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch} x {args.length}")
     ids = torch.randint(9, 298, (args.batch, args.length), generator=torch.Generator().manual_seed(0))
     for dtype in args.precisions.split(","):
+        alone = attention_alone(args.preset, args.batch, dtype, repeats=4 * args.train_steps)
+        print(
+            f"{dtype}: the attention of a chunk with memory, forward + backward (median): in query blocks "
+            f"{alone['blocks'] * 1000:.0f} ms, all queries over all keys {alone['whole'] * 1000:.0f} ms: "
+            f"{alone['whole'] / alone['blocks']:.2f}x"
+        )
         eager, gpt2 = build_models(args.preset, args.length, dropout=0.1)
         compiled, _ = build_models(args.preset, args.length, dropout=0.1)
         compiled.compile_training_attention()
