@@ -172,16 +172,21 @@ def relative_attention(
     return out.transpose(1, 2).reshape(batch, length, heads * d_head), probabilities  # (B, T, H * Dh)
 
 
+QUERY_BLOCKS = 2  # more measured no faster (BENCHMARKS.md): smaller matmuls, more calls
+
+
 def attention_in_query_blocks(attend, query, keys, values, relative, content_bias, position_bias, mask, dropout):
     """`relative_attention` (or its compiled form, `attend`) of a training chunk, its queries in QUERY_BLOCKS
     blocks, each over the keys up to its own last query: no mask of training lets a query see a later key (causal,
     window, padding and piece masks all hide them), so the scores of the later keys are -inf and the same
-    attention costs about 1/4 fewer scores than all queries over all keys. Returns the output (B, T, H * Dh)."""
+    attention costs 1/8 (a chunk after a memory as long) to 1/4 (no memory) fewer scores than all queries over all
+    keys. Returns the output (B, T, H * Dh)."""
     length = query.shape[2]
     memory_len = keys.shape[2] - length
+    block_len = -(-length // QUERY_BLOCKS)  # rounded up
     outputs = []
-    for begin in range(0, length, -(-length // QUERY_BLOCKS)):
-        end = min(length, begin + -(-length // QUERY_BLOCKS))
+    for begin in range(0, length, block_len):
+        end = min(length, begin + block_len)
         seen = memory_len + end  # the block's queries are the last of these keys, as relative_attention expects
         block_mask = None if mask is None else mask[..., begin:end, :seen]
         out, _ = attend(
@@ -198,7 +203,6 @@ def attention_in_query_blocks(attend, query, keys, values, relative, content_bia
     return torch.cat(outputs, dim=1)  # (B, T, H * Dh)
 
 
-QUERY_BLOCKS = 2
 _compiled_attention = None  # torch.compile(relative_attention), made on first use
 
 
