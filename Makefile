@@ -35,6 +35,7 @@ format: install
 bench: install
 	$(BIN)/python scripts/bench_tokenizer.py
 	OMP_NUM_THREADS=1 $(BIN)/python scripts/bench_model.py
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/bench_compile.py
 	OMP_NUM_THREADS=1 $(BIN)/python scripts/bench_generate.py
 	OMP_NUM_THREADS=1 $(BIN)/python scripts/bench_samples.py
 	OMP_NUM_THREADS=1 $(BIN)/python scripts/bench_streams.py

@@ -9,6 +9,8 @@ Checks, each recorded as {"ok": ..., figures or "error"} so that one failure doe
   2. cached generation equals recomputation: greedy tokens with the memory cache and with use_cache=False are the
      same, and the cached step's logits match a full forward's;
   3. torch.compile of the model's forward: its logits against eager, first-call seconds, speed against eager;
+  3t. the training step with its attention compiled (`hf-music-xl train --compile`, on by default with CUDA): loss
+     and gradients against eager (float32), first-call seconds, tokens/s against eager in bf16 (fp16) autocast;
   4. generation tokens/s at 1, 16 and 64 rows against GPT-2 of the same dims with SDPA attention, same device.
 Figures from a GPU run are GPU figures: quote them as such (BENCHMARKS.md), with the device name from the file.
 """
@@ -100,6 +102,39 @@ def check_compile(model, device, length):
     }
 
 
+def check_compiled_training(preset, device, dtype, batch, length):
+    """The training step with the attention compiled (`hf-music-xl train --compile`) against eager: loss and
+    gradients of one batch in float32 without dropout (they must agree), the first compiled step's seconds (the
+    compile), and tokens/s of both in autocast `dtype` (`check_training`)."""
+    ids = torch.randint(9, 298, (batch, length), generator=torch.Generator().manual_seed(2)).to(device)
+    models, steps, first_step = {}, {}, {}
+    for name in ("eager", "compiled"):
+        model = build_models(preset, length, dropout=0.0)[0].to(device).train()  # the same weights (seeded)
+        model.compile_training_attention(name == "compiled")
+        synchronize(device)
+        start = time.perf_counter()
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        synchronize(device)
+        first_step[name] = time.perf_counter() - start
+        steps[name] = (loss.item(), [parameter.grad for parameter in model.parameters()])
+        models[name] = model
+    (eager_loss, eager_grads), (compiled_loss, compiled_grads) = steps["eager"], steps["compiled"]
+    grad_difference = max((a - b).abs().max().item() for a, b in zip(eager_grads, compiled_grads))
+    largest_grad = max(grad.abs().max().item() for grad in eager_grads)
+    speed = {name: check_training(models[name], device, dtype, batch, length)["tokens_per_s"] for name in models}
+    return {
+        "ok": abs(eager_loss - compiled_loss) < 1e-4 and grad_difference < 1e-3 * largest_grad,
+        "loss_difference": abs(eager_loss - compiled_loss),
+        "max_grad_difference": grad_difference,
+        "largest_grad": largest_grad,
+        "first_call_s": first_step["compiled"],
+        "eager_step_s": first_step["eager"],
+        "tokens_per_s": speed,
+        "compiled_over_eager_speed": speed["compiled"] / speed["eager"],
+    }
+
+
 def check_generation_speed(xl, gpt2, new_tokens):
     """Generation tokens/s (cached steps) of MusicXL and GPT-2 (SDPA) at 1, 16 and 64 rows."""
     gpt2.set_attn_implementation("sdpa")
@@ -145,6 +180,8 @@ def main():
     results = {"device": name, "torch": torch.__version__, "preset": args.preset, "dry_run": dry_run}
     for label, dtype in (("train_bf16", torch.bfloat16), ("train_fp16", torch.float16)):
         run_check(results, label, check_training, xl, device, dtype, batch, length)
+    fast_dtype = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+    run_check(results, "train_compiled", check_compiled_training, args.preset, device, fast_dtype, batch, length)
     with torch.no_grad():
         fresh, _ = build_models(args.preset, len(PROMPT[0]) + new_tokens + 8, dropout=0.0)  # untrained by step 1
         fresh = fresh.to(device)

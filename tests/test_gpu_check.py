@@ -48,3 +48,23 @@ def test_a_failing_check_is_recorded_not_raised(gpu_check):
     results = {}
     gpu_check.run_check(results, "broken", lambda: 1 / 0)
     assert results["broken"]["ok"] is False and "ZeroDivisionError" in results["broken"]["error"]
+
+
+def test_compiled_training_check_compares_the_compiled_attention_with_eager(gpu_check, monkeypatch):
+    from hf_music_xl.models.music_xl import modeling_music_xl
+
+    compiled = []
+
+    def recording_compiler(function, **options):  # stands for torch.compile (its real run is the slow test's)
+        def run(*args):
+            compiled.append(args[0].shape)
+            return function(*args)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", recording_compiler)
+    monkeypatch.setattr(modeling_music_xl, "_compiled_attention", None)
+    result = gpu_check.check_compiled_training("tiny", torch.device("cpu"), torch.bfloat16, batch=2, length=64)
+    assert compiled, "the compiled run did not go through torch.compile"
+    assert result["ok"] and result["loss_difference"] == 0 and result["max_grad_difference"] == 0
+    assert result["first_call_s"] > 0 and set(result["tokens_per_s"]) == {"eager", "compiled"}

@@ -77,6 +77,7 @@ from ..models.music_xl.tokenization_music_xl_fast import MusicXLTokenizerFast
 from .budget import fit_steps_to_budget
 from .callbacks import PlainFinalSteps, WallClockBudget
 from .checkpoints import STAGING_DIR, checkpoint_max_steps, publish_directory, resumable_checkpoint
+from .compiling import resolve_compile
 from .settings import TrainSettings, parse_overrides
 from .trainer import build_trainer, training_arguments
 
@@ -113,6 +114,7 @@ def train(settings: TrainSettings) -> TrainResult:
         settings.preset, **{"tasks": ",".join(tasks), **parse_overrides(settings.model_overrides)}
     )
     model = MusicXLForCausalLM(config)
+    model.compile_training_attention(resolve_compile(settings.compile))
     model.generation_config = generation_config_for(config)
     tokenizer = MusicXLTokenizerFast()
 

@@ -55,6 +55,13 @@ class TrainSettings:
             "help": "recompute each block's activations in the backward pass (less memory, about a third more compute)"
         },
     )
+    compile: bool | None = field(
+        default=None,
+        metadata={
+            "help": "torch.compile the attention of training steps (--compile/--no-compile); neither: on with CUDA, "
+            "off on CPU (slower there, BENCHMARKS.md); where compiling fails, one warning and eager"
+        },
+    )
     seed: int = field(default=42, metadata={"help": "random seed"})
     resume: bool = field(
         default=False,

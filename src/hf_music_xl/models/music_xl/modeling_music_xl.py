@@ -25,11 +25,14 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple
 
 from .cache_music_xl import MusicXLCache, history_fingerprint
 from .configuration_music_xl import MusicXLConfig
 from .positions_music_xl import STATE_PIECE, compute_positions, position_table_sizes
+
+logger = logging.get_logger(__name__)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Attention masks
@@ -122,6 +125,110 @@ def relative_position_scores(query: torch.Tensor, relative: torch.Tensor):
     return RelativeShift.apply(padded)
 
 
+def flat_mask(mask: torch.Tensor, heads: int, query_len: int, key_len: int):
+    """A (T, K) mask as it is (it broadcasts), a (B, 1, T, K) one repeated over heads: (B * H, T, K), to mask the
+    (B * H, T, K) scores of a batched matmul."""
+    if mask.dim() == 2:
+        return mask
+    return mask.expand(-1, heads, -1, -1).reshape(-1, query_len, key_len)
+
+
+def relative_attention(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    relative: torch.Tensor,
+    content_bias: torch.Tensor,
+    position_bias: torch.Tensor,
+    mask: torch.Tensor | None,
+    dropout: float,
+):
+    """The attention of queries (B, H, T, Dh) over keys and values (B, H, M+T, Dh) with relative encodings
+    (H, M+T, Dh), biases u, v (H, Dh) and the mask (T, M+T) or (B, 1, T, M+T) (True: not seen) or None -> the
+    output (B, T, H * Dh) and the probabilities (B, H, T, M+T). Tensors in, tensors out: `torch.compile` takes it
+    whole (`compiled_attention`)."""
+    batch, heads, length, d_head = query.shape
+    scale = 1.0 / math.sqrt(d_head)
+    # biases u, v are float32 parameters: cast them so the matmuls stay in the compute dtype (bf16 autocast)
+    position_query = (query + position_bias[:, None].to(query.dtype)) * scale
+    content_query = (query + content_bias[:, None].to(query.dtype)) * scale
+    scores = relative_position_scores(position_query, relative).to(query.dtype)  # (B, H, T, M+T)
+    key_len = keys.shape[2]
+    scores = torch.baddbmm(
+        scores.reshape(-1, length, key_len),
+        content_query.reshape(-1, length, d_head),
+        keys.reshape(-1, key_len, d_head).transpose(1, 2),
+    )
+    if mask is not None:  # in place (baddbmm's backward does not need its output), on baddbmm's own tensor:
+        # on a view of it, autograd would replay the view in the backward (a clone and two copies of the scores)
+        scores.masked_fill_(flat_mask(mask, heads, length, key_len), float("-inf"))
+    scores = scores.view(batch, heads, length, key_len)
+    if scores.dtype == torch.float32:
+        probabilities = scores.softmax(dim=-1)  # (B, H, T, M+T) (with dtype= torch would copy even here)
+    else:  # bf16/fp16 autocast: the softmax in float32, its result back in the compute dtype
+        probabilities = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
+    if dropout:
+        probabilities = F.dropout(probabilities, dropout, training=True)
+    out = torch.matmul(probabilities, values)  # (B, H, T, Dh)
+    return out.transpose(1, 2).reshape(batch, length, heads * d_head), probabilities  # (B, T, H * Dh)
+
+
+QUERY_BLOCKS = 2  # more measured no faster (BENCHMARKS.md): smaller matmuls, more calls
+
+
+def attention_in_query_blocks(attend, query, keys, values, relative, content_bias, position_bias, mask, dropout):
+    """`relative_attention` (or its compiled form, `attend`) of a training chunk, its queries in QUERY_BLOCKS
+    blocks, each over the keys up to its own last query: no mask of training lets a query see a later key (causal,
+    window, padding and piece masks all hide them), so the scores of the later keys are -inf and the same
+    attention costs 1/8 (a chunk after a memory as long) to 1/4 (no memory) fewer scores than all queries over all
+    keys. Returns the output (B, T, H * Dh)."""
+    length = query.shape[2]
+    memory_len = keys.shape[2] - length
+    block_len = -(-length // QUERY_BLOCKS)  # rounded up
+    outputs = []
+    for begin in range(0, length, block_len):
+        end = min(length, begin + block_len)
+        seen = memory_len + end  # the block's queries are the last of these keys, as relative_attention expects
+        block_mask = None if mask is None else mask[..., begin:end, :seen]
+        out, _ = attend(
+            query[:, :, begin:end],
+            keys[:, :, :seen],
+            values[:, :, :seen],
+            relative[:, -seen:],
+            content_bias,
+            position_bias,
+            block_mask,
+            dropout,
+        )
+        outputs.append(out)  # (B, T / QUERY_BLOCKS, H * Dh)
+    return torch.cat(outputs, dim=1)  # (B, T, H * Dh)
+
+
+_compiled_attention = None  # torch.compile(relative_attention), made on first use
+
+
+def compiled_attention(*inputs):
+    """`relative_attention` through torch.compile: one graph per shape, shared by every layer (it takes tensors
+    only), static shapes (training chunks have fixed lengths). Where no compiler works (the first call raises), one
+    warning and `relative_attention` eager from then on."""
+    global _compiled_attention
+    if _compiled_attention is None:
+        _compiled_attention = torch.compile(relative_attention, dynamic=False)
+    try:
+        return _compiled_attention(*inputs)
+    except Exception as error:  # e.g. no C++ compiler for inductor on CPU, no triton on a GPU
+        if _compiled_attention is relative_attention:  # an error of the eager function itself
+            raise
+        message = str(error).strip().splitlines()
+        logger.warning(
+            "torch.compile of the attention failed (%s: %s): training continues eager",
+            type(error).__name__,
+            message[0] if message else "",
+        )
+        _compiled_attention = relative_attention
+        return relative_attention(*inputs)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The transformer
 
@@ -160,6 +267,7 @@ class MusicXLAttention(nn.Module):
         self.position_proj = Linear(config.d_model, inner, bias=False)  # W_{k,R} of the paper
         self.out_proj = Linear(inner, config.d_model, bias=False)
         self.attn_dropout = config.attn_dropout
+        self.compile_training = False  # training chunks through `compiled_attention` (`compile_training_attention`)
 
     def split_heads(self, x: torch.Tensor):
         """(B, T, H * Dh) -> (B, H, T, Dh)"""
@@ -193,28 +301,12 @@ class MusicXLAttention(nn.Module):
         if key.requires_grad:  # training: this chunk's own keys and values stay in the graph
             keys = torch.cat([keys[:, :, :-length].to(key.dtype), key], dim=2)
             values = torch.cat([values[:, :, :-length].to(value.dtype), value], dim=2)
-        scale = 1.0 / math.sqrt(self.d_head)
-        # biases u, v are float32 parameters: cast them so the matmuls stay in the compute dtype (bf16 autocast)
-        position_query = (query + position_bias[:, None].to(query.dtype)) * scale
-        content_query = (query + content_bias[:, None].to(query.dtype)) * scale
-        scores = relative_position_scores(position_query, relative).to(query.dtype)  # (B, H, T, M+T)
-        key_len = keys.shape[2]
-        scores = torch.baddbmm(
-            scores.reshape(-1, length, key_len),
-            content_query.reshape(-1, length, self.d_head),
-            keys.reshape(-1, key_len, self.d_head).transpose(1, 2),
-        )
-        scores = scores.view(batch, self.n_head, length, key_len)
-        if mask is not None:
-            scores.masked_fill_(mask, float("-inf"))  # in place: baddbmm's backward does not need its output
-        if scores.dtype == torch.float32:
-            probabilities = scores.softmax(dim=-1)  # (B, H, T, M+T) (with dtype= torch would copy even here)
-        else:  # bf16/fp16 autocast: the softmax in float32, its result back in the compute dtype
-            probabilities = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
-        if self.training and self.attn_dropout:
-            probabilities = F.dropout(probabilities, self.attn_dropout, training=True)
-        out = torch.matmul(probabilities, values)  # (B, H, T, Dh)
-        out = out.transpose(1, 2).reshape(batch, length, self.n_head * self.d_head)  # (B, T, H * Dh)
+        dropout = self.attn_dropout if self.training else 0.0
+        inputs = (query, keys, values, relative, content_bias, position_bias, mask, dropout)
+        if key.requires_grad and not output_attentions:  # training
+            attend = compiled_attention if self.compile_training else relative_attention
+            return self.out_proj(attention_in_query_blocks(attend, *inputs)), None
+        out, probabilities = relative_attention(*inputs)
         return self.out_proj(out), probabilities if output_attentions else None
 
 
@@ -277,6 +369,13 @@ class MusicXLPreTrainedModel(PreTrainedModel):
         if isinstance(module, MusicXLModel):
             init.zeros_(module.content_bias)
             init.zeros_(module.position_bias)
+
+    def compile_training_attention(self, enabled: bool = True):
+        """Run the attention of training chunks through torch.compile (`compiled_attention`), or eager again.
+        Evaluation and generation (no gradient) stay eager."""
+        for module in self.modules():
+            if isinstance(module, MusicXLAttention):
+                module.compile_training = enabled
 
     @classmethod
     def _supports_default_dynamic_cache(cls):
