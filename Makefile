@@ -65,7 +65,7 @@ constraints:
 # `make mutation SAMPLE=80` runs a seeded random sample of 80 mutants per module (the corpus cache's _slug first,
 # which makes every module's mutants): about 45 minutes on 2 cores, against many hours for all of them.
 MUTATE = models.music_xl.generation_music_xl data.windows data.pieces models.music_xl.encoding \
-	models.music_xl.modeling_music_xl models.music_xl.positions_music_xl models.music_xl.cache_music_xl
+	models.music_xl.modeling_music_xl models.music_xl.attention_music_xl models.music_xl.positions_music_xl models.music_xl.cache_music_xl
 CORPUS_CACHE = default_cache_dir cache_key _slug build_corpus _copy_corpus load_corpus read_report
 SAMPLE ?= 0
 MUTMUT = nice -n 19 $(BIN)/mutmut run --max-children 2

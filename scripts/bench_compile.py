@@ -20,7 +20,7 @@ import time
 import torch
 from bench_model import bench_training, build_models, precision
 
-from hf_music_xl.models.music_xl.modeling_music_xl import (
+from hf_music_xl.models.music_xl.attention_music_xl import (
     attention_block_mask,
     attention_in_query_blocks,
     relative_attention,

@@ -10,7 +10,7 @@ import torch
 from helpers import tiny_model
 from test_train_flags import train_command
 
-from hf_music_xl.models.music_xl import modeling_music_xl
+from hf_music_xl.models.music_xl import attention_music_xl
 from hf_music_xl.training import compiling
 
 
@@ -55,13 +55,13 @@ def a_compiler_is_here():
 @pytest.mark.slow
 @pytest.mark.skipif(not a_compiler_is_here(), reason="no C++ compiler: torch.compile (inductor) cannot build on CPU")
 def test_the_compiled_training_step_equals_eager(monkeypatch):
-    monkeypatch.setattr(modeling_music_xl, "_compiled_attention", None)
+    monkeypatch.setattr(attention_music_xl, "_compiled_attention", None)
     torch._dynamo.reset()
     eager = training_step(tiny_model())
     compiled_model = tiny_model()
     compiled_model.compile_training_attention()
     compiled = training_step(compiled_model)
-    assert modeling_music_xl._compiled_attention is not modeling_music_xl.relative_attention  # no fallback
+    assert attention_music_xl._compiled_attention is not attention_music_xl.relative_attention  # no fallback
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # it did compile
     assert_same_step(eager, compiled, atol=1e-5)
 
@@ -74,7 +74,7 @@ def test_a_compile_that_fails_falls_back_to_eager_with_one_warning(monkeypatch, 
         return fails
 
     monkeypatch.setattr(torch, "compile", no_compiler)
-    monkeypatch.setattr(modeling_music_xl, "_compiled_attention", None)
+    monkeypatch.setattr(attention_music_xl, "_compiled_attention", None)
     eager = training_step(tiny_model())
     model = tiny_model()
     model.compile_training_attention()
@@ -107,7 +107,7 @@ def test_the_train_flag_compiles_the_training_attention(chorale_corpus_dir, tmp_
         return run
 
     monkeypatch.setattr(torch, "compile", recording_compiler)
-    monkeypatch.setattr(modeling_music_xl, "_compiled_attention", None)
+    monkeypatch.setattr(attention_music_xl, "_compiled_attention", None)
     train_command(chorale_corpus_dir, tmp_path / "run", flag, "--max-steps", "2")
     assert bool(calls) is compiled
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()

@@ -15,7 +15,7 @@ from helpers import BOS, EOS, PAD, SEP, dur, note, tiny_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from hf_music_xl import MusicXLCache, MusicXLConfig, MusicXLForCausalLM, MusicXLModel
-from hf_music_xl.models.music_xl.modeling_music_xl import (
+from hf_music_xl.models.music_xl.attention_music_xl import (
     attention_block_mask,
     relative_position_scores,
     sinusoid_encodings,

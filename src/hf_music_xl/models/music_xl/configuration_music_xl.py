@@ -81,7 +81,7 @@ class MusicXLConfig(PretrainedConfig):
             maximum length). 0: no bar embedding, the beat within the bar only, which measured best (BENCHMARKS.md
             compares 0, 16 and the 1,024 of models saved before).
 
-    Window masks (training only, see `modeling_music_xl.attention_block_mask`):
+    Window masks (training only, see `attention_music_xl.attention_block_mask`):
         mask_p (`float`, defaults to 0.2): probability per training batch of a window mask instead of the causal
             mask; 0 switches window masks off.
         mask_steps (`int`, defaults to 4): window sizes are drawn uniformly from 1..mask_steps.
