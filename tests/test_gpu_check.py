@@ -51,7 +51,7 @@ def test_a_failing_check_is_recorded_not_raised(gpu_check):
 
 
 def test_compiled_training_check_compares_the_compiled_attention_with_eager(gpu_check, monkeypatch):
-    from hf_music_xl.models.music_xl import modeling_music_xl
+    from hf_music_xl.models.music_xl import attention_music_xl
 
     compiled = []
 
@@ -63,7 +63,7 @@ def test_compiled_training_check_compares_the_compiled_attention_with_eager(gpu_
         return run
 
     monkeypatch.setattr(torch, "compile", recording_compiler)
-    monkeypatch.setattr(modeling_music_xl, "_compiled_attention", None)
+    monkeypatch.setattr(attention_music_xl, "_compiled_attention", None)
     result = gpu_check.check_compiled_training("tiny", torch.device("cpu"), torch.bfloat16, batch=2, length=64)
     assert compiled, "the compiled run did not go through torch.compile"
     assert result["ok"] and result["loss_difference"] == 0 and result["max_grad_difference"] == 0

@@ -16,8 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import logging
 
-logger = logging.get_logger(__name__)
-
 # ----------------------------------------------------------------------------------------------------------------
 # Attention masks
 
@@ -204,7 +202,7 @@ def compiled_attention(*inputs):
         if _compiled_attention is relative_attention:  # an error of the eager function itself
             raise
         message = str(error).strip().splitlines()
-        logger.warning(
+        logging.get_logger(__name__).warning(  # got here: remote code may call nothing at import
             "torch.compile of the attention failed (%s: %s): training continues eager",
             type(error).__name__,
             message[0] if message else "",

@@ -124,8 +124,8 @@ def sample_rows(model, prompts: list, request: SamplingRequest, seeds: list[int]
     several times (the samples of one prompt).
 
     Row i is what ``prompts[i]`` and ``seeds[i]`` give alone: every row starts at the batch's first column (no
-    padding: exact too, but a padded batch attends to a segment more of memory), the shortest prompt is read in one forward
-    and each longer one's remaining tokens are fed one a step while the rows before it already sample; each row
+    padding: exact too, but a padded batch attends to a segment more of memory), the shortest prompt is read in one
+    forward and each longer one's remaining tokens are fed one a step while the rows before it already sample; each row
     draws from its own generator, counts its bars from its own prompt's end and leaves the batch when it has its
     bars or ends, so the others do not carry it. Prompts whose lengths differ by more than ``MAX_FED_TOKENS``
     go in separate batches, one after another.

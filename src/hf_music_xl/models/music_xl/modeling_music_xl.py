@@ -26,15 +26,12 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple
 
 from .attention_music_xl import Linear, MusicXLAttention, attention_block_mask, sinusoid_encodings
 from .cache_music_xl import MusicXLCache, history_fingerprint
 from .configuration_music_xl import MusicXLConfig
 from .positions_music_xl import STATE_PIECE, compute_positions, position_table_sizes
-
-logger = logging.get_logger(__name__)
 
 # ----------------------------------------------------------------------------------------------------------------
 # The transformer
