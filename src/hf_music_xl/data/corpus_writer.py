@@ -2,14 +2,14 @@
 each piece's split fixed by a hash of its key; then the DatasetDict and ``report.json`` saved in a scratch folder
 beside the target and renamed into place (``atomic``).
 
-Memory stays flat however large the corpus: a write batch (64 pieces) is all of the music held at once; what grows
-is two short hashes and a report line or two per piece.
+Memory stays flat however large the corpus: a write batch (64 pieces) is all of the music held at once; what the
+build remembers of each piece (its digests for deduplication, the skips and duplicates for the report) is kept on
+disk in a ``Ledger`` (``build_ledger``), and the report's lists are written from there.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from datasets.arrow_writer import ArrowWriter
 
 from ..models.music_xl import encoding
 from .atomic import Writing, replace_folder, scratch
+from .build_ledger import Ledger, write_json
 
 SPLITS = ("train", "validation")
 FEATURES = Features(
@@ -37,14 +38,11 @@ def _sha1(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
-def first_seen(seen: dict[str, str], piece: dict) -> str | None:
+def first_seen(seen: Ledger, piece: dict) -> str | None:
     """The source of an earlier piece with the same file content or the same tokens, else None (and the piece
-    is remembered). ``seen`` holds short hashes, not pieces."""
-    keys = (piece["content_key"], _sha1(piece["input_ids"].tobytes()))
-    first = next((seen[key] for key in keys if key in seen), None)
-    if first is None:
-        seen.update({key: piece["source"] for key in keys})
-    return first
+    is remembered). ``seen`` holds the pieces' sha1 digests, on disk."""
+    tokens_key = piece.get("tokens_key") or hashlib.sha1(piece["input_ids"].tobytes()).digest()
+    return seen.first_source((bytes.fromhex(piece["content_key"]), tokens_key), piece["source"])
 
 
 def split_score(split_key: str) -> float:
@@ -80,9 +78,7 @@ class CorpusWriter:
         self.validation_fraction = validation_fraction
         self.rows_dir, self.partial = scratch(target, "rows"), scratch(target, "partial")
         self.stats = {name: {"pieces": 0, "tokens": 0, "notes": 0} for name in splits}
-        self.seen: dict[str, str] = {}
-        self.skips: list[dict] = []
-        self.duplicates: list[dict] = []
+        self.seen: Ledger | None = None
         self.meters = MeterCounts()
         self.lowest_train = (2.0, -1)  # (split score, row) of the train piece closest to validation
         self.writers: dict[str, ArrowWriter] = {}
@@ -92,6 +88,7 @@ class CorpusWriter:
             with self.failure:
                 self.target.parent.mkdir(parents=True, exist_ok=True)
                 self.rows_dir.mkdir()
+                self.seen = Ledger(self.rows_dir / "ledger.sqlite")
                 self.writers = {
                     name: ArrowWriter(
                         features=FEATURES, path=str(self.rows_dir / f"{name}.arrow"), writer_batch_size=WRITE_BATCH
@@ -104,17 +101,22 @@ class CorpusWriter:
         return self
 
     def __exit__(self, *exception) -> bool:
+        if self.seen is not None:
+            self.seen.close()
         shutil.rmtree(self.rows_dir, ignore_errors=True)
         shutil.rmtree(self.partial, ignore_errors=True)
         return False
 
     def add(self, pieces: list[dict], skipped: list[dict]) -> None:
         """The pieces and skips of one reading: duplicates are recorded, the others written to their split."""
-        self.skips.extend(skipped)
+        with self.failure:
+            self.seen.add_skips(skipped)
         for piece in pieces:
-            first = first_seen(self.seen, piece)
+            with self.failure:
+                first = first_seen(self.seen, piece)
             if first is not None:
-                self.duplicates.append({"source": piece["source"], "same_as": first})
+                with self.failure:
+                    self.seen.add_duplicate(piece["source"], first)
                 continue
             score = split_score(piece["split_key"])
             split = piece.get("split") or ("validation" if score < self.validation_fraction else "train")
@@ -129,28 +131,30 @@ class CorpusWriter:
 
     def save(self, head: dict, tail: dict) -> dict:
         """Finish the Arrow files, save the DatasetDict and ``report.json`` (``head``, the counts, ``tail``) and
-        rename them into ``target``; the report. Raises ValueError if no piece was kept."""
+        rename them into ``target``; the report, with the number of skips and of duplicates in place of their lists
+        (which go from the ledger straight to the file). Raises ValueError if no piece was kept."""
         with self.failure:
             for writer in self.writers.values():
                 writer.finalize()
         total = sum(split_stats["pieces"] for split_stats in self.stats.values())
         if not total:
-            reasons = f"{len(self.skips)} skipped, see the reasons: {self.skips[:3]}"
+            reasons = f"{self.seen.skipped} skipped, see the reasons: {list(self.seen.skips(3))}"
             raise ValueError(f"{self.source!r}: no piece could be read ({reasons})")
         corpus = DatasetDict({name: Dataset.from_file(str(self.rows_dir / f"{name}.arrow")) for name in self.splits})
         if self.validation_fraction > 0 and not self.stats["validation"]["pieces"] and total >= 2:
             corpus, self.stats = move_to_validation(corpus, self.stats, self.lowest_train[1])
         counts = {
             "pieces_kept": total,
-            "skipped": self.skips,
-            "duplicates": self.duplicates,
+            "skipped": self.seen.skipped,
+            "duplicates": self.seen.duplicates,
             "splits": self.stats,
             "meters": self.meters.report(),
         }
         report = {**head, **counts, **tail}
         with self.failure:
             corpus.save_to_disk(str(self.partial))
-            (self.partial / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            streamed = {"skipped": self.seen.skips(), "duplicates": self.seen.duplicate_rows()}
+            write_json(self.partial / "report.json", report, streamed)
             replace_folder(self.partial, self.target)
         return report
 
