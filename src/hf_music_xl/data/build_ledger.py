@@ -69,7 +69,8 @@ class Ledger:
 
     def add_skips(self, skips: list[dict]) -> None:
         with on_disk():
-            self.db.executemany("INSERT INTO skipped VALUES (?, ?)", [(skip["source"], skip["reason"]) for skip in skips])
+            rows = [(skip["source"], skip["reason"]) for skip in skips]
+            self.db.executemany("INSERT INTO skipped VALUES (?, ?)", rows)
         self.skipped += len(skips)
 
     def add_duplicate(self, source: str, same_as: str) -> None:
