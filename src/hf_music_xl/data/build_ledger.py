@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-CACHE_KIB = 8192  # SQLite's page cache for the ledger (the default is 2 MB)
+CACHE_KIB = 2048  # SQLite's page cache for the ledger: all the memory it takes, however many pieces
 COMMIT_EVERY = 2000  # pieces between commits: dirty pages spill to the file, none pile up in memory
 
 

@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 
 from ..models.music_xl import encoding
 from .atomic import Writing, clean_leftovers, replace_folder, scratch
-from .corpus_writer import SPLITS, CorpusWriter
+from .corpus_writer import SPLITS, CorpusWriter, PieceBatch, pack
 from .workers import map_in_workers
 
 logger = logging.getLogger(__name__)
@@ -230,14 +230,16 @@ def _sha1(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
-def _read_star(args):
-    return read_item(*args)
+def _read_star(args) -> tuple[PieceBatch, list[dict]]:
+    """(pieces packed for the writer, skips) of one item: what a worker sends back."""
+    pieces, skips = read_item(*args)
+    return pack(pieces), skips
 
 
-def _failed_item(job, reason: str) -> tuple[list[dict], list[dict]]:
+def _failed_item(job, reason: str) -> tuple[PieceBatch, list[dict]]:
     """An item whose reading process died or ran past the time limit: that item's failure, in the report."""
     item, _ = job
-    return [], [{"source": item.label, "reason": reason}]
+    return pack([]), [{"source": item.label, "reason": reason}]
 
 
 def read_items(items: list[Item], steps_per_beat: int, num_proc: int, time_limit: float | None = DEFAULT_TIME_LIMIT):

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 from datasets import Dataset, DatasetDict, Features, Sequence, Value
 from datasets.arrow_writer import ArrowWriter
 
@@ -31,6 +33,7 @@ FEATURES = Features(
         "n_notes": Value("int32"),
     }
 )
+SCHEMA = pa.schema(list(FEATURES.type))  # FEATURES' Arrow schema without its metadata, which a pickle would carry
 WRITE_BATCH = 64  # pieces held before a write (pieces can be long)
 
 
@@ -41,13 +44,51 @@ def _sha1(data: bytes) -> str:
 def first_seen(seen: Ledger, piece: dict) -> str | None:
     """The source of an earlier piece with the same file content or the same tokens, else None (and the piece
     is remembered). ``seen`` holds the pieces' sha1 digests, on disk."""
-    tokens_key = piece.get("tokens_key") or hashlib.sha1(piece["input_ids"].tobytes()).digest()
-    return seen.first_source((bytes.fromhex(piece["content_key"]), tokens_key), piece["source"])
+    return seen.first_source((bytes.fromhex(piece["content_key"]), piece["tokens_key"]), piece["source"])
 
 
 def split_score(split_key: str) -> float:
     """A number in [0, 1) fixed by the key: the piece goes to validation if it is below the fraction."""
     return int(_sha1(split_key.encode())[:8], 16) / 2**32
+
+
+def meter_of(ids: np.ndarray) -> tuple[str, bool]:
+    """The meter a piece starts in ("none" without one), and whether it changes meter on the way."""
+    tokens = ids[encoding.is_meter(ids)]
+    first = encoding.VOCAB[int(tokens[0])].removeprefix("ts") if len(tokens) else "none"
+    return first, bool(len(set(tokens.tolist())) > 1)
+
+
+@dataclass
+class PieceBatch:
+    """The pieces of one reading, packed in the reading process (``pack``): their stored columns as one Arrow
+    table, so that the build's main process only picks rows, and what it needs of each piece to deduplicate it,
+    place it and count it (``keys``: source, content_key, tokens_key, split_key, split, tokens, notes, meter)."""
+
+    table: pa.Table
+    keys: list[dict]
+
+
+def pack(pieces: list[dict]) -> PieceBatch:
+    """A ``PieceBatch`` of the pieces a reader made (dicts with the ``FEATURES`` and the keys)."""
+    columns = {name: [piece[name] for piece in pieces] for name in ("source", "name", "n_notes")}
+    for name, dtype in (("input_ids", np.int16), ("voices", np.int8)):
+        arrays = [np.asarray(piece[name], dtype) for piece in pieces]
+        offsets = np.cumsum([0] + [len(array) for array in arrays], dtype=np.int64).astype(np.int32)
+        values = np.concatenate(arrays) if arrays else np.zeros(0, dtype)
+        columns[name] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+    table = pa.table({name: columns[name] for name in FEATURES}, schema=SCHEMA)
+    keys = [
+        {
+            **{name: piece[name] for name in ("source", "content_key", "tokens_key", "split_key")},
+            "split": piece.get("split"),
+            "tokens": len(piece["input_ids"]),
+            "notes": piece["n_notes"],
+            "meter": meter_of(np.asarray(piece["input_ids"])),
+        }
+        for piece in pieces
+    ]
+    return PieceBatch(table, keys)
 
 
 class MeterCounts:
@@ -57,11 +98,10 @@ class MeterCounts:
         self.first: dict[str, int] = {}
         self.changing = 0
 
-    def count(self, ids) -> None:
-        tokens = np.asarray(ids)[encoding.is_meter(np.asarray(ids))]
-        first = encoding.VOCAB[int(tokens[0])].removeprefix("ts") if len(tokens) else "none"
+    def count(self, meter: tuple[str, bool]) -> None:
+        first, changing = meter
         self.first[first] = self.first.get(first, 0) + 1
-        self.changing += bool(len(set(tokens.tolist())) > 1)
+        self.changing += changing
 
     def report(self) -> dict:
         ordered = dict(sorted(self.first.items(), key=lambda item: -item[1]))
@@ -82,6 +122,7 @@ class CorpusWriter:
         self.meters = MeterCounts()
         self.lowest_train = (2.0, -1)  # (split score, row) of the train piece closest to validation
         self.writers: dict[str, ArrowWriter] = {}
+        self.pending: dict[str, list[pa.Table]] = {name: [] for name in splits}  # rows to write, < WRITE_BATCH
 
     def __enter__(self) -> CorpusWriter:
         try:
@@ -107,11 +148,12 @@ class CorpusWriter:
         shutil.rmtree(self.partial, ignore_errors=True)
         return False
 
-    def add(self, pieces: list[dict], skipped: list[dict]) -> None:
+    def add(self, batch: PieceBatch, skipped: list[dict]) -> None:
         """The pieces and skips of one reading: duplicates are recorded, the others written to their split."""
         with self.failure:
             self.seen.add_skips(skipped)
-        for piece in pieces:
+        rows = {name: [] for name in self.splits}  # the rows of ``batch.table`` each split takes
+        for row, piece in enumerate(batch.keys):
             with self.failure:
                 first = first_seen(self.seen, piece)
             if first is not None:
@@ -119,20 +161,33 @@ class CorpusWriter:
                     self.seen.add_duplicate(piece["source"], first)
                 continue
             score = split_score(piece["split_key"])
-            split = piece.get("split") or ("validation" if score < self.validation_fraction else "train")
+            split = piece["split"] or ("validation" if score < self.validation_fraction else "train")
             if split == "train":
                 self.lowest_train = min(self.lowest_train, (score, self.stats["train"]["pieces"]))
-            with self.failure:
-                self.writers[split].write({name: piece[name] for name in FEATURES})
+            rows[split].append(row)
             self.stats[split]["pieces"] += 1
-            self.stats[split]["tokens"] += len(piece["input_ids"])
-            self.stats[split]["notes"] += piece["n_notes"]
-            self.meters.count(piece["input_ids"])
+            self.stats[split]["tokens"] += piece["tokens"]
+            self.stats[split]["notes"] += piece["notes"]
+            self.meters.count(piece["meter"])
+        for split, taken in rows.items():
+            if taken:
+                self.pending[split].append(batch.table.take(taken))
+            if sum(len(table) for table in self.pending[split]) >= WRITE_BATCH:
+                self.flush(split)
+
+    def flush(self, split: str) -> None:
+        """Write the rows waiting for ``split`` as one record batch."""
+        if self.pending[split]:
+            with self.failure:
+                self.writers[split].write_table(pa.concat_tables(self.pending[split]).combine_chunks())
+            self.pending[split] = []
 
     def save(self, head: dict, tail: dict) -> dict:
         """Finish the Arrow files, save the DatasetDict and ``report.json`` (``head``, the counts, ``tail``) and
         rename them into ``target``; the report, with the number of skips and of duplicates in place of their lists
         (which go from the ledger straight to the file). Raises ValueError if no piece was kept."""
+        for split in self.splits:
+            self.flush(split)
         with self.failure:
             for writer in self.writers.values():
                 writer.finalize()

@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import symusic
 
+from .corpus_writer import PieceBatch, pack
+
 TEMPO_RANGE = (10.0, 400.0)  # quarter notes a minute; outside it a note table's tempo is absurd
 NOTE_TICKS = 480  # ticks per quarter of the score a note table is written into (the encoder rounds to the grid)
 NAME_COLUMNS = ("name", "title", "filename", "file_name", "path", "md5", "id")
@@ -150,10 +152,12 @@ def notes_to_score(notes, tempo: float, steps_per_beat: int) -> tuple[symusic.Sc
     return score, np.abs(steps - np.round(steps))
 
 
-def read_rows(job) -> tuple[list[dict], list[dict], list[np.ndarray], int]:
-    """(pieces, skips, grid errors, rows) of one task: the worker reads its slice, then encodes each row."""
+def read_rows(job) -> tuple[PieceBatch, list[dict], list[np.ndarray], int]:
+    """(pieces packed for the writer, skips, grid errors, rows) of one task: the worker reads its slice, then
+    encodes each row."""
     where, column, columns, layout, note_tempo, steps_per_beat = job
-    return encode_rows(where.rows(column, columns), column, layout, note_tempo, steps_per_beat)
+    pieces, skips, errors, count = encode_rows(where.rows(column, columns), column, layout, note_tempo, steps_per_beat)
+    return pack(pieces), skips, errors, count
 
 
 def encode_rows(rows, column: str, layout: str, note_tempo: float, steps_per_beat: int):
@@ -189,7 +193,8 @@ class FailedRows:
     job: tuple
     reason: str
 
-    def as_skips(self) -> tuple[list[dict], list[dict], list[np.ndarray], int]:
+    def as_skips(self) -> tuple[PieceBatch, list[dict], list[np.ndarray], int]:
         """What ``read_rows`` returns, with every row of the task a skip for ``reason``."""
         where = self.job[0]
-        return [], [{"source": where.row_id(n), "reason": self.reason} for n in range(len(where))], [], len(where)
+        skips = [{"source": where.row_id(n), "reason": self.reason} for n in range(len(where))]
+        return pack([]), skips, [], len(where)

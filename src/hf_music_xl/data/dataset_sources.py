@@ -40,7 +40,7 @@ __all__ = ["DatasetSource", "find_column", "is_dataset_source", "notes_to_score"
 HF_PREFIX = "hf:"
 SPLIT_NAMES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation"}
 SPLIT_NAMES |= {"dev": "validation", "test": "test"}
-ROWS_PER_TASK = 16  # rows a worker process reads per task; a few tasks per process are in flight at once
+ROWS_PER_TASK = 64  # rows a worker reads per task: fewer round trips through the main process (16: 1.5x its work)
 
 
 def is_dataset_source(source: str) -> bool:
