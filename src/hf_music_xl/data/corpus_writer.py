@@ -10,6 +10,7 @@ disk in a ``Ledger`` (``build_ledger``), and the report's lists are written from
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 from datasets import Dataset, DatasetDict, Features, Sequence, Value
 from datasets.arrow_writer import ArrowWriter
+from datasets.utils.py_utils import asdict  # the dataclass asdict that save_to_disk uses (defaults left out)
 
 from ..models.music_xl import encoding
 from .atomic import Writing, replace_folder, scratch
@@ -196,7 +198,8 @@ class CorpusWriter:
             reasons = f"{self.seen.skipped} skipped, see the reasons: {list(self.seen.skips(3))}"
             raise ValueError(f"{self.source!r}: no piece could be read ({reasons})")
         corpus = DatasetDict({name: Dataset.from_file(str(self.rows_dir / f"{name}.arrow")) for name in self.splits})
-        if self.validation_fraction > 0 and not self.stats["validation"]["pieces"] and total >= 2:
+        moved = self.validation_fraction > 0 and not self.stats["validation"]["pieces"] and total >= 2
+        if moved:
             corpus, self.stats = move_to_validation(corpus, self.stats, self.lowest_train[1])
         counts = {
             "pieces_kept": total,
@@ -207,11 +210,35 @@ class CorpusWriter:
         }
         report = {**head, **counts, **tail}
         with self.failure:
-            corpus.save_to_disk(str(self.partial))
+            if moved:  # splits that are parts of one file: a copy (of a tiny corpus)
+                corpus.save_to_disk(str(self.partial))
+            else:
+                save_in_place(corpus, self.partial)
             streamed = {"skipped": self.seen.skips(), "duplicates": self.seen.duplicate_rows()}
             write_json(self.partial / "report.json", report, streamed)
             replace_folder(self.partial, self.target)
         return report
+
+
+SAVED_STATE = ("_fingerprint", "_format_columns", "_format_kwargs", "_format_type", "_output_all_columns")
+DATA_FILE = "data-00000-of-00001.arrow"
+
+
+def save_in_place(corpus: DatasetDict, folder: Path) -> None:
+    """What ``corpus.save_to_disk(folder)`` writes (``load_from_disk`` reads it), for splits that are each one whole
+    Arrow file: the files are renamed into place, not copied row by row (a copy reads every page of the corpus
+    through this process's memory map, and writes it all a second time). The state and info files are written
+    from the split as ``save_to_disk`` writes them."""
+    folder.mkdir()
+    for name, split in corpus.items():
+        (folder / name).mkdir()
+        shutil.move(split.cache_files[0]["filename"], folder / name / DATA_FILE)
+        state = {key: split.__dict__[key] for key in SAVED_STATE}
+        state.update(_split=None if split.split is None else str(split.split), _data_files=[{"filename": DATA_FILE}])
+        (folder / name / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+        info = asdict(split._info)  # noqa: SLF001 - as save_to_disk writes it
+        (folder / name / "dataset_info.json").write_text(json.dumps({key: info[key] for key in sorted(info)}, indent=2))
+    (folder / "dataset_dict.json").write_text(json.dumps({"splits": list(corpus)}))
 
 
 def move_to_validation(corpus: DatasetDict, stats: dict, row: int) -> tuple[DatasetDict, dict]:
