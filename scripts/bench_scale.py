@@ -196,6 +196,7 @@ def main() -> None:
     parser.add_argument("--build-baseline-ref", default="4336828", help="git ref of the build before issue 24's fixes")
     parser.add_argument("--repeats", type=int, default=1, help="training runs per scale and code, in turn")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--parts", default="build,train", help="what to measure: build, train or both")
     args = parser.parse_args()
     build_sizes = [int(size) for size in args.build_sizes.split(",")]
     scales = [int(scale) for scale in args.train_scales.split(",")]
@@ -204,15 +205,16 @@ def main() -> None:
         scratch = Path(scratch)
         started = time.perf_counter()
         bars = chorale_bars(args.chorales)
-        largest = max(build_sizes + [scale * CHORALES for scale in scales])
+        largest = max(build_sizes * ("build" in args.parts) + [scale * CHORALES for scale in scales])
         synthesize(bars, largest, scratch / "parquet")
         print(f"synthesized {largest:,} pieces from {len(bars):,} real bars in {time.perf_counter() - started:.0f} s")
 
+        parts = args.parts.split(",")
         builds = {"this tree": None}
         if not args.skip_baseline:
             builds[f"baseline {args.build_baseline_ref}"] = baseline_tree(args.build_baseline_ref, scratch)
         print("\nbuild: pieces/s, peak RSS added (all; anonymous, without mapped files) and the largest worker's peak")
-        for size in build_sizes:
+        for size in build_sizes if "build" in parts else []:
             for label, pythonpath in builds.items():
                 rates = {}
                 for num_proc in (1, 2):
@@ -230,7 +232,7 @@ def main() -> None:
                     )  # fmt: skip
 
         corpora = {}
-        for scale in scales:
+        for scale in scales if "train" in parts else []:
             cache = scratch / f"cache-train-{scale}"
             in_child("build_child", str(scratch / "parquet"), scale * CHORALES, 2, str(cache))
             corpora[scale] = str(next(cache.iterdir()))
@@ -238,7 +240,7 @@ def main() -> None:
         if not args.skip_baseline:
             trees[f"baseline {args.baseline_ref}"] = baseline_tree(args.baseline_ref, scratch)
         print("\ntrain, 20 steps (tiny, batch 16): peak RSS and steps/s")
-        for repeat in range(args.repeats):
+        for repeat in range(args.repeats if "train" in parts else 0):
             for label, pythonpath in trees.items():
                 first = None
                 for scale in scales:
