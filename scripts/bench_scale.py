@@ -13,7 +13,8 @@
    after imports) and the largest worker's peak; with this tree's code and with ``--build-baseline-ref`` (the
    build before its memory and worker changes);
 3. training: ``train()`` (``hf-music-xl train``: tiny preset, 20 steps, batch 16, no evaluation or save inside
-   the steps) on corpora of ``--train-scales`` times the chorales' size (in pieces), each in a fresh process, with
+   the steps; steps/s from the end of the first step to the end of the last, so the evaluation of the validation
+   split that the Trainer runs as the last step ends is left out) on corpora of ``--train-scales`` times the chorales' size (in pieces), each in a fresh process, with
    this tree's code and with ``--baseline-ref`` (the code whose streams held every token in RAM): peak RSS and
    steps/s; ratios against the 1x run of the same code. ``--repeats R`` runs the scales R times in turn (1x, 10x,
    100x, 1x, ...) so that a swing of the shared machine does not land on one scale only.
@@ -150,9 +151,20 @@ def build_child(source: str, limit: int, num_proc: int, cache: str) -> dict:
 
 
 def train_child(corpus: str, output: str) -> dict:
+    import transformers
+
     from hf_music_xl.training.run import train
     from hf_music_xl.training.settings import TrainSettings
 
+    step_ends = []  # the Trainer evaluates the validation split when the last step ends: steps/s leaves it out
+    training_step = transformers.Trainer.training_step
+
+    def timed_step(*args, **kwargs):
+        loss = training_step(*args, **kwargs)
+        step_ends.append(time.perf_counter())
+        return loss
+
+    transformers.Trainer.training_step = timed_step
     base, anon = vm("VmRSS"), AnonPeak()
     settings = TrainSettings(
         corpus=corpus, output_dir=output, preset="tiny", max_steps=20, batch_size=16, save_steps=1000,
@@ -160,7 +172,8 @@ def train_child(corpus: str, output: str) -> dict:
     )  # fmt: skip
     result = train(settings)
     peak = {"peak_mb": vm("VmHWM"), "added_mb": vm("VmHWM") - base, "anon_peak_mb": anon.stop()}
-    return {"steps_per_s": 20 / result.train_seconds, **peak}
+    steps_per_s = (len(step_ends) - 1) / (step_ends[-1] - step_ends[0])  # from the end of the first step
+    return {"steps_per_s": steps_per_s, "train_seconds": result.train_seconds, **peak}
 
 
 def in_child(function: str, *arguments, pythonpath: str | None = None) -> dict:
