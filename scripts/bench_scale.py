@@ -12,12 +12,13 @@
    2, each in a fresh process: pieces/s and the peak RSS the build added to the main process (VmHWM minus the RSS
    after imports) and the largest worker's peak; with this tree's code and with ``--build-baseline-ref`` (the
    build before its memory and worker changes);
-3. training: ``train()`` (``hf-music-xl train``: tiny preset, 20 steps, batch 16, no evaluation or save inside
-   the steps; steps/s from the end of the first step to the end of the last, so the evaluation of the validation
-   split that the Trainer runs as the last step ends is left out) on corpora of ``--train-scales`` times the
-   chorales' size (in pieces), each in a fresh process, with this tree's code and with ``--baseline-ref`` (the code whose streams held every token in RAM): peak RSS and
-   steps/s; ratios against the 1x run of the same code. ``--repeats R`` runs the scales R times in turn (1x, 10x,
-   100x, 1x, ...) so that a swing of the shared machine does not land on one scale only.
+3. training: ``train()`` (``hf-music-xl train``: tiny preset, 20 steps, batch 16, no evaluation or save inside the
+   steps; steps/s from the end of the first step to the end of the last, so the evaluation of the validation split
+   that the Trainer runs as the last step ends is left out) on corpora of ``--train-scales`` times the chorales'
+   size (in pieces), each in a fresh process, with this tree's code and with ``--baseline-ref`` (the code whose
+   streams held every token in RAM): peak RSS and steps/s; ratios against the 1x run of the same code. ``--repeats
+   R`` runs the scales R times in turn (1x, 10x, 100x, 1x, ...) so that a swing of the shared machine does not land
+   on one scale only.
 Absolute times on a shared machine are noise; compare the ratios. Run it from the repository's root (the baselines
 are ``git archive``d from there).
 """
