@@ -36,7 +36,7 @@ FEATURES = Features(
     }
 )
 SCHEMA = pa.schema(list(FEATURES.type))  # FEATURES' Arrow schema without its metadata, which a pickle would carry
-WRITE_BATCH = 64  # pieces held before a write (pieces can be long)
+WRITE_BATCH = 1000  # rows a record batch holds (as datasets writes them): a loaded file faults in one header a batch
 
 
 def _sha1(data: bytes) -> str:
