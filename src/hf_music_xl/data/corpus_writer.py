@@ -2,7 +2,7 @@
 each piece's split fixed by a hash of its key; then the DatasetDict and ``report.json`` saved in a scratch folder
 beside the target and renamed into place (``atomic``).
 
-Memory stays flat however large the corpus: a write batch (64 pieces) is all of the music held at once; what the
+Memory stays flat however large the corpus: a record batch (1,000 pieces) is all of the music held at once; what the
 build remembers of each piece (its digests for deduplication, the skips and duplicates for the report) is kept on
 disk in a ``Ledger`` (``build_ledger``), and the report's lists are written from there.
 """
