@@ -10,12 +10,17 @@
    files (a temporary folder) of the largest size needed;
 2. build throughput: ``build_corpus(PARQUET, limit=N, num_proc=P)`` for each size of ``--build-sizes`` and P = 1,
    2, each in a fresh process: pieces/s and the peak RSS the build added to the main process (VmHWM minus the RSS
-   after imports) and the largest worker's peak;
-3. training: ``train()`` (``hf-music-xl train``: tiny preset, 20 steps, batch 16, no evaluation or save inside
-   the steps) on corpora of ``--train-scales`` times the chorales' size (in pieces), each in a fresh process, with
-   this tree's code and with ``--baseline-ref`` (today's code, whose streams hold every token in RAM): peak RSS
-   and steps/s; ratios against the 1x run of the same code.
-Absolute times on a shared machine are noise; compare the ratios.
+   after imports) and the largest worker's peak; with this tree's code and with ``--build-baseline-ref`` (the
+   build before its memory and worker changes);
+3. training: ``train()`` (``hf-music-xl train``: tiny preset, 20 steps, batch 16, no evaluation or save inside the
+   steps; steps/s from the end of the first step to the end of the last, so the evaluation of the validation split
+   that the Trainer runs as the last step ends is left out) on corpora of ``--train-scales`` times the chorales'
+   size (in pieces), each in a fresh process, with this tree's code and with ``--baseline-ref`` (the code whose
+   streams held every token in RAM): peak RSS and steps/s; ratios against the 1x run of the same code. ``--repeats
+   R`` runs the scales R times in turn (1x, 10x, 100x, 1x, ...) so that a swing of the shared machine does not land
+   on one scale only.
+Absolute times on a shared machine are noise; compare the ratios. Run it from the repository's root (the baselines
+are ``git archive``d from there).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -146,9 +152,20 @@ def build_child(source: str, limit: int, num_proc: int, cache: str) -> dict:
 
 
 def train_child(corpus: str, output: str) -> dict:
+    import transformers
+
     from hf_music_xl.training.run import train
     from hf_music_xl.training.settings import TrainSettings
 
+    step_ends = []  # the Trainer evaluates the validation split when the last step ends: steps/s leaves it out
+    training_step = transformers.Trainer.training_step
+
+    def timed_step(*args, **kwargs):
+        loss = training_step(*args, **kwargs)
+        step_ends.append(time.perf_counter())
+        return loss
+
+    transformers.Trainer.training_step = timed_step
     base, anon = vm("VmRSS"), AnonPeak()
     settings = TrainSettings(
         corpus=corpus, output_dir=output, preset="tiny", max_steps=20, batch_size=16, save_steps=1000,
@@ -156,7 +173,8 @@ def train_child(corpus: str, output: str) -> dict:
     )  # fmt: skip
     result = train(settings)
     peak = {"peak_mb": vm("VmHWM"), "added_mb": vm("VmHWM") - base, "anon_peak_mb": anon.stop()}
-    return {"steps_per_s": 20 / result.train_seconds, **peak}
+    steps_per_s = (len(step_ends) - 1) / (step_ends[-1] - step_ends[0])  # from the end of the first step
+    return {"steps_per_s": steps_per_s, "train_seconds": result.train_seconds, **peak}
 
 
 def in_child(function: str, *arguments, pythonpath: str | None = None) -> dict:
@@ -177,9 +195,10 @@ def in_child(function: str, *arguments, pythonpath: str | None = None) -> dict:
 
 def baseline_tree(ref: str, folder: Path) -> str:
     """The ``src/`` of ``ref`` (today's code) extracted into ``folder``; returns its path for PYTHONPATH."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "src"], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
-    return str(folder / "src")
+    archive = subprocess.run(["git", "archive", ref, "src"], capture_output=True, check=True)
+    (folder / ref).mkdir()
+    subprocess.run(["tar", "-x", "-C", str(folder / ref)], input=archive.stdout, check=True)
+    return str(folder / ref / "src")
 
 
 def main() -> None:
@@ -187,8 +206,11 @@ def main() -> None:
     parser.add_argument("--chorales", type=int, default=60, help="chorales whose bars make the synthetic pieces")
     parser.add_argument("--build-sizes", default="2000,5000,10000", help="pieces per build (full: 10000,50000,200000)")
     parser.add_argument("--train-scales", default="1,10,30", help="training corpora, x 350 pieces (full: 1,10,100)")
-    parser.add_argument("--baseline-ref", default="3ed14ff", help="git ref of today's code (streams in RAM)")
+    parser.add_argument("--baseline-ref", default="3ed14ff", help="git ref of the code with its streams in RAM")
+    parser.add_argument("--build-baseline-ref", default="4336828", help="git ref of the build before issue 24's fixes")
+    parser.add_argument("--repeats", type=int, default=1, help="training runs per scale and code, in turn")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--parts", default="build,train", help="what to measure: build, train or both")
     args = parser.parse_args()
     build_sizes = [int(size) for size in args.build_sizes.split(",")]
     scales = [int(scale) for scale in args.train_scales.split(",")]
@@ -197,24 +219,34 @@ def main() -> None:
         scratch = Path(scratch)
         started = time.perf_counter()
         bars = chorale_bars(args.chorales)
-        largest = max(build_sizes + [scale * CHORALES for scale in scales])
+        largest = max(build_sizes * ("build" in args.parts) + [scale * CHORALES for scale in scales])
         synthesize(bars, largest, scratch / "parquet")
         print(f"synthesized {largest:,} pieces from {len(bars):,} real bars in {time.perf_counter() - started:.0f} s")
 
+        parts = args.parts.split(",")
+        builds = {"this tree": None}
+        if not args.skip_baseline:
+            builds[f"baseline {args.build_baseline_ref}"] = baseline_tree(args.build_baseline_ref, scratch)
         print("\nbuild: pieces/s, peak RSS added (all; anonymous, without mapped files) and the largest worker's peak")
-        for size in build_sizes:
-            for num_proc in (1, 2):
-                cache = scratch / f"cache-build-{size}-{num_proc}"
-                result = in_child("build_child", str(scratch / "parquet"), size, num_proc, str(cache))
-                rate = result["pieces"] / result["seconds"]
-                print(
-                    f"  {size:>8,} pieces, {num_proc} process(es): {rate:7.0f} pieces/s,"
-                    f" +{result['added_mb']:6.1f} MB (anonymous +{result['anon_added_mb']:5.1f} MB;"
-                    f" worker peak {result['worker_peak_mb']:.0f} MB)", flush=True
-                )  # fmt: skip
+        for size in build_sizes if "build" in parts else []:
+            for label, pythonpath in builds.items():
+                rates = {}
+                for num_proc in (1, 2):
+                    cache = scratch / f"cache-build-{size}-{num_proc}-{label.split()[-1]}"
+                    result = in_child(
+                        "build_child", str(scratch / "parquet"), size, num_proc, str(cache), pythonpath=pythonpath
+                    )
+                    shutil.rmtree(cache)
+                    rates[num_proc] = result["pieces"] / result["seconds"]
+                    print(
+                        f"  {label:>18}, {size:>8,} pieces, {num_proc} process(es): {rates[num_proc]:7.0f} pieces/s"
+                        f"{'' if num_proc == 1 else f' ({rates[2] / rates[1]:.2f}x of 1)'},"
+                        f" +{result['added_mb']:6.1f} MB (anonymous +{result['anon_added_mb']:5.1f} MB;"
+                        f" worker peak {result['worker_peak_mb']:.0f} MB)", flush=True
+                    )  # fmt: skip
 
         corpora = {}
-        for scale in scales:
+        for scale in scales if "train" in parts else []:
             cache = scratch / f"cache-train-{scale}"
             in_child("build_child", str(scratch / "parquet"), scale * CHORALES, 2, str(cache))
             corpora[scale] = str(next(cache.iterdir()))
@@ -222,18 +254,20 @@ def main() -> None:
         if not args.skip_baseline:
             trees[f"baseline {args.baseline_ref}"] = baseline_tree(args.baseline_ref, scratch)
         print("\ntrain, 20 steps (tiny, batch 16): peak RSS and steps/s")
-        for label, pythonpath in trees.items():
-            first = None
-            for scale in scales:
-                output = scratch / f"run-{label.split()[0]}-{scale}"
-                result = in_child("train_child", corpora[scale], str(output), pythonpath=pythonpath)
-                first = first or result
-                print(
-                    f"  {label:>18}, {scale:>4}x ({scale * CHORALES:,} pieces): peak {result['peak_mb']:6.0f} MB "
-                    f"({result['peak_mb'] - first['peak_mb']:+5.0f} MB vs 1x; anon {result['anon_peak_mb']:.0f} MB, "
-                    f"{result['anon_peak_mb'] - first['anon_peak_mb']:+5.0f}), {result['steps_per_s']:.2f} steps/s "
-                    f"({result['steps_per_s'] / first['steps_per_s']:.2f}x of 1x)", flush=True
-                )  # fmt: skip
+        for repeat in range(args.repeats if "train" in parts else 0):
+            for label, pythonpath in trees.items():
+                first = None
+                for scale in scales:
+                    output = scratch / f"run-{label.split()[-1]}-{scale}-{repeat}"
+                    result = in_child("train_child", corpora[scale], str(output), pythonpath=pythonpath)
+                    shutil.rmtree(output, ignore_errors=True)
+                    first = first or result
+                    print(
+                        f"  {label:>18}, {scale:>4}x ({scale * CHORALES:,} pieces): peak {result['peak_mb']:6.0f} MB "
+                        f"({result['peak_mb'] - first['peak_mb']:+5.0f} MB vs 1x; anon {result['anon_peak_mb']:.0f} MB"
+                        f", {result['anon_peak_mb'] - first['anon_peak_mb']:+5.0f}), {result['steps_per_s']:.2f} "
+                        f"steps/s ({result['steps_per_s'] / first['steps_per_s']:.2f}x of 1x)", flush=True
+                    )  # fmt: skip
         print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
 

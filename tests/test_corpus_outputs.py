@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+from datasets import DatasetDict
 
 from hf_music_xl.cli import main as cli_main
 from hf_music_xl.data import corpus_writer
@@ -179,3 +180,27 @@ def test_output_that_is_a_file_is_refused(three_and_sixty, tmp_path):
     with pytest.raises(ValueError, match="exists and is not a corpus directory"):
         build_corpus(str(three), output=tmp_path / "out", cache_dir=tmp_path / "cache", num_proc=1)
     assert (tmp_path / "out").read_text() == "not a folder"
+
+
+def test_a_build_renames_its_arrow_files_into_place_as_save_to_disk_would_write_them(three_and_sixty, tmp_path):
+    _, sixty = three_and_sixty
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("the corpus was copied row by row")
+
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(DatasetDict, "save_to_disk", no_copy)
+        built = build_corpus(str(sixty), cache_dir=tmp_path / "cache", num_proc=1)  # 60 files: no piece moved
+    assert len(built["train"]) > 0 and len(built["validation"]) > 0
+    folder = tmp_path / "cache" / os.listdir(tmp_path / "cache")[0]
+    built.save_to_disk(str(tmp_path / "saved"))  # what datasets writes for the same corpus
+    for name in ("train", "validation"):
+        files = sorted(path.name for path in (folder / name).iterdir())
+        assert files == sorted(path.name for path in (tmp_path / "saved" / name).iterdir())
+        assert (folder / name / "dataset_info.json").read_text() == (
+            tmp_path / "saved" / name / "dataset_info.json"
+        ).read_text()
+        ours, theirs = (json.loads((root / name / "state.json").read_text()) for root in (folder, tmp_path / "saved"))
+        assert {**ours, "_fingerprint": None} == {**theirs, "_fingerprint": None}
+    assert (folder / "dataset_dict.json").read_text() == (tmp_path / "saved" / "dataset_dict.json").read_text()
+    assert load_corpus(folder)["train"].to_dict() == load_corpus(tmp_path / "saved")["train"].to_dict()

@@ -24,7 +24,7 @@ import pytest
 
 from hf_music_xl.cli import main as cli_main
 from hf_music_xl.data import corpus as corpus_module
-from hf_music_xl.data import dataset_sources
+from hf_music_xl.data import dataset_rows, dataset_sources
 from hf_music_xl.data.corpus import build_corpus
 from hf_music_xl.data.workers import map_in_workers
 
@@ -137,15 +137,15 @@ def test_a_dataset_row_that_kills_its_reader_is_that_row_s_failure(chorale_midi_
     paths = chorale_midi_files[:6]
     table = pa.table({"md5": [path.stem for path in paths], "music": [path.read_bytes() for path in paths]})
     pq.write_table(table, tmp_path / "rows.parquet")
-    real_read_rows = dataset_sources._read_rows
+    real_encode_rows = dataset_rows.encode_rows
 
-    def read_rows(job):  # rows are read 4 at a time here: the row at fault is found by reading them one by one
-        if any(name == paths[3].stem for _, _, name, _, _ in job[0]):
+    def encode_rows(rows, *reading):  # rows are read 4 at a time here: the row at fault is found one by one
+        if any(name == paths[3].stem for _, _, name, _, _ in rows):
             die_by_segfault()
-        return real_read_rows(job)
+        return real_encode_rows(rows, *reading)
 
     monkeypatch.setattr(dataset_sources, "ROWS_PER_TASK", 4)
-    monkeypatch.setattr(dataset_sources, "_read_rows", read_rows)
+    monkeypatch.setattr(dataset_rows, "encode_rows", encode_rows)
     source = str(tmp_path / "rows.parquet")
     built = build_corpus(source, output=tmp_path / "out", cache_dir=tmp_path / "cache", num_proc=2)
     report = json.loads((tmp_path / "out" / "report.json").read_text())

@@ -39,3 +39,38 @@ def test_pieces_are_views_of_the_arrow_file_and_an_epoch_holds_indices_only(chor
     assert not hasattr(data, "tokens")
     dealt = np.concatenate(data.dealt)
     assert dealt.dtype == np.int64 and len(dealt) <= 2 * len(split) + data.streams  # about one epoch of indices
+
+
+class RecordedReads:
+    """Pieces (``ArrowPieces``) that remember which were read."""
+
+    def __init__(self, pieces):
+        self.pieces, self.lengths, self.read = pieces, pieces.lengths, set()
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        self.read.add(int(index))
+        return self.pieces[index]
+
+
+@pytest.mark.parametrize("tasks", [None, "continue,infill,harmonize"])
+def test_a_process_reads_only_its_own_streams_pieces(chorale_corpus, tasks):
+    from hf_music_xl.data.task_examples import parse_tasks
+
+    split = chorale_corpus["train"]
+    settings = dict(rows=2, step_tokens=64, processes=2, seed=1, tasks=tasks and parse_tasks(tasks))
+    data = PieceStreams(split, **settings)
+    data.pieces = RecordedReads(data.pieces)  # before any deal: a process deals when first asked for a step
+    ours = [index for index in range(len(data)) if index // data.rows % data.processes == 0]  # process 0's items
+    items = [data[index] for index in ours]
+    assert set(data.deals) == {0}  # the other process's streams were never dealt
+    own = {int(piece) for row in range(data.rows) for piece in data.stream_deal(row)[0]}
+    assert data.pieces.read <= own  # with tasks, the deal read each example's piece: only its own
+    other = {int(piece) for stream in (2, 3) for piece in data.stream_deal(stream)[0]}
+    assert other - own  # the other process has pieces of its own, which this one never read
+    # the examples do not depend on whether the other process was dealt: a fresh copy, every stream dealt first
+    fresh = PieceStreams(split, **settings)
+    assert len(fresh.dealt) == 4
+    assert all(np.array_equal(a["input_ids"], fresh[index]["input_ids"]) for a, index in zip(items, ours))

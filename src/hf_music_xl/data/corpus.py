@@ -23,7 +23,8 @@ Sources (``build_corpus(source)`` and ``hf-music-xl build-corpus SOURCE``):
   concatenates their splits.
 
 Pieces stream from the readers into Arrow files on disk as they come, so memory does not grow with the music:
-what grows is about 2 KB per file (the file list, the deduplication hashes, the report). A file that
+the deduplication digests and the report's lists are kept on disk too (``build_ledger``); what grows is a folder
+source's file list (a few hundred bytes a file; a dataset source lists none). A file that
 cannot be read is recorded in ``report.json`` and skipped; the build never stops for it. Files are read in child
 processes (``workers``), each with a time limit: a reader that crashes (a segfault, the OOM killer) or hangs is
 that file's failure in the report, with the signal or the limit, and the build goes on. Files
@@ -56,7 +57,7 @@ from tqdm.auto import tqdm
 
 from ..models.music_xl import encoding
 from .atomic import Writing, clean_leftovers, replace_folder, scratch
-from .corpus_writer import SPLITS, CorpusWriter
+from .corpus_writer import SPLITS, CorpusWriter, PieceBatch, pack
 from .workers import map_in_workers
 
 logger = logging.getLogger(__name__)
@@ -165,13 +166,15 @@ def split_abc_tunes(text: str) -> list[tuple[str, str]]:
 def _piece(encoded: tuple[np.ndarray, np.ndarray], source: str, name: str, content_key: str, split_key: str) -> dict:
     ids, voices = encoded
     n_notes = int(((ids >= encoding.NOTE_OFFSET) & (ids < encoding.NOTE_OFFSET + encoding.NUM_PITCHES)).sum())
+    stored = ids.astype(np.int16)
     return {
-        "input_ids": ids.astype(np.int16),
+        "input_ids": stored,
         "voices": voices,
         "source": source,
         "name": name,
         "n_notes": n_notes,
         "content_key": content_key,  # for deduplication, not stored
+        "tokens_key": hashlib.sha1(stored.tobytes()).digest(),  # likewise, hashed here in the reading process
         "split_key": split_key,  # for the split, not stored
     }
 
@@ -227,14 +230,16 @@ def _sha1(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
-def _read_star(args):
-    return read_item(*args)
+def _read_star(args) -> tuple[PieceBatch, list[dict]]:
+    """(pieces packed for the writer, skips) of one item: what a worker sends back."""
+    pieces, skips = read_item(*args)
+    return pack(pieces), skips
 
 
-def _failed_item(job, reason: str) -> tuple[list[dict], list[dict]]:
+def _failed_item(job, reason: str) -> tuple[PieceBatch, list[dict]]:
     """An item whose reading process died or ran past the time limit: that item's failure, in the report."""
     item, _ = job
-    return [], [{"source": item.label, "reason": reason}]
+    return pack([]), [{"source": item.label, "reason": reason}]
 
 
 def read_items(items: list[Item], steps_per_beat: int, num_proc: int, time_limit: float | None = DEFAULT_TIME_LIMIT):
@@ -391,8 +396,8 @@ def _build_into(target: Path, source, items, key, reading: Reading, validation_f
         "corpus %s: %d pieces (%d skipped, %d duplicates) in %.1f s -> %s",
         source,
         report["pieces_kept"],
-        len(report["skipped"]),
-        len(report["duplicates"]),
+        report["skipped"],
+        report["duplicates"],
         report["build_seconds"],
         target,
     )

@@ -1,9 +1,11 @@
 """Training examples as TransformerXL and musicautobot feed them: every batch row continues its own stream.
 
 Each epoch, the training pieces are shuffled (from the seed and the epoch) and dealt out, whole, to ``rows x
-processes`` streams: the next piece always goes to the shortest stream, cycling through the shuffled order
-again when a stream still needs more, until every stream holds ``steps x step_tokens + 1`` tokens (the rest of
-its last piece waits for another epoch). Step ``s`` of row ``r`` is tokens ``[s * step_tokens, (s + 1) *
+processes`` streams: process ``p`` of ``P`` takes the pieces at places ``p, p + P, p + 2P, ...`` of the shuffled
+order and deals each to the shortest of its own ``rows`` streams, cycling through a new shuffled order when a
+stream still needs more, until every stream holds ``steps x step_tokens + 1`` tokens (the rest of its last piece
+waits for another epoch). A process deals only when it is first asked for one of its steps, so it never deals, or
+reads, another process's pieces. Step ``s`` of row ``r`` is tokens ``[s * step_tokens, (s + 1) *
 step_tokens)`` of that row's stream, and its targets are the same tokens shifted by one (``shift_labels``), so
 the last token of a step learns the first token of the next. The Trainer carries each row's memory from one step
 to the next (``training.MusicXLTrainer``), so every token after the first step of an epoch trains with a full
@@ -21,13 +23,13 @@ the Trainer's epoch length does not change from one shuffle to the next.
 
 With ``tasks`` (``hf-music-xl train --tasks``), each piece entering a stream becomes the example of a task drawn
 from a generator seeded by (seed, epoch, cycle, place in the deal) (``task_examples.py``); the deal then reads
-every piece once an epoch to learn its example's length (the examples themselves are rebuilt when a window needs
-them), so under DDP every process reads every piece. Without tasks (or ``continue`` alone) nothing changes.
+each of its pieces once an epoch to learn its example's length (the examples themselves are rebuilt when a window
+needs them). Without tasks (or ``continue`` alone) the lengths come from the Arrow file's offsets.
 
 Nothing holds the corpus's tokens: the pieces stay in the split's memory-mapped Arrow file (``ArrowPieces``), an
 epoch's deal is each stream's list of piece indices (O(number of pieces) small integers), and a step reads only
-the few pieces its window overlaps. Under DDP a process is handed only its own streams' indices, so it reads only
-their pieces.
+the few pieces its window overlaps. Under DDP a process is handed only its own streams' indices and deals only
+its own streams, so it reads only their pieces, with tasks or without.
 """
 
 from __future__ import annotations
@@ -144,40 +146,57 @@ class PieceStreams(torch.utils.data.Dataset):
         return self.steps * self.streams
 
     def set_epoch(self, epoch: int) -> None:
-        """Deal the pieces anew for ``epoch`` (the Trainer calls this through its data loader)."""
+        """Deal the pieces anew for ``epoch`` (the Trainer calls this through its data loader); each process's
+        streams are dealt when they are first asked for (``stream_deal``)."""
         if epoch == self.epoch:
             return
         self.epoch = epoch
-        self.dealt, self.ends, self.example_keys = self.deal(epoch)
+        self.deals = {}  # process -> its streams' (pieces, ends, example keys) this epoch
         self.shift_cache = [{} for _ in range(self.streams)]  # (place in stream) -> shift, of the pieces in use
         self.example_cache = [{} for _ in range(self.streams)]  # (place in stream) -> task example, likewise
 
-    def deal(self, epoch: int) -> tuple[list[np.ndarray], list[np.ndarray], list[list[tuple[int, int]]]]:
-        """For each stream, the indices of its pieces in order, where each ends in the stream (tokens) and the key
-        of each one's task example ((cycle, place in the deal), empty without tasks), for ``epoch``: every stream
-        at least ``steps x step_tokens + 1`` long."""
+    def stream_deal(self, stream: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+        """The indices of ``stream``'s pieces in order, where each ends in the stream (tokens) and the key of each
+        one's task example; its process's streams are dealt on first use."""
+        process, row = divmod(stream, self.rows)
+        if process not in self.deals:
+            self.deals[process] = self.deal(self.epoch, process)
+        dealt, ends, keys = self.deals[process]
+        return dealt[row], ends[row], keys[row]
+
+    @property
+    def dealt(self) -> list[np.ndarray]:
+        """Every stream's piece indices this epoch (all processes' streams: for inspection)."""
+        return [self.stream_deal(stream)[0] for stream in range(self.streams)]
+
+    def deal(self, epoch: int, process: int) -> tuple[list[np.ndarray], list[np.ndarray], list[list[tuple[int, int]]]]:
+        """For each of ``process``'s streams, the indices of its pieces in order, where each ends in the stream
+        (tokens) and the key of each one's task example ((cycle, place in the deal), empty without tasks), for
+        ``epoch``: every stream at least ``steps x step_tokens + 1`` long. The process takes every
+        ``processes``-th place of the shuffled orders, from place ``process`` on, and reads only those pieces."""
         length = self.steps * self.step_tokens + 1
         lengths = self.pieces.lengths
-        keys = [[] for _ in range(self.streams)]
-        example_lengths = [[] for _ in range(self.streams)]
+        keys = [[] for _ in range(self.rows)]
+        example_lengths = [[] for _ in range(self.rows)]
+        filled = [[] for _ in range(self.rows)]  # piece indices per stream
+        shortest = [(0, row) for row in range(self.rows)]  # (size, row): ties go to the lowest row
+        place, cycle = process, 0  # place: counted through the cycles' orders one after another
         order = np.random.default_rng([self.seed, epoch]).permutation(len(lengths))
-        filled = [[] for _ in range(self.streams)]  # piece indices per stream
-        shortest = [(0, stream) for stream in range(self.streams)]  # (size, stream): ties go to the lowest stream
-        cursor, cycle = 0, 0
         while shortest[0][0] < length:
-            if cursor == len(order):  # every piece dealt once: go round again in a new order
-                cycle, cursor = cycle + 1, 0
+            if place // len(order) != cycle:  # past this order's end: a new order for the cycle the place is in
+                cycle = place // len(order)
                 order = np.random.default_rng([self.seed, epoch, cycle]).permutation(len(lengths))
-            size, stream = shortest[0]
+            cursor = place % len(order)
+            size, row = shortest[0]
             piece = int(order[cursor])
-            filled[stream].append(piece)
+            filled[row].append(piece)
             piece_length = int(lengths[piece])
             if self.tasks:
-                keys[stream].append((cycle, cursor))
+                keys[row].append((cycle, cursor))
                 piece_length = len(self.example(piece, epoch, cycle, cursor))
-                example_lengths[stream].append(piece_length)
-            heapq.heapreplace(shortest, (size + piece_length, stream))
-            cursor += 1
+                example_lengths[row].append(piece_length)
+            heapq.heapreplace(shortest, (size + piece_length, row))
+            place += self.processes
         dealt = [np.asarray(indices, dtype=np.int64) for indices in filled]
         if self.tasks:
             return dealt, [np.cumsum(np.asarray(sizes, dtype=np.int64)) for sizes in example_lengths], keys
@@ -191,12 +210,13 @@ class PieceStreams(torch.utils.data.Dataset):
 
     def piece_ids(self, stream: int, place: int) -> np.ndarray:
         """The tokens of the piece at ``place`` of ``stream``: the piece, or its task example."""
-        piece = int(self.dealt[stream][place])
+        dealt, _, keys = self.stream_deal(stream)
+        piece = int(dealt[place])
         if not self.tasks:
             return self.pieces[piece]
         cache = self.example_cache[stream]
         if place not in cache:
-            cache[place] = self.example(piece, self.epoch, *self.example_keys[stream][place])
+            cache[place] = self.example(piece, self.epoch, *keys[place])
         return cache[place]
 
     def draw_shift(self, ids: np.ndarray, epoch: int, stream: int, place: int) -> int:
@@ -212,7 +232,7 @@ class PieceStreams(torch.utils.data.Dataset):
 
     def window(self, stream: int, begin: int, end: int, transpose: bool) -> np.ndarray:
         """Tokens ``[begin, end)`` of a stream, read from the pieces that overlap them, each shifted as dealt."""
-        ends = self.ends[stream]
+        ends = self.stream_deal(stream)[1]
         first, last = np.searchsorted(ends, [begin, end - 1], side="right")
         cache = self.shift_cache[stream]
         for stale in (cache, self.example_cache[stream]):
